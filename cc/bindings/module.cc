@@ -1,0 +1,169 @@
+// cocopie_tf._cc: the C++ kernels exposed to Python for tests and tools.
+// Arguments follow TFLite conventions (NHWC activations, OHWI conv filters,
+// 1HW(C*M) depthwise filters, [out][in] fully-connected weights).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "cc/kernels/dispatch.h"
+#include "cc/kernels/kernels.h"
+
+namespace py = pybind11;
+using Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+namespace cocopie {
+namespace {
+
+void ActivationRange(const std::string& act, float* lo, float* hi) {
+  const float inf = std::numeric_limits<float>::infinity();
+  if (act == "none") { *lo = -inf; *hi = inf; }
+  else if (act == "relu") { *lo = 0; *hi = inf; }
+  else if (act == "relu6") { *lo = 0; *hi = 6; }
+  else if (act == "relu_n1_to_1") { *lo = -1; *hi = 1; }
+  else throw py::value_error("activation: expected none, relu, relu6 or relu_n1_to_1, got '" + act + "'");
+}
+
+Padding ParsePadding(const std::string& p) {
+  if (p == "same") return Padding::kSame;
+  if (p == "valid") return Padding::kValid;
+  throw py::value_error("padding: expected 'same' or 'valid', got '" + p + "'");
+}
+
+const KernelSet* Select(const std::string& kernel) {
+  std::string error;
+  const KernelSet* set = SelectKernelSet(kernel, &error);
+  if (!error.empty()) throw py::value_error("kernel: " + error);
+  return set;
+}
+
+std::unique_ptr<ThreadPool> MakePool(int num_threads) {
+  if (num_threads < 1) throw py::value_error("num_threads must be >= 1");
+  return std::unique_ptr<ThreadPool>(new ThreadPool(num_threads));
+}
+
+const float* BiasPtr(const py::object& bias, int n, Array* holder) {
+  if (bias.is_none()) return nullptr;
+  *holder = Array::ensure(bias);
+  if (!*holder || holder->ndim() != 1 || holder->shape(0) != n)
+    throw py::value_error("bias must be a 1-D array with one entry per output channel");
+  return holder->data();
+}
+
+ConvShape ConvGeometry(const Array& input, int k_h, int k_w, int out_c,
+                       std::pair<int, int> strides, std::pair<int, int> dilations,
+                       const std::string& padding, const std::string& activation) {
+  if (input.ndim() != 4) throw py::value_error("input must be NHWC (4-D)");
+  ConvShape s;
+  s.batch = static_cast<int>(input.shape(0));
+  s.in_h = static_cast<int>(input.shape(1));
+  s.in_w = static_cast<int>(input.shape(2));
+  s.in_c = static_cast<int>(input.shape(3));
+  s.k_h = k_h;
+  s.k_w = k_w;
+  s.out_c = out_c;
+  s.stride_h = strides.first;
+  s.stride_w = strides.second;
+  s.dil_h = dilations.first;
+  s.dil_w = dilations.second;
+  ActivationRange(activation, &s.act_min, &s.act_max);
+  const std::string why = ResolveConvShape(ParsePadding(padding), &s);
+  if (!why.empty()) throw py::value_error(why);
+  return s;
+}
+
+Array Conv2D(const Array& input, const Array& filter, const py::object& bias,
+             std::pair<int, int> strides, std::pair<int, int> dilations,
+             const std::string& padding, const std::string& activation,
+             const std::string& kernel, int num_threads) {
+  if (filter.ndim() != 4) throw py::value_error("filter must be OHWI (4-D)");
+  const int oc = filter.shape(0), kh = filter.shape(1), kw = filter.shape(2), ic = filter.shape(3);
+  ConvShape s = ConvGeometry(input, kh, kw, oc, strides, dilations, padding, activation);
+  if (s.in_c != ic) throw py::value_error("filter depth does not match input channels");
+  Array b;
+  const float* bp = BiasPtr(bias, oc, &b);
+  const KernelSet* set = Select(kernel);
+  auto pool = MakePool(num_threads);
+  Array out({s.batch, s.out_h, s.out_w, s.out_c});
+  const PackedConv packed = PackConv2D(filter.data(), oc, kh, kw, ic, bp);
+  {
+    py::gil_scoped_release release;
+    RunConv2D(set, s, packed, filter.data(), input.data(), out.mutable_data(), pool.get());
+  }
+  return out;
+}
+
+Array Depthwise(const Array& input, const Array& filter, const py::object& bias,
+                std::pair<int, int> strides, std::pair<int, int> dilations,
+                const std::string& padding, const std::string& activation,
+                const std::string& kernel, int num_threads) {
+  if (filter.ndim() != 4 || filter.shape(0) != 1)
+    throw py::value_error("depthwise filter must be 1 x H x W x (C*M)");
+  const int kh = filter.shape(1), kw = filter.shape(2), oc = filter.shape(3);
+  ConvShape s = ConvGeometry(input, kh, kw, oc, strides, dilations, padding, activation);
+  if (oc % s.in_c != 0) throw py::value_error("filter channels are not a multiple of input channels");
+  s.depth_multiplier = oc / s.in_c;
+  Array b;
+  const float* bp = BiasPtr(bias, oc, &b);
+  const KernelSet* set = Select(kernel);
+  auto pool = MakePool(num_threads);
+  Array out({s.batch, s.out_h, s.out_w, s.out_c});
+  const PackedDepthwise packed = PackDepthwise(filter.data(), oc, kh, kw, bp);
+  {
+    py::gil_scoped_release release;
+    RunDepthwise(set, s, packed, input.data(), out.mutable_data(), pool.get());
+  }
+  return out;
+}
+
+Array FullyConnected(const Array& input, const Array& weights, const py::object& bias,
+                     const std::string& activation, const std::string& kernel,
+                     int num_threads) {
+  if (input.ndim() != 2 || weights.ndim() != 2 || input.shape(1) != weights.shape(1))
+    throw py::value_error("expected input [batch, in] and weights [out, in]");
+  const int batch = input.shape(0), in = weights.shape(1), out_n = weights.shape(0);
+  float lo, hi;
+  ActivationRange(activation, &lo, &hi);
+  Array b;
+  const float* bp = BiasPtr(bias, out_n, &b);
+  const KernelSet* set = Select(kernel);
+  auto pool = MakePool(num_threads);
+  Array out({batch, out_n});
+  const PackedFullyConnected packed = PackFullyConnected(weights.data(), out_n, in, bp);
+  {
+    py::gil_scoped_release release;
+    RunFullyConnected(set, batch, packed, lo, hi, input.data(), out.mutable_data(), pool.get());
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace cocopie
+
+PYBIND11_MODULE(_cc, m) {
+  using namespace cocopie;
+  m.doc() = "cocopie_tf C++ kernels (NHWC float32).";
+  const auto pair11 = std::make_pair(1, 1);
+  m.def("conv2d", &Conv2D, py::arg("input"), py::arg("filter"), py::arg("bias") = py::none(),
+        py::arg("strides") = pair11, py::arg("dilations") = pair11, py::arg("padding") = "same",
+        py::arg("activation") = "none", py::arg("kernel") = "auto", py::arg("num_threads") = 1,
+        "2-D convolution; filter is OHWI.");
+  m.def("depthwise_conv2d", &Depthwise, py::arg("input"), py::arg("filter"),
+        py::arg("bias") = py::none(), py::arg("strides") = pair11, py::arg("dilations") = pair11,
+        py::arg("padding") = "same", py::arg("activation") = "none", py::arg("kernel") = "auto",
+        py::arg("num_threads") = 1, "Depthwise convolution; filter is 1 x H x W x (C*M).");
+  m.def("fully_connected", &FullyConnected, py::arg("input"), py::arg("weights"),
+        py::arg("bias") = py::none(), py::arg("activation") = "none", py::arg("kernel") = "auto",
+        py::arg("num_threads") = 1, "Fully connected; weights are [out, in].");
+  m.def("cpu_features", [] { return DetectCpu().ToString(); }, "Detected CPU features.");
+  m.def("kernel_choices", &KernelChoices, "Accepted values of the 'kernel' option.");
+  m.def("default_kernel_set", [] {
+    std::string e;
+    const KernelSet* s = SelectKernelSet("auto", &e);
+    return std::string(s ? s->isa : "reference");
+  }, "The kernel set 'auto' selects on this CPU.");
+}

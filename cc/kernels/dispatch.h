@@ -1,0 +1,47 @@
+// The one place that decides which kernel runs, from CPU features and the
+// user's request.  Kernel names follow XNNPACK's habit: op, variant, ISA,
+// e.g. "f32_conv2d_direct__avx2_fma" or "f32_conv2d__reference".
+#ifndef COCOPIE_CC_KERNELS_DISPATCH_H_
+#define COCOPIE_CC_KERNELS_DISPATCH_H_
+
+#include <string>
+#include <vector>
+
+#include "cc/kernels/kernels.h"
+#include "cc/kernels/thread_pool.h"
+
+namespace cocopie {
+
+// CPU features relevant to kernel choice, detected once.
+struct CpuFeatures {
+  bool avx2 = false, fma = false, avx512f = false, neon = false;
+  std::string ToString() const;
+};
+const CpuFeatures& DetectCpu();
+
+// Names accepted by SelectKernelSet: "auto", "reference", or an ISA name.
+std::vector<std::string> KernelChoices();
+
+// Returns the kernel set for `choice`, or null for "reference" (the caller
+// then runs the reference kernels).  Sets *error for unknown or unsupported
+// choices.
+const KernelSet* SelectKernelSet(const std::string& choice, std::string* error);
+
+// Parallel drivers over the per-ISA row kernels; a null `set` means reference.
+void RunConv2D(const KernelSet* set, const ConvShape& s, const PackedConv& w,
+               const float* filter_ohwi, const float* input, float* output,
+               ThreadPool* pool);
+void RunDepthwise(const KernelSet* set, const ConvShape& s,
+                  const PackedDepthwise& w, const float* input, float* output,
+                  ThreadPool* pool);
+void RunFullyConnected(const KernelSet* set, int batch,
+                       const PackedFullyConnected& w, float act_min,
+                       float act_max, const float* input, float* output,
+                       ThreadPool* pool);
+
+// "f32_<op>__<isa>" for reports.
+std::string KernelName(const KernelSet* set, const char* op);
+
+}  // namespace cocopie
+
+#endif  // COCOPIE_CC_KERNELS_DISPATCH_H_

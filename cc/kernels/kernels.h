@@ -1,0 +1,63 @@
+// Optimised kernels: weight packing done once per layer, and one KernelSet per
+// instruction set.  The same source (direct_kernels.inc) is compiled once per
+// ISA with different target flags; dispatch.cc is the only place that looks at
+// CPU features and picks a set.
+#ifndef COCOPIE_CC_KERNELS_KERNELS_H_
+#define COCOPIE_CC_KERNELS_KERNELS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "cc/kernels/shapes.h"
+
+namespace cocopie {
+
+// Conv filter repacked from OHWI to HWIO so the innermost loop runs over
+// contiguous output channels (vectorises without reassociating sums).
+struct PackedConv {
+  int out_c = 0, k_h = 0, k_w = 0, in_c = 0;
+  std::vector<float> hwio;
+  std::vector<float> bias;  // out_c entries, zeros when the op has no bias
+};
+PackedConv PackConv2D(const float* filter_ohwi, int out_c, int k_h, int k_w,
+                      int in_c, const float* bias);
+
+// Depthwise filter kept as [k_h][k_w][out_c], copied into aligned storage
+// (the runtime's mmapped weights are not always 16-byte aligned).
+struct PackedDepthwise {
+  int out_c = 0, k_h = 0, k_w = 0;
+  std::vector<float> hwc;
+  std::vector<float> bias;
+};
+PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
+                              const float* bias);
+
+struct PackedFullyConnected {
+  int out = 0, in = 0;
+  std::vector<float> oi;  // [out][in]
+  std::vector<float> bias;
+};
+PackedFullyConnected PackFullyConnected(const float* weights, int out, int in,
+                                        const float* bias);
+
+// Work is split into "rows" that threads take independently:
+//   conv/depthwise: batch * out_h output rows; fully connected: output units.
+struct KernelSet {
+  const char* isa;  // e.g. "generic", "avx2_fma"
+  void (*conv2d)(const ConvShape& s, const PackedConv& w, const float* input,
+                 float* output, int64_t row_begin, int64_t row_end);
+  void (*depthwise)(const ConvShape& s, const PackedDepthwise& w,
+                    const float* input, float* output, int64_t row_begin,
+                    int64_t row_end);
+  void (*fully_connected)(int batch, const PackedFullyConnected& w,
+                          float act_min, float act_max, const float* input,
+                          float* output, int64_t unit_begin, int64_t unit_end);
+};
+
+// Per-ISA sets (defined in direct_<isa>.cc). AvailableKernelSets() lists the
+// ones compiled into this build, best first.
+const std::vector<const KernelSet*>& CompiledKernelSets();
+
+}  // namespace cocopie
+
+#endif  // COCOPIE_CC_KERNELS_KERNELS_H_

@@ -1,0 +1,53 @@
+#include <algorithm>
+
+#include "cc/kernels/kernels.h"
+
+namespace cocopie {
+namespace {
+
+std::vector<float> BiasOrZeros(const float* bias, int n) {
+  return bias ? std::vector<float>(bias, bias + n) : std::vector<float>(n, 0.f);
+}
+
+}  // namespace
+
+PackedConv PackConv2D(const float* filter_ohwi, int out_c, int k_h, int k_w,
+                      int in_c, const float* bias) {
+  PackedConv p;
+  p.out_c = out_c;
+  p.k_h = k_h;
+  p.k_w = k_w;
+  p.in_c = in_c;
+  p.hwio.resize(static_cast<size_t>(out_c) * k_h * k_w * in_c);
+  for (int o = 0; o < out_c; ++o)
+    for (int y = 0; y < k_h; ++y)
+      for (int x = 0; x < k_w; ++x)
+        for (int i = 0; i < in_c; ++i)
+          p.hwio[((static_cast<size_t>(y) * k_w + x) * in_c + i) * out_c + o] =
+              filter_ohwi[((static_cast<size_t>(o) * k_h + y) * k_w + x) * in_c + i];
+  p.bias = BiasOrZeros(bias, out_c);
+  return p;
+}
+
+PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
+                              const float* bias) {
+  PackedDepthwise p;
+  p.out_c = out_c;
+  p.k_h = k_h;
+  p.k_w = k_w;
+  p.hwc.assign(filter, filter + static_cast<size_t>(k_h) * k_w * out_c);
+  p.bias = BiasOrZeros(bias, out_c);
+  return p;
+}
+
+PackedFullyConnected PackFullyConnected(const float* weights, int out, int in,
+                                        const float* bias) {
+  PackedFullyConnected p;
+  p.out = out;
+  p.in = in;
+  p.oi.assign(weights, weights + static_cast<size_t>(out) * in);
+  p.bias = BiasOrZeros(bias, out);
+  return p;
+}
+
+}  // namespace cocopie

@@ -1,0 +1,153 @@
+"""Locating, loading and applying the cocopie delegate.
+
+The delegate is a TFLite *external delegate*: a shared library exporting
+``tflite_plugin_create_delegate``.  It is loaded into the stock LiteRT
+interpreter (``ai_edge_litert``) or ``tf.lite.Interpreter``; nodes it does not
+claim keep running on TFLite's own kernels (XNNPACK by default).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+from ai_edge_litert import interpreter as _litert
+
+_LIB_NAME = {"darwin": "libcocopie_delegate.dylib", "win32": "cocopie_delegate.dll"}.get(
+    sys.platform, "libcocopie_delegate.so"
+)
+_BACKENDS = ("cpu", "gpu")
+
+
+def delegate_path() -> pathlib.Path:
+    """Returns the path of the delegate's shared library.
+
+    It is installed inside the package (also for editable installs, where the
+    compiled files live next to the ``cocopie_tf._cc`` extension).
+    """
+    candidates = []
+    try:
+        candidates.append(pathlib.Path(str(importlib.resources.files("cocopie_tf") / _LIB_NAME)))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - odd loaders
+        pass
+    import cocopie_tf
+
+    candidates += [pathlib.Path(p) / _LIB_NAME for p in getattr(cocopie_tf, "__path__", [])]
+    try:
+        from cocopie_tf import _cc
+
+        candidates.append(pathlib.Path(_cc.__file__).with_name(_LIB_NAME))
+    except ImportError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"the cocopie delegate library {_LIB_NAME} is not installed; looked in: "
+        + ", ".join(str(p.parent) for p in candidates)
+        + ". Reinstall the package with `pip install .` from a source checkout."
+    )
+
+
+def _delegate_options(backend: str, num_threads: int | None, options: dict[str, Any]) -> dict:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
+    opts: dict[str, str] = {"backend": backend}
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads: expected a positive integer, got {num_threads!r}")
+        opts["num_threads"] = str(num_threads)
+    for key, value in options.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        opts[key] = str(value)
+    return opts
+
+
+def load_delegate(*, backend: str = "cpu", num_threads: int | None = None, **options):
+    """Loads the cocopie delegate into LiteRT and returns the delegate object.
+
+    Args:
+      backend: ``"cpu"`` (``"gpu"`` is refused until the OpenCL backend ships).
+      num_threads: threads for the delegate's kernels; default: the
+        interpreter's ``num_threads``.
+      **options: further delegate options (``verbose``, ``kernel``); unknown
+        names are refused with a ValueError that names them.
+
+    Pass the result to ``ai_edge_litert.interpreter.Interpreter(...,
+    experimental_delegates=[delegate])``, or use :class:`Interpreter`.
+    """
+    opts = _delegate_options(backend, num_threads, options)
+    return _litert.load_delegate(str(delegate_path()), opts)
+
+
+def _report(delegate) -> list[dict]:
+    lib = ctypes.CDLL(str(delegate_path()))
+    fn = lib.CocopieDelegateReport
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    fn.restype = ctypes.c_size_t
+    ptr = delegate._get_native_delegate_pointer()  # pylint: disable=protected-access
+    size = fn(ptr, None, 0)
+    buf = ctypes.create_string_buffer(size + 1)
+    fn(ptr, buf, size + 1)
+    return json.loads(buf.value.decode("utf-8"))
+
+
+class Interpreter(_litert.Interpreter):
+    """A LiteRT interpreter with the cocopie delegate applied.
+
+    Nodes the delegate claims (float32 CONV_2D / DEPTHWISE_CONV_2D /
+    FULLY_CONNECTED with constant weights) run on cocopie kernels; the rest of
+    the graph runs on TFLite's kernels.  Everything else is the stock
+    ``ai_edge_litert.interpreter.Interpreter`` API.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        model_content: bytes | None = None,
+        *,
+        backend: str = "cpu",
+        num_threads: int | None = None,
+        **options,
+    ):
+        if model_path is not None and model_content is not None:
+            raise ValueError("pass either model_path or model_content, not both")
+        if model_path is None and model_content is None:
+            raise ValueError("pass model_path or model_content")
+        if model_path is not None:
+            path = pathlib.Path(model_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"model file not found: {path}")
+            model_content = path.read_bytes()
+        _check_flatbuffer(model_content)
+        self._cocopie_delegate = load_delegate(
+            backend=backend, num_threads=num_threads, **options
+        )
+        super().__init__(
+            model_content=model_content,
+            experimental_delegates=[self._cocopie_delegate],
+            num_threads=num_threads,
+        )
+
+    def delegate_report(self) -> list[dict]:
+        """One entry per node the delegate claimed (call after allocate_tensors).
+
+        Each entry: ``node_index``, ``op``, ``kernel``, ``dense_macs`` and
+        ``executed_macs`` (the multiply-accumulates the kernel performs).
+        """
+        return _report(self._cocopie_delegate)
+
+
+def _check_flatbuffer(content: bytes) -> None:
+    """Rejects content that is not a complete TFLite flatbuffer, before the
+    runtime sees it (the runtime's own checks are not hardened against every
+    truncation)."""
+    from cocopie_tf.lite._model_check import verify_model_bytes
+
+    verify_model_bytes(content)

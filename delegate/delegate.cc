@@ -1,0 +1,264 @@
+#include "delegate/delegate.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "delegate/ops.h"
+
+namespace cocopie {
+namespace {
+
+constexpr int kBuiltinDelegate = 51;  // BuiltinOperator_DELEGATE
+
+std::vector<int> Dims(const TfLiteIntArray* a) {
+  return a ? std::vector<int>(a->data, a->data + a->size) : std::vector<int>();
+}
+
+bool SameDims(const TfLiteIntArray* a, const std::vector<int>& b) {
+  return a != nullptr && Dims(a) == b;
+}
+
+// The runtime frees dims arrays with free(); build them with malloc().
+TfLiteIntArray* NewIntArray(const std::vector<int>& v) {
+  auto* a = static_cast<TfLiteIntArray*>(
+      std::malloc(sizeof(TfLiteIntArray) + sizeof(int) * v.size()));
+  if (a == nullptr) return nullptr;
+  a->size = static_cast<int>(v.size());
+  for (size_t i = 0; i < v.size(); ++i) a->data[i] = v[i];
+  return a;
+}
+
+// One delegated partition: a run of claimed nodes the runtime replaced with a
+// single delegate node.  Tensors produced and consumed only inside it get no
+// memory from the runtime, so they live in `scratch_`.
+class Partition {
+ public:
+  Partition(Delegate* delegate, std::vector<OpPlan> ops, const TfLiteIntArray* outputs)
+      : delegate_(delegate), ops_(std::move(ops)) {
+    for (int t : Dims(outputs)) outputs_.insert(t);
+  }
+
+  TfLiteStatus Prepare(TfLiteContext* ctx) {
+    std::unordered_map<int, std::vector<int>> internal_dims;
+    std::map<int, ReportEntry> entries;
+    for (OpPlan& op : ops_) {
+      const auto it = internal_dims.find(op.input);
+      std::vector<int> in_dims;
+      if (it != internal_dims.end()) {
+        in_dims = it->second;
+      } else {
+        const TfLiteTensor& t = ctx->tensors[op.input];
+        if (t.type != kTfLiteFloat32 || t.dims == nullptr) {
+          ctx->ReportError(ctx, "cocopie: node %d: input is not a float32 tensor", op.node_index);
+          return kTfLiteError;
+        }
+        in_dims = Dims(t.dims);
+      }
+      const std::string why = ResolveShapes(in_dims, &op);
+      if (!why.empty()) {
+        ctx->ReportError(ctx, "cocopie: node %d (%s): %s", op.node_index,
+                         OpKindName(op.kind), why.c_str());
+        return kTfLiteError;
+      }
+      int64_t n = 1;
+      for (int d : op.output_dims) n *= d;
+      if (outputs_.count(op.output)) {
+        TfLiteTensor& out = ctx->tensors[op.output];
+        if (!SameDims(out.dims, op.output_dims)) {
+          TfLiteIntArray* dims = NewIntArray(op.output_dims);
+          if (dims == nullptr || ctx->ResizeTensor(ctx, &out, dims) != kTfLiteOk) {
+            ctx->ReportError(ctx, "cocopie: node %d: cannot resize output", op.node_index);
+            return kTfLiteError;
+          }
+        }
+      } else {
+        internal_dims[op.output] = op.output_dims;
+        scratch_[op.output].resize(static_cast<size_t>(n));
+      }
+      ReportEntry e;
+      e.node_index = op.node_index;
+      e.op = OpKindName(op.kind);
+      const char* kname = op.kind == OpKind::kConv2D ? "conv2d_direct"
+                          : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d_direct"
+                                                                : "fc_direct";
+      if (delegate_->kernels == nullptr)
+        kname = op.kind == OpKind::kConv2D ? "conv2d"
+                : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d" : "fc";
+      e.kernel = KernelName(delegate_->kernels, kname);
+      e.dense_macs = DenseMacs(op);
+      e.executed_macs = e.dense_macs;  // dense kernels multiply every weight
+      entries[op.node_index] = e;
+    }
+    std::lock_guard<std::mutex> lock(delegate_->report_mu);
+    for (auto& kv : entries) delegate_->report[kv.first] = kv.second;
+    return kTfLiteOk;
+  }
+
+  TfLiteStatus Invoke(TfLiteContext* ctx) {
+    for (const OpPlan& op : ops_) {
+      const float* in = Data(ctx, op.input);
+      float* out = Data(ctx, op.output);
+      if (in == nullptr || out == nullptr) {
+        ctx->ReportError(ctx, "cocopie: node %d: tensor has no data", op.node_index);
+        return kTfLiteError;
+      }
+      ThreadPool* pool = delegate_->pool.get();
+      const KernelSet* set = delegate_->kernels;
+      switch (op.kind) {
+        case OpKind::kConv2D:
+          RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
+          break;
+        case OpKind::kDepthwiseConv2D:
+          RunDepthwise(set, op.shape, op.depthwise, in, out, pool);
+          break;
+        case OpKind::kFullyConnected:
+          RunFullyConnected(set, op.fc_batch, op.fc, op.act_min, op.act_max, in, out, pool);
+          break;
+      }
+    }
+    return kTfLiteOk;
+  }
+
+ private:
+  float* Data(TfLiteContext* ctx, int tensor) {
+    const auto it = scratch_.find(tensor);
+    if (it != scratch_.end()) return it->second.data();
+    return ctx->tensors[tensor].data.f;
+  }
+
+  Delegate* delegate_;
+  std::vector<OpPlan> ops_;
+  std::set<int> outputs_;
+  std::unordered_map<int, std::vector<float>> scratch_;
+};
+
+void* PartitionInit(TfLiteContext* ctx, const char* buffer, size_t) {
+  const auto* params = reinterpret_cast<const TfLiteDelegateParams*>(buffer);
+  Delegate* delegate = FromTfLite(params->delegate);
+  std::vector<OpPlan> ops;
+  for (int node_index : Dims(params->nodes_to_replace)) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return nullptr;
+    ops.push_back(BuildPlan(ctx, node_index, node, reg));
+  }
+  return new Partition(delegate, std::move(ops), params->output_tensors);
+}
+
+void PartitionFree(TfLiteContext*, void* buffer) { delete static_cast<Partition*>(buffer); }
+
+TfLiteStatus PartitionPrepare(TfLiteContext* ctx, TfLiteNode* node) {
+  if (node->user_data == nullptr) {
+    ctx->ReportError(ctx, "cocopie: delegate partition failed to initialise");
+    return kTfLiteError;
+  }
+  return static_cast<Partition*>(node->user_data)->Prepare(ctx);
+}
+
+TfLiteStatus PartitionInvoke(TfLiteContext* ctx, TfLiteNode* node) {
+  return static_cast<Partition*>(node->user_data)->Invoke(ctx);
+}
+
+TfLiteStatus DelegatePrepare(TfLiteContext* ctx, TfLiteDelegate* base) {
+  Delegate* d = FromTfLite(base);
+  if (d->pool == nullptr) {
+    d->num_threads = d->options.num_threads > 0        ? d->options.num_threads
+                     : ctx->recommended_num_threads > 0 ? ctx->recommended_num_threads
+                                                        : 1;
+    d->pool.reset(new ThreadPool(d->num_threads));
+  }
+  {
+    std::lock_guard<std::mutex> lock(d->report_mu);
+    d->report.clear();
+  }
+  TfLiteIntArray* plan = nullptr;
+  if (ctx->GetExecutionPlan(ctx, &plan) != kTfLiteOk) return kTfLiteError;
+  std::vector<int> claimed;
+  for (int node_index : Dims(plan)) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return kTfLiteError;
+    const std::string why = CheckSupported(ctx, node, reg);
+    if (why.empty()) {
+      claimed.push_back(node_index);
+      d->Log("claims node " + std::to_string(node_index));
+    } else if (reg->builtin_code == kTfLiteBuiltinConv2d ||
+               reg->builtin_code == kTfLiteBuiltinDepthwiseConv2d ||
+               reg->builtin_code == kTfLiteBuiltinFullyConnected) {
+      d->Log("leaves node " + std::to_string(node_index) + " to TFLite: " + why);
+    }
+  }
+  d->Log("claimed " + std::to_string(claimed.size()) + " nodes, " +
+         std::to_string(d->num_threads) + " threads, kernels " +
+         KernelName(d->kernels, "*"));
+  if (claimed.empty()) return kTfLiteOk;
+
+  TfLiteRegistration reg{};
+  reg.init = PartitionInit;
+  reg.free = PartitionFree;
+  reg.prepare = PartitionPrepare;
+  reg.invoke = PartitionInvoke;
+  reg.builtin_code = kBuiltinDelegate;
+  reg.custom_name = "CocopieDelegate";
+  reg.version = 1;
+  TfLiteIntArray* nodes = NewIntArray(claimed);
+  if (nodes == nullptr) return kTfLiteError;
+  const TfLiteStatus status = ctx->ReplaceNodeSubsetsWithDelegateKernels(ctx, reg, nodes, base);
+  std::free(nodes);
+  return status;
+}
+
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+void Delegate::Log(const std::string& msg) const {
+  if (options.verbose) std::fprintf(stderr, "cocopie: %s\n", msg.c_str());
+}
+
+std::string Delegate::ReportJson() {
+  std::lock_guard<std::mutex> lock(report_mu);
+  std::string s = "[";
+  for (const auto& kv : report) {
+    const ReportEntry& e = kv.second;
+    if (s.size() > 1) s += ",";
+    s += "{\"node_index\":" + std::to_string(e.node_index) + ",\"op\":\"" + JsonEscape(e.op) +
+         "\",\"kernel\":\"" + JsonEscape(e.kernel) +
+         "\",\"dense_macs\":" + std::to_string(e.dense_macs) +
+         ",\"executed_macs\":" + std::to_string(e.executed_macs) + "}";
+  }
+  return s + "]";
+}
+
+Delegate* FromTfLite(TfLiteDelegate* d) { return static_cast<Delegate*>(d->data_); }
+
+Delegate* CreateDelegate(const DelegateOptions& options, std::string* error) {
+  std::string why;
+  const KernelSet* kernels = SelectKernelSet(options.kernel, &why);
+  if (!why.empty()) {
+    *error = "option 'kernel': " + why;
+    return nullptr;
+  }
+  auto* d = new Delegate();
+  d->options = options;
+  d->kernels = kernels;
+  d->base.data_ = d;
+  d->base.Prepare = DelegatePrepare;
+  // Prepare re-derives shapes, so inputs may be resized after delegation.
+  d->base.flags = kTfLiteDelegateFlagsAllowDynamicTensors;
+  return d;
+}
+
+void DestroyDelegate(Delegate* delegate) { delete delegate; }
+
+}  // namespace cocopie

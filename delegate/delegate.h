@@ -1,0 +1,48 @@
+// The cocopie TFLite delegate: claims supported nodes, groups them into
+// partitions and runs them with the kernels from cc/.
+#ifndef COCOPIE_DELEGATE_DELEGATE_H_
+#define COCOPIE_DELEGATE_DELEGATE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "cc/kernels/dispatch.h"
+#include "delegate/options.h"
+#include "delegate/tflite_abi.h"
+
+namespace cocopie {
+
+// One claimed node, as shown by delegate_report().
+struct ReportEntry {
+  int node_index = -1;
+  std::string op;
+  std::string kernel;
+  int64_t dense_macs = 0;
+  int64_t executed_macs = 0;
+};
+
+struct Delegate {
+  TfLiteDelegate base{};  // handed to the runtime; base.data_ points here
+  DelegateOptions options;
+  const KernelSet* kernels = nullptr;  // null: reference kernels
+  std::unique_ptr<ThreadPool> pool;
+  int num_threads = 1;
+
+  std::mutex report_mu;
+  std::map<int, ReportEntry> report;  // by node index, last applied graph
+
+  void Log(const std::string& msg) const;
+  std::string ReportJson();
+};
+
+// Returns null and sets *error if the options are invalid.
+Delegate* CreateDelegate(const DelegateOptions& options, std::string* error);
+void DestroyDelegate(Delegate* delegate);
+Delegate* FromTfLite(TfLiteDelegate* d);
+
+}  // namespace cocopie
+
+#endif  // COCOPIE_DELEGATE_DELEGATE_H_

@@ -1,0 +1,210 @@
+#include "delegate/ops.h"
+
+#include <limits>
+
+namespace cocopie {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+bool ActivationRange(TfLiteFusedActivation act, float* lo, float* hi) {
+  switch (act) {
+    case kTfLiteActNone: *lo = -kInf; *hi = kInf; return true;
+    case kTfLiteActRelu: *lo = 0.f; *hi = kInf; return true;
+    case kTfLiteActRelu6: *lo = 0.f; *hi = 6.f; return true;
+    case kTfLiteActReluN1To1: *lo = -1.f; *hi = 1.f; return true;
+    default: return false;
+  }
+}
+
+bool IsConstFloat(const TfLiteTensor& t) {
+  return t.type == kTfLiteFloat32 && t.allocation_type == kTfLiteMmapRo &&
+         t.data.raw != nullptr && t.dims != nullptr;
+}
+
+int Dim(const TfLiteTensor& t, int i) { return t.dims->data[i]; }
+
+int64_t NumElements(const TfLiteTensor& t) {
+  int64_t n = 1;
+  for (int i = 0; i < t.dims->size; ++i) n *= t.dims->data[i];
+  return n;
+}
+
+// Tensor index checks shared by all ops: valid indices, float32 activations.
+std::string CheckIo(const TfLiteContext* ctx, const TfLiteNode* node,
+                    int min_inputs, int max_inputs) {
+  if (node->inputs == nullptr || node->outputs == nullptr) return "node has no tensors";
+  if (node->inputs->size < min_inputs || node->inputs->size > max_inputs)
+    return "unexpected number of inputs";
+  if (node->outputs->size != 1) return "expected one output";
+  for (int i = 0; i < node->inputs->size; ++i) {
+    const int t = node->inputs->data[i];
+    if (t == kTfLiteOptionalTensor && i == 2) continue;  // optional bias
+    if (t < 0 || static_cast<size_t>(t) >= ctx->tensors_size) return "bad tensor index";
+  }
+  const int out = node->outputs->data[0];
+  if (out < 0 || static_cast<size_t>(out) >= ctx->tensors_size) return "bad tensor index";
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  if (in.type != kTfLiteFloat32) return "input is not float32";
+  if (ctx->tensors[out].type != kTfLiteFloat32) return "output is not float32";
+  return "";
+}
+
+std::string CheckBias(const TfLiteContext* ctx, const TfLiteNode* node, int out_c) {
+  if (node->inputs->size < 3 || node->inputs->data[2] == kTfLiteOptionalTensor) return "";
+  const TfLiteTensor& b = ctx->tensors[node->inputs->data[2]];
+  if (!IsConstFloat(b)) return "bias is not a constant float32 tensor";
+  if (NumElements(b) != out_c) return "bias size does not match the output channels";
+  return "";
+}
+
+}  // namespace
+
+const char* OpKindName(OpKind kind) {
+  switch (kind) {
+    case OpKind::kConv2D: return "CONV_2D";
+    case OpKind::kDepthwiseConv2D: return "DEPTHWISE_CONV_2D";
+    case OpKind::kFullyConnected: return "FULLY_CONNECTED";
+  }
+  return "?";
+}
+
+std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
+                           const TfLiteRegistration* reg) {
+  const int code = reg->builtin_code;
+  if (code != kTfLiteBuiltinConv2d && code != kTfLiteBuiltinDepthwiseConv2d &&
+      code != kTfLiteBuiltinFullyConnected)
+    return "operator not handled by the delegate";
+  if (node->builtin_data == nullptr) return "operator has no parameters";
+  std::string why = CheckIo(ctx, node, 2, 3);
+  if (!why.empty()) return why;
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  const TfLiteTensor& w = ctx->tensors[node->inputs->data[1]];
+  if (!IsConstFloat(w)) return "filter is not a constant float32 tensor";
+  float lo, hi;
+
+  if (code == kTfLiteBuiltinConv2d || code == kTfLiteBuiltinDepthwiseConv2d) {
+    if (in.dims == nullptr || in.dims->size != 4) return "input is not 4-D";
+    if (w.dims->size != 4) return "filter is not 4-D";
+    int padding, sw, sh, dw, dh, act;
+    if (code == kTfLiteBuiltinConv2d) {
+      const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
+      padding = p->padding; sw = p->stride_width; sh = p->stride_height;
+      dw = p->dilation_width_factor; dh = p->dilation_height_factor; act = p->activation;
+      if (Dim(w, 3) != Dim(in, 3)) return "grouped convolution (filter depth != input depth)";
+    } else {
+      const auto* p = static_cast<const TfLiteDepthwiseConvParams*>(node->builtin_data);
+      padding = p->padding; sw = p->stride_width; sh = p->stride_height;
+      dw = p->dilation_width_factor; dh = p->dilation_height_factor; act = p->activation;
+      if (Dim(w, 0) != 1) return "depthwise filter must be 1xHxWxC";
+      if (Dim(in, 3) <= 0 || Dim(w, 3) % Dim(in, 3) != 0)
+        return "depthwise output channels are not a multiple of input channels";
+    }
+    if (padding != kTfLitePaddingSame && padding != kTfLitePaddingValid) return "unknown padding";
+    if (sw < 1 || sh < 1 || dw < 1 || dh < 1) return "invalid stride or dilation";
+    if (!ActivationRange(static_cast<TfLiteFusedActivation>(act), &lo, &hi))
+      return "unsupported fused activation";
+    for (int i = 0; i < 4; ++i)
+      if (Dim(w, i) <= 0) return "filter has an empty dimension";
+    return CheckBias(ctx, node, Dim(w, code == kTfLiteBuiltinConv2d ? 0 : 3));
+  }
+
+  // FULLY_CONNECTED
+  const auto* p = static_cast<const TfLiteFullyConnectedParams*>(node->builtin_data);
+  if (p->weights_format != kTfLiteFullyConnectedWeightsFormatDefault)
+    return "shuffled weights format";
+  if (!ActivationRange(p->activation, &lo, &hi)) return "unsupported fused activation";
+  if (w.dims->size != 2 || Dim(w, 0) <= 0 || Dim(w, 1) <= 0) return "weights are not 2-D";
+  if (in.dims == nullptr || in.dims->size < 1) return "input has no shape";
+  return CheckBias(ctx, node, Dim(w, 0));
+}
+
+OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* node,
+                 const TfLiteRegistration* reg) {
+  OpPlan plan;
+  plan.node_index = node_index;
+  plan.input = node->inputs->data[0];
+  plan.filter = node->inputs->data[1];
+  plan.bias = node->inputs->size >= 3 ? node->inputs->data[2] : kTfLiteOptionalTensor;
+  plan.output = node->outputs->data[0];
+  const TfLiteTensor& w = ctx->tensors[plan.filter];
+  plan.filter_data = w.data.f;
+  const float* bias =
+      plan.bias == kTfLiteOptionalTensor ? nullptr : ctx->tensors[plan.bias].data.f;
+  TfLiteFusedActivation act;
+  if (reg->builtin_code == kTfLiteBuiltinFullyConnected) {
+    const auto* p = static_cast<const TfLiteFullyConnectedParams*>(node->builtin_data);
+    plan.kind = OpKind::kFullyConnected;
+    plan.out_c = Dim(w, 0);
+    plan.in_c = Dim(w, 1);
+    plan.keep_num_dims = p->keep_num_dims;
+    act = p->activation;
+    plan.fc = PackFullyConnected(w.data.f, plan.out_c, plan.in_c, bias);
+  } else {
+    int padding;
+    if (reg->builtin_code == kTfLiteBuiltinConv2d) {
+      const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
+      plan.kind = OpKind::kConv2D;
+      padding = p->padding;
+      plan.stride_h = p->stride_height; plan.stride_w = p->stride_width;
+      plan.dil_h = p->dilation_height_factor; plan.dil_w = p->dilation_width_factor;
+      act = p->activation;
+      plan.out_c = Dim(w, 0); plan.k_h = Dim(w, 1); plan.k_w = Dim(w, 2); plan.in_c = Dim(w, 3);
+      plan.conv = PackConv2D(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias);
+    } else {
+      const auto* p = static_cast<const TfLiteDepthwiseConvParams*>(node->builtin_data);
+      plan.kind = OpKind::kDepthwiseConv2D;
+      padding = p->padding;
+      plan.stride_h = p->stride_height; plan.stride_w = p->stride_width;
+      plan.dil_h = p->dilation_height_factor; plan.dil_w = p->dilation_width_factor;
+      act = p->activation;
+      plan.k_h = Dim(w, 1); plan.k_w = Dim(w, 2); plan.out_c = Dim(w, 3);
+      plan.in_c = Dim(ctx->tensors[plan.input], 3);
+      plan.depthwise = PackDepthwise(w.data.f, plan.out_c, plan.k_h, plan.k_w, bias);
+    }
+    plan.padding = padding == kTfLitePaddingSame ? Padding::kSame : Padding::kValid;
+  }
+  ActivationRange(act, &plan.act_min, &plan.act_max);
+  return plan;
+}
+
+std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
+  if (plan->kind == OpKind::kFullyConnected) {
+    int64_t n = 1;
+    for (int d : in) n *= d;
+    if (in.empty() || n % plan->in_c != 0)
+      return "input size is not a multiple of the weights' input dimension";
+    plan->fc_batch = static_cast<int>(n / plan->in_c);
+    if (plan->keep_num_dims) {
+      if (in.back() != plan->in_c) return "last input dimension does not match the weights";
+      plan->output_dims = in;
+      plan->output_dims.back() = plan->out_c;
+    } else {
+      plan->output_dims = {plan->fc_batch, plan->out_c};
+    }
+    return "";
+  }
+  if (in.size() != 4) return "input is not 4-D";
+  ConvShape s;
+  s.batch = in[0]; s.in_h = in[1]; s.in_w = in[2]; s.in_c = in[3];
+  s.out_c = plan->out_c;
+  s.k_h = plan->k_h; s.k_w = plan->k_w;
+  s.stride_h = plan->stride_h; s.stride_w = plan->stride_w;
+  s.dil_h = plan->dil_h; s.dil_w = plan->dil_w;
+  s.act_min = plan->act_min; s.act_max = plan->act_max;
+  if (s.in_c != plan->in_c) return "input channels do not match the filter";
+  if (plan->kind == OpKind::kDepthwiseConv2D) s.depth_multiplier = s.out_c / s.in_c;
+  const std::string why = ResolveConvShape(plan->padding, &s);
+  if (!why.empty()) return why;
+  plan->shape = s;
+  plan->output_dims = {s.batch, s.out_h, s.out_w, s.out_c};
+  return "";
+}
+
+int64_t DenseMacs(const OpPlan& plan) {
+  if (plan.kind == OpKind::kFullyConnected)
+    return static_cast<int64_t>(plan.fc_batch) * plan.in_c * plan.out_c;
+  return plan.shape.DenseMacs(plan.kind == OpKind::kDepthwiseConv2D);
+}
+
+}  // namespace cocopie

@@ -1,0 +1,55 @@
+// Which TFLite nodes the delegate claims, and the per-node plan it runs.
+#ifndef COCOPIE_DELEGATE_OPS_H_
+#define COCOPIE_DELEGATE_OPS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cc/kernels/kernels.h"
+#include "delegate/tflite_abi.h"
+
+namespace cocopie {
+
+enum class OpKind { kConv2D, kDepthwiseConv2D, kFullyConnected };
+const char* OpKindName(OpKind kind);
+
+// Everything needed to run one claimed node; weights are packed once here.
+struct OpPlan {
+  int node_index = -1;
+  OpKind kind = OpKind::kConv2D;
+  int input = -1, filter = -1, bias = -1, output = -1;  // tensor indices
+  Padding padding = Padding::kSame;
+  int stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  int k_h = 1, k_w = 1, in_c = 0, out_c = 0;
+  bool keep_num_dims = false;  // fully connected only
+  float act_min = 0, act_max = 0;
+  const float* filter_data = nullptr;  // the model's constant weights
+  PackedConv conv;
+  PackedDepthwise depthwise;
+  PackedFullyConnected fc;
+  // Resolved in Prepare from the current input shape.
+  ConvShape shape;
+  int fc_batch = 0;
+  std::vector<int> output_dims;
+};
+
+// Returns an empty string if the delegate can run `node`, otherwise why not
+// (used for verbose logs and tests).
+std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
+                           const TfLiteRegistration* reg);
+
+// Builds the plan of a node that CheckSupported accepted.
+OpPlan BuildPlan(const TfLiteContext* context, int node_index,
+                 const TfLiteNode* node, const TfLiteRegistration* reg);
+
+// Computes plan->shape / output_dims from the input dims. Returns an error
+// message or an empty string.
+std::string ResolveShapes(const std::vector<int>& input_dims, OpPlan* plan);
+
+// Dense multiply-accumulates of a resolved plan.
+int64_t DenseMacs(const OpPlan& plan);
+
+}  // namespace cocopie
+
+#endif  // COCOPIE_DELEGATE_OPS_H_

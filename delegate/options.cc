@@ -1,0 +1,99 @@
+#include "delegate/options.h"
+
+#include <cerrno>
+#include <cstdlib>
+
+#include "cc/kernels/dispatch.h"
+
+namespace cocopie {
+namespace {
+
+constexpr int kMaxThreads = 256;
+
+std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
+bool ParseBool(const std::string& v, bool* out) {
+  if (v == "1" || v == "true" || v == "True" || v == "yes" || v == "on") {
+    *out = true;
+    return true;
+  }
+  if (v == "0" || v == "false" || v == "False" || v == "no" || v == "off") {
+    *out = false;
+    return true;
+  }
+  return false;
+}
+
+bool ParseThreads(const std::string& v, int* out) {
+  if (v.empty()) return false;
+  errno = 0;
+  char* end = nullptr;
+  const long n = std::strtol(v.c_str(), &end, 10);
+  if (errno != 0 || end == v.c_str() || *end != '\0') return false;
+  if (n < 1 || n > kMaxThreads) return false;
+  *out = static_cast<int>(n);
+  return true;
+}
+
+}  // namespace
+
+const std::vector<std::string>& DelegateOptionKeys() {
+  static const std::vector<std::string> keys = {"num_threads", "backend",
+                                                "verbose", "kernel"};
+  return keys;
+}
+
+bool ParseDelegateOptions(const char* const* keys, const char* const* values,
+                          size_t num_options, DelegateOptions* options,
+                          std::string* error) {
+  DelegateOptions parsed;
+  for (size_t i = 0; i < num_options; ++i) {
+    if (keys[i] == nullptr || values[i] == nullptr) {
+      *error = "option " + std::to_string(i) + " has a null key or value";
+      return false;
+    }
+    const std::string key = keys[i], value = values[i];
+    if (key == "num_threads") {
+      if (!ParseThreads(value, &parsed.num_threads)) {
+        *error = "option 'num_threads': expected an integer from 1 to " +
+                 std::to_string(kMaxThreads) + ", got " + Quote(value);
+        return false;
+      }
+    } else if (key == "backend") {
+      if (value == "gpu") {
+        *error =
+            "option 'backend': 'gpu' (OpenCL) is not built into this version "
+            "of the delegate; use backend=cpu";
+        return false;
+      }
+      if (value != "cpu") {
+        *error = "option 'backend': expected 'cpu' or 'gpu', got " + Quote(value);
+        return false;
+      }
+      parsed.backend = value;
+    } else if (key == "verbose") {
+      if (!ParseBool(value, &parsed.verbose)) {
+        *error = "option 'verbose': expected true/false or 1/0, got " + Quote(value);
+        return false;
+      }
+    } else if (key == "kernel") {
+      std::string why;
+      SelectKernelSet(value, &why);
+      if (!why.empty()) {
+        *error = "option 'kernel': " + why;
+        return false;
+      }
+      parsed.kernel = value;
+    } else {
+      std::string known;
+      for (const auto& k : DelegateOptionKeys()) known += (known.empty() ? "" : ", ") + k;
+      *error = "unknown option " + Quote(key) + " (known options: " + known + ")";
+      return false;
+    }
+  }
+  *options = parsed;
+  error->clear();
+  return true;
+}
+
+}  // namespace cocopie

@@ -1,0 +1,30 @@
+// Delegate options as they arrive through the external-delegate interface:
+// string keys and values.  Parsing is strict: an unknown key or a bad value is
+// an error that names the option, never silently ignored.
+#ifndef COCOPIE_DELEGATE_OPTIONS_H_
+#define COCOPIE_DELEGATE_OPTIONS_H_
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace cocopie {
+
+struct DelegateOptions {
+  int num_threads = 0;          // 0: the interpreter's thread count
+  std::string backend = "cpu";  // cpu | gpu
+  bool verbose = false;
+  std::string kernel = "auto";  // auto | reference | <isa>, see dispatch.h
+};
+
+// Known option keys, for error messages and documentation.
+const std::vector<std::string>& DelegateOptionKeys();
+
+// Returns true on success; on failure returns false and sets *error.
+bool ParseDelegateOptions(const char* const* keys, const char* const* values,
+                          size_t num_options, DelegateOptions* options,
+                          std::string* error);
+
+}  // namespace cocopie
+
+#endif  // COCOPIE_DELEGATE_OPTIONS_H_

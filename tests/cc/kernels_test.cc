@@ -1,0 +1,167 @@
+// Every compiled kernel set against the float64 reference kernels, over a
+// sweep of shapes, strides, dilations, padding, activations and threads.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "cc/kernels/dispatch.h"
+#include "cc/kernels/reference.h"
+#include "tests/cc/check.h"
+
+using namespace cocopie;
+
+namespace {
+
+std::vector<float> Random(size_t n, std::mt19937* rng) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(*rng);
+  return v;
+}
+
+double RelError(const std::vector<float>& a, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / (den > 0 ? den : 1));
+}
+
+std::vector<const KernelSet*> UsableSets() {
+  std::vector<const KernelSet*> out;
+  for (const KernelSet* set : CompiledKernelSets()) {
+    std::string err;
+    if (SelectKernelSet(set->isa, &err) == set) out.push_back(set);
+  }
+  return out;
+}
+
+struct Geometry {
+  int batch, h, w, in_c, out_c, k, stride, dil;
+  Padding pad;
+  float lo, hi;
+};
+
+const Geometry kGeometries[] = {
+    {1, 7, 13, 3, 5, 3, 1, 1, Padding::kSame, -INFINITY, INFINITY},
+    {2, 9, 9, 8, 16, 3, 2, 1, Padding::kValid, 0.f, INFINITY},
+    {1, 8, 11, 17, 70, 1, 1, 1, Padding::kSame, 0.f, 6.f},
+    {1, 12, 10, 6, 9, 5, 2, 1, Padding::kSame, -1.f, 1.f},
+    {1, 13, 7, 4, 130, 3, 1, 2, Padding::kSame, -INFINITY, INFINITY},
+    {2, 10, 10, 5, 7, 3, 1, 2, Padding::kValid, 0.f, INFINITY},
+    {1, 1, 1, 33, 65, 1, 1, 1, Padding::kValid, -INFINITY, INFINITY},
+};
+
+ConvShape MakeShape(const Geometry& g, bool depthwise) {
+  ConvShape s;
+  s.batch = g.batch; s.in_h = g.h; s.in_w = g.w; s.in_c = g.in_c;
+  s.out_c = depthwise ? g.in_c * 2 : g.out_c;
+  s.depth_multiplier = depthwise ? 2 : 1;
+  s.k_h = s.k_w = g.k;
+  s.stride_h = s.stride_w = g.stride;
+  s.dil_h = s.dil_w = g.dil;
+  s.act_min = g.lo; s.act_max = g.hi;
+  ResolveConvShape(g.pad, &s);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE(ReferenceConvHandComputed) {
+  // 3x3 input, 2x2 all-ones filter, VALID: each output sums a 2x2 window.
+  ConvShape s;
+  s.in_h = s.in_w = 3; s.in_c = 1; s.out_c = 1; s.k_h = s.k_w = 2;
+  CHECK(ResolveConvShape(Padding::kValid, &s).empty());
+  CHECK(s.out_h == 2 && s.out_w == 2);
+  const float in[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, w[4] = {1, 1, 1, 1}, bias[1] = {0.5f};
+  float out[4];
+  Conv2DReference(s, in, w, bias, out);
+  CHECK(out[0] == 12.5f && out[1] == 16.5f && out[2] == 24.5f && out[3] == 28.5f);
+}
+
+TEST_CASE(SamePaddingMatchesTfLite) {
+  int out, pad;
+  CHECK(ComputeAxis(7, 3, 2, 1, Padding::kSame, &out, &pad) && out == 4 && pad == 1);
+  CHECK(ComputeAxis(8, 3, 2, 1, Padding::kSame, &out, &pad) && out == 4 && pad == 0);
+  CHECK(ComputeAxis(13, 3, 1, 2, Padding::kValid, &out, &pad) && out == 9 && pad == 0);
+  CHECK(!ComputeAxis(2, 3, 1, 1, Padding::kValid, &out, &pad));
+}
+
+TEST_CASE(Conv2DMatchesReference) {
+  std::mt19937 rng(1);
+  for (const Geometry& g : kGeometries) {
+    const ConvShape s = MakeShape(g, false);
+    const auto in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, &rng);
+    const auto w = Random(size_t(s.out_c) * s.k_h * s.k_w * s.in_c, &rng);
+    const auto b = Random(s.out_c, &rng);
+    std::vector<float> ref(size_t(s.batch) * s.out_h * s.out_w * s.out_c), out(ref.size());
+    Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+    const PackedConv p = PackConv2D(w.data(), s.out_c, s.k_h, s.k_w, s.in_c, b.data());
+    for (const KernelSet* set : UsableSets())
+      for (int threads : {1, 2, 3}) {
+        ThreadPool pool(threads);
+        RunConv2D(set, s, p, w.data(), in.data(), out.data(), &pool);
+        CHECK(RelError(out, ref) <= 1e-6);
+      }
+  }
+}
+
+TEST_CASE(DepthwiseMatchesReference) {
+  std::mt19937 rng(2);
+  for (const Geometry& g : kGeometries) {
+    const ConvShape s = MakeShape(g, true);
+    const auto in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, &rng);
+    const auto w = Random(size_t(s.k_h) * s.k_w * s.out_c, &rng);
+    std::vector<float> ref(size_t(s.batch) * s.out_h * s.out_w * s.out_c), out(ref.size());
+    DepthwiseConv2DReference(s, in.data(), w.data(), nullptr, ref.data());
+    const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, s.k_h, s.k_w, nullptr);
+    for (const KernelSet* set : UsableSets())
+      for (int threads : {1, 2}) {
+        ThreadPool pool(threads);
+        RunDepthwise(set, s, p, in.data(), out.data(), &pool);
+        CHECK(RelError(out, ref) <= 1e-6);
+      }
+  }
+}
+
+TEST_CASE(FullyConnectedMatchesReference) {
+  std::mt19937 rng(3);
+  for (int in_n : {1, 15, 16, 100, 513})
+    for (int batch : {1, 3}) {
+      const int out_n = 37;
+      const auto x = Random(size_t(batch) * in_n, &rng);
+      const auto w = Random(size_t(out_n) * in_n, &rng);
+      const auto b = Random(out_n, &rng);
+      std::vector<float> ref(size_t(batch) * out_n), out(ref.size());
+      FullyConnectedReference(batch, in_n, out_n, x.data(), w.data(), b.data(), 0.f, INFINITY,
+                              ref.data());
+      const PackedFullyConnected p = PackFullyConnected(w.data(), out_n, in_n, b.data());
+      for (const KernelSet* set : UsableSets()) {
+        ThreadPool pool(2);
+        RunFullyConnected(set, batch, p, 0.f, INFINITY, x.data(), out.data(), &pool);
+        CHECK(RelError(out, ref) <= 1e-6);
+      }
+    }
+}
+
+TEST_CASE(ThreadPoolCoversEveryIndexOnce) {
+  ThreadPool pool(3);
+  std::vector<int> hits(1000, 0);
+  pool.ParallelFor(1000, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) ++hits[i];
+  });
+  bool all_once = true;
+  for (int h : hits) all_once = all_once && h == 1;
+  CHECK(all_once);
+}
+
+TEST_CASE(DispatchRejectsUnknownKernel) {
+  std::string err;
+  CHECK(SelectKernelSet("auto", &err) != nullptr && err.empty());
+  CHECK(SelectKernelSet("reference", &err) == nullptr && err.empty());
+  SelectKernelSet("sse9", &err);
+  CHECK(err.find("unknown kernel set 'sse9'") != std::string::npos);
+}
+
+int main() { return cocopie_test::RunAll(); }
