@@ -120,15 +120,16 @@ class Interpreter(_litert.Interpreter):
             raise ValueError("pass either model_path or model_content, not both")
         if model_path is None and model_content is None:
             raise ValueError("pass model_path or model_content")
+        # Options first: a typo should be reported even if the model is bad too.
+        self._cocopie_delegate = load_delegate(
+            backend=backend, num_threads=num_threads, **options
+        )
         if model_path is not None:
             path = pathlib.Path(model_path)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
             model_content = path.read_bytes()
         _check_flatbuffer(model_content)
-        self._cocopie_delegate = load_delegate(
-            backend=backend, num_threads=num_threads, **options
-        )
         super().__init__(
             model_content=model_content,
             experimental_delegates=[self._cocopie_delegate],

@@ -1,0 +1,132 @@
+"""Bad input gets a clear error, and nodes the delegate cannot take stay with
+TFLite and still compute the right result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import convert, reference_outputs, rel_error, run_tflite
+from cocopie_tf import lite
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    out = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    model = keras.Model(inp, out)
+    return model, convert(model)
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(ValueError, match="unknown option 'fast_mode'"):
+        lite.load_delegate(fast_mode=1)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_bad_num_threads_is_refused(value):
+    with pytest.raises(ValueError, match="num_threads"):
+        lite.load_delegate(num_threads=value)
+
+
+def test_bad_num_threads_type_is_refused_in_python():
+    with pytest.raises(ValueError, match="num_threads"):
+        lite.Interpreter(model_content=b"x" * 16, num_threads="abc")
+
+
+def test_bad_backend_and_kernel_are_refused():
+    with pytest.raises(ValueError, match="backend"):
+        lite.load_delegate(backend="tpu")
+    with pytest.raises(ValueError, match="'gpu'"):
+        lite.load_delegate(backend="gpu")
+    with pytest.raises(ValueError, match="kernel"):
+        lite.load_delegate(kernel="avx9000")
+
+
+def test_options_through_raw_litert_load_delegate():
+    # The same checks hold for users who call LiteRT directly.
+    from ai_edge_litert.interpreter import load_delegate
+
+    with pytest.raises(ValueError, match="unknown option 'thread'"):
+        load_delegate(str(lite.delegate_path()), {"thread": "2"})
+    with pytest.raises(ValueError, match="num_threads"):
+        load_delegate(str(lite.delegate_path()), {"num_threads": "abc"})
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.tflite"):
+        lite.Interpreter(model_path=tmp_path / "nope.tflite")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3, 0.9, 0.999])
+def test_truncated_model(small_model, tmp_path, fraction):
+    _, tfl = small_model
+    path = tmp_path / "cut.tflite"
+    path.write_bytes(tfl[: int(len(tfl) * fraction)])
+    with pytest.raises(ValueError):
+        lite.Interpreter(model_path=path)
+
+
+def test_not_a_model():
+    with pytest.raises(ValueError, match="not a TFLite model"):
+        lite.Interpreter(model_content=b"PK\x03\x04 this is a zip file, not a model")
+
+
+def test_model_path_and_content_together(small_model, tmp_path):
+    _, tfl = small_model
+    (tmp_path / "m.tflite").write_bytes(tfl)
+    with pytest.raises(ValueError, match="either"):
+        lite.Interpreter(model_path=tmp_path / "m.tflite", model_content=tfl)
+
+
+def test_non_constant_filter_stays_with_tflite():
+    """A convolution whose filter is a graph input cannot be claimed."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 9, 7, 3]), tf.TensorSpec([3, 3, 3, 5])])
+    def conv(x, w):
+        return tf.nn.relu(tf.nn.conv2d(x, w, strides=1, padding="SAME"))
+
+    tfl = tf.lite.TFLiteConverter.from_concrete_functions(
+        [conv.get_concrete_function()], conv
+    ).convert()
+    r = np.random.default_rng(0)
+    x = r.standard_normal((1, 9, 7, 3)).astype(np.float32)
+    w = r.standard_normal((3, 3, 3, 5)).astype(np.float32)
+    interp = lite.Interpreter(model_content=tfl)
+    # Input order follows the signature; match by shape to be safe.
+    order = [x if list(d["shape"]) == [1, 9, 7, 3] else w for d in interp.get_input_details()]
+    out = run_tflite(interp, order)[0]
+    assert interp.delegate_report() == []
+    expected = np.maximum(tf.nn.conv2d(x, w, 1, "SAME").numpy(), 0)
+    assert rel_error(out, expected) <= 1e-5
+
+
+def test_quantized_weights_stay_with_tflite():
+    """Dynamic-range quantisation makes the filter int8: not claimed, still right."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((10, 10, 16), batch_size=1)
+    x = keras.layers.Conv2D(32, 3, padding="same")(inp)  # 4608 weights: gets quantised
+    x = keras.layers.Conv2D(4, 1)(x)  # 64 weights: stays float, claimed
+    model = keras.Model(inp, x)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    tfl = conv.convert()
+    xs = np.random.default_rng(2).standard_normal((1, 10, 10, 16)).astype(np.float32)
+    interp = lite.Interpreter(model_content=tfl)
+    out = run_tflite(interp, [xs])[0]
+    ref = reference_outputs(tfl, [xs])[0]
+    assert rel_error(out, ref) <= 1e-5
+    claimed = interp.delegate_report()
+    assert len(claimed) == 1 and claimed[0]["dense_macs"] == 10 * 10 * 32 * 4
+
+
+def test_delegate_path_is_installed_library():
+    path = lite.delegate_path()
+    assert path.is_file() and path.name.startswith("libcocopie_delegate")

@@ -1,0 +1,164 @@
+"""The C++ kernels (cocopie_tf._cc) against numpy float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cocopie_tf import _cc
+
+KERNELS = _cc.kernel_choices()[1:]  # reference + every compiled ISA set
+USABLE = [k for k in KERNELS if k in ("reference", "generic", _cc.default_kernel_set())]
+
+
+def _pads(n, k, stride, dil, padding):
+    eff = (k - 1) * dil + 1
+    if padding == "same":
+        out = -(-n // stride)
+        total = max((out - 1) * stride + eff - n, 0)
+        return out, total // 2, total - total // 2
+    return (n - eff) // stride + 1, 0, 0
+
+
+def np_conv2d(x, w_ohwi, bias, strides, dilations, padding, depthwise=False, act="none"):
+    """Direct float64 convolution in numpy (independent of the C++ code)."""
+    x = x.astype(np.float64)
+    n, h, wd, c = x.shape
+    if depthwise:
+        _, kh, kw, oc = w_ohwi.shape
+    else:
+        oc, kh, kw, _ = w_ohwi.shape
+    oh, pt, pb = _pads(h, kh, strides[0], dilations[0], padding)
+    ow, pl, pr = _pads(wd, kw, strides[1], dilations[1], padding)
+    xp = np.pad(x, ((0, 0), (pt, pb + kh * dilations[0]), (pl, pr + kw * dilations[1]), (0, 0)))
+    out = np.zeros((n, oh, ow, oc))
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dilations[0], kx * dilations[1]
+            patch = xp[:, y0 : y0 + oh * strides[0] : strides[0], x0 : x0 + ow * strides[1] : strides[1], :]
+            patch = patch[:, :oh, :ow, :]
+            if depthwise:
+                m = oc // c
+                out += np.repeat(patch, m, axis=3) * w_ohwi[0, ky, kx, :].astype(np.float64)
+            else:
+                out += patch @ w_ohwi[:, ky, kx, :].astype(np.float64).T
+    if bias is not None:
+        out += bias
+    return _activate(out, act)
+
+
+def _activate(out, act):
+    lo, hi = {"none": (-np.inf, np.inf), "relu": (0, np.inf), "relu6": (0, 6),
+              "relu_n1_to_1": (-1, 1)}[act]
+    return np.clip(out, lo, hi)
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+conv_cases = st.fixed_dictionaries(
+    {
+        "batch": st.integers(1, 2),
+        "h": st.integers(1, 12),
+        "w": st.integers(1, 14),
+        "c": st.integers(1, 19),
+        "oc": st.integers(1, 70),
+        "k": st.sampled_from([1, 2, 3, 5]),
+        "stride": st.integers(1, 3),
+        "dil": st.integers(1, 2),
+        "padding": st.sampled_from(["same", "valid"]),
+        "act": st.sampled_from(["none", "relu", "relu6", "relu_n1_to_1"]),
+        "bias": st.booleans(),
+        "threads": st.integers(1, 3),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+def _valid(p):
+    return p["padding"] == "same" or (p["k"] - 1) * p["dil"] + 1 <= min(p["h"], p["w"])
+
+
+@pytest.mark.parametrize("kernel", USABLE)
+@settings(max_examples=40, deadline=None)
+@given(p=conv_cases)
+def test_conv2d_matches_numpy(kernel, p):
+    if not _valid(p):
+        return
+    r = np.random.default_rng(p["seed"])
+    x = r.standard_normal((p["batch"], p["h"], p["w"], p["c"])).astype(np.float32)
+    w = r.standard_normal((p["oc"], p["k"], p["k"], p["c"])).astype(np.float32)
+    b = r.standard_normal(p["oc"]).astype(np.float32) if p["bias"] else None
+    s, d = (p["stride"],) * 2, (p["dil"],) * 2
+    out = _cc.conv2d(x, w, b, strides=s, dilations=d, padding=p["padding"],
+                     activation=p["act"], kernel=kernel, num_threads=p["threads"])
+    ref = np_conv2d(x, w, b, s, d, p["padding"], act=p["act"])
+    assert out.shape == ref.shape
+    assert rel(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("kernel", USABLE)
+@settings(max_examples=40, deadline=None)
+@given(p=conv_cases, mult=st.integers(1, 3))
+def test_depthwise_matches_numpy(kernel, p, mult):
+    if not _valid(p):
+        return
+    r = np.random.default_rng(p["seed"])
+    x = r.standard_normal((p["batch"], p["h"], p["w"], p["c"])).astype(np.float32)
+    w = r.standard_normal((1, p["k"], p["k"], p["c"] * mult)).astype(np.float32)
+    b = r.standard_normal(p["c"] * mult).astype(np.float32) if p["bias"] else None
+    s, d = (p["stride"],) * 2, (p["dil"],) * 2
+    out = _cc.depthwise_conv2d(x, w, b, strides=s, dilations=d, padding=p["padding"],
+                               activation=p["act"], kernel=kernel, num_threads=p["threads"])
+    ref = np_conv2d(x, w, b, s, d, p["padding"], depthwise=True, act=p["act"])
+    assert rel(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("kernel", USABLE)
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 4), n_in=st.integers(1, 300), n_out=st.integers(1, 80),
+       act=st.sampled_from(["none", "relu", "relu6"]), threads=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_fully_connected_matches_numpy(kernel, batch, n_in, n_out, act, threads, seed):
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((batch, n_in)).astype(np.float32)
+    w = r.standard_normal((n_out, n_in)).astype(np.float32)
+    b = r.standard_normal(n_out).astype(np.float32)
+    out = _cc.fully_connected(x, w, b, activation=act, kernel=kernel, num_threads=threads)
+    ref = _activate(x.astype(np.float64) @ w.astype(np.float64).T + b, act)
+    assert rel(out, ref) <= 1e-5
+
+
+def test_reference_is_exact_on_integers():
+    # Small integers: every product and sum is exact in float32, so the
+    # reference kernel must reproduce numpy bit for bit.
+    r = np.random.default_rng(0)
+    x = r.integers(-3, 4, (1, 6, 5, 4)).astype(np.float32)
+    w = r.integers(-3, 4, (3, 3, 3, 4)).astype(np.float32)
+    out = _cc.conv2d(x, w, None, padding="same", kernel="reference")
+    np.testing.assert_array_equal(out, np_conv2d(x, w, None, (1, 1), (1, 1), "same"))
+
+
+def test_bad_arguments_raise_value_error():
+    x = np.zeros((1, 4, 4, 3), np.float32)
+    w = np.zeros((2, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="padding"):
+        _cc.conv2d(x, w, padding="full")
+    with pytest.raises(ValueError, match="activation"):
+        _cc.conv2d(x, w, activation="gelu")
+    with pytest.raises(ValueError, match="kernel"):
+        _cc.conv2d(x, w, kernel="avx9000")
+    with pytest.raises(ValueError, match="filter depth"):
+        _cc.conv2d(x, np.zeros((2, 3, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="geometry"):
+        _cc.conv2d(x, np.zeros((2, 5, 5, 3), np.float32), padding="valid")
+    with pytest.raises(ValueError, match="num_threads"):
+        _cc.conv2d(x, w, num_threads=0)
+
+
+def test_cpu_dispatch_reports_a_usable_kernel_set():
+    assert _cc.default_kernel_set() in _cc.kernel_choices()
+    assert isinstance(_cc.cpu_features(), str)
