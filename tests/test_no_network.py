@@ -29,19 +29,20 @@ def _unshare_works() -> bool:
 
 
 @pytest.mark.slow
-def test_demo_without_network():
+def test_demo_without_network(tmp_path):
     cmd = [sys.executable, "-c", DEMO]
     # Where the kernel lets us, also cut the network off entirely: a native
     # library bypassing Python's socket module would then fail loudly.
     if _unshare_works():
         cmd = ["unshare", "--net"] + cmd
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # cwd: away from the source tree, so the installed package is imported.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert "NETWORK ATTEMPT" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "outputs agree" in proc.stdout
 
 
-def test_guard_sees_a_connection_attempt():
+def test_guard_sees_a_connection_attempt(tmp_path):
     """The guard itself works: a plain connect to loopback is reported."""
     code = GUARD + (
         "import socket\n"
@@ -50,16 +51,18 @@ def test_guard_sees_a_connection_attempt():
         "except OSError:\n"
         "    pass\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert "NETWORK ATTEMPT: socket.connect" in proc.stderr
 
 
-def test_import_does_not_pull_in_tensorflow_or_tfmot():
+def test_import_does_not_pull_in_tensorflow_or_tfmot(tmp_path):
     code = ("import sys, cocopie_tf, cocopie_tf.lite\n"
             "bad = [m for m in ('tensorflow', 'tensorflow_model_optimization', 'tf_keras') "
             "if m in sys.modules]\n"
             "import os\n"
             "assert not bad, bad\n"
             "assert os.environ.get('TF_USE_LEGACY_KERAS') in (None, '0'), 'legacy keras switched on'\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
