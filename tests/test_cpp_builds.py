@@ -57,7 +57,7 @@ def test_bazel_build_and_cc_tests(tmp_path):
         for name in ("rules_cc", "rules_java", "remote_coverage_tools")
     ]
     try:
-        out = _run(startup + ["test", "//..."] + flags, cwd=ROOT)
+        out = _run(startup + ["test", "//:all"] + flags, cwd=ROOT)
         assert "Executed 3 out of 3 tests: 3 tests pass" in out
         _run(startup + ["build", "//:libcocopie_delegate.so"] + flags, cwd=ROOT)
         bin_dir = _run(startup + ["info", "bazel-bin"] + flags[:1], cwd=ROOT).strip()
