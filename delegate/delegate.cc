@@ -81,7 +81,8 @@ class Partition {
       ReportEntry e;
       e.node_index = op.node_index;
       e.op = OpKindName(op.kind);
-      const char* kname = op.kind == OpKind::kConv2D ? "conv2d_direct"
+      const char* kname = op.use_pattern                  ? "conv2d_pattern"
+                          : op.kind == OpKind::kConv2D ? "conv2d_direct"
                           : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d_direct"
                                                                 : "fc_direct";
       if (delegate_->kernels == nullptr)
@@ -89,7 +90,8 @@ class Partition {
                 : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d" : "fc";
       e.kernel = KernelName(delegate_->kernels, kname);
       e.dense_macs = DenseMacs(op);
-      e.executed_macs = e.dense_macs;  // dense kernels multiply every weight
+      e.executed_macs = ExecutedMacs(op);
+      e.patterns = op.pattern_stats.distinct_patterns;
       entries[op.node_index] = e;
     }
     std::lock_guard<std::mutex> lock(delegate_->report_mu);
@@ -98,7 +100,7 @@ class Partition {
   }
 
   TfLiteStatus Invoke(TfLiteContext* ctx) {
-    for (const OpPlan& op : ops_) {
+    for (OpPlan& op : ops_) {
       const float* in = Data(ctx, op.input);
       float* out = Data(ctx, op.output);
       if (in == nullptr || out == nullptr) {
@@ -109,7 +111,10 @@ class Partition {
       const KernelSet* set = delegate_->kernels;
       switch (op.kind) {
         case OpKind::kConv2D:
-          RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
+          if (op.use_pattern)
+            RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, in, out, pool);
+          else
+            RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
           break;
         case OpKind::kDepthwiseConv2D:
           RunDepthwise(set, op.shape, op.depthwise, in, out, pool);
@@ -143,7 +148,8 @@ void* PartitionInit(TfLiteContext* ctx, const char* buffer, size_t) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return nullptr;
-    ops.push_back(BuildPlan(ctx, node_index, node, reg));
+    ops.push_back(BuildPlan(ctx, node_index, node, reg, delegate->kernels,
+                            delegate->options.pattern_kernels));
   }
   return new Partition(delegate, std::move(ops), params->output_tensors);
 }
@@ -235,7 +241,8 @@ std::string Delegate::ReportJson() {
     s += "{\"node_index\":" + std::to_string(e.node_index) + ",\"op\":\"" + JsonEscape(e.op) +
          "\",\"kernel\":\"" + JsonEscape(e.kernel) +
          "\",\"dense_macs\":" + std::to_string(e.dense_macs) +
-         ",\"executed_macs\":" + std::to_string(e.executed_macs) + "}";
+         ",\"executed_macs\":" + std::to_string(e.executed_macs) +
+         ",\"patterns\":" + std::to_string(e.patterns) + "}";
   }
   return s + "]";
 }

@@ -22,6 +22,7 @@ struct ReportEntry {
   std::string kernel;
   int64_t dense_macs = 0;
   int64_t executed_macs = 0;
+  int patterns = 0;  // distinct non-zero kernel masks (conv only)
 };
 
 struct Delegate {

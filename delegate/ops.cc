@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include "cc/kernels/dispatch.h"
+
 namespace cocopie {
 namespace {
 
@@ -120,7 +122,7 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
 }
 
 OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* node,
-                 const TfLiteRegistration* reg) {
+                 const TfLiteRegistration* reg, const KernelSet* kernels, bool allow_pattern) {
   OpPlan plan;
   plan.node_index = node_index;
   plan.input = node->inputs->data[0];
@@ -150,7 +152,16 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
       plan.dil_h = p->dilation_height_factor; plan.dil_w = p->dilation_width_factor;
       act = p->activation;
       plan.out_c = Dim(w, 0); plan.k_h = Dim(w, 1); plan.k_w = Dim(w, 2); plan.in_c = Dim(w, 3);
-      plan.conv = PackConv2D(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias);
+      plan.pattern_stats = AnalyzePatterns(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c);
+      ConvShape geometry;
+      geometry.k_h = plan.k_h; geometry.k_w = plan.k_w;
+      geometry.stride_h = plan.stride_h; geometry.stride_w = plan.stride_w;
+      plan.use_pattern = allow_pattern && kernels != nullptr &&
+                         PreferPatternKernel(plan.pattern_stats, geometry) &&
+                         BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c,
+                                          bias, kMaxGroup, &plan.pattern).empty();
+      if (!plan.use_pattern)
+        plan.conv = PackConv2D(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias);
     } else {
       const auto* p = static_cast<const TfLiteDepthwiseConvParams*>(node->builtin_data);
       plan.kind = OpKind::kDepthwiseConv2D;
@@ -199,6 +210,12 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
   plan->shape = s;
   plan->output_dims = {s.batch, s.out_h, s.out_w, s.out_c};
   return "";
+}
+
+int64_t ExecutedMacs(const OpPlan& plan) {
+  if (!plan.use_pattern) return DenseMacs(plan);
+  const ConvShape& s = plan.shape;
+  return static_cast<int64_t>(s.batch) * s.out_h * s.out_w * plan.pattern.MacsPerPixel();
 }
 
 int64_t DenseMacs(const OpPlan& plan) {

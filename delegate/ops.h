@@ -28,6 +28,11 @@ struct OpPlan {
   PackedConv conv;
   PackedDepthwise depthwise;
   PackedFullyConnected fc;
+  // Pattern-pruned convolutions (chosen in BuildPlan by the cost model).
+  bool use_pattern = false;
+  PatternStats pattern_stats;
+  PatternPlan pattern;
+  PatternScratch pattern_scratch;
   // Resolved in Prepare from the current input shape.
   ConvShape shape;
   int fc_batch = 0;
@@ -39,16 +44,19 @@ struct OpPlan {
 std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
                            const TfLiteRegistration* reg);
 
-// Builds the plan of a node that CheckSupported accepted.
+// Builds the plan of a node that CheckSupported accepted. `kernels` is the
+// delegate's kernel set (null: reference kernels only, no pattern kernels).
 OpPlan BuildPlan(const TfLiteContext* context, int node_index,
-                 const TfLiteNode* node, const TfLiteRegistration* reg);
+                 const TfLiteNode* node, const TfLiteRegistration* reg,
+                 const KernelSet* kernels, bool allow_pattern);
 
 // Computes plan->shape / output_dims from the input dims. Returns an error
 // message or an empty string.
 std::string ResolveShapes(const std::vector<int>& input_dims, OpPlan* plan);
 
-// Dense multiply-accumulates of a resolved plan.
+// Dense multiply-accumulates of a resolved plan, and those its kernel runs.
 int64_t DenseMacs(const OpPlan& plan);
+int64_t ExecutedMacs(const OpPlan& plan);
 
 }  // namespace cocopie
 

@@ -38,8 +38,8 @@ bool ParseThreads(const std::string& v, int* out) {
 }  // namespace
 
 const std::vector<std::string>& DelegateOptionKeys() {
-  static const std::vector<std::string> keys = {"num_threads", "backend",
-                                                "verbose", "kernel"};
+  static const std::vector<std::string> keys = {"num_threads", "backend", "verbose",
+                                                "kernel", "pattern_kernels"};
   return keys;
 }
 
@@ -74,6 +74,15 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
     } else if (key == "verbose") {
       if (!ParseBool(value, &parsed.verbose)) {
         *error = "option 'verbose': expected true/false or 1/0, got " + Quote(value);
+        return false;
+      }
+    } else if (key == "pattern_kernels") {
+      if (value == "auto") {
+        parsed.pattern_kernels = true;
+      } else if (value == "off") {
+        parsed.pattern_kernels = false;
+      } else {
+        *error = "option 'pattern_kernels': expected 'auto' or 'off', got " + Quote(value);
         return false;
       }
     } else if (key == "kernel") {

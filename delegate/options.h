@@ -15,6 +15,7 @@ struct DelegateOptions {
   std::string backend = "cpu";  // cpu | gpu
   bool verbose = false;
   std::string kernel = "auto";  // auto | reference | <isa>, see dispatch.h
+  bool pattern_kernels = true;  // use pattern kernels for pattern-pruned convs
 };
 
 // Known option keys, for error messages and documentation.

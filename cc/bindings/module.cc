@@ -141,6 +141,60 @@ Array FullyConnected(const Array& input, const Array& weights, const py::object&
   return out;
 }
 
+Array PatternConv2D(const Array& input, const Array& filter, const py::object& bias,
+                   std::pair<int, int> dilations, const std::string& padding,
+                   const std::string& activation, const std::string& kernel, int num_threads,
+                   int group) {
+  if (filter.ndim() != 4) throw py::value_error("filter must be OHWI (4-D)");
+  const int oc = filter.shape(0), kh = filter.shape(1), kw = filter.shape(2), ic = filter.shape(3);
+  ConvShape s = ConvGeometry(input, kh, kw, oc, {1, 1}, dilations, padding, activation);
+  if (s.in_c != ic) throw py::value_error("filter depth does not match input channels");
+  if (group < 1 || group > kMaxGroup)
+    throw py::value_error("group must be between 1 and " + std::to_string(kMaxGroup));
+  Array b;
+  const float* bp = BiasPtr(bias, oc, &b);
+  const KernelSet* set = Select(kernel);
+  if (set == nullptr) throw py::value_error("kernel: the pattern kernel has no 'reference' variant");
+  auto pool = MakePool(num_threads);
+  PatternPlan plan;
+  const std::string why = BuildPatternPlan(filter.data(), oc, kh, kw, ic, bp, group, &plan);
+  if (!why.empty()) throw py::value_error(why);
+  Array out({s.batch, s.out_h, s.out_w, s.out_c});
+  PatternScratch scratch;
+  {
+    py::gil_scoped_release release;
+    RunPatternConv(set, s, plan, &scratch, input.data(), out.mutable_data(), pool.get());
+  }
+  return out;
+}
+
+py::dict PatternInfo(const Array& filter, int group) {
+  if (filter.ndim() != 4) throw py::value_error("filter must be OHWI (4-D)");
+  const int oc = filter.shape(0), kh = filter.shape(1), kw = filter.shape(2), ic = filter.shape(3);
+  const PatternStats st = AnalyzePatterns(filter.data(), oc, kh, kw, ic);
+  PatternPlan plan;
+  const std::string why = BuildPatternPlan(filter.data(), oc, kh, kw, ic, nullptr, group, &plan);
+  if (!why.empty()) throw py::value_error(why);
+  py::dict d;
+  d["distinct_patterns"] = st.distinct_patterns;
+  d["kept_kernels"] = st.kept_kernels;
+  d["total_kernels"] = st.total_kernels;
+  d["kept_weights"] = st.kept_weights;
+  d["density"] = st.Density();
+  d["max_group"] = st.max_group;
+  d["units"] = plan.unit_begin.size();
+  d["fkw_bytes"] = plan.FkwBytes();
+  d["csr_bytes"] = plan.CsrBytes();
+  d["dense_bytes"] = plan.DenseBytes();
+  d["offset"] = plan.offset;
+  d["reorder"] = plan.reorder;
+  d["index"] = plan.index;
+  d["stride"] = plan.stride;
+  d["weights"] = plan.fkw_weights;
+  d["patterns"] = plan.patterns;
+  return d;
+}
+
 }  // namespace
 }  // namespace cocopie
 
@@ -159,6 +213,13 @@ PYBIND11_MODULE(_cc, m) {
   m.def("fully_connected", &FullyConnected, py::arg("input"), py::arg("weights"),
         py::arg("bias") = py::none(), py::arg("activation") = "none", py::arg("kernel") = "auto",
         py::arg("num_threads") = 1, "Fully connected; weights are [out, in].");
+  m.def("pattern_conv2d", &PatternConv2D, py::arg("input"), py::arg("filter"),
+        py::arg("bias") = py::none(), py::arg("dilations") = pair11, py::arg("padding") = "same",
+        py::arg("activation") = "none", py::arg("kernel") = "auto", py::arg("num_threads") = 1,
+        py::arg("group") = kMaxGroup,
+        "Stride-1 convolution with the pattern (FKW) kernel; filter is OHWI.");
+  m.def("pattern_info", &PatternInfo, py::arg("filter"), py::arg("group") = kMaxGroup,
+        "Pattern structure and FKW arrays of an OHWI filter.");
   m.def("cpu_features", [] { return DetectCpu().ToString(); }, "Detected CPU features.");
   m.def("kernel_choices", &KernelChoices, "Accepted values of the 'kernel' option.");
   m.def("default_kernel_set", [] {

@@ -1,6 +1,7 @@
 #include "cc/kernels/dispatch.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "cc/kernels/reference.h"
 
@@ -147,6 +148,94 @@ void RunFullyConnected(const KernelSet* set, int batch,
               [&](int64_t b, int64_t e) {
                 set->fully_connected(batch, w, act_min, act_max, input, output, b, e);
               });
+}
+
+namespace {
+
+int RoundUp(int v, int m) { return (v + m - 1) / m * m; }
+
+}  // namespace
+
+bool PreferPatternKernel(const PatternStats& st, const ConvShape& s) {
+  // Measured on AVX2 (docs/benchmarks.md): above about half the weights the
+  // dense direct kernel is as fast; many distinct masks mean unstructured
+  // sparsity, which this kernel is not built for.
+  constexpr double kMaxDensity = 0.5;
+  constexpr int kMaxPatterns = 64;
+  return s.stride_h == 1 && s.stride_w == 1 && s.k_h * s.k_w <= kMaxTaps &&
+         st.total_weights > 0 && st.Density() <= kMaxDensity &&
+         st.distinct_patterns <= kMaxPatterns;
+}
+
+void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                    PatternScratch* scratch, const float* input, float* output,
+                    ThreadPool* pool) {
+  int max_group = 1;
+  for (int g : plan.unit_size) max_group = std::max(max_group, g);
+  const int t_max = max_group <= 2 ? 4 : 3;  // keep G*T accumulators in registers
+  const int tile_vectors = std::min(t_max, (s.out_w + kVectorWidth - 1) / kVectorWidth);
+  const int out_wp = RoundUp(s.out_w, kVectorWidth * tile_vectors);
+  const int hp = s.out_h + (s.k_h - 1) * s.dil_h;
+  const int wp = out_wp + (s.k_w - 1) * s.dil_w;
+  const int64_t plane = static_cast<int64_t>(hp) * wp;
+  scratch->input.assign(static_cast<size_t>(plane) * s.in_c, 0.f);
+  scratch->output.resize(static_cast<size_t>(s.out_c) * s.out_h * out_wp);
+  scratch->tap_offsets.assign(static_cast<size_t>(plan.num_patterns()) * kMaxTaps, 0);
+  for (int q = 0; q < plan.num_patterns(); ++q)
+    for (size_t t = 0; t < plan.pattern_taps[q].size(); ++t) {
+      const int tap = plan.pattern_taps[q][t];
+      scratch->tap_offsets[q * kMaxTaps + t] =
+          (tap / s.k_w) * s.dil_h * wp + (tap % s.k_w) * s.dil_w;
+    }
+
+  PatternConvArgs args;
+  args.plan = &plan;
+  args.input = scratch->input.data();
+  args.hp = hp;
+  args.wp = wp;
+  args.out_h = s.out_h;
+  args.out_wp = out_wp;
+  args.tile_vectors = tile_vectors;
+  args.tap_offsets = scratch->tap_offsets.data();
+  args.output = scratch->output.data();
+  const int64_t tasks = static_cast<int64_t>(plan.unit_begin.size()) * s.out_h;
+  const int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * out_wp /
+                                                     std::max<size_t>(1, plan.unit_begin.size()));
+
+  for (int b = 0; b < s.batch; ++b) {
+    const float* in_b = input + static_cast<int64_t>(b) * s.in_h * s.in_w * s.in_c;
+    float* out_b = output + static_cast<int64_t>(b) * s.out_h * s.out_w * s.out_c;
+    float* padded = scratch->input.data();
+    // NHWC -> zero-padded CHW (only rows/columns the kernels can read).
+    ParallelFor(pool, s.in_h, 4, [&](int64_t y0, int64_t y1) {
+      for (int64_t iy = y0; iy < y1; ++iy) {
+        const int64_t py = iy + s.pad_top;
+        if (py >= hp) continue;
+        for (int ix = 0; ix < s.in_w; ++ix) {
+          const int64_t px = ix + s.pad_left;
+          if (px >= wp) continue;
+          const float* src = in_b + (iy * s.in_w + ix) * s.in_c;
+          float* dst = padded + py * wp + px;
+          for (int c = 0; c < s.in_c; ++c) dst[c * plane] = src[c];
+        }
+      }
+    });
+    ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
+      set->pattern_conv2d(args, t0, t1);
+    });
+    // CHW -> NHWC with bias and the fused activation.
+    const float* chw = scratch->output.data();
+    ParallelFor(pool, s.out_h, 1, [&](int64_t y0, int64_t y1) {
+      for (int64_t oy = y0; oy < y1; ++oy)
+        for (int ox = 0; ox < s.out_w; ++ox) {
+          float* dst = out_b + (oy * s.out_w + ox) * s.out_c;
+          const float* src = chw + oy * out_wp + ox;
+          const int64_t ch_stride = static_cast<int64_t>(s.out_h) * out_wp;
+          for (int o = 0; o < s.out_c; ++o)
+            dst[o] = std::min(std::max(src[o * ch_stride] + plan.bias[o], s.act_min), s.act_max);
+        }
+    });
+  }
 }
 
 }  // namespace cocopie

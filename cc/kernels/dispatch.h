@@ -39,6 +39,17 @@ void RunFullyConnected(const KernelSet* set, int batch,
                        float act_max, const float* input, float* output,
                        ThreadPool* pool);
 
+// Pattern-pruned convolution (stride 1, any dilation): NHWC in and out; the
+// kernels work on a zero-padded CHW copy held in `scratch`.  `set` must not
+// be null (the reference for a pattern layer is the dense reference kernel).
+void RunPatternConv(const KernelSet* set, const ConvShape& s,
+                    const PatternPlan& plan, PatternScratch* scratch,
+                    const float* input, float* output, ThreadPool* pool);
+
+// The cost model, for now a rule: the pattern kernel pays when the filter is
+// sparse enough and its structure is a modest set of patterns.
+bool PreferPatternKernel(const PatternStats& stats, const ConvShape& s);
+
 // "f32_<op>__<isa>" for reports.
 std::string KernelName(const KernelSet* set, const char* op);
 

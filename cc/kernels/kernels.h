@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cc/kernels/pattern_conv.h"
 #include "cc/kernels/shapes.h"
 
 namespace cocopie {
@@ -52,6 +53,9 @@ struct KernelSet {
   void (*fully_connected)(int batch, const PackedFullyConnected& w,
                           float act_min, float act_max, const float* input,
                           float* output, int64_t unit_begin, int64_t unit_end);
+  // Pattern convolution over (unit, output row) tasks of one image.
+  void (*pattern_conv2d)(const PatternConvArgs& args, int64_t task_begin,
+                         int64_t task_end);
 };
 
 // Per-ISA sets (defined in direct_<isa>.cc). AvailableKernelSets() lists the

@@ -1,0 +1,96 @@
+// Pattern-pruned convolution: the layerwise plan (filter kernel reorder and
+// FKW compact weights) and the kernels that run it.
+//
+// A kernel (the k_h x k_w weights connecting one input channel to one filter)
+// is described by its *pattern*, the mask of its non-zero positions.  Removed
+// kernels (connectivity pruning) are simply absent.  The plan stores, per
+// filter, only its kept kernels, sorted by pattern (FKW, technical notes §4):
+//   offset[f]..offset[f+1]  the kept kernels of reordered filter f
+//   reorder[f]              original output channel of reordered filter f
+//   index[k]                input channel of kept kernel k
+//   stride[f*(P+1) + p]     where pattern p's run starts within filter f
+//   weights                 the kept values, kernel after kernel
+// Filters whose kernel lists are identical (same input channels and patterns:
+// "group-shared" pruning) are processed G at a time, so every input vector
+// loaded feeds G filters (load-redundancy elimination across filters).
+#ifndef COCOPIE_CC_KERNELS_PATTERN_CONV_H_
+#define COCOPIE_CC_KERNELS_PATTERN_CONV_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cc/kernels/shapes.h"
+
+namespace cocopie {
+
+constexpr int kMaxGroup = 4;  // filters sharing one kernel list, per unit
+
+struct PatternPlan {
+  int out_c = 0, in_c = 0, k_h = 0, k_w = 0;
+  std::vector<uint32_t> patterns;            // bit (ky*k_w+kx) set = kept
+  std::vector<std::vector<int>> pattern_taps;  // kept positions, ascending
+  // FKW arrays (see above), over reordered filters.
+  std::vector<int32_t> offset, reorder, index, stride;
+  std::vector<float> fkw_weights;  // per kept kernel its taps, in tap order
+  // Execution units: consecutive reordered filters [unit_begin[u], +unit_size[u])
+  // share one kernel list; their weights are interleaved [kernel][tap][g].
+  std::vector<int32_t> unit_begin, unit_size, unit_weight_offset;
+  std::vector<float> unit_weights;
+  std::vector<float> bias;  // original channel order, zeros if none
+  int64_t kept_kernels = 0;
+  int64_t kept_weights = 0;
+
+  int num_patterns() const { return static_cast<int>(patterns.size()); }
+  // Kept weights per output pixel: the MACs the kernel actually executes.
+  int64_t MacsPerPixel() const { return kept_weights; }
+  // FKW storage in bytes (offset, reorder, index, stride, weights) and the
+  // bytes of the same weights in CSR (int32 column index per weight, row
+  // pointers per filter) and dense float32.
+  int64_t FkwBytes() const;
+  int64_t CsrBytes() const;
+  int64_t DenseBytes() const;
+};
+
+// Structure of a filter tensor, found from its zeros.
+struct PatternStats {
+  int distinct_patterns = 0;  // non-empty masks
+  int64_t kept_kernels = 0, total_kernels = 0;
+  int64_t kept_weights = 0, total_weights = 0;
+  int max_group = 1;  // largest run of filters with identical kernel lists
+  double Density() const {
+    return total_weights ? double(kept_weights) / double(total_weights) : 1.0;
+  }
+};
+PatternStats AnalyzePatterns(const float* filter_ohwi, int out_c, int k_h,
+                             int k_w, int in_c);
+
+// Builds the plan (reorder + FKW + units). `group` caps filters per unit
+// (1..kMaxGroup).  Returns an error message for unsupported shapes.
+std::string BuildPatternPlan(const float* filter_ohwi, int out_c, int k_h,
+                             int k_w, int in_c, const float* bias, int group,
+                             PatternPlan* plan);
+
+// Scratch buffers reused across runs (padded CHW input, CHW output).
+struct PatternScratch {
+  std::vector<float> input, output;
+  std::vector<int32_t> tap_offsets;
+};
+
+constexpr int kMaxTaps = 32;
+constexpr int kVectorWidth = 8;  // floats per vector in the pattern kernels
+
+// One image's worth of work for the per-ISA row kernels.
+struct PatternConvArgs {
+  const PatternPlan* plan = nullptr;
+  const float* input = nullptr;  // zero-padded CHW: [in_c][hp][wp]
+  int hp = 0, wp = 0;
+  int out_h = 0, out_wp = 0;     // output rows and row pitch (whole tiles)
+  int tile_vectors = 1;          // vectors per output tile along x
+  const int32_t* tap_offsets = nullptr;  // [pattern][kMaxTaps] element offsets
+  float* output = nullptr;       // CHW [out_c][out_h][out_wp], original order
+};
+
+}  // namespace cocopie
+
+#endif  // COCOPIE_CC_KERNELS_PATTERN_CONV_H_

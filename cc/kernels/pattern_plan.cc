@@ -1,0 +1,158 @@
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+#include "cc/kernels/pattern_conv.h"
+
+namespace cocopie {
+namespace {
+
+// Non-zero mask of every kernel, [out_c][in_c].
+std::vector<uint32_t> KernelMasks(const float* w, int out_c, int k_h, int k_w, int in_c) {
+  std::vector<uint32_t> masks(static_cast<size_t>(out_c) * in_c, 0);
+  for (int o = 0; o < out_c; ++o)
+    for (int y = 0; y < k_h; ++y)
+      for (int x = 0; x < k_w; ++x) {
+        const float* src = w + ((static_cast<size_t>(o) * k_h + y) * k_w + x) * in_c;
+        const uint32_t bit = 1u << (y * k_w + x);
+        for (int i = 0; i < in_c; ++i)
+          if (src[i] != 0.f) masks[static_cast<size_t>(o) * in_c + i] |= bit;
+      }
+  return masks;
+}
+
+int Popcount(uint32_t v) { return __builtin_popcount(v); }
+
+}  // namespace
+
+int64_t PatternPlan::FkwBytes() const {
+  return static_cast<int64_t>(offset.size() + reorder.size() + index.size() + stride.size()) *
+             4 +
+         static_cast<int64_t>(fkw_weights.size()) * 4;
+}
+int64_t PatternPlan::CsrBytes() const {
+  return (out_c + 1) * 4LL + kept_weights * 8LL;  // row pointers + (column, value)
+}
+int64_t PatternPlan::DenseBytes() const {
+  return static_cast<int64_t>(out_c) * in_c * k_h * k_w * 4;
+}
+
+PatternStats AnalyzePatterns(const float* filter, int out_c, int k_h, int k_w, int in_c) {
+  PatternStats st;
+  st.total_kernels = static_cast<int64_t>(out_c) * in_c;
+  st.total_weights = st.total_kernels * k_h * k_w;
+  if (k_h * k_w > 32) return st;
+  const std::vector<uint32_t> masks = KernelMasks(filter, out_c, k_h, k_w, in_c);
+  std::map<uint32_t, int> distinct;
+  std::map<std::vector<uint32_t>, int> signatures;
+  for (int o = 0; o < out_c; ++o) {
+    const uint32_t* row = masks.data() + static_cast<size_t>(o) * in_c;
+    for (int i = 0; i < in_c; ++i) {
+      if (row[i] == 0) continue;
+      distinct[row[i]]++;
+      st.kept_kernels++;
+      st.kept_weights += Popcount(row[i]);
+    }
+    st.max_group = std::max(st.max_group, ++signatures[std::vector<uint32_t>(row, row + in_c)]);
+  }
+  st.distinct_patterns = static_cast<int>(distinct.size());
+  return st;
+}
+
+std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, int in_c,
+                             const float* bias, int group, PatternPlan* plan) {
+  if (k_h * k_w > 32) return "kernel larger than 32 positions";
+  if (out_c <= 0 || in_c <= 0 || k_h <= 0 || k_w <= 0) return "empty filter";
+  group = std::max(1, std::min(group, kMaxGroup));
+  PatternPlan p;
+  p.out_c = out_c; p.in_c = in_c; p.k_h = k_h; p.k_w = k_w;
+  p.bias = bias ? std::vector<float>(bias, bias + out_c) : std::vector<float>(out_c, 0.f);
+  const std::vector<uint32_t> masks = KernelMasks(filter, out_c, k_h, k_w, in_c);
+
+  // Patterns: most taps first, then by mask value (deterministic ids).
+  for (uint32_t m : masks)
+    if (m != 0) p.patterns.push_back(m);
+  std::sort(p.patterns.begin(), p.patterns.end(), [](uint32_t a, uint32_t b) {
+    return Popcount(a) != Popcount(b) ? Popcount(a) > Popcount(b) : a < b;
+  });
+  p.patterns.erase(std::unique(p.patterns.begin(), p.patterns.end()), p.patterns.end());
+  std::map<uint32_t, int> pid;
+  for (size_t i = 0; i < p.patterns.size(); ++i) {
+    pid[p.patterns[i]] = static_cast<int>(i);
+    std::vector<int> taps;
+    for (int b = 0; b < k_h * k_w; ++b)
+      if (p.patterns[i] >> b & 1u) taps.push_back(b);
+    p.pattern_taps.push_back(taps);
+  }
+  const int P = p.num_patterns();
+
+  // Each filter's kernel list sorted by (pattern, input channel): one run per
+  // pattern, so the inner loop for a run is branch-free.
+  using Kernel = std::pair<int, int>;  // (pattern id, input channel)
+  std::vector<std::vector<Kernel>> lists(out_c);
+  for (int o = 0; o < out_c; ++o) {
+    for (int i = 0; i < in_c; ++i) {
+      const uint32_t m = masks[static_cast<size_t>(o) * in_c + i];
+      if (m != 0) lists[o].push_back({pid[m], i});
+    }
+    std::sort(lists[o].begin(), lists[o].end());
+  }
+
+  // Filter kernel reorder: filters with identical lists are adjacent (they
+  // can share input loads); otherwise heavier filters first so threads that
+  // take units in order finish together.
+  std::vector<int> order(out_c);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    if (lists[a].size() != lists[b].size()) return lists[a].size() > lists[b].size();
+    return lists[a] < lists[b];
+  });
+
+  p.offset.push_back(0);
+  p.stride.reserve(static_cast<size_t>(out_c) * (P + 1));
+  for (int f = 0; f < out_c; ++f) {
+    const int o = order[f];
+    p.reorder.push_back(o);
+    int run_start = 0;
+    for (int q = 0; q <= P; ++q) {
+      p.stride.push_back(run_start);
+      while (run_start < static_cast<int>(lists[o].size()) && lists[o][run_start].first == q)
+        ++run_start;
+    }
+    for (const Kernel& k : lists[o]) {
+      p.index.push_back(k.second);
+      for (int tap : p.pattern_taps[k.first]) {
+        const int y = tap / k_w, x = tap % k_w;
+        p.fkw_weights.push_back(filter[((static_cast<size_t>(o) * k_h + y) * k_w + x) * in_c + k.second]);
+      }
+      p.kept_kernels++;
+      p.kept_weights += static_cast<int64_t>(p.pattern_taps[k.first].size());
+    }
+    p.offset.push_back(static_cast<int32_t>(p.index.size()));
+  }
+
+  // Units: up to `group` adjacent filters with identical kernel lists.
+  std::vector<int64_t> weight_start(out_c + 1, 0);  // fkw_weights offset per filter
+  for (int f = 0; f < out_c; ++f) {
+    int64_t n = 0;
+    const int o = order[f];
+    for (const Kernel& k : lists[o]) n += static_cast<int64_t>(p.pattern_taps[k.first].size());
+    weight_start[f + 1] = weight_start[f] + n;
+  }
+  for (int f = 0; f < out_c;) {
+    int g = 1;
+    while (g < group && f + g < out_c && lists[order[f + g]] == lists[order[f]]) ++g;
+    p.unit_begin.push_back(f);
+    p.unit_size.push_back(g);
+    p.unit_weight_offset.push_back(static_cast<int32_t>(p.unit_weights.size()));
+    // Interleave [kernel tap][g] so one input load feeds g broadcasts.
+    const int64_t n = weight_start[f + 1] - weight_start[f];
+    for (int64_t t = 0; t < n; ++t)
+      for (int j = 0; j < g; ++j) p.unit_weights.push_back(p.fkw_weights[weight_start[f + j] + t]);
+    f += g;
+  }
+  *plan = std::move(p);
+  return "";
+}
+
+}  // namespace cocopie
