@@ -23,6 +23,7 @@ __all__ = [
     "project_to_library",
     "connectivity_mask",
     "pattern_ids",
+    "prune_kernel",
 ]
 
 
@@ -172,3 +173,35 @@ def pattern_ids(kernels, library) -> np.ndarray:
     ids[has] = np.argmax(inside[has], axis=1)
     ids[~nz.any(axis=1)] = -1
     return ids.reshape(kernels.shape[:-2])
+
+
+def prune_kernel(kernel_hwio, *, library=None, num_patterns: int = 8,
+                 connectivity: float | None = 3.6, group: int = 1) -> np.ndarray:
+    """One-shot pattern + connectivity pruning of a Keras conv kernel (HWIO).
+
+    The projection ADMM converges to, applied once (no training): every kernel
+    is projected onto the library (chosen from the kernel itself by natural
+    frequency unless given), then the strongest ``1/connectivity`` of the
+    kernels are kept.  With ``group > 1``, each run of ``group`` consecutive
+    filters shares one mask per input channel (chosen from the group's joint
+    energy), so a compiler can reuse every input load ``group`` times.
+    Returns a new array of the same shape and dtype.
+    """
+    k = np.asarray(kernel_hwio)
+    if k.ndim != 4:
+        raise ValueError(f"kernel_hwio must be 4-D (kh, kw, in, out), got shape {k.shape}")
+    kh, kw, ic, oc = k.shape
+    if not isinstance(group, (int, np.integer)) or group < 1 or oc % group:
+        raise ValueError(f"group={group!r} must be a positive divisor of the {oc} filters")
+    kern = np.transpose(k, (3, 2, 0, 1)).astype(np.float64)  # [oc, ic, kh, kw]
+    if library is None:
+        library = select_library(kern, num_patterns=num_patterns)
+    library = _check_patterns(library, (kh, kw), "library")
+    grouped = kern.reshape(oc // group, group, ic, kh, kw)
+    energy = np.sqrt((grouped**2).sum(axis=1))  # one kernel per group and channel
+    _, ids = project_to_library(energy, library)
+    masks = library[np.maximum(ids, 0)] & (ids >= 0)[..., None, None]
+    if connectivity is not None:
+        masks &= connectivity_mask(energy * masks, connectivity)[..., None, None]
+    pruned = (grouped * masks[:, None]).reshape(oc, ic, kh, kw)
+    return np.transpose(pruned, (2, 3, 1, 0)).astype(k.dtype)

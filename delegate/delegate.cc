@@ -187,7 +187,9 @@ TfLiteStatus DelegatePrepare(TfLiteContext* ctx, TfLiteDelegate* base) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return kTfLiteError;
-    const std::string why = CheckSupported(ctx, node, reg);
+    std::string why = CheckSupported(ctx, node, reg);
+    if (why.empty() && !d->options.claim_all)
+      why = CheckWorthClaiming(ctx, node, reg, d->options.pattern_kernels && d->kernels != nullptr);
     if (why.empty()) {
       claimed.push_back(node_index);
       d->Log("claims node " + std::to_string(node_index));

@@ -157,7 +157,7 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
       geometry.k_h = plan.k_h; geometry.k_w = plan.k_w;
       geometry.stride_h = plan.stride_h; geometry.stride_w = plan.stride_w;
       plan.use_pattern = allow_pattern && kernels != nullptr &&
-                         PreferPatternKernel(plan.pattern_stats, geometry) &&
+                         PatternKernelApplies(plan.pattern_stats, geometry) &&
                          BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c,
                                           bias, kMaxGroup, &plan.pattern).empty();
       if (!plan.use_pattern)
@@ -209,6 +209,26 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
   if (!why.empty()) return why;
   plan->shape = s;
   plan->output_dims = {s.batch, s.out_h, s.out_w, s.out_c};
+  return "";
+}
+
+std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
+                               const TfLiteRegistration* reg, bool pattern_kernels) {
+  if (reg->builtin_code != kTfLiteBuiltinConv2d)
+    return "dense operator: TFLite's own kernel is faster (use claim=all to force)";
+  if (!pattern_kernels) return "pattern kernels are off and the dense kernel is slower than TFLite's";
+  const TfLiteTensor& w = ctx->tensors[node->inputs->data[1]];
+  const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
+  const PatternStats st = AnalyzePatterns(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2), Dim(w, 3));
+  ConvShape geometry;
+  geometry.k_h = Dim(w, 1); geometry.k_w = Dim(w, 2);
+  geometry.stride_h = p->stride_height; geometry.stride_w = p->stride_width;
+  if (!PatternKernelApplies(st, geometry))
+    return "not pattern-pruned (or strided): TFLite's dense kernel is faster";
+  const double speedup = PredictedSpeedupOverDense(st);
+  if (speedup < 1.05)
+    return "pattern kernel predicted " + std::to_string(speedup).substr(0, 4) +
+           "x of TFLite's dense kernel: not worth claiming";
   return "";
 }
 

@@ -44,6 +44,12 @@ struct OpPlan {
 std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
                            const TfLiteRegistration* reg);
 
+// With claim=auto: is the node worth taking from TFLite? Returns an empty
+// string if so, otherwise why not. Only pattern-pruned convolutions that the
+// cost model predicts faster than a dense XNNPACK kernel are.
+std::string CheckWorthClaiming(const TfLiteContext* context, const TfLiteNode* node,
+                               const TfLiteRegistration* reg, bool pattern_kernels);
+
 // Builds the plan of a node that CheckSupported accepted. `kernels` is the
 // delegate's kernel set (null: reference kernels only, no pattern kernels).
 OpPlan BuildPlan(const TfLiteContext* context, int node_index,

@@ -39,7 +39,7 @@ bool ParseThreads(const std::string& v, int* out) {
 
 const std::vector<std::string>& DelegateOptionKeys() {
   static const std::vector<std::string> keys = {"num_threads", "backend", "verbose",
-                                                "kernel", "pattern_kernels"};
+                                                "kernel", "pattern_kernels", "claim"};
   return keys;
 }
 
@@ -76,6 +76,12 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
         *error = "option 'verbose': expected true/false or 1/0, got " + Quote(value);
         return false;
       }
+    } else if (key == "claim") {
+      if (value != "auto" && value != "all") {
+        *error = "option 'claim': expected 'auto' or 'all', got " + Quote(value);
+        return false;
+      }
+      parsed.claim_all = value == "all";
     } else if (key == "pattern_kernels") {
       if (value == "auto") {
         parsed.pattern_kernels = true;

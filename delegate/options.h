@@ -16,6 +16,9 @@ struct DelegateOptions {
   bool verbose = false;
   std::string kernel = "auto";  // auto | reference | <isa>, see dispatch.h
   bool pattern_kernels = true;  // use pattern kernels for pattern-pruned convs
+  // auto: claim only nodes the cost model predicts faster than TFLite's own
+  // (XNNPACK) kernels; all: every supported node (tests, runtimes without XNNPACK).
+  bool claim_all = false;
 };
 
 // Known option keys, for error messages and documentation.

@@ -73,7 +73,7 @@ def test_bazel_build_and_cc_tests(tmp_path):
             "keras.utils.set_random_seed(0)\n"
             "i = keras.Input((9, 9, 3)); m = keras.Model(i, keras.layers.Conv2D(5, 3)(i))\n"
             "tfl = convert(m); x = np.ones((1, 9, 9, 3), np.float32)\n"
-            "it = Interpreter(model_content=tfl, experimental_delegates=[load_delegate(sys.argv[1])])\n"
+            "it = Interpreter(model_content=tfl, experimental_delegates=[load_delegate(sys.argv[1], {'claim': 'all'})])\n"
             "err = rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0])\n"
             "assert 'DELEGATE' in [d['op_name'] for d in it._get_ops_details()]\n"
             "assert err <= 1e-5, err\n"

@@ -96,7 +96,7 @@ def test_non_constant_filter_stays_with_tflite():
     r = np.random.default_rng(0)
     x = r.standard_normal((1, 9, 7, 3)).astype(np.float32)
     w = r.standard_normal((3, 3, 3, 5)).astype(np.float32)
-    interp = lite.Interpreter(model_content=tfl)
+    interp = lite.Interpreter(model_content=tfl, claim="all")
     # Input order follows the signature; match by shape to be safe.
     order = [x if list(d["shape"]) == [1, 9, 7, 3] else w for d in interp.get_input_details()]
     out = run_tflite(interp, order)[0]
@@ -119,7 +119,7 @@ def test_quantized_weights_stay_with_tflite():
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     tfl = conv.convert()
     xs = np.random.default_rng(2).standard_normal((1, 10, 10, 16)).astype(np.float32)
-    interp = lite.Interpreter(model_content=tfl)
+    interp = lite.Interpreter(model_content=tfl, claim="all")
     out = run_tflite(interp, [xs])[0]
     ref = reference_outputs(tfl, [xs])[0]
     assert rel_error(out, ref) <= 1e-5

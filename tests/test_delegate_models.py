@@ -29,7 +29,7 @@ def test_application_model(name):
     x = np.random.default_rng(0).uniform(-1, 1, (1, *MODELS[name]["input_shape"]))
     x = x.astype(np.float32)
     ref = reference_outputs(tfl, [x])[0]
-    interp = lite.Interpreter(model_content=tfl, num_threads=2)
+    interp = lite.Interpreter(model_content=tfl, num_threads=2, claim="all")
     out = run_tflite(interp, [x])[0]
     assert rel_error(out, ref) <= 1e-5, name
 

@@ -54,7 +54,7 @@ def test_one_op_model(op, k, stride, padding, dil, act, batch):
     tfl = convert(model)
     x = np.random.default_rng(k * 7 + stride).standard_normal((batch, 7, 13, 5)).astype(np.float32)
     ref = reference_outputs(tfl, [x])[0]
-    interp = lite.Interpreter(model_content=tfl, num_threads=2)
+    interp = lite.Interpreter(model_content=tfl, num_threads=2, claim="all")
     out = run_tflite(interp, [x])[0]
     assert out.shape == ref.shape
     assert rel_error(out, ref) <= 1e-5
@@ -83,7 +83,7 @@ def test_dense_layers_and_partitions(keep_dims):
     model = keras.Model(inp, x)
     tfl = convert(model)
     xs = np.random.default_rng(0).standard_normal((2, 6, 9, 4)).astype(np.float32)
-    interp = lite.Interpreter(model_content=tfl)
+    interp = lite.Interpreter(model_content=tfl, claim="all")
     out = run_tflite(interp, [xs])[0]
     ref = reference_outputs(tfl, [xs])[0]
     assert rel_error(out, ref) <= 1e-5
@@ -101,7 +101,7 @@ def test_kernel_choice_and_threads(kernel, threads):
     model = _one_op_model("conv", 3, 1, "same", 1, "relu", seed=5)
     tfl = convert(model)
     x = np.random.default_rng(1).standard_normal((1, 7, 13, 5)).astype(np.float32)
-    interp = lite.Interpreter(model_content=tfl, num_threads=threads, kernel=kernel)
+    interp = lite.Interpreter(model_content=tfl, num_threads=threads, kernel=kernel, claim="all")
     out = run_tflite(interp, [x])[0]
     assert rel_error(out, reference_outputs(tfl, [x])[0]) <= 1e-5
     (entry,) = interp.delegate_report()
@@ -117,7 +117,7 @@ def test_delegate_loads_in_tf_lite_interpreter():
     model = _one_op_model("dw2", 3, 2, "same", 1, "relu")
     tfl = convert(model)
     x = np.random.default_rng(2).standard_normal((1, 7, 13, 5)).astype(np.float32)
-    interp = tf.lite.Interpreter(model_content=tfl, experimental_delegates=[lite.load_delegate()])
+    interp = tf.lite.Interpreter(model_content=tfl, experimental_delegates=[lite.load_delegate(claim="all")])
     out = run_tflite(interp, [x])[0]
     ops = [d["op_name"] for d in interp._get_ops_details()]  # noqa: SLF001 - no public API
     assert "DELEGATE" in ops
@@ -127,7 +127,7 @@ def test_delegate_loads_in_tf_lite_interpreter():
 def test_same_input_twice_and_resize_between_runs():
     model = _one_op_model("conv", 3, 2, "same", 1, None)
     tfl = convert(model)
-    interp = lite.Interpreter(model_content=tfl)
+    interp = lite.Interpreter(model_content=tfl, claim="all")
     r = np.random.default_rng(4)
     for batch in (1, 3, 2):
         x = r.standard_normal((batch, 7, 13, 5)).astype(np.float32)

@@ -46,9 +46,13 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s,
                     const PatternPlan& plan, PatternScratch* scratch,
                     const float* input, float* output, ThreadPool* pool);
 
-// The cost model, for now a rule: the pattern kernel pays when the filter is
-// sparse enough and its structure is a modest set of patterns.
-bool PreferPatternKernel(const PatternStats& stats, const ConvShape& s);
+// The cost model.  PatternKernelApplies: the pattern kernel can run the layer
+// and beats this project's dense kernel.  PredictedSpeedupOverDense: the
+// expected speed of the pattern kernel relative to a dense kernel of
+// XNNPACK-class efficiency, from per-MAC efficiencies measured on AVX2
+// (docs/benchmarks.md); > 1 means worth taking the node from TFLite.
+bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s);
+double PredictedSpeedupOverDense(const PatternStats& stats);
 
 // "f32_<op>__<isa>" for reports.
 std::string KernelName(const KernelSet* set, const char* op);
