@@ -182,13 +182,20 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   int max_group = 1;
   for (int g : plan.unit_size) max_group = std::max(max_group, g);
   const int t_max = max_group <= 2 ? 4 : 3;  // keep G*T accumulators in registers
-  const int tile_vectors = std::min(t_max, (s.out_w + kVectorWidth - 1) / kVectorWidth);
-  const int out_wp = RoundUp(s.out_w, kVectorWidth * tile_vectors);
+  const int wp = s.out_w + (s.k_w - 1) * s.dil_w;
   const int hp = s.out_h + (s.k_h - 1) * s.dil_h;
-  const int wp = out_wp + (s.k_w - 1) * s.dil_w;
   const int64_t plane = static_cast<int64_t>(hp) * wp;
-  scratch->input.assign(static_cast<size_t>(plane) * s.in_c, 0.f);
-  scratch->output.resize(static_cast<size_t>(s.out_c) * s.out_h * out_wp);
+  const int64_t positions = static_cast<int64_t>(s.out_h) * wp;  // flattened, see PatternConvArgs
+  const int tile_vectors =
+      static_cast<int>(std::min<int64_t>(t_max, (positions + kVectorWidth - 1) / kVectorWidth));
+  const int tile = kVectorWidth * tile_vectors;
+  const int block_len = RoundUp(wp, tile);  // about one output row per task
+  const int num_blocks = static_cast<int>((positions + block_len - 1) / block_len);
+  const int max_offset = (s.k_h - 1) * s.dil_h * wp + (s.k_w - 1) * s.dil_w;
+  // Reads run past the last plane by at most the rounding plus the largest tap.
+  const int64_t slack = std::max<int64_t>(0, int64_t(num_blocks) * block_len + max_offset - plane);
+  scratch->input.assign(static_cast<size_t>(plane * s.in_c + slack), 0.f);
+  scratch->output.resize(static_cast<size_t>(s.out_c) * num_blocks * block_len);
   scratch->tap_offsets.assign(static_cast<size_t>(plan.num_patterns()) * kMaxTaps, 0);
   for (int q = 0; q < plan.num_patterns(); ++q)
     for (size_t t = 0; t < plan.pattern_taps[q].size(); ++t) {
@@ -200,16 +207,16 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   PatternConvArgs args;
   args.plan = &plan;
   args.input = scratch->input.data();
-  args.hp = hp;
-  args.wp = wp;
-  args.out_h = s.out_h;
-  args.out_wp = out_wp;
+  args.plane = plane;
+  args.block_len = block_len;
+  args.num_blocks = num_blocks;
   args.tile_vectors = tile_vectors;
   args.tap_offsets = scratch->tap_offsets.data();
   args.output = scratch->output.data();
-  const int64_t tasks = static_cast<int64_t>(plan.unit_begin.size()) * s.out_h;
-  const int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * out_wp /
+  const int64_t tasks = static_cast<int64_t>(plan.unit_begin.size()) * num_blocks;
+  const int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len /
                                                      std::max<size_t>(1, plan.unit_begin.size()));
+  const int64_t out_plane = static_cast<int64_t>(num_blocks) * block_len;
 
   for (int b = 0; b < s.batch; ++b) {
     const float* in_b = input + static_cast<int64_t>(b) * s.in_h * s.in_w * s.in_c;
@@ -238,10 +245,9 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       for (int64_t oy = y0; oy < y1; ++oy)
         for (int ox = 0; ox < s.out_w; ++ox) {
           float* dst = out_b + (oy * s.out_w + ox) * s.out_c;
-          const float* src = chw + oy * out_wp + ox;
-          const int64_t ch_stride = static_cast<int64_t>(s.out_h) * out_wp;
+          const float* src = chw + oy * wp + ox;
           for (int o = 0; o < s.out_c; ++o)
-            dst[o] = std::min(std::max(src[o * ch_stride] + plan.bias[o], s.act_min), s.act_max);
+            dst[o] = std::min(std::max(src[o * out_plane] + plan.bias[o], s.act_min), s.act_max);
         }
     });
   }

@@ -80,15 +80,20 @@ struct PatternScratch {
 constexpr int kMaxTaps = 32;
 constexpr int kVectorWidth = 8;  // floats per vector in the pattern kernels
 
-// One image's worth of work for the per-ISA row kernels.
+// One image's worth of work for the per-ISA kernels.  Output positions are
+// flattened with the padded input's row pitch: position p = oy * wp + ox
+// reads input p + tap offset, so a vector may run across rows and small
+// feature maps (4x4, 2x2) still fill whole vectors; positions with
+// ox >= out_w are computed and discarded.
 struct PatternConvArgs {
   const PatternPlan* plan = nullptr;
-  const float* input = nullptr;  // zero-padded CHW: [in_c][hp][wp]
-  int hp = 0, wp = 0;
-  int out_h = 0, out_wp = 0;     // output rows and row pitch (whole tiles)
-  int tile_vectors = 1;          // vectors per output tile along x
+  const float* input = nullptr;  // zero-padded CHW: [in_c][plane], plane = hp * wp
+  int64_t plane = 0;
+  int block_len = 0;             // positions per task, a multiple of the tile
+  int num_blocks = 0;
+  int tile_vectors = 1;          // vectors per register tile
   const int32_t* tap_offsets = nullptr;  // [pattern][kMaxTaps] element offsets
-  float* output = nullptr;       // CHW [out_c][out_h][out_wp], original order
+  float* output = nullptr;       // [out_c][num_blocks * block_len], original order
 };
 
 }  // namespace cocopie
