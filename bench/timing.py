@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import platform
-import statistics
-import time
 
 import numpy as np
+
+from cocopie_tf._timing import alternate, summary  # noqa: F401 - re-exported for bench scripts
 
 
 def make_interpreters(tflite_bytes: bytes, threads: int, **delegate_options):
@@ -24,25 +24,6 @@ def feed(interp, seed=0):
     rng = np.random.default_rng(seed)
     for d in interp.get_input_details():
         interp.set_tensor(d["index"], rng.uniform(-1, 1, d["shape"]).astype(np.float32))
-
-
-def alternate(interps, runs=15, warmup=8):
-    """Returns per-interpreter lists of ms, measured alternately."""
-    for it in interps:
-        for _ in range(warmup):
-            it.invoke()
-    times = [[] for _ in interps]
-    for _ in range(runs):
-        for i, it in enumerate(interps):
-            t0 = time.perf_counter()
-            it.invoke()
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def summary(ms):
-    q = statistics.quantiles(ms, n=4)
-    return {"median": statistics.median(ms), "q1": q[0], "q3": q[2]}
 
 
 def machine_info() -> dict:

@@ -11,9 +11,10 @@ import contextlib
 import io
 import pathlib
 import statistics
-import time
 
 import numpy as np
+
+from cocopie_tf._timing import alternate, summary
 
 TOLERANCE = 1e-5
 
@@ -57,26 +58,6 @@ def sample_image() -> np.ndarray:
     b = xx * yy
     noise = np.random.default_rng(0).normal(0, 0.05, (64, 64, 3))
     return (np.stack([r, g, b], -1) + noise)[None].astype(np.float32)
-
-
-def _time_alternating(interps, x, runs):
-    """Runs A, B, A, B, ... so drift and noise hit both equally. Returns ms lists."""
-    times = [[] for _ in interps]
-    for it in interps:  # warm-up
-        it.set_tensor(it.get_input_details()[0]["index"], x)
-        for _ in range(3):
-            it.invoke()
-    for _ in range(runs):
-        for i, it in enumerate(interps):
-            t0 = time.perf_counter()
-            it.invoke()
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def _spread(ms):
-    q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
-    return statistics.median(ms), q[0], q[2]
 
 
 def run(threads: int = 1, runs: int = 20, output: str | None = None) -> int:
@@ -124,10 +105,11 @@ def run(threads: int = 1, runs: int = 20, output: str | None = None) -> int:
               f"{e['dense_macs']:>12,} {e['executed_macs']:>14,}")
     print("  (nodes not listed run on TFLite's own kernels, XNNPACK)")
 
-    stock_ms, ours_ms = _time_alternating([stock, ours], x, runs)
+    stock_ms, ours_ms = alternate([stock, ours], runs=runs, warmup=3)
     print(f"\nlatency, {threads} thread(s), {runs} alternating runs (median [q1, q3]):")
     for name, ms in (("LiteRT (XNNPACK)", stock_ms), ("LiteRT + cocopie", ours_ms)):
-        med, q1, q3 = _spread(ms)
+        st = summary(ms)
+        med, q1, q3 = st["median"], st["q1"], st["q3"]
         print(f"  {name:<18} {med:8.2f} ms  [{q1:.2f}, {q3:.2f}]")
     print(f"  speed-up: {statistics.median(stock_ms) / statistics.median(ours_ms):.2f}x")
 
