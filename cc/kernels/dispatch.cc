@@ -194,7 +194,10 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   const int max_offset = (s.k_h - 1) * s.dil_h * wp + (s.k_w - 1) * s.dil_w;
   // Reads run past the last plane by at most the rounding plus the largest tap.
   const int64_t slack = std::max<int64_t>(0, int64_t(num_blocks) * block_len + max_offset - plane);
-  scratch->input.assign(static_cast<size_t>(plane * s.in_c + slack), 0.f);
+  // Only the interior is rewritten per image, so the zero halo survives from
+  // one Invoke to the next: re-zero only when the geometry changes.
+  const size_t input_size = static_cast<size_t>(plane * s.in_c + slack);
+  if (scratch->input.size() != input_size) scratch->input.assign(input_size, 0.f);
   scratch->output.resize(static_cast<size_t>(s.out_c) * num_blocks * block_len);
   scratch->tap_offsets.assign(static_cast<size_t>(plan.num_patterns()) * kMaxTaps, 0);
   for (int q = 0; q < plan.num_patterns(); ++q)
