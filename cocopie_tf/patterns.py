@@ -24,6 +24,7 @@ __all__ = [
     "connectivity_mask",
     "pattern_ids",
     "prune_kernel",
+    "kernel_masks",
 ]
 
 
@@ -175,17 +176,16 @@ def pattern_ids(kernels, library) -> np.ndarray:
     return ids.reshape(kernels.shape[:-2])
 
 
-def prune_kernel(kernel_hwio, *, library=None, num_patterns: int = 8,
-                 connectivity: float | None = 3.6, group: int = 1) -> np.ndarray:
-    """One-shot pattern + connectivity pruning of a Keras conv kernel (HWIO).
+def kernel_masks(kernel_hwio, library, connectivity: float | None = None,
+                 group: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The pattern mask and the connectivity mask of a conv kernel (HWIO).
 
-    The projection ADMM converges to, applied once (no training): every kernel
-    is projected onto the library (chosen from the kernel itself by natural
-    frequency unless given), then the strongest ``1/connectivity`` of the
-    kernels are kept.  With ``group > 1``, each run of ``group`` consecutive
-    filters shares one mask per input channel (chosen from the group's joint
-    energy), so a compiler can reuse every input load ``group`` times.
-    Returns a new array of the same shape and dtype.
+    Pattern mask: every kernel (one input -> one output channel) keeps the
+    library pattern that retains most of its energy; with ``group > 1`` each
+    run of ``group`` consecutive filters shares one pattern per input channel,
+    chosen from the group's joint energy. Connectivity mask: the strongest
+    ``1/connectivity`` of the (pattern-projected, grouped) kernels; all True
+    when ``connectivity`` is None. Both are boolean arrays shaped like the kernel.
     """
     k = np.asarray(kernel_hwio)
     if k.ndim != 4:
@@ -193,15 +193,36 @@ def prune_kernel(kernel_hwio, *, library=None, num_patterns: int = 8,
     kh, kw, ic, oc = k.shape
     if not isinstance(group, (int, np.integer)) or group < 1 or oc % group:
         raise ValueError(f"group={group!r} must be a positive divisor of the {oc} filters")
-    kern = np.transpose(k, (3, 2, 0, 1)).astype(np.float64)  # [oc, ic, kh, kw]
-    if library is None:
-        library = select_library(kern, num_patterns=num_patterns)
     library = _check_patterns(library, (kh, kw), "library")
+    kern = np.transpose(k, (3, 2, 0, 1)).astype(np.float64)  # [oc, ic, kh, kw]
     grouped = kern.reshape(oc // group, group, ic, kh, kw)
     energy = np.sqrt((grouped**2).sum(axis=1))  # one kernel per group and channel
     _, ids = project_to_library(energy, library)
-    masks = library[np.maximum(ids, 0)] & (ids >= 0)[..., None, None]
-    if connectivity is not None:
-        masks &= connectivity_mask(energy * masks, connectivity)[..., None, None]
-    pruned = (grouped * masks[:, None]).reshape(oc, ic, kh, kw)
-    return np.transpose(pruned, (2, 3, 1, 0)).astype(k.dtype)
+    pattern = library[np.maximum(ids, 0)] & (ids >= 0)[..., None, None]
+    if connectivity is None:
+        conn = np.ones(energy.shape[:2], bool)
+    else:
+        conn = connectivity_mask(energy * pattern, connectivity)
+    def to_hwio(m):  # [oc/g, ic, kh, kw] -> HWIO, repeated over the group
+        full = np.broadcast_to(m[:, None], (oc // group, group, ic, kh, kw)).reshape(oc, ic, kh, kw)
+        return np.ascontiguousarray(np.transpose(full, (2, 3, 1, 0)))
+    return to_hwio(pattern), to_hwio(np.broadcast_to(conn[..., None, None], pattern.shape))
+
+
+def prune_kernel(kernel_hwio, *, library=None, num_patterns: int = 8,
+                 connectivity: float | None = 3.6, group: int = 1) -> np.ndarray:
+    """One-shot pattern + connectivity pruning of a Keras conv kernel (HWIO).
+
+    The projection ADMM converges to, applied once (no training): every kernel
+    is projected onto the library (chosen from the kernel itself by natural
+    frequency unless given), then the strongest ``1/connectivity`` of the
+    kernels are kept (see :func:`kernel_masks`). Returns a new array of the
+    same shape and dtype.
+    """
+    k = np.asarray(kernel_hwio)
+    if library is None:
+        if k.ndim != 4:
+            raise ValueError(f"kernel_hwio must be 4-D (kh, kw, in, out), got shape {k.shape}")
+        library = select_library(np.transpose(k, (3, 2, 0, 1)), num_patterns=num_patterns)
+    pattern, conn = kernel_masks(k, library, connectivity, group)
+    return np.where(pattern & conn, k, 0).astype(k.dtype)

@@ -1,0 +1,245 @@
+"""ADMM pattern + connectivity pruning inside model.fit (Keras 3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import cocopie_tf  # noqa: E402
+from cocopie_tf import patterns as P  # noqa: E402
+from cocopie_tf.pruning.callback import find_wrappers  # noqa: E402
+
+
+def digits(n=600, size=16):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images[:n, :, :, None].astype("float32") / 16.0
+    x = np.repeat(np.repeat(x, size // 8, 1), size // 8, 2)
+    return x, d.target[:n].astype("int32")
+
+
+def compile_(model):
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def functional(bn=False, size=16):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((size, size, 1))
+    h = inp
+    for f in (8, 16, 16):
+        h = keras.layers.Conv2D(f, 3, padding="same", use_bias=not bn)(h)
+        if bn:
+            h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inp, keras.layers.Dense(10)(h))
+
+
+def sequential():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.DepthwiseConv2D(3, padding="same"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10),
+    ])
+
+
+def nested():
+    keras.utils.set_random_seed(2)
+    inner_in = keras.Input((8, 8, 8))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(16, 3, padding="same", activation="relu")(
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inner_in)), name="block")
+    inp = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
+    h = inner(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, keras.layers.Dense(10)(h))
+
+
+def check_constraints(stripped, pruned_names, library_size=8, rate=3.6):
+    report = {r["layer"]: r for r in cocopie_tf.pruning_report(stripped)}
+    for layer in stripped.layers if not any(isinstance(l, keras.Model) for l in stripped.layers) \
+            else [l for m in [stripped] + [l for l in stripped.layers if isinstance(l, keras.Model)]
+                  for l in m.layers]:
+        if layer.name not in pruned_names:
+            continue
+        k = np.asarray(layer.get_weights()[0])
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            k = k.reshape(k.shape[0], k.shape[1], 1, -1)
+        kernels = np.transpose(k, (3, 2, 0, 1)).reshape(-1, k.shape[0], k.shape[1])
+        masks = {m.tobytes() for m in (kernels != 0) if m.any()}
+        assert len(masks) <= library_size, layer.name
+        # Every kept kernel has exactly `entries` non-zeros (4 of 9), i.e. its
+        # mask is one library pattern (weights exactly 0.0 by chance aside).
+        nz = (kernels != 0).reshape(len(kernels), -1).sum(1)
+        assert set(np.unique(nz)) <= {0, 4}, layer.name
+        if not isinstance(layer, keras.layers.DepthwiseConv2D):
+            kept = int((nz > 0).sum())
+            assert kept <= int(np.ceil(len(kernels) / rate)), layer.name
+        assert layer.name in report
+
+
+def pruned_names(model):
+    return {w.layer.name for w in find_wrappers(model)}
+
+
+@pytest.mark.parametrize("build", [functional, sequential, nested], ids=["functional", "sequential", "nested"])
+def test_whole_schedule_in_one_fit(build):
+    x, y = digits()
+    model = compile_(cocopie_tf.prune_patterns(build()))
+    names = pruned_names(model)
+    assert names  # the first conv is skipped, the others are wrapped
+    cb = cocopie_tf.ADMMPruning()
+    hist = model.fit(x, y, epochs=5, batch_size=64, callbacks=[cb], verbose=0)
+    assert "admm_pattern_residual" in hist.history
+    assert cb.summary()["phase"] == "masked"
+    stripped = cocopie_tf.strip_pruning(model)
+    assert not any(isinstance(l, cocopie_tf.PatternPruning) for l in stripped.layers)
+    check_constraints(stripped, names)
+    # The stripped model computes what the pruned one does.
+    np.testing.assert_allclose(stripped.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_masks_hold_after_further_fit_and_with_batchnorm():
+    x, y = digits()
+    model = compile_(cocopie_tf.prune_patterns(functional(bn=True)))
+    model.fit(x, y, epochs=3, batch_size=64, callbacks=[cocopie_tf.ADMMPruning(admm_epochs=2)],
+              verbose=0)
+    wrappers = find_wrappers(model)
+    zeros = [w.kernel_value() == 0 for w in wrappers]
+    # A second fit call continues in the masked phase: zeros stay exactly zero.
+    model.fit(x, y, epochs=2, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+    for w, z in zip(wrappers, zeros):
+        assert np.all(w.kernel_value()[z] == 0.0)
+    check_constraints(cocopie_tf.strip_pruning(model), pruned_names(model))
+
+
+def test_save_load_resume_mid_schedule(tmp_path):
+    x, y = digits()
+    model = compile_(cocopie_tf.prune_patterns(functional()))
+    model.fit(x, y, epochs=2, batch_size=64,
+              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=3, retrain_epochs=2)], verbose=0)
+    path = tmp_path / "mid.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(find_wrappers(model), find_wrappers(loaded)):
+        for name in ("z", "u", "y", "v", "mask", "library", "rho", "phase", "epoch", "schedule"):
+            np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)))
+        np.testing.assert_array_equal(a.kernel_value(), b.kernel_value())
+    assert int(np.asarray(find_wrappers(loaded)[0].epoch)) == 2
+    cb = cocopie_tf.ADMMPruning()  # defaults: the stored schedule wins
+    loaded.fit(x, y, epochs=3, batch_size=64, callbacks=[cb], verbose=0)
+    assert cb.summary()["phase"] == "masked" and cb.summary()["epoch"] == 5
+    check_constraints(cocopie_tf.strip_pruning(loaded), pruned_names(loaded))
+
+
+def test_group_shared_masks():
+    x, y = digits()
+    model = compile_(cocopie_tf.prune_patterns(functional(), group=4, connectivity=2.0))
+    model.fit(x, y, epochs=3, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+    for layer in cocopie_tf.strip_pruning(model).layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.name in pruned_names(model):
+            nz = np.asarray(layer.get_weights()[0]) != 0  # kh, kw, in, out
+            groups = nz.reshape(*nz.shape[:3], -1, 4)
+            assert np.all(groups == groups[..., :1])  # 4 filters share each mask
+
+
+def test_given_library_is_used():
+    lib = P.candidate_patterns()[:8]
+    x, y = digits()
+    model = compile_(cocopie_tf.prune_patterns(functional(), library=lib))
+    model.fit(x, y, epochs=2, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+    stripped = cocopie_tf.strip_pruning(model)
+    allowed = {m.tobytes() for m in lib}
+    for layer in stripped.layers:
+        if layer.name in pruned_names(model):
+            k = np.asarray(layer.get_weights()[0])
+            for m in np.transpose(k != 0, (3, 2, 0, 1)).reshape(-1, 3, 3):
+                assert not m.any() or m.tobytes() in allowed
+
+
+def test_report_renders_and_draws(tmp_path):
+    x, y = digits(200)
+    model = compile_(cocopie_tf.prune_patterns(functional()))
+    model.fit(x, y, epochs=2, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+    report = cocopie_tf.pruning_report(cocopie_tf.strip_pruning(model))
+    assert len(report) == 2 and "weight red." in str(report)
+    for r in report:
+        assert r["weight_reduction"] > 6 and sum(r["histogram"]) == r["kernels_kept"]
+    pytest.importorskip("matplotlib")
+    report.plot_library(tmp_path / "lib.png")
+    assert (tmp_path / "lib.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(connectivity=0.5), "connectivity"),
+    (dict(num_patterns=57), "num_patterns=57"),
+    (dict(entries=10), "entries=10"),
+    (dict(layers=["nope"]), "no layer named 'nope'"),
+    (dict(layers=["dense"]), "'dense' cannot be pruned"),
+])
+def test_bad_arguments(kwargs, match):
+    model = functional()
+    if "layers" in kwargs and kwargs["layers"] == ["dense"]:
+        kwargs = dict(layers=[model.layers[-1].name])
+        match = f"'{model.layers[-1].name}' cannot be pruned"
+    with pytest.raises(ValueError, match=match):
+        cocopie_tf.prune_patterns(model, **kwargs)
+
+
+def test_nothing_to_prune():
+    inp = keras.Input((4,))
+    with pytest.raises(ValueError, match="nothing to prune"):
+        cocopie_tf.prune_patterns(keras.Model(inp, keras.layers.Dense(2)(inp)))
+
+
+def test_callback_without_wrappers():
+    x, y = digits(64)
+    model = compile_(functional())
+    with pytest.raises(ValueError, match="prune_patterns"):
+        model.fit(x, y, epochs=1, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_two_logical_cpus(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, sys.argv[1])
+        import numpy as np, keras, cocopie_tf
+        from test_pruning import digits, functional, compile_, check_constraints, pruned_names
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2
+        x, y = digits()
+        with strategy.scope():
+            model = compile_(cocopie_tf.prune_patterns(functional()))
+        cb = cocopie_tf.ADMMPruning()
+        model.fit(x, y, epochs=4, batch_size=64, callbacks=[cb], verbose=0)
+        assert cb.summary()["phase"] == "masked", cb.summary()
+        check_constraints(cocopie_tf.strip_pruning(model), pruned_names(model))
+        print("mirrored ok")
+    """)
+    import pathlib
+
+    tests_dir = str(pathlib.Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-c", code, tests_dir], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert "mirrored ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
