@@ -1,9 +1,5 @@
-"""``cocopie-tf demo``: build -> pattern-prune -> convert -> run with and
-without the delegate.
-
-Until the ADMM training issue lands, the demo prunes by one-shot projection
-(the projection ADMM converges to): random weights, so only speed and
-agreement are shown, not accuracy."""
+"""``cocopie-tf demo``: train on the digits -> ADMM pattern pruning inside
+fit -> strip -> report -> convert -> run with and without the delegate."""
 
 from __future__ import annotations
 
@@ -19,61 +15,77 @@ from cocopie_tf._timing import alternate, summary
 TOLERANCE = 1e-5
 
 
+def load_digits_32():
+    """scikit-learn's handwritten digits (real data shipped with the package),
+    upsampled 4x to 32x32, with a fixed stratified train/test split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = d.images[..., None].astype("float32") / 16.0
+    x = np.repeat(np.repeat(x, 4, 1), 4, 2)
+    return train_test_split(x, d.target.astype("int32"), test_size=0.2, random_state=0,
+                            stratify=d.target)
+
+
 def build_model():
-    """A small VGG-style CNN on 64x64 RGB input (random, seeded weights)."""
+    """A small VGG-style CNN for 32x32 digits."""
     import keras
 
     keras.utils.set_random_seed(0)
-    inp = keras.Input((64, 64, 3), batch_size=1, name="image")
+    inp = keras.Input((32, 32, 1), name="image")
     x = inp
-    for filters in (32, 64, 128):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    for filters in (32, None, 64, 64, None, 128):
+        if filters is None:
+            x = keras.layers.MaxPooling2D(2)(x)
+        else:
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
     out = keras.layers.Dense(10, name="logits")(x)
-    return keras.Model(inp, out, name="demo_cnn")
+    return keras.Model(inp, out, name="digits_cnn")
 
 
-def prune(model, group: int = 4, connectivity: float = 3.6) -> int:
-    """Pattern + connectivity pruning of every 3x3 Conv2D but the first."""
+def _compile(model):
     import keras
 
-    from cocopie_tf.patterns import prune_kernel
-
-    convs = [l for l in model.layers if type(l) is keras.layers.Conv2D and l.kernel_size == (3, 3)]
-    for layer in convs[1:]:
-        weights = layer.get_weights()
-        weights[0] = prune_kernel(weights[0], connectivity=connectivity, group=group)
-        layer.set_weights(weights)
-    return len(convs) - 1
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
 
 
-def sample_image() -> np.ndarray:
-    """A deterministic synthetic picture: smooth shapes plus a little noise."""
-    yy, xx = np.mgrid[0:64, 0:64] / 63.0
-    r = np.sin(6 * xx) * np.cos(4 * yy)
-    g = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.1).astype(np.float64)
-    b = xx * yy
-    noise = np.random.default_rng(0).normal(0, 0.05, (64, 64, 3))
-    return (np.stack([r, g, b], -1) + noise)[None].astype(np.float32)
-
-
-def run(threads: int = 1, runs: int = 20, output: str | None = None) -> int:
+def run(threads: int = 1, runs: int = 20, output: str | None = None, dense_epochs: int = 5,
+        prune_epochs: int = 6) -> int:
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
 
     from cocopie_tf import lite
 
-    model = build_model()
-    print(f"model: {model.name}, {model.count_params():,} parameters")
-    n = prune(model)
-    print(f"pruned {n} 3x3 convolutions: 8 patterns (4 of 9 weights), 3.6x connectivity, "
-          "masks shared by groups of 4 filters")
+    import cocopie_tf
+
+    xtr, xte, ytr, yte = load_digits_32()
+    model = _compile(build_model())
+    print(f"1. train a dense {model.name} ({model.count_params():,} parameters) on "
+          f"{len(xtr)} digits")
+    model.fit(xtr, ytr, epochs=dense_epochs, batch_size=64, verbose=0)
+    dense_acc = model.evaluate(xte, yte, verbose=0)[1]
+    print(f"   test accuracy {dense_acc:.2%}")
+
+    print("2. ADMM pattern pruning inside fit: 8 patterns, 3.6x connectivity, "
+          "masks shared by 4 filters")
+    pruned = _compile(cocopie_tf.prune_patterns(model, connectivity=3.6, group=4))
+    pruned.fit(xtr, ytr, epochs=prune_epochs, batch_size=64, verbose=2,
+               callbacks=[cocopie_tf.ADMMPruning()])
+    model = _compile(cocopie_tf.strip_pruning(pruned))
+    pruned_acc = model.evaluate(xte, yte, verbose=0)[1]
+    print(f"   test accuracy after pruning {pruned_acc:.2%} (dense {dense_acc:.2%})")
+    print(cocopie_tf.pruning_report(model))
+
+    print("3. convert to a stock .tflite file")
     with contextlib.redirect_stdout(io.StringIO()):  # the converter's chatter
         tflite_bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    print(f"converted: {len(tflite_bytes):,} bytes of .tflite")
+    print(f"   {len(tflite_bytes):,} bytes")
     if output:
         path = pathlib.Path(output)
         if path.exists():
@@ -84,7 +96,8 @@ def run(threads: int = 1, runs: int = 20, output: str | None = None) -> int:
         tmp.replace(path)
         print(f"wrote {path}")
 
-    x = sample_image()
+    print("4. run on stock LiteRT (XNNPACK) and with the cocopie delegate")
+    x = xte[:1]
     stock = LiteRTInterpreter(model_content=tflite_bytes, num_threads=threads)
     stock.allocate_tensors()
     ours = lite.Interpreter(model_content=tflite_bytes, num_threads=threads)
