@@ -243,3 +243,50 @@ def test_mirrored_strategy_two_logical_cpus(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, tests_dir], capture_output=True, text=True,
                           cwd=tmp_path, timeout=600)
     assert "mirrored ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_1x1_connectivity_and_5x5_patterns():
+    x, y = digits(200)
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Conv2D(16, 5, padding="same", activation="relu", name="five")(h)
+    h = keras.layers.Conv2D(16, 1, activation="relu", name="one")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(10)(h))
+    pruned = compile_(cocopie_tf.prune_patterns(model, prune_1x1=True, connectivity=2.0))
+    assert pruned_names(pruned) == {"five", "one"}
+    pruned.fit(x, y, epochs=2, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+    stripped = cocopie_tf.strip_pruning(pruned)
+    five = np.asarray(stripped.get_layer("five").get_weights()[0])
+    nz = (np.transpose(five, (3, 2, 0, 1)).reshape(-1, 25) != 0).sum(1)
+    assert set(np.unique(nz)) <= {0, 4} and (nz > 0).sum() <= 8 * 16 / 2
+    one = np.asarray(stripped.get_layer("one").get_weights()[0])
+    assert np.count_nonzero(one) == 16 * 16 // 2  # half the 1x1 connections kept
+
+
+def test_single_layer_and_custom_layer_opt_in():
+    wrapped = cocopie_tf.prune_patterns(keras.layers.Conv2D(4, 3))
+    assert isinstance(wrapped, cocopie_tf.PatternPruning)
+
+    class MyConv(keras.layers.Layer, cocopie_tf.PrunableLayer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(3, 3, input_shape[-1], 8), initializer="glorot_uniform")
+
+        def call(self, x):
+            return keras.ops.conv(x, self.w, padding="same")
+
+        def get_prunable_kernel(self):
+            return self.w
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    h = MyConv(name="mine")(h)
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h)))
+    pruned = compile_(cocopie_tf.prune_patterns(model, layers=["mine"]))
+    x, y = digits(128)
+    pruned.fit(x, y, epochs=2, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+    w = find_wrappers(pruned)[0]
+    nz = (np.transpose(w.kernel_value(), (3, 2, 0, 1)).reshape(-1, 9) != 0).sum(1)
+    assert set(np.unique(nz)) <= {0, 4}

@@ -103,9 +103,6 @@ class PatternPruning(keras.layers.Wrapper):
             self.add_loss(0.5 * self.rho * penalty)
         return outputs
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
-
     # --- numpy views used by the callback and the report -------------------
     def kernel_value(self) -> np.ndarray:
         return np.asarray(ops.convert_to_numpy(prunable_kernel(self.layer)))
