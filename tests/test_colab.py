@@ -32,4 +32,4 @@ def test_notebook_runs(path, tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "relative error vs Keras" in proc.stdout
+    assert "relative error vs" in proc.stdout
