@@ -26,6 +26,10 @@ def __getattr__(name):
         from cocopie_tf import pruning
 
         return getattr(pruning, name)
+    if name == "convert":
+        from cocopie_tf.convert import convert
+
+        return convert
     raise AttributeError(f"module 'cocopie_tf' has no attribute {name!r}")
 
 
@@ -34,4 +38,4 @@ _PRUNING = ("ADMMPruning", "PatternPruning", "PrunableLayer", "prune_patterns",
 
 __version__ = "0.1.0"
 
-__all__ = ["lite", "patterns", "__version__", *_PRUNING]
+__all__ = ["lite", "patterns", "convert", "__version__", *_PRUNING]

@@ -24,7 +24,100 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", type=int, default=20, help="timed runs per interpreter")
     demo.add_argument("--output", type=str, default=None,
                       help="also write the converted model to this .tflite path (must not exist)")
+    conv = sub.add_parser("convert", help="convert a .keras model to .tflite with pattern metadata")
+    conv.add_argument("model", help="a .keras file (pruned with cocopie_tf, wrapped or stripped)")
+    conv.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    conv.add_argument("--force", action="store_true", help="replace an existing output file")
+    insp = sub.add_parser("inspect", help="per-layer pattern facts of a .tflite file")
+    insp.add_argument("model", help="a .tflite file")
     return parser
+
+
+def _convert(args) -> int:
+    import pathlib
+
+    src, dst = pathlib.Path(args.model), pathlib.Path(args.output)
+    if not src.is_file():
+        print(f"cocopie-tf convert: {src}: no such file", file=sys.stderr)
+        return 2
+    if dst.exists() and not args.force:
+        print(f"cocopie-tf convert: {dst} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    import cocopie_tf  # noqa: F401 - registers the wrapper layer for loading
+    from cocopie_tf.convert import convert, read_metadata
+
+    try:
+        model = keras.models.load_model(src)
+    except Exception as e:  # keras raises many kinds on a bad file
+        print(f"cocopie-tf convert: cannot load {src}: {e}", file=sys.stderr)
+        return 2
+    data = convert(model, output_path=dst, force=args.force)
+    meta = read_metadata(data)
+    n = len(meta["records"]) if meta else 0
+    print(f"wrote {dst} ({len(data):,} bytes), pattern metadata for {n} convolution(s)")
+    return 0
+
+
+def _grid(mask: int, k_h: int, k_w: int) -> list[str]:
+    return ["".join("#" if mask >> (y * k_w + x) & 1 else "." for x in range(k_w))
+            for y in range(k_h)]
+
+
+def _inspect(args) -> int:
+    import pathlib
+
+    import numpy as np
+
+    path = pathlib.Path(args.model)
+    if not path.is_file():
+        print(f"cocopie-tf inspect: {path}: no such file", file=sys.stderr)
+        return 2
+    from cocopie_tf import _cc
+    from cocopie_tf.convert import converter as C
+    from cocopie_tf.convert import metadata as M
+
+    raw = path.read_bytes()
+    try:
+        meta = C.read_metadata(raw)
+        problem = None
+    except ValueError as e:
+        meta, problem = None, str(e)
+    if problem and "metadata" not in problem.lower() and "record" not in problem.lower() \
+            and "checksum" not in problem and "magic" not in problem and "version" not in problem:
+        print(f"cocopie-tf inspect: {path}: {problem}", file=sys.stderr)
+        return 2
+    found, notes = C.pattern_records(raw)
+    status = ("invalid: " + problem) if problem else ("present, v1" if meta else "absent")
+    print(f"{path}: {len(raw):,} bytes; cocopie metadata {status}")
+    by_op = {(r["subgraph"], r["op_index"]): r for r in (meta or {}).get("records", [])}
+    for r in found:
+        rec = by_op.get((r["subgraph"], r["op_index"]))
+        valid = rec is not None and rec["filter_crc32"] == r["filter_crc32"] and \
+            np.array_equal(rec["codes"], r["codes"])
+        kept = int((r["codes"] > 0).sum())
+        total = r["out_c"] * r["in_c"]
+        schema = C._schema()
+        model_t = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+        tensor = model_t.subgraphs[r["subgraph"]].tensors[r["filter_tensor"]]
+        filt = np.frombuffer(C._buffer_bytes(model_t, tensor.buffer, raw), "<f4").reshape(
+            r["out_c"], r["k_h"], r["k_w"], r["in_c"])
+        info = _cc.pattern_info(np.ascontiguousarray(filt))
+        red = filt.size / max(1, np.count_nonzero(filt))
+        print(f"\nCONV_2D op {r['op_index']}: filter {r['out_c']}x{r['k_h']}x{r['k_w']}x{r['in_c']}, "
+              f"{len(r['patterns'])} patterns, kernels kept {kept}/{total}, MAC reduction {red:.2f}x, "
+              f"group {r['group']}")
+        print(f"  bytes: FKW {info['fkw_bytes']:,}  CSR {info['csr_bytes']:,}  "
+              f"dense {info['dense_bytes']:,};  metadata record: "
+              f"{'valid' if valid else ('missing' if rec is None else 'does not match the weights')}")
+        grids = [_grid(m, r["k_h"], r["k_w"]) for m in r["patterns"]]
+        for row in range(r["k_h"]):
+            print("  " + "  ".join(g[row] for g in grids))
+    for note in notes:
+        print(f"\n{note}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from cocopie_tf import demo
 
         return demo.run(threads=args.threads, runs=args.runs, output=args.output)
+    if args.command == "convert":
+        return _convert(args)
+    if args.command == "inspect":
+        return _inspect(args)
     return 2  # pragma: no cover - argparse enforces a command
 
 

@@ -2,4 +2,12 @@
 
 from cocopie_tf.lite._delegate import Interpreter, delegate_path, load_delegate
 
-__all__ = ["Interpreter", "delegate_path", "load_delegate"]
+
+def read_metadata(path_or_bytes):
+    """The decoded cocopie metadata of a .tflite file or bytes (None if absent)."""
+    from cocopie_tf.convert import read_metadata as _read
+
+    return _read(path_or_bytes)
+
+
+__all__ = ["Interpreter", "delegate_path", "load_delegate", "read_metadata"]

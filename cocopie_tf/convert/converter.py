@@ -1,0 +1,214 @@
+"""Keras -> .tflite with the pattern metadata inside.
+
+The converted file stays a stock TFLite model (stock ops, dense float32
+filters with exact zeros) that runs anywhere; the ``cocopie`` metadata entry
+tells the delegate, per pruned convolution, the pattern library, every
+kernel's pattern (or its removal), the filter kernel reorder plan, and a CRC32
+that ties the record to the filter bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+from cocopie_tf.convert import metadata as M
+
+_CONV_2D = 3
+_FLOAT32 = 0  # schema TensorType.FLOAT32
+_MAX_DENSITY = 0.6  # above this a filter is treated as dense, not pattern-pruned
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _buffer_bytes(model_t, buffer_index: int, raw: bytes) -> bytes | None:
+    buf = model_t.buffers[buffer_index]
+    if buf.data is not None and len(buf.data):
+        return np.asarray(buf.data, np.uint8).tobytes()
+    offset, size = getattr(buf, "offset", 0) or 0, getattr(buf, "size", 0) or 0
+    if offset > 1 and size and offset + size <= len(raw):  # large models keep data outside
+        return raw[offset:offset + size]
+    return None
+
+
+def _opcode(model_t, index: int) -> int:
+    code = model_t.operatorCodes[index]
+    return max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+
+
+def pattern_records(tflite_bytes: bytes, max_patterns: int = 32) -> tuple[list[dict], list[str]]:
+    """Finds the pattern-pruned CONV_2D filters of a .tflite model.
+
+    Returns (records for the metadata, notes on convolutions left out and why).
+    A filter counts as pattern-pruned when its non-zero kernels use at most
+    ``max_patterns`` distinct masks and at most 60% of its weights are non-zero.
+    """
+    from cocopie_tf import _cc
+
+    schema = _schema()
+    model_t = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
+    records, notes = [], []
+    for sg_index, sg in enumerate(model_t.subgraphs):
+        for op_index, op in enumerate(sg.operators):
+            if _opcode(model_t, op.opcodeIndex) != _CONV_2D:
+                continue
+            tensor_index = int(op.inputs[1])
+            tensor = sg.tensors[tensor_index]
+            data = _buffer_bytes(model_t, tensor.buffer, tflite_bytes)
+            where = f"op {op_index} (filter tensor {tensor_index})"
+            if tensor.type != _FLOAT32 or data is None:
+                notes.append(f"{where}: filter is not a constant float32 tensor")
+                continue
+            shape = tuple(int(d) for d in tensor.shape)
+            filt = np.frombuffer(data, "<f4").reshape(shape)  # OHWI
+            out_c, k_h, k_w, in_c = shape
+            if k_h * k_w > 32:
+                notes.append(f"{where}: kernel larger than 32 positions")
+                continue
+            nz = filt != 0
+            density = nz.mean()
+            masks = (nz.transpose(0, 3, 1, 2).reshape(out_c, in_c, -1).astype(np.int64)
+                     << np.arange(k_h * k_w)).sum(-1)
+            kept = masks[masks != 0]
+            values, counts = np.unique(kept, return_counts=True)
+            if density > _MAX_DENSITY or len(values) > min(max_patterns, M.MAX_PATTERNS):
+                notes.append(f"{where}: not pattern-pruned ({density:.0%} non-zero, "
+                             f"{len(values)} distinct kernel masks)")
+                continue
+            library = values[np.argsort(-counts, kind="stable")]
+            code_of = {int(m): i + 1 for i, m in enumerate(library)}
+            codes = np.vectorize(lambda m: code_of.get(int(m), 0), otypes=[np.uint8])(masks)
+            info = _cc.pattern_info(np.ascontiguousarray(filt))
+            records.append(dict(subgraph=sg_index, op_index=op_index, filter_tensor=tensor_index,
+                                out_c=out_c, in_c=in_c, k_h=k_h, k_w=k_w,
+                                group=int(max(1, _group_size(masks))),
+                                filter_crc32=M.filter_crc(data),
+                                patterns=[int(m) for m in library], codes=codes,
+                                reorder=info["reorder"], tuning=b""))
+    return records, notes
+
+
+def _group_size(masks: np.ndarray) -> int:
+    """Largest G in (4, 2, 1) such that runs of G filters share their masks."""
+    out_c = masks.shape[0]
+    for g in (4, 2):
+        if out_c % g == 0:
+            m = masks.reshape(out_c // g, g, -1)
+            if np.all(m == m[:, :1]):
+                return g
+    return 1
+
+
+def add_metadata(tflite_bytes: bytes, payload: bytes, name: str = M.NAME) -> bytes:
+    """Returns the model with ``payload`` stored as metadata ``name`` (replacing
+    an existing entry of that name)."""
+    import flatbuffers
+
+    schema = _schema()
+    model_t = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
+    buffer_t = schema.BufferT()
+    buffer_t.data = np.frombuffer(payload, np.uint8)
+    model_t.buffers.append(buffer_t)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model_t.buffers) - 1
+    kept = [m for m in (model_t.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name) != name]
+    model_t.metadata = kept + [entry]
+    builder = flatbuffers.Builder(len(tflite_bytes) + len(payload) + 1024)
+    builder.Finish(model_t.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_metadata(path_or_bytes) -> dict | None:
+    """The decoded ``cocopie`` metadata of a .tflite file or bytes; None if the
+    model has none. Raises ValueError if the model or the record is malformed."""
+    raw = (pathlib.Path(path_or_bytes).read_bytes()
+           if isinstance(path_or_bytes, (str, os.PathLike)) else bytes(path_or_bytes))
+    from cocopie_tf.lite._model_check import verify_model_bytes
+
+    verify_model_bytes(raw)
+    schema = _schema()
+    try:
+        model = schema.Model.GetRootAs(raw, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() in (M.NAME.encode(), M.NAME):
+                b = entry.Buffer()
+                if b >= model.BuffersLength():
+                    raise M.MetadataError(f"metadata buffer index {b} out of range")
+                buf = model.Buffers(b)
+                if buf.DataLength():
+                    payload = buf.DataAsNumpy().tobytes()
+                else:
+                    off, size = buf.Offset(), buf.Size()
+                    if not (1 < off and off + size <= len(raw)):
+                        raise M.MetadataError("metadata buffer points outside the file")
+                    payload = raw[off:off + size]
+                return M.decode(payload)
+    except M.MetadataError:
+        raise
+    except Exception as e:  # the flatbuffer accessors raise many kinds on garbage
+        raise ValueError(f"malformed TFLite model: {type(e).__name__}: {e}") from None
+    return None
+
+
+_ALLOWED_OPTIONS = {"optimizations", "target_spec", "experimental_new_converter",
+                    "allow_custom_ops", "inference_input_type", "inference_output_type"}
+
+
+def convert(model, *, output_path=None, force: bool = False, **converter_options) -> bytes:
+    """Converts a (wrapped or stripped) Keras model to .tflite bytes with the
+    ``cocopie`` pattern metadata; optionally writes them (atomically; an
+    existing file is only replaced with ``force=True``)."""
+    import tensorflow as tf
+
+    from cocopie_tf.pruning.api import strip_pruning
+    from cocopie_tf.pruning.callback import find_wrappers
+
+    unknown = set(converter_options) - _ALLOWED_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown converter options {sorted(unknown)}; "
+                         f"known: {sorted(_ALLOWED_OPTIONS)}")
+    if any(o == tf.lite.Optimize.EXPERIMENTAL_SPARSITY
+           for o in converter_options.get("optimizations", []) or []):
+        raise ValueError("optimizations: EXPERIMENTAL_SPARSITY turns filters into run-time "
+                         "DENSIFY outputs, which no delegate can plan for; leave it out")
+    if output_path is not None:
+        output_path = pathlib.Path(output_path)
+        if output_path.exists() and not force:
+            raise FileExistsError(f"{output_path} exists; pass force=True to replace it")
+    if find_wrappers(model):
+        model = strip_pruning(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    for key, value in converter_options.items():
+        setattr(converter, key, value)
+    with contextlib.redirect_stdout(io.StringIO()):
+        tflite_bytes = converter.convert()
+    records, _ = pattern_records(tflite_bytes)
+    if records:
+        tflite_bytes = add_metadata(tflite_bytes, M.encode(records))
+    if output_path is not None:
+        write_atomic(output_path, tflite_bytes)
+    return tflite_bytes
+
+
+def write_atomic(path: pathlib.Path, data: bytes) -> None:
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
