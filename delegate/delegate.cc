@@ -92,6 +92,7 @@ class Partition {
       e.dense_macs = DenseMacs(op);
       e.executed_macs = ExecutedMacs(op);
       e.patterns = op.pattern_stats.distinct_patterns;
+      e.metadata = op.metadata;
       entries[op.node_index] = e;
     }
     std::lock_guard<std::mutex> lock(delegate_->report_mu);
@@ -148,8 +149,12 @@ void* PartitionInit(TfLiteContext* ctx, const char* buffer, size_t) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return nullptr;
+    const PatternRecord* record =
+        node->inputs->size > 1 ? delegate->RecordFor(node_index, node->inputs->data[1]) : nullptr;
     ops.push_back(BuildPlan(ctx, node_index, node, reg, delegate->kernels,
-                            delegate->options.pattern_kernels));
+                            delegate->options.pattern_kernels, record));
+    if (record != nullptr)
+      delegate->Log("node " + std::to_string(node_index) + ": metadata " + ops.back().metadata);
   }
   return new Partition(delegate, std::move(ops), params->output_tensors);
 }
@@ -179,6 +184,17 @@ TfLiteStatus DelegatePrepare(TfLiteContext* ctx, TfLiteDelegate* base) {
   {
     std::lock_guard<std::mutex> lock(d->report_mu);
     d->report.clear();
+  }
+  d->records.clear();
+  const char* meta = nullptr;
+  size_t meta_size = 0;
+  if (ctx->GetModelMetadata != nullptr &&
+      ctx->GetModelMetadata(ctx, "cocopie", &meta, &meta_size) == kTfLiteOk && meta != nullptr) {
+    std::string why;
+    if (ParseMetadata(reinterpret_cast<const uint8_t*>(meta), meta_size, &d->records, &why))
+      d->Log("cocopie metadata: " + std::to_string(d->records.size()) + " records");
+    else
+      d->Log("ignoring cocopie metadata: " + why);  // fall back to the weights
   }
   TfLiteIntArray* plan = nullptr;
   if (ctx->GetExecutionPlan(ctx, &plan) != kTfLiteOk) return kTfLiteError;
@@ -244,9 +260,18 @@ std::string Delegate::ReportJson() {
          "\",\"kernel\":\"" + JsonEscape(e.kernel) +
          "\",\"dense_macs\":" + std::to_string(e.dense_macs) +
          ",\"executed_macs\":" + std::to_string(e.executed_macs) +
-         ",\"patterns\":" + std::to_string(e.patterns) + "}";
+         ",\"patterns\":" + std::to_string(e.patterns) + ",\"metadata\":\"" +
+         JsonEscape(e.metadata) + "\"}";
   }
   return s + "]";
+}
+
+const PatternRecord* Delegate::RecordFor(int node_index, int filter_tensor) const {
+  for (const PatternRecord& r : records)
+    if (r.subgraph == 0 && int64_t(r.op_index) == node_index &&
+        int64_t(r.filter_tensor) == filter_tensor)
+      return &r;
+  return nullptr;
 }
 
 Delegate* FromTfLite(TfLiteDelegate* d) { return static_cast<Delegate*>(d->data_); }

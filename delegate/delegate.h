@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cc/kernels/dispatch.h"
+#include "delegate/metadata.h"
 #include "delegate/options.h"
 #include "delegate/tflite_abi.h"
 
@@ -23,6 +24,7 @@ struct ReportEntry {
   int64_t dense_macs = 0;
   int64_t executed_macs = 0;
   int patterns = 0;  // distinct non-zero kernel masks (conv only)
+  std::string metadata = "none";
 };
 
 struct Delegate {
@@ -31,6 +33,11 @@ struct Delegate {
   const KernelSet* kernels = nullptr;  // null: reference kernels
   std::unique_ptr<ThreadPool> pool;
   int num_threads = 1;
+
+  // The converter's records for the graph being delegated (empty if none or
+  // if they failed to parse).
+  std::vector<PatternRecord> records;
+  const PatternRecord* RecordFor(int node_index, int filter_tensor) const;
 
   std::mutex report_mu;
   std::map<int, ReportEntry> report;  // by node index, last applied graph

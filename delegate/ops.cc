@@ -122,7 +122,8 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
 }
 
 OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* node,
-                 const TfLiteRegistration* reg, const KernelSet* kernels, bool allow_pattern) {
+                 const TfLiteRegistration* reg, const KernelSet* kernels, bool allow_pattern,
+                 const PatternRecord* record) {
   OpPlan plan;
   plan.node_index = node_index;
   plan.input = node->inputs->data[0];
@@ -157,9 +158,27 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
       geometry.k_h = plan.k_h; geometry.k_w = plan.k_w;
       geometry.stride_h = plan.stride_h; geometry.stride_w = plan.stride_w;
       plan.use_pattern = allow_pattern && kernels != nullptr &&
-                         PatternKernelApplies(plan.pattern_stats, geometry) &&
-                         BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c,
-                                          bias, kMaxGroup, &plan.pattern).empty();
+                         PatternKernelApplies(plan.pattern_stats, geometry);
+      if (plan.use_pattern && record != nullptr) {
+        // The converter's record: verified against the weights, then its
+        // patterns, kernel map and reorder plan are used as they are.
+        std::string why = CheckRecordAgainstFilter(*record, w.data.f, w.bytes, plan.out_c,
+                                                   plan.k_h, plan.k_w, plan.in_c);
+        if (why.empty()) {
+          std::vector<int> ids(record->codes.size()), order(record->reorder.begin(),
+                                                            record->reorder.end());
+          for (size_t k = 0; k < ids.size(); ++k) ids[k] = int(record->codes[k]) - 1;
+          why = BuildPatternPlanWith(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias,
+                                     kMaxGroup, record->patterns, ids, order, &plan.pattern);
+        }
+        plan.metadata = why.empty() ? "used" : "rejected: " + why;
+        if (!why.empty())
+          plan.use_pattern = BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w,
+                                              plan.in_c, bias, kMaxGroup, &plan.pattern).empty();
+      } else if (plan.use_pattern) {
+        plan.use_pattern = BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c,
+                                            bias, kMaxGroup, &plan.pattern).empty();
+      }
       if (!plan.use_pattern)
         plan.conv = PackConv2D(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias);
     } else {

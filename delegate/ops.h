@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cc/kernels/kernels.h"
+#include "delegate/metadata.h"
 #include "delegate/tflite_abi.h"
 
 namespace cocopie {
@@ -33,6 +34,9 @@ struct OpPlan {
   PatternStats pattern_stats;
   PatternPlan pattern;
   PatternScratch pattern_scratch;
+  // What became of the converter's metadata record for this node:
+  // "none", "used" or "rejected: <why>" (then the plan comes from the weights).
+  std::string metadata = "none";
   // Resolved in Prepare from the current input shape.
   ConvShape shape;
   int fc_batch = 0;
@@ -54,7 +58,8 @@ std::string CheckWorthClaiming(const TfLiteContext* context, const TfLiteNode* n
 // delegate's kernel set (null: reference kernels only, no pattern kernels).
 OpPlan BuildPlan(const TfLiteContext* context, int node_index,
                  const TfLiteNode* node, const TfLiteRegistration* reg,
-                 const KernelSet* kernels, bool allow_pattern);
+                 const KernelSet* kernels, bool allow_pattern,
+                 const PatternRecord* record = nullptr);
 
 // Computes plan->shape / output_dims from the input dims. Returns an error
 // message or an empty string.

@@ -71,6 +71,16 @@ std::string BuildPatternPlan(const float* filter_ohwi, int out_c, int k_h,
                              int k_w, int in_c, const float* bias, int group,
                              PatternPlan* plan);
 
+// The same from a given structure (e.g. the converter's metadata): the
+// pattern masks, each kernel's pattern id ([out_c][in_c], -1 = removed) and
+// the filter order.  Kernels whose weights are a subset of their pattern are
+// fine (the missing taps multiply zeros).
+std::string BuildPatternPlanWith(const float* filter_ohwi, int out_c, int k_h, int k_w,
+                                 int in_c, const float* bias, int group,
+                                 const std::vector<uint32_t>& patterns,
+                                 const std::vector<int>& kernel_pattern,
+                                 const std::vector<int>& order, PatternPlan* plan);
+
 // Scratch buffers reused across runs (padded CHW input, CHW output).
 struct PatternScratch {
   std::vector<float> input, output;

@@ -59,29 +59,25 @@ PatternStats AnalyzePatterns(const float* filter, int out_c, int k_h, int k_w, i
   return st;
 }
 
-std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, int in_c,
-                             const float* bias, int group, PatternPlan* plan) {
+std::string BuildPatternPlanWith(const float* filter, int out_c, int k_h, int k_w, int in_c,
+                                 const float* bias, int group,
+                                 const std::vector<uint32_t>& patterns,
+                                 const std::vector<int>& kernel_pattern,
+                                 const std::vector<int>& order, PatternPlan* plan) {
   if (k_h * k_w > 32) return "kernel larger than 32 positions";
   if (out_c <= 0 || in_c <= 0 || k_h <= 0 || k_w <= 0) return "empty filter";
+  if (kernel_pattern.size() != static_cast<size_t>(out_c) * in_c) return "kernel map size mismatch";
+  if (order.size() != static_cast<size_t>(out_c)) return "filter order size mismatch";
   group = std::max(1, std::min(group, kMaxGroup));
   PatternPlan p;
   p.out_c = out_c; p.in_c = in_c; p.k_h = k_h; p.k_w = k_w;
   p.bias = bias ? std::vector<float>(bias, bias + out_c) : std::vector<float>(out_c, 0.f);
-  const std::vector<uint32_t> masks = KernelMasks(filter, out_c, k_h, k_w, in_c);
-
-  // Patterns: most taps first, then by mask value (deterministic ids).
-  for (uint32_t m : masks)
-    if (m != 0) p.patterns.push_back(m);
-  std::sort(p.patterns.begin(), p.patterns.end(), [](uint32_t a, uint32_t b) {
-    return Popcount(a) != Popcount(b) ? Popcount(a) > Popcount(b) : a < b;
-  });
-  p.patterns.erase(std::unique(p.patterns.begin(), p.patterns.end()), p.patterns.end());
-  std::map<uint32_t, int> pid;
-  for (size_t i = 0; i < p.patterns.size(); ++i) {
-    pid[p.patterns[i]] = static_cast<int>(i);
+  p.patterns = patterns;
+  for (uint32_t m : patterns) {
+    if (m == 0 || (k_h * k_w < 32 && (m >> (k_h * k_w)) != 0)) return "pattern outside the kernel";
     std::vector<int> taps;
     for (int b = 0; b < k_h * k_w; ++b)
-      if (p.patterns[i] >> b & 1u) taps.push_back(b);
+      if (m >> b & 1u) taps.push_back(b);
     p.pattern_taps.push_back(taps);
   }
   const int P = p.num_patterns();
@@ -92,26 +88,19 @@ std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, i
   std::vector<std::vector<Kernel>> lists(out_c);
   for (int o = 0; o < out_c; ++o) {
     for (int i = 0; i < in_c; ++i) {
-      const uint32_t m = masks[static_cast<size_t>(o) * in_c + i];
-      if (m != 0) lists[o].push_back({pid[m], i});
+      const int q = kernel_pattern[static_cast<size_t>(o) * in_c + i];
+      if (q >= P) return "kernel pattern id out of range";
+      if (q >= 0) lists[o].push_back({q, i});
     }
     std::sort(lists[o].begin(), lists[o].end());
   }
 
-  // Filter kernel reorder: filters with identical lists are adjacent (they
-  // can share input loads); otherwise heavier filters first so threads that
-  // take units in order finish together.
-  std::vector<int> order(out_c);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
-    if (lists[a].size() != lists[b].size()) return lists[a].size() > lists[b].size();
-    return lists[a] < lists[b];
-  });
-
   p.offset.push_back(0);
   p.stride.reserve(static_cast<size_t>(out_c) * (P + 1));
+  std::vector<int64_t> weight_start(out_c + 1, 0);  // fkw_weights offset per filter
   for (int f = 0; f < out_c; ++f) {
     const int o = order[f];
+    if (o < 0 || o >= out_c) return "filter order is not a permutation";
     p.reorder.push_back(o);
     int run_start = 0;
     for (int q = 0; q <= P; ++q) {
@@ -129,16 +118,14 @@ std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, i
       p.kept_weights += static_cast<int64_t>(p.pattern_taps[k.first].size());
     }
     p.offset.push_back(static_cast<int32_t>(p.index.size()));
+    weight_start[f + 1] = static_cast<int64_t>(p.fkw_weights.size());
   }
+  std::vector<int> sorted_order(order);
+  std::sort(sorted_order.begin(), sorted_order.end());
+  for (int f = 0; f < out_c; ++f)
+    if (sorted_order[f] != f) return "filter order is not a permutation";
 
   // Units: up to `group` adjacent filters with identical kernel lists.
-  std::vector<int64_t> weight_start(out_c + 1, 0);  // fkw_weights offset per filter
-  for (int f = 0; f < out_c; ++f) {
-    int64_t n = 0;
-    const int o = order[f];
-    for (const Kernel& k : lists[o]) n += static_cast<int64_t>(p.pattern_taps[k.first].size());
-    weight_start[f + 1] = weight_start[f] + n;
-  }
   for (int f = 0; f < out_c;) {
     int g = 1;
     while (g < group && f + g < out_c && lists[order[f + g]] == lists[order[f]]) ++g;
@@ -153,6 +140,45 @@ std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, i
   }
   *plan = std::move(p);
   return "";
+}
+
+std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, int in_c,
+                             const float* bias, int group, PatternPlan* plan) {
+  if (k_h * k_w > 32) return "kernel larger than 32 positions";
+  if (out_c <= 0 || in_c <= 0 || k_h <= 0 || k_w <= 0) return "empty filter";
+  const std::vector<uint32_t> masks = KernelMasks(filter, out_c, k_h, k_w, in_c);
+  // Patterns: most taps first, then by mask value (deterministic ids).
+  std::vector<uint32_t> patterns;
+  for (uint32_t m : masks)
+    if (m != 0) patterns.push_back(m);
+  std::sort(patterns.begin(), patterns.end(), [](uint32_t a, uint32_t b) {
+    return Popcount(a) != Popcount(b) ? Popcount(a) > Popcount(b) : a < b;
+  });
+  patterns.erase(std::unique(patterns.begin(), patterns.end()), patterns.end());
+  std::map<uint32_t, int> pid;
+  for (size_t i = 0; i < patterns.size(); ++i) pid[patterns[i]] = static_cast<int>(i);
+  std::vector<int> kernel_pattern(masks.size());
+  for (size_t k = 0; k < masks.size(); ++k) kernel_pattern[k] = masks[k] ? pid[masks[k]] : -1;
+
+  // Filter kernel reorder: filters with identical kernel lists are adjacent
+  // (they can share input loads); otherwise heavier filters first so threads
+  // that take units in order finish together.
+  std::vector<std::vector<std::pair<int, int>>> lists(out_c);
+  for (int o = 0; o < out_c; ++o) {
+    for (int i = 0; i < in_c; ++i) {
+      const int q = kernel_pattern[static_cast<size_t>(o) * in_c + i];
+      if (q >= 0) lists[o].push_back({q, i});
+    }
+    std::sort(lists[o].begin(), lists[o].end());
+  }
+  std::vector<int> order(out_c);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    if (lists[a].size() != lists[b].size()) return lists[a].size() > lists[b].size();
+    return lists[a] < lists[b];
+  });
+  return BuildPatternPlanWith(filter, out_c, k_h, k_w, in_c, bias, group, patterns,
+                              kernel_pattern, order, plan);
 }
 
 }  // namespace cocopie
