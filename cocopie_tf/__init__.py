@@ -27,7 +27,7 @@ def __getattr__(name):
 
         return getattr(pruning, name)
     if name == "convert":
-        from cocopie_tf.convert import convert
+        from cocopie_tf.converter import convert
 
         return convert
     raise AttributeError(f"module 'cocopie_tf' has no attribute {name!r}")

@@ -15,10 +15,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="build a small CNN, convert it, run it with and without the delegate",
-        description="Builds a small Keras CNN, converts it to .tflite, runs it on stock "
-        "LiteRT (XNNPACK) and with the cocopie delegate, checks the outputs agree, and "
-        "prints the delegate's claim report and both latencies.",
+        help="train, prune, convert and run a CNN on the digits data",
+        description="Trains a small CNN on scikit-learn's digits, prunes it with ADMM "
+        "(8 patterns, 3.6x connectivity) inside fit, strips and reports it, converts it to "
+        ".tflite, runs it on stock LiteRT (XNNPACK) and with the cocopie delegate, checks the "
+        "outputs agree, and prints the claim report and both latencies.",
     )
     demo.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     demo.add_argument("--runs", type=int, default=20, help="timed runs per interpreter")
@@ -46,8 +47,8 @@ def _convert(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    import cocopie_tf  # noqa: F401 - registers the wrapper layer for loading
-    from cocopie_tf.convert import convert, read_metadata
+    import cocopie_tf.pruning  # noqa: F401 - registers the wrapper layer for loading
+    from cocopie_tf.converter import convert, read_metadata
 
     try:
         model = keras.models.load_model(src)
@@ -76,8 +77,7 @@ def _inspect(args) -> int:
         print(f"cocopie-tf inspect: {path}: no such file", file=sys.stderr)
         return 2
     from cocopie_tf import _cc
-    from cocopie_tf.convert import converter as C
-    from cocopie_tf.convert import metadata as M
+    from cocopie_tf.converter import core as C
 
     raw = path.read_bytes()
     try:

@@ -5,7 +5,7 @@ from cocopie_tf.lite._delegate import Interpreter, delegate_path, load_delegate
 
 def read_metadata(path_or_bytes):
     """The decoded cocopie metadata of a .tflite file or bytes (None if absent)."""
-    from cocopie_tf.convert import read_metadata as _read
+    from cocopie_tf.converter import read_metadata as _read
 
     return _read(path_or_bytes)
 

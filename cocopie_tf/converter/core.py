@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from cocopie_tf.convert import metadata as M
+from cocopie_tf.converter import metadata as M
 
 _CONV_2D = 3
 _FLOAT32 = 0  # schema TensorType.FLOAT32

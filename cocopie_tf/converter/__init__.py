@@ -1,6 +1,6 @@
 """Keras -> .tflite conversion with the cocopie pattern metadata."""
 
-from cocopie_tf.convert.converter import add_metadata, convert, pattern_records, read_metadata
-from cocopie_tf.convert.metadata import MetadataError
+from cocopie_tf.converter.core import add_metadata, convert, pattern_records, read_metadata
+from cocopie_tf.converter.metadata import MetadataError
 
 __all__ = ["convert", "read_metadata", "add_metadata", "pattern_records", "MetadataError"]

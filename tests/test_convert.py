@@ -1,0 +1,147 @@
+"""Converter: pattern metadata in the .tflite, read back, used and checked by
+the delegate; the file stays a stock TFLite model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import cocopie_tf  # noqa: E402
+from cocopie_tf import lite  # noqa: E402
+from cocopie_tf.converter import add_metadata, read_metadata  # noqa: E402
+from cocopie_tf.converter import metadata as M  # noqa: E402
+from conftest import reference_outputs, rel_error, run_tflite  # noqa: E402
+from test_pruning import compile_, digits, functional, pruned_names  # noqa: E402
+
+
+def _sequential_bn(bn):
+    keras.utils.set_random_seed(3)
+    layers = [keras.Input((16, 16, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu")]
+    for f in (16, 16):
+        layers.append(keras.layers.Conv2D(f, 3, padding="same", use_bias=not bn))
+        if bn:
+            layers.append(keras.layers.BatchNormalization())
+        layers.append(keras.layers.ReLU())
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    return keras.Sequential(layers)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Pruned models (functional and Sequential, with and without BN)."""
+    x, y = digits(300)
+    out = {}
+    for name, build in [("functional", lambda: functional()), ("functional_bn", lambda: functional(bn=True)),
+                        ("sequential", lambda: _sequential_bn(False)),
+                        ("sequential_bn", lambda: _sequential_bn(True))]:
+        model = compile_(cocopie_tf.prune_patterns(build(), group=4))
+        model.fit(x, y, epochs=3, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
+        out[name] = model
+    return out, x
+
+
+@pytest.mark.parametrize("name", ["functional", "functional_bn", "sequential", "sequential_bn"])
+def test_one_valid_record_per_pruned_conv(trained, name):
+    models, x = trained
+    model = models[name]
+    tfl = cocopie_tf.convert(model)  # wrapped: stripped on the way
+    meta = read_metadata(tfl)
+    assert meta is not None and meta["version"] == 1
+    assert len(meta["records"]) == len(pruned_names(model))
+    for r in meta["records"]:
+        assert 1 <= len(r["patterns"]) <= 8
+        assert all(bin(m).count("1") == 4 for m in r["patterns"])
+        assert r["group"] == 4
+    # Round trip of the format.
+    assert M.decode(M.encode(meta["records"]))["records"][0]["filter_crc32"] == meta["records"][0]["filter_crc32"]
+    # A stock model: plain LiteRT (no delegate) equals Keras.
+    xs = x[:4]
+    stock = reference_outputs(tfl, [xs])[0]
+    keras_out = np.asarray(cocopie_tf.strip_pruning(model)(xs))
+    assert rel_error(stock, keras_out) <= 1e-5
+    # With the delegate (claim=all so the small layers are taken): records used.
+    interp = lite.Interpreter(model_content=tfl, claim="all")
+    out = run_tflite(interp, [xs])[0]
+    assert rel_error(out, stock) <= 1e-5
+    used = [e for e in interp.delegate_report() if e["metadata"] == "used"]
+    assert len(used) == len(meta["records"])
+
+
+def test_record_that_disagrees_with_weights_is_ignored(trained):
+    models, x = trained
+    tfl = cocopie_tf.convert(models["functional"])
+    records = read_metadata(tfl)["records"]
+    bad = dict(records[0])
+    codes = bad["codes"].copy()
+    k = int(np.flatnonzero(codes.ravel())[0])
+    codes.ravel()[k] = 1 + (codes.ravel()[k] % len(bad["patterns"]))  # another pattern
+    bad["codes"] = codes
+    tampered = add_metadata(tfl, M.encode([bad] + records[1:]))
+    interp = lite.Interpreter(model_content=tampered, claim="all")
+    out = run_tflite(interp, [x[:2]])[0]
+    assert rel_error(out, reference_outputs(tfl, [x[:2]])[0]) <= 1e-5
+    status = {e["node_index"]: e["metadata"] for e in interp.delegate_report()}
+    assert status[bad["op_index"]].startswith("rejected")
+
+
+def test_unknown_version_is_ignored(trained):
+    models, x = trained
+    tfl = cocopie_tf.convert(models["functional"])
+    payload = bytearray(M.encode(read_metadata(tfl)["records"]))
+    payload[4] = 9  # version 9
+    odd = add_metadata(tfl, bytes(payload))
+    with pytest.raises(ValueError, match="version"):
+        read_metadata(odd)
+    interp = lite.Interpreter(model_content=odd, claim="all")
+    out = run_tflite(interp, [x[:2]])[0]
+    assert rel_error(out, reference_outputs(tfl, [x[:2]])[0]) <= 1e-5
+    assert all(e["metadata"] == "none" for e in interp.delegate_report())
+
+
+def test_model_without_metadata_and_dense_model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3)(inp))
+    tfl = cocopie_tf.convert(model)
+    assert read_metadata(tfl) is None
+
+
+def test_convert_refuses_to_overwrite_and_bad_options(tmp_path, trained):
+    models, _ = trained
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError):
+        cocopie_tf.convert(models["functional"], output_path=path)
+    assert path.read_bytes() == b"keep me"
+    cocopie_tf.convert(models["functional"], output_path=path, force=True)
+    assert read_metadata(path) is not None
+    with pytest.raises(ValueError, match="unknown converter options"):
+        cocopie_tf.convert(models["functional"], optimisations=[])
+    import tensorflow as tf
+
+    with pytest.raises(ValueError, match="EXPERIMENTAL_SPARSITY"):
+        cocopie_tf.convert(models["functional"], optimizations=[tf.lite.Optimize.EXPERIMENTAL_SPARSITY])
+
+
+def test_cli_convert_and_inspect(tmp_path, trained):
+    import subprocess
+    import sys
+
+    models, _ = trained
+    src = tmp_path / "m.keras"
+    models["functional"].save(src)
+    dst = tmp_path / "m.tflite"
+    cli = [sys.executable, "-m", "cocopie_tf.cli"]
+    p = subprocess.run(cli + ["convert", str(src), "-o", str(dst)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert p.returncode == 0 and "pattern metadata for 2 convolution(s)" in p.stdout, p.stderr[-2000:]
+    p = subprocess.run(cli + ["convert", str(src), "-o", str(dst)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert p.returncode == 2 and "--force" in p.stderr
+    p = subprocess.run(cli + ["inspect", str(dst)], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "cocopie metadata present, v1" in p.stdout
+    assert p.stdout.count("metadata record: valid") == 2
+    assert "FKW" in p.stdout and "#" in p.stdout
