@@ -52,9 +52,10 @@ uint32_t Crc32(const void* data, size_t size) {
   return crc ^ 0xFFFFFFFFu;
 }
 
-bool ParseMetadata(const uint8_t* data, size_t size, std::vector<PatternRecord>* records,
-                   std::string* error) {
-  records->clear();
+namespace {
+
+bool Parse(const uint8_t* data, size_t size, std::vector<PatternRecord>* records,
+           std::string* error) {
   if (data == nullptr || size < kHeaderSize) {
     *error = "truncated header";
     return false;
@@ -142,9 +143,19 @@ bool ParseMetadata(const uint8_t* data, size_t size, std::vector<PatternRecord>*
   }
   if (body.pos() != size - kHeaderSize) {
     *error = "trailing bytes after the last record";
-    records->clear();
     return false;
   }
+  return true;
+}
+
+}  // namespace
+
+bool ParseMetadata(const uint8_t* data, size_t size, std::vector<PatternRecord>* records,
+                   std::string* error) {
+  std::vector<PatternRecord> parsed;
+  records->clear();
+  if (!Parse(data, size, &parsed, error)) return false;  // all or nothing
+  *records = std::move(parsed);
   return true;
 }
 

@@ -58,7 +58,7 @@ def test_bazel_build_and_cc_tests(tmp_path):
     ]
     try:
         out = _run(startup + ["test", "//:all"] + flags, cwd=ROOT)
-        assert "Executed 3 out of 3 tests: 3 tests pass" in out
+        assert "Executed 4 out of 4 tests: 4 tests pass" in out
         _run(startup + ["build", "//:libcocopie_delegate.so"] + flags, cwd=ROOT)
         bin_dir = _run(startup + ["info", "bazel-bin"] + flags[:1], cwd=ROOT).strip()
         lib = pathlib.Path(bin_dir) / "libcocopie_delegate.so"
