@@ -70,54 +70,56 @@ def _grid(mask: int, k_h: int, k_w: int) -> list[str]:
 def _inspect(args) -> int:
     import pathlib
 
-    import numpy as np
-
     path = pathlib.Path(args.model)
     if not path.is_file():
         print(f"cocopie-tf inspect: {path}: no such file", file=sys.stderr)
         return 2
+    try:
+        print(inspect_text(path.read_bytes(), str(path)))
+    except ValueError as e:
+        print(f"cocopie-tf inspect: {path}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def inspect_text(raw: bytes, label: str = "model") -> str:
+    """Per pattern-pruned convolution of a .tflite: patterns drawn as grids,
+    kernels kept, MAC reduction, FKW/CSR/dense bytes, metadata status."""
+    import numpy as np
+
     from cocopie_tf import _cc
     from cocopie_tf.converter import core as C
+    from cocopie_tf.converter.metadata import MetadataError
+    from cocopie_tf.lite._model_check import verify_model_bytes
 
-    raw = path.read_bytes()
+    verify_model_bytes(raw)
     try:
-        meta = C.read_metadata(raw)
-        problem = None
-    except ValueError as e:
+        meta, problem = C.read_metadata(raw), None
+    except MetadataError as e:
         meta, problem = None, str(e)
-    if problem and "metadata" not in problem.lower() and "record" not in problem.lower() \
-            and "checksum" not in problem and "magic" not in problem and "version" not in problem:
-        print(f"cocopie-tf inspect: {path}: {problem}", file=sys.stderr)
-        return 2
     found, notes = C.pattern_records(raw)
     status = ("invalid: " + problem) if problem else ("present, v1" if meta else "absent")
-    print(f"{path}: {len(raw):,} bytes; cocopie metadata {status}")
+    lines = [f"{label}: {len(raw):,} bytes; cocopie metadata {status}"]
     by_op = {(r["subgraph"], r["op_index"]): r for r in (meta or {}).get("records", [])}
     for r in found:
         rec = by_op.get((r["subgraph"], r["op_index"]))
         valid = rec is not None and rec["filter_crc32"] == r["filter_crc32"] and \
             np.array_equal(rec["codes"], r["codes"])
-        kept = int((r["codes"] > 0).sum())
-        total = r["out_c"] * r["in_c"]
-        schema = C._schema()
-        model_t = schema.ModelT.InitFromPackedBuf(bytearray(raw), 0)
-        tensor = model_t.subgraphs[r["subgraph"]].tensors[r["filter_tensor"]]
-        filt = np.frombuffer(C._buffer_bytes(model_t, tensor.buffer, raw), "<f4").reshape(
-            r["out_c"], r["k_h"], r["k_w"], r["in_c"])
+        kept, total = int((r["codes"] > 0).sum()), r["out_c"] * r["in_c"]
+        filt = C.filter_array(raw, r["subgraph"], r["filter_tensor"])
         info = _cc.pattern_info(np.ascontiguousarray(filt))
         red = filt.size / max(1, np.count_nonzero(filt))
-        print(f"\nCONV_2D op {r['op_index']}: filter {r['out_c']}x{r['k_h']}x{r['k_w']}x{r['in_c']}, "
-              f"{len(r['patterns'])} patterns, kernels kept {kept}/{total}, MAC reduction {red:.2f}x, "
-              f"group {r['group']}")
-        print(f"  bytes: FKW {info['fkw_bytes']:,}  CSR {info['csr_bytes']:,}  "
-              f"dense {info['dense_bytes']:,};  metadata record: "
-              f"{'valid' if valid else ('missing' if rec is None else 'does not match the weights')}")
+        lines.append(f"\nCONV_2D op {r['op_index']}: filter {r['out_c']}x{r['k_h']}x{r['k_w']}x"
+                     f"{r['in_c']}, {len(r['patterns'])} patterns, kernels kept {kept}/{total}, "
+                     f"MAC reduction {red:.2f}x, group {r['group']}")
+        lines.append(f"  bytes: FKW {info['fkw_bytes']:,}  CSR {info['csr_bytes']:,}  "
+                     f"dense {info['dense_bytes']:,};  metadata record: "
+                     f"{'valid' if valid else ('missing' if rec is None else 'does not match the weights')}")
         grids = [_grid(m, r["k_h"], r["k_w"]) for m in r["patterns"]]
         for row in range(r["k_h"]):
-            print("  " + "  ".join(g[row] for g in grids))
-    for note in notes:
-        print(f"\n{note}")
-    return 0
+            lines.append("  " + "  ".join(g[row] for g in grids))
+    lines += [f"\n{note}" for note in notes]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,6 @@ fit -> strip -> report -> convert -> run with and without the delegate."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import pathlib
 import statistics
 
@@ -57,7 +55,6 @@ def _compile(model):
 
 def run(threads: int = 1, runs: int = 20, output: str | None = None, dense_epochs: int = 5,
         prune_epochs: int = 6) -> int:
-    import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
 
     from cocopie_tf import lite
@@ -82,21 +79,22 @@ def run(threads: int = 1, runs: int = 20, output: str | None = None, dense_epoch
     print(f"   test accuracy after pruning {pruned_acc:.2%} (dense {dense_acc:.2%})")
     print(cocopie_tf.pruning_report(model))
 
-    print("3. convert to a stock .tflite file")
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter's chatter
-        tflite_bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    print(f"   {len(tflite_bytes):,} bytes")
+    print("3. convert to a stock .tflite file with the pattern metadata, and inspect it")
+    tflite_bytes = cocopie_tf.convert(model)
+    from cocopie_tf.cli import inspect_text
+
+    print(inspect_text(tflite_bytes, "digits_cnn.tflite"))
     if output:
         path = pathlib.Path(output)
         if path.exists():
             print(f"error: {path} exists; not overwriting it")
             return 2
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(tflite_bytes)
-        tmp.replace(path)
+        from cocopie_tf.converter.core import write_atomic
+
+        write_atomic(path, tflite_bytes)
         print(f"wrote {path}")
 
-    print("4. run on stock LiteRT (XNNPACK) and with the cocopie delegate")
+    print("\n4. run on stock LiteRT (XNNPACK) and with the cocopie delegate")
     x = xte[:1]
     stock = LiteRTInterpreter(model_content=tflite_bytes, num_threads=threads)
     stock.allocate_tensors()
@@ -112,10 +110,10 @@ def run(threads: int = 1, runs: int = 20, output: str | None = None, dense_epoch
     report = ours.delegate_report()
     print(f"\ndelegate claimed {len(report)} nodes:")
     print(f"  {'node':>4}  {'op':<8} {'kernel':<30} {'patterns':>8} {'dense MACs':>12} "
-          f"{'executed MACs':>14}")
+          f"{'executed MACs':>14}  metadata")
     for e in report:
         print(f"  {e['node_index']:>4}  {e['op']:<8} {e['kernel']:<30} {e['patterns']:>8} "
-              f"{e['dense_macs']:>12,} {e['executed_macs']:>14,}")
+              f"{e['dense_macs']:>12,} {e['executed_macs']:>14,}  {e['metadata']}")
     print("  (nodes not listed run on TFLite's own kernels, XNNPACK)")
 
     stock_ms, ours_ms = alternate([stock, ours], runs=runs, warmup=3)

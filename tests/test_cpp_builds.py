@@ -9,10 +9,8 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import convert, reference_outputs, rel_error, run_tflite
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OFFLINE = ROOT / "third_party" / "bazel_offline"

@@ -45,6 +45,16 @@ def _opcode(model_t, index: int) -> int:
     return max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
 
 
+def filter_array(tflite_bytes: bytes, subgraph: int, tensor_index: int) -> np.ndarray:
+    """A constant float32 tensor of the model as an array of its shape."""
+    model_t = _schema().ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
+    tensor = model_t.subgraphs[subgraph].tensors[tensor_index]
+    data = _buffer_bytes(model_t, tensor.buffer, tflite_bytes)
+    if data is None:
+        raise ValueError(f"tensor {tensor_index} has no constant data")
+    return np.frombuffer(data, "<f4").reshape([int(d) for d in tensor.shape])
+
+
 def pattern_records(tflite_bytes: bytes, max_patterns: int = 32) -> tuple[list[dict], list[str]]:
     """Finds the pattern-pruned CONV_2D filters of a .tflite model.
 
