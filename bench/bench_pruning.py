@@ -51,13 +51,9 @@ def build(keras):
     return keras.Model(inp, keras.layers.Dense(10)(h))
 
 
-def compile_(keras, model, decay_epochs=None, steps_per_epoch=23):
-    """Adam at 1e-3; with decay_epochs, cosine-decayed to 0 over them (used for
-    every pruning run alike: one-shot, ADMM and tfmot)."""
-    lr = 1e-3
-    if decay_epochs:
-        lr = keras.optimizers.schedules.CosineDecay(1e-3, decay_epochs * steps_per_epoch)
-    model.compile(optimizer=keras.optimizers.Adam(lr),
+def compile_(keras, model):
+    """Adam at a constant 1e-3 for every run alike (dense, one-shot, ADMM, tfmot)."""
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
@@ -105,8 +101,7 @@ def run_keras3(seed):
         keras.utils.set_random_seed(seed)
         t0 = time.perf_counter()
         model = compile_(keras, cocopie_tf.prune_patterns(dense, connectivity=CONNECTIVITY,
-                                                          group=v.get("group", 1)),
-                         decay_epochs=post)
+                                                          group=v.get("group", 1)))
         model.fit(xtr, ytr, epochs=post, batch_size=64, verbose=0,
                   callbacks=[cocopie_tf.ADMMPruning(**v["cb"])])
         stripped = compile_(keras, cocopie_tf.strip_pruning(model))
@@ -136,7 +131,7 @@ def clone(layer):
         return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
     return layer
 pruned = keras.models.clone_model(dense, clone_function=clone)
-pruned = B.compile_(keras, pruned, decay_epochs=B.ADMM_EPOCHS + B.RETRAIN_EPOCHS)
+pruned = B.compile_(keras, pruned)
 pruned.fit(xtr, ytr, epochs=B.ADMM_EPOCHS + B.RETRAIN_EPOCHS, batch_size=64, verbose=0,
            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
 stripped = B.compile_(keras, tfmot.sparsity.keras.strip_pruning(pruned))
