@@ -23,8 +23,7 @@ def _why_not_prunable(layer, prune_1x1: bool, prune_depthwise: bool) -> str | No
         return None
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return None if prune_depthwise else "depthwise pruning is off (prune_depthwise=False)"
-    if type(layer) is keras.layers.Conv2D or (
-            isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose)):
+    if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose):
         if getattr(layer, "groups", 1) != 1:
             return "grouped convolutions are not supported"
         if tuple(layer.kernel_size) == (1, 1) and not prune_1x1:
