@@ -1,5 +1,6 @@
-"""The C++ tests, built both ways the project supports: CMake (plain and under
-AddressSanitizer/UBSan) and Bazel (the top-level BUILD, offline)."""
+"""The C++ tests, built every way the project supports: CMake (plain and under
+AddressSanitizer/UBSan), Bazel (the top-level BUILD, offline), and a cross
+build for AArch64 (the NEON kernels) run under qemu-user."""
 
 from __future__ import annotations
 
@@ -34,6 +35,32 @@ def test_cmake_ctest(tmp_path, sanitize):
     _run(["cmake", "--build", build, "--parallel", "2"])
     out = _run(["ctest", "--test-dir", build, "--output-on-failure"])
     assert "100% tests passed" in out
+
+
+@pytest.mark.slow
+def test_aarch64_neon_kernels_under_qemu(tmp_path):
+    tools = ("aarch64-linux-gnu-g++", "qemu-aarch64")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        if os.environ.get("COCOPIE_REQUIRE_AARCH64"):
+            pytest.fail(f"COCOPIE_REQUIRE_AARCH64 is set but {missing} not installed "
+                        "(apt-get install g++-aarch64-linux-gnu qemu-user)")
+        pytest.skip(f"{missing} not installed (Debian: g++-aarch64-linux-gnu qemu-user)")
+    build = tmp_path / "arm"
+    _run(["cmake", "-S", ROOT, "-B", build, "-DCOCOPIE_BUILD_TESTS=ON",
+          "-DCOCOPIE_BUILD_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release",
+          f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'aarch64-linux-gnu.cmake'}"])
+    _run(["cmake", "--build", build, "--parallel", "2"])
+    kernels = build / "kernels_test"
+    head = kernels.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    # ctest runs every test binary through qemu (CMAKE_CROSSCOMPILING_EMULATOR);
+    # kernels_test checks that the set compiled and chosen is "neon" and that
+    # it matches the float64 reference (dense, depthwise, FC, pattern convs).
+    out = _run(["ctest", "--test-dir", build, "--output-on-failure"])
+    assert "100% tests passed" in out
+    out = _run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", kernels])
+    assert " 0 failed" in out and "FAILED" not in out, out
 
 
 def _bazel():

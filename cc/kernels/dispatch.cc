@@ -7,9 +7,16 @@
 
 namespace cocopie {
 
+#if defined(COCOPIE_HAVE_GENERIC_KERNELS)
 namespace generic {
 extern const KernelSet kKernelSet;
 }
+#endif
+#if defined(COCOPIE_HAVE_NEON_KERNELS)
+namespace neon {
+extern const KernelSet kKernelSet;
+}
+#endif
 #if defined(COCOPIE_HAVE_AVX2_KERNELS)
 namespace avx2_fma {
 extern const KernelSet kKernelSet;
@@ -52,7 +59,12 @@ const std::vector<const KernelSet*>& CompiledKernelSets() {
 #if defined(COCOPIE_HAVE_AVX2_KERNELS)
     v.push_back(&avx2_fma::kKernelSet);
 #endif
+#if defined(COCOPIE_HAVE_NEON_KERNELS)
+    v.push_back(&neon::kKernelSet);
+#endif
+#if defined(COCOPIE_HAVE_GENERIC_KERNELS)
     v.push_back(&generic::kKernelSet);
+#endif
     return v;
   }();
   return sets;
@@ -63,6 +75,7 @@ namespace {
 bool Supported(const KernelSet* set) {
   const std::string isa = set->isa;
   if (isa == "avx2_fma") return DetectCpu().avx2 && DetectCpu().fma;
+  if (isa == "neon") return DetectCpu().neon;
   return true;  // generic runs anywhere
 }
 

@@ -145,6 +145,87 @@ TEST_CASE(FullyConnectedMatchesReference) {
     }
 }
 
+// A pattern-pruned filter: each kept kernel takes one of 8 masks with 4 taps
+// (centre kept for 3x3), about half the kernels removed; with `shared`,
+// filters come in runs of 4 with identical kernel lists (group-shared masks).
+std::vector<float> PatternFilter(int out_c, int k, int in_c, bool shared, std::mt19937* rng) {
+  std::vector<uint32_t> masks;
+  const int taps = k * k, centre = taps / 2;
+  while (masks.size() < 8) {
+    uint32_t m = 1u << centre;
+    while (__builtin_popcount(m) < 4) m |= 1u << ((*rng)() % taps);
+    bool seen = false;
+    for (uint32_t x : masks) seen = seen || x == m;
+    if (!seen) masks.push_back(m);
+  }
+  auto w = Random(size_t(out_c) * taps * in_c, rng);
+  std::vector<int> choice(in_c);
+  for (int o = 0; o < out_c; ++o) {
+    if (!shared || o % 4 == 0)
+      for (int c = 0; c < in_c; ++c) choice[c] = ((*rng)() % 2) ? int((*rng)() % 8) : -1;
+    for (int t = 0; t < taps; ++t)
+      for (int c = 0; c < in_c; ++c) {
+        const bool keep = choice[c] >= 0 && ((masks[choice[c]] >> t) & 1u);
+        if (!keep) w[(size_t(o) * taps + t) * in_c + c] = 0.f;
+      }
+  }
+  return w;
+}
+
+TEST_CASE(PatternConvMatchesReference) {
+  struct Case { int batch, h, w, in_c, out_c, k, dil; Padding pad; float lo, hi; };
+  const Case cases[] = {
+      {1, 7, 13, 5, 11, 3, 1, Padding::kSame, -INFINITY, INFINITY},
+      {2, 14, 14, 16, 32, 3, 1, Padding::kSame, 0.f, INFINITY},
+      {1, 4, 4, 24, 12, 3, 1, Padding::kSame, 0.f, 6.f},
+      {1, 2, 2, 8, 8, 3, 1, Padding::kSame, -INFINITY, INFINITY},
+      {1, 9, 10, 6, 130, 3, 2, Padding::kSame, -INFINITY, INFINITY},
+      {1, 11, 9, 7, 9, 3, 1, Padding::kValid, -1.f, 1.f},
+      {1, 12, 12, 4, 8, 5, 1, Padding::kSame, -INFINITY, INFINITY},
+  };
+  std::mt19937 rng(4);
+  for (const Case& c : cases)
+    for (bool shared : {false, true}) {
+      ConvShape s;
+      s.batch = c.batch; s.in_h = c.h; s.in_w = c.w; s.in_c = c.in_c; s.out_c = c.out_c;
+      s.k_h = s.k_w = c.k; s.dil_h = s.dil_w = c.dil;
+      s.act_min = c.lo; s.act_max = c.hi;
+      CHECK(ResolveConvShape(c.pad, &s).empty());
+      const auto w = PatternFilter(s.out_c, c.k, s.in_c, shared, &rng);
+      const auto b = Random(s.out_c, &rng);
+      const auto in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, &rng);
+      std::vector<float> ref(size_t(s.batch) * s.out_h * s.out_w * s.out_c), out(ref.size());
+      Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+      for (int group : {1, 4}) {
+        PatternPlan plan;
+        CHECK(BuildPatternPlan(w.data(), s.out_c, c.k, c.k, s.in_c, b.data(), group, &plan).empty());
+        for (const KernelSet* set : UsableSets())
+          for (int threads : {1, 2, 3}) {
+            ThreadPool pool(threads);
+            PatternScratch scratch;
+            for (int rep = 0; rep < 2; ++rep) {  // the second run reuses the scratch halo
+              RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool);
+              CHECK(RelError(out, ref) <= 1e-5);
+            }
+          }
+      }
+    }
+}
+
+TEST_CASE(KernelSetForThisIsa) {
+  // The build compiles the set the ISA promises: NEON on AArch64, AVX2+FMA
+  // (next to the generic set) on x86-64.
+  std::string names;
+  for (const KernelSet* set : CompiledKernelSets()) names += std::string(set->isa) + " ";
+#if defined(__aarch64__)
+  CHECK(names == "neon ");
+  std::string err;
+  CHECK(SelectKernelSet("auto", &err) != nullptr && std::string(SelectKernelSet("auto", &err)->isa) == "neon");
+#elif defined(__x86_64__)
+  CHECK(names == "avx2_fma generic ");
+#endif
+}
+
 TEST_CASE(ThreadPoolCoversEveryIndexOnce) {
   ThreadPool pool(3);
   std::vector<int> hits(1000, 0);
