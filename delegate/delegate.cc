@@ -1,5 +1,6 @@
 #include "delegate/delegate.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -78,8 +79,12 @@ class Partition {
         internal_dims[op.output] = op.output_dims;
         scratch_[op.output].resize(static_cast<size_t>(n));
       }
+      if (op.use_pattern) ChooseTuning(&op);
       ReportEntry e;
       e.node_index = op.node_index;
+      e.tuning = op.tuning_source;
+      e.chunk_channels = op.tuning.chunk_channels;
+      e.tile_vectors = op.tuning.tile_vectors;
       e.op = OpKindName(op.kind);
       const char* kname = op.use_pattern                  ? "conv2d_pattern"
                           : op.kind == OpKind::kConv2D ? "conv2d_direct"
@@ -95,13 +100,53 @@ class Partition {
       e.metadata = op.metadata;
       entries[op.node_index] = e;
     }
+    if (cache_dirty_) {
+      const std::string why = delegate_->tuning_cache->Save();
+      delegate_->Log(why.empty() ? "tuning cache saved to " + delegate_->tuning_cache->path()
+                                 : "tuning cache not saved: " + why);
+      cache_dirty_ = false;
+    }
     std::lock_guard<std::mutex> lock(delegate_->report_mu);
     for (auto& kv : entries) delegate_->report[kv.first] = kv.second;
     return kTfLiteOk;
   }
 
+  // The pattern kernel's knobs for this layer at its now-known geometry:
+  // from the tuning cache, or tuned now (tune=on), or the built-in default.
+  void ChooseTuning(OpPlan* op) {
+    const DelegateOptions& o = delegate_->options;
+    op->tuning = PatternTuning();
+    op->tuning_source = "default";
+    if (o.tune == "off" || delegate_->kernels == nullptr) return;
+    if (delegate_->tuning_cache == nullptr)
+      delegate_->tuning_cache.reset(
+          new TuningCache(o.tune_cache.empty() ? DefaultTuningCachePath() : o.tune_cache));
+    const std::string key =
+        TuningKey(delegate_->kernels, delegate_->num_threads, op->shape, op->pattern);
+    if (delegate_->tuning_cache->Lookup(key, &op->tuning)) {
+      op->tuning_source = "cached";
+      return;
+    }
+    if (o.tune != "on") return;
+    const TuneResult r = TunePatternConv(delegate_->kernels, op->shape, op->pattern,
+                                         delegate_->pool.get(), o.tune_budget_ms);
+    op->tuning = r.tuning;
+    op->tuning_source = "tuned";
+    delegate_->tuning_cache->Put(key, r.tuning, r.best_ms);
+    cache_dirty_ = true;
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "node %d: tuned chunk_channels=%d tile_vectors=%d: %.3f ms (default %.3f ms, "
+                  "%d candidates)",
+                  op->node_index, r.tuning.chunk_channels, r.tuning.tile_vectors, r.best_ms,
+                  r.default_ms, r.candidates);
+    delegate_->Log(buf);
+  }
+
   TfLiteStatus Invoke(TfLiteContext* ctx) {
+    const bool profile = delegate_->options.profile;
     for (OpPlan& op : ops_) {
+      const auto t0 = std::chrono::steady_clock::now();
       const float* in = Data(ctx, op.input);
       float* out = Data(ctx, op.output);
       if (in == nullptr || out == nullptr) {
@@ -113,7 +158,8 @@ class Partition {
       switch (op.kind) {
         case OpKind::kConv2D:
           if (op.use_pattern)
-            RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, in, out, pool);
+            RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, in, out, pool,
+                           op.tuning);
           else
             RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
           break;
@@ -123,6 +169,15 @@ class Partition {
         case OpKind::kFullyConnected:
           RunFullyConnected(set, op.fc_batch, op.fc, op.act_min, op.act_max, in, out, pool);
           break;
+      }
+      if (profile) {
+        const double ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count();
+        std::lock_guard<std::mutex> lock(delegate_->report_mu);
+        ReportEntry& e = delegate_->report[op.node_index];
+        e.invokes += 1;
+        e.total_ms += ms;
       }
     }
     return kTfLiteOk;
@@ -139,6 +194,7 @@ class Partition {
   std::vector<OpPlan> ops_;
   std::set<int> outputs_;
   std::unordered_map<int, std::vector<float>> scratch_;
+  bool cache_dirty_ = false;
 };
 
 void* PartitionInit(TfLiteContext* ctx, const char* buffer, size_t) {
@@ -261,7 +317,19 @@ std::string Delegate::ReportJson() {
          "\",\"dense_macs\":" + std::to_string(e.dense_macs) +
          ",\"executed_macs\":" + std::to_string(e.executed_macs) +
          ",\"patterns\":" + std::to_string(e.patterns) + ",\"metadata\":\"" +
-         JsonEscape(e.metadata) + "\"}";
+         JsonEscape(e.metadata) + "\"";
+    if (e.op == "CONV_2D" && e.kernel.find("pattern") != std::string::npos)
+      s += ",\"tuning\":\"" + e.tuning + "\",\"chunk_channels\":" +
+           std::to_string(e.chunk_channels) + ",\"tile_vectors\":" +
+           std::to_string(e.tile_vectors);
+    if (options.profile) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",
+                    static_cast<long long>(e.invokes),
+                    e.invokes ? e.total_ms / static_cast<double>(e.invokes) : 0.0);
+      s += buf;
+    }
+    s += "}";
   }
   return s + "]";
 }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cc/kernels/dispatch.h"
+#include "cc/kernels/tuning.h"
 #include "delegate/metadata.h"
 #include "delegate/options.h"
 #include "delegate/tflite_abi.h"
@@ -25,6 +26,10 @@ struct ReportEntry {
   int64_t executed_macs = 0;
   int patterns = 0;  // distinct non-zero kernel masks (conv only)
   std::string metadata = "none";
+  std::string tuning = "default";  // pattern kernel knobs: default | cached | tuned
+  int chunk_channels = 0, tile_vectors = 0;
+  int64_t invokes = 0;    // with profile=true: runs timed so far
+  double total_ms = 0.0;  // and their summed wall time
 };
 
 struct Delegate {
@@ -38,6 +43,9 @@ struct Delegate {
   // if they failed to parse).
   std::vector<PatternRecord> records;
   const PatternRecord* RecordFor(int node_index, int filter_tensor) const;
+
+  // Loaded on first use when options.tune != off.
+  std::unique_ptr<TuningCache> tuning_cache;
 
   std::mutex report_mu;
   std::map<int, ReportEntry> report;  // by node index, last applied graph

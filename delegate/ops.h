@@ -34,6 +34,8 @@ struct OpPlan {
   PatternStats pattern_stats;
   PatternPlan pattern;
   PatternScratch pattern_scratch;
+  PatternTuning tuning;
+  std::string tuning_source = "default";
   // What became of the converter's metadata record for this node:
   // "none", "used" or "rejected: <why>" (then the plan comes from the weights).
   std::string metadata = "none";

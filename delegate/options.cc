@@ -39,7 +39,9 @@ bool ParseThreads(const std::string& v, int* out) {
 
 const std::vector<std::string>& DelegateOptionKeys() {
   static const std::vector<std::string> keys = {"num_threads", "backend", "verbose",
-                                                "kernel", "pattern_kernels", "claim"};
+                                                "profile", "kernel", "pattern_kernels",
+                                                "claim", "tune", "tune_cache",
+                                                "tune_budget_ms"};
   return keys;
 }
 
@@ -76,6 +78,31 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
         *error = "option 'verbose': expected true/false or 1/0, got " + Quote(value);
         return false;
       }
+    } else if (key == "profile") {
+      if (!ParseBool(value, &parsed.profile)) {
+        *error = "option 'profile': expected true/false or 1/0, got " + Quote(value);
+        return false;
+      }
+    } else if (key == "tune") {
+      if (value != "off" && value != "cached" && value != "on") {
+        *error = "option 'tune': expected 'off', 'cached' or 'on', got " + Quote(value);
+        return false;
+      }
+      parsed.tune = value;
+    } else if (key == "tune_cache") {
+      if (value.empty() || value.find('\0') != std::string::npos) {
+        *error = "option 'tune_cache': expected a file path, got " + Quote(value);
+        return false;
+      }
+      parsed.tune_cache = value;
+    } else if (key == "tune_budget_ms") {
+      char* end = nullptr;
+      const double ms = std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0' || !(ms >= 1 && ms <= 600000)) {
+        *error = "option 'tune_budget_ms': expected a number from 1 to 600000, got " + Quote(value);
+        return false;
+      }
+      parsed.tune_budget_ms = ms;
     } else if (key == "claim") {
       if (value != "auto" && value != "all") {
         *error = "option 'claim': expected 'auto' or 'all', got " + Quote(value);

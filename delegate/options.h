@@ -14,11 +14,18 @@ struct DelegateOptions {
   int num_threads = 0;          // 0: the interpreter's thread count
   std::string backend = "cpu";  // cpu | gpu
   bool verbose = false;
+  bool profile = false;  // time every claimed node; times appear in the report
   std::string kernel = "auto";  // auto | reference | <isa>, see dispatch.h
   bool pattern_kernels = true;  // use pattern kernels for pattern-pruned convs
   // auto: claim only nodes the cost model predicts faster than TFLite's own
   // (XNNPACK) kernels; all: every supported node (tests, runtimes without XNNPACK).
   bool claim_all = false;
+  // Pattern-kernel auto-tuning: off (built-in heuristics), cached (use the
+  // tuning cache's entries, never tune), on (tune layers missing from the
+  // cache during Prepare and add them to it).
+  std::string tune = "cached";
+  std::string tune_cache;        // empty: DefaultTuningCachePath()
+  double tune_budget_ms = 400;   // per layer
 };
 
 // Known option keys, for error messages and documentation.

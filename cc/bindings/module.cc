@@ -141,31 +141,87 @@ Array FullyConnected(const Array& input, const Array& weights, const py::object&
   return out;
 }
 
+// A pattern convolution with its plan built once (as the delegate does in
+// Prepare), so repeated calls time only the kernel; the knobs let the
+// ablation benchmark switch the engine's optimisations off one at a time.
+class PatternConvLayer {
+ public:
+  PatternConvLayer(const Array& filter, const py::object& bias, std::pair<int, int> dilations,
+                   const std::string& padding, const std::string& activation,
+                   const std::string& kernel, int num_threads, int group, bool reorder,
+                   int chunk_channels, int tile_vectors)
+      : dilations_(dilations), padding_(padding), activation_(activation) {
+    if (filter.ndim() != 4) throw py::value_error("filter must be OHWI (4-D)");
+    oc_ = filter.shape(0); kh_ = filter.shape(1); kw_ = filter.shape(2); ic_ = filter.shape(3);
+    if (group < 1 || group > kMaxGroup)
+      throw py::value_error("group must be between 1 and " + std::to_string(kMaxGroup));
+    if (chunk_channels < 0) throw py::value_error("chunk_channels must be >= 0 (0 = auto)");
+    if (tile_vectors < 0 || tile_vectors > 4)
+      throw py::value_error("tile_vectors must be between 0 (auto) and 4");
+    Array b;
+    const float* bp = BiasPtr(bias, oc_, &b);
+    set_ = Select(kernel);
+    if (set_ == nullptr) throw py::value_error("kernel: the pattern kernel has no 'reference' variant");
+    pool_ = MakePool(num_threads);
+    std::string why;
+    if (reorder) {
+      why = BuildPatternPlan(filter.data(), oc_, kh_, kw_, ic_, bp, group, &plan_);
+    } else {  // the same plan with filters in their original order
+      PatternPlan tmp;
+      why = BuildPatternPlan(filter.data(), oc_, kh_, kw_, ic_, bp, 1, &tmp);
+      if (why.empty()) {
+        std::vector<int> kernel_pattern(static_cast<size_t>(oc_) * ic_, -1), order(oc_);
+        for (int f = 0; f < oc_; ++f) {
+          const int o = tmp.reorder[f];
+          order[f] = f;
+          for (int q = 0; q < tmp.num_patterns(); ++q)
+            for (int k = tmp.stride[f * (tmp.num_patterns() + 1) + q];
+                 k < tmp.stride[f * (tmp.num_patterns() + 1) + q + 1]; ++k)
+              kernel_pattern[static_cast<size_t>(o) * ic_ + tmp.index[tmp.offset[f] + k]] = q;
+        }
+        why = BuildPatternPlanWith(filter.data(), oc_, kh_, kw_, ic_, bp, group, tmp.patterns,
+                                   kernel_pattern, order, &plan_);
+      }
+    }
+    if (!why.empty()) throw py::value_error(why);
+    tuning_.chunk_channels = chunk_channels;
+    tuning_.tile_vectors = tile_vectors;
+  }
+
+  Array Call(const Array& input) {
+    ConvShape s = ConvGeometry(input, kh_, kw_, oc_, {1, 1}, dilations_, padding_, activation_);
+    if (s.in_c != ic_) throw py::value_error("filter depth does not match input channels");
+    Array out({s.batch, s.out_h, s.out_w, s.out_c});
+    {
+      py::gil_scoped_release release;
+      RunPatternConv(set_, s, plan_, &scratch_, input.data(), out.mutable_data(), pool_.get(),
+                     tuning_);
+    }
+    return out;
+  }
+
+  int units() const { return static_cast<int>(plan_.unit_begin.size()); }
+  int chunk_channels() const { return scratch_.exec.chunk_channels; }
+  int64_t macs_per_pixel() const { return plan_.MacsPerPixel(); }
+
+ private:
+  std::pair<int, int> dilations_;
+  std::string padding_, activation_;
+  int oc_ = 0, kh_ = 0, kw_ = 0, ic_ = 0;
+  const KernelSet* set_ = nullptr;
+  std::unique_ptr<ThreadPool> pool_;
+  PatternPlan plan_;
+  PatternScratch scratch_;
+  PatternTuning tuning_;
+};
+
 Array PatternConv2D(const Array& input, const Array& filter, const py::object& bias,
                    std::pair<int, int> dilations, const std::string& padding,
                    const std::string& activation, const std::string& kernel, int num_threads,
                    int group) {
-  if (filter.ndim() != 4) throw py::value_error("filter must be OHWI (4-D)");
-  const int oc = filter.shape(0), kh = filter.shape(1), kw = filter.shape(2), ic = filter.shape(3);
-  ConvShape s = ConvGeometry(input, kh, kw, oc, {1, 1}, dilations, padding, activation);
-  if (s.in_c != ic) throw py::value_error("filter depth does not match input channels");
-  if (group < 1 || group > kMaxGroup)
-    throw py::value_error("group must be between 1 and " + std::to_string(kMaxGroup));
-  Array b;
-  const float* bp = BiasPtr(bias, oc, &b);
-  const KernelSet* set = Select(kernel);
-  if (set == nullptr) throw py::value_error("kernel: the pattern kernel has no 'reference' variant");
-  auto pool = MakePool(num_threads);
-  PatternPlan plan;
-  const std::string why = BuildPatternPlan(filter.data(), oc, kh, kw, ic, bp, group, &plan);
-  if (!why.empty()) throw py::value_error(why);
-  Array out({s.batch, s.out_h, s.out_w, s.out_c});
-  PatternScratch scratch;
-  {
-    py::gil_scoped_release release;
-    RunPatternConv(set, s, plan, &scratch, input.data(), out.mutable_data(), pool.get());
-  }
-  return out;
+  PatternConvLayer layer(filter, bias, dilations, padding, activation, kernel, num_threads, group,
+                         true, 0, 0);
+  return layer.Call(input);
 }
 
 py::dict PatternInfo(const Array& filter, int group) {
@@ -218,6 +274,22 @@ PYBIND11_MODULE(_cc, m) {
         py::arg("activation") = "none", py::arg("kernel") = "auto", py::arg("num_threads") = 1,
         py::arg("group") = kMaxGroup,
         "Stride-1 convolution with the pattern (FKW) kernel; filter is OHWI.");
+  py::class_<PatternConvLayer>(m, "PatternConvLayer",
+                               "A pattern convolution with its plan built once; call it on "
+                               "NHWC inputs.  reorder/chunk_channels/tile_vectors are the "
+                               "engine's knobs (0 = automatic), for ablation and tuning.")
+      .def(py::init<const Array&, const py::object&, std::pair<int, int>, const std::string&,
+                    const std::string&, const std::string&, int, int, bool, int, int>(),
+           py::arg("filter"), py::arg("bias") = py::none(), py::arg("dilations") = pair11,
+           py::arg("padding") = "same", py::arg("activation") = "none",
+           py::arg("kernel") = "auto", py::arg("num_threads") = 1,
+           py::arg("group") = kMaxGroup, py::arg("reorder") = true,
+           py::arg("chunk_channels") = 0, py::arg("tile_vectors") = 0)
+      .def("__call__", &PatternConvLayer::Call, py::arg("input"))
+      .def_property_readonly("units", &PatternConvLayer::units)
+      .def_property_readonly("chunk_channels", &PatternConvLayer::chunk_channels,
+                             "channels per cache block used by the last call")
+      .def_property_readonly("macs_per_pixel", &PatternConvLayer::macs_per_pixel);
   m.def("pattern_info", &PatternInfo, py::arg("filter"), py::arg("group") = kMaxGroup,
         "Pattern structure and FKW arrays of an OHWI filter.");
   m.def("cpu_features", [] { return DetectCpu().ToString(); }, "Detected CPU features.");

@@ -167,6 +167,9 @@ namespace {
 
 int RoundUp(int v, int m) { return (v + m - 1) / m * m; }
 
+constexpr size_t kL1BlockBytes = 16 * 1024;
+constexpr int kMinTasks = 8;
+
 }  // namespace
 
 double PredictedSpeedupOverDense(const PatternStats& st) {
@@ -191,7 +194,7 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
 
 void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                     PatternScratch* scratch, const float* input, float* output,
-                    ThreadPool* pool) {
+                    ThreadPool* pool, const PatternTuning& tuning) {
   int max_group = 1;
   for (int g : plan.unit_size) max_group = std::max(max_group, g);
   const int t_max = max_group <= 2 ? 4 : 3;  // keep G*T accumulators in registers
@@ -200,11 +203,24 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   const int64_t plane = static_cast<int64_t>(hp) * wp;
   const int64_t positions = static_cast<int64_t>(s.out_h) * wp;  // flattened, see PatternConvArgs
   const int tile_vectors =
-      static_cast<int>(std::min<int64_t>(t_max, (positions + kVectorWidth - 1) / kVectorWidth));
+      tuning.tile_vectors >= 1
+          ? std::min(tuning.tile_vectors, 4)
+          : static_cast<int>(std::min<int64_t>(t_max, (positions + kVectorWidth - 1) / kVectorWidth));
   const int tile = kVectorWidth * tile_vectors;
   const int block_len = RoundUp(wp, tile);  // about one output row per task
   const int num_blocks = static_cast<int>((positions + block_len - 1) / block_len);
   const int max_offset = (s.k_h - 1) * s.dil_h * wp + (s.k_w - 1) * s.dil_w;
+  // Channel chunk: one chunk's reads for a block (block_len + max_offset
+  // floats per channel) should fit in about half of a 32 KB L1.
+  const int chunk = tuning.chunk_channels >= 1
+                        ? tuning.chunk_channels
+                        : std::max(4, static_cast<int>(kL1BlockBytes /
+                                                       (sizeof(float) * (block_len + max_offset))));
+  const int64_t exec_key = (static_cast<int64_t>(std::min(chunk, s.in_c)) << 32) | plan.in_c;
+  if (scratch->exec_key != exec_key) {
+    BuildPatternExec(plan, chunk, &scratch->exec);
+    scratch->exec_key = exec_key;
+  }
   // Reads run past the last plane by at most the rounding plus the largest tap.
   const int64_t slack = std::max<int64_t>(0, int64_t(num_blocks) * block_len + max_offset - plane);
   // Only the interior is rewritten per image, so the zero halo survives from
@@ -222,6 +238,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
 
   PatternConvArgs args;
   args.plan = &plan;
+  args.exec = &scratch->exec;
   args.input = scratch->input.data();
   args.plane = plane;
   args.block_len = block_len;
@@ -229,9 +246,11 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   args.tile_vectors = tile_vectors;
   args.tap_offsets = scratch->tap_offsets.data();
   args.output = scratch->output.data();
-  const int64_t tasks = static_cast<int64_t>(plan.unit_begin.size()) * num_blocks;
-  const int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len /
-                                                     std::max<size_t>(1, plan.unit_begin.size()));
+  // Enough tasks for the threads even when the map is one block (4x4, 2x2).
+  const int units = static_cast<int>(plan.unit_begin.size());
+  args.unit_splits = std::max(1, std::min(units, (kMinTasks + num_blocks - 1) / num_blocks));
+  const int64_t tasks = static_cast<int64_t>(num_blocks) * args.unit_splits;
+  const int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len / args.unit_splits);
   const int64_t out_plane = static_cast<int64_t>(num_blocks) * block_len;
 
   for (int b = 0; b < s.batch; ++b) {

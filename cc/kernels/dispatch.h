@@ -44,7 +44,8 @@ void RunFullyConnected(const KernelSet* set, int batch,
 // be null (the reference for a pattern layer is the dense reference kernel).
 void RunPatternConv(const KernelSet* set, const ConvShape& s,
                     const PatternPlan& plan, PatternScratch* scratch,
-                    const float* input, float* output, ThreadPool* pool);
+                    const float* input, float* output, ThreadPool* pool,
+                    const PatternTuning& tuning = PatternTuning());
 
 // The cost model.  PatternKernelApplies: the pattern kernel can run the layer
 // and beats this project's dense kernel.  PredictedSpeedupOverDense: the

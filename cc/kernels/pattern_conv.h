@@ -81,10 +81,35 @@ std::string BuildPatternPlanWith(const float* filter_ohwi, int out_c, int k_h, i
                                  const std::vector<int>& kernel_pattern,
                                  const std::vector<int>& order, PatternPlan* plan);
 
-// Scratch buffers reused across runs (padded CHW input, CHW output).
+// The CPU execution layout of a plan, derived from it for one geometry:
+// input channels are cut into chunks small enough that a chunk's input rows
+// for one position block stay in L1 while every unit reads them (cache
+// blocking over input channels); each unit's kernels are re-sorted by
+// (chunk, pattern, channel) so a chunk is again a set of branch-free
+// per-pattern runs.
+struct PatternExec {
+  int chunk_channels = 0, num_chunks = 0;
+  std::vector<int32_t> runs;           // [unit][chunk][P + 1], kernel positions in the unit list
+  std::vector<int32_t> kernel_offset;  // [unit + 1], start of the unit's kernel list
+  std::vector<int32_t> channel;        // per kernel, input channel
+  std::vector<int64_t> weight_offset;  // [unit][chunk], into weights
+  std::vector<float> weights;          // [kernel][tap][g], per unit, in exec order
+};
+
+// Knobs of the CPU kernel (0 = chosen from the geometry).  Auto-tuning and
+// the ablation benchmark set them; results do not depend on them.
+struct PatternTuning {
+  int chunk_channels = 0;  // input channels per cache block; >= in_c: no blocking
+  int tile_vectors = 0;    // 8-float vectors per register tile row, 1..4
+};
+
+// Scratch buffers reused across runs (padded CHW input, CHW output) and the
+// execution layout, rebuilt only when the geometry or tuning changes.
 struct PatternScratch {
   std::vector<float> input, output;
   std::vector<int32_t> tap_offsets;
+  PatternExec exec;
+  int64_t exec_key = -1;
 };
 
 constexpr int kMaxTaps = 32;
@@ -97,6 +122,7 @@ constexpr int kVectorWidth = 8;  // floats per vector in the pattern kernels
 // ox >= out_w are computed and discarded.
 struct PatternConvArgs {
   const PatternPlan* plan = nullptr;
+  const PatternExec* exec = nullptr;
   const float* input = nullptr;  // zero-padded CHW: [in_c][plane], plane = hp * wp
   int64_t plane = 0;
   int block_len = 0;             // positions per task, a multiple of the tile
@@ -104,7 +130,11 @@ struct PatternConvArgs {
   int tile_vectors = 1;          // vectors per register tile
   const int32_t* tap_offsets = nullptr;  // [pattern][kMaxTaps] element offsets
   float* output = nullptr;       // [out_c][num_blocks * block_len], original order
+  int unit_splits = 1;           // tasks per block: units are cut into this many ranges
 };
+
+// Builds `exec` for `plan` with the given channel chunk (>= 1).
+void BuildPatternExec(const PatternPlan& plan, int chunk_channels, PatternExec* exec);
 
 }  // namespace cocopie
 

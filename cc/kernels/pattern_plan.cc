@@ -142,6 +142,52 @@ std::string BuildPatternPlanWith(const float* filter, int out_c, int k_h, int k_
   return "";
 }
 
+void BuildPatternExec(const PatternPlan& p, int chunk_channels, PatternExec* exec) {
+  const int P = p.num_patterns();
+  const int units = static_cast<int>(p.unit_begin.size());
+  PatternExec e;
+  e.chunk_channels = std::max(1, std::min(chunk_channels, p.in_c));
+  e.num_chunks = (p.in_c + e.chunk_channels - 1) / e.chunk_channels;
+  e.kernel_offset.push_back(0);
+  struct Kernel {
+    int chunk, pattern, channel;
+    const float* w;  // its [tap][g] weights in unit_weights
+  };
+  std::vector<Kernel> list;
+  for (int u = 0; u < units; ++u) {
+    const int f0 = p.unit_begin[u], g = p.unit_size[u];
+    // The unit's kernels in FKW order (pattern runs of its first filter).
+    list.clear();
+    const float* w = p.unit_weights.data() + p.unit_weight_offset[u];
+    const int32_t* runs = p.stride.data() + static_cast<int64_t>(f0) * (P + 1);
+    for (int q = 0; q < P; ++q)
+      for (int k = runs[q]; k < runs[q + 1]; ++k) {
+        const int c = p.index[p.offset[f0] + k];
+        list.push_back({c / e.chunk_channels, q, c, w});
+        w += p.pattern_taps[q].size() * g;
+      }
+    std::sort(list.begin(), list.end(), [](const Kernel& a, const Kernel& b) {
+      if (a.chunk != b.chunk) return a.chunk < b.chunk;
+      return a.pattern != b.pattern ? a.pattern < b.pattern : a.channel < b.channel;
+    });
+    size_t k = 0;
+    for (int ch = 0; ch < e.num_chunks; ++ch) {
+      e.weight_offset.push_back(static_cast<int64_t>(e.weights.size()));
+      for (int q = 0; q <= P; ++q) {
+        e.runs.push_back(static_cast<int32_t>(k));
+        while (q < P && k < list.size() && list[k].chunk == ch && list[k].pattern == q) {
+          e.channel.push_back(list[k].channel);
+          const size_t n = p.pattern_taps[q].size() * g;
+          e.weights.insert(e.weights.end(), list[k].w, list[k].w + n);
+          ++k;
+        }
+      }
+    }
+    e.kernel_offset.push_back(static_cast<int32_t>(e.channel.size()));
+  }
+  *exec = std::move(e);
+}
+
 std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, int in_c,
                              const float* bias, int group, PatternPlan* plan) {
   if (k_h * k_w > 32) return "kernel larger than 32 positions";

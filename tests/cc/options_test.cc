@@ -43,6 +43,8 @@ TEST_CASE(RejectsBadValues) {
   CHECK(Parse("num_threads", "99999999999", &o).find("'num_threads'") != std::string::npos);
   CHECK(Parse("backend", "tpu", &o).find("'backend'") != std::string::npos);
   CHECK(Parse("verbose", "maybe", &o).find("'verbose'") != std::string::npos);
+  CHECK(Parse("profile", "1", &o).empty() && o.profile);
+  CHECK(Parse("profile", "often", &o).find("'profile'") != std::string::npos);
   CHECK(Parse("kernel", "nope", &o).find("'kernel'") != std::string::npos);
 }
 

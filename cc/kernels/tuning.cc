@@ -1,0 +1,187 @@
+#include "cc/kernels/tuning.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <vector>
+
+#include "cc/kernels/dispatch.h"
+
+namespace cocopie {
+namespace {
+
+double TimeOnce(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                PatternScratch* scratch, const std::vector<float>& in, std::vector<float>* out,
+                ThreadPool* pool, const PatternTuning& t) {
+  const auto t0 = std::chrono::steady_clock::now();
+  RunPatternConv(set, s, plan, scratch, in.data(), out->data(), pool, t);
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string CpuModel() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0 || line.rfind("CPU part", 0) == 0) {
+      const size_t colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  return "unknown-cpu";
+}
+
+uint64_t Fnv1a(uint64_t h, const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+template <typename T>
+uint64_t HashVec(uint64_t h, const std::vector<T>& v) {
+  return v.empty() ? h : Fnv1a(h, v.data(), v.size() * sizeof(T));
+}
+
+bool Sane(const PatternTuning& t) {
+  return t.chunk_channels >= 0 && t.chunk_channels <= (1 << 20) && t.tile_vectors >= 0 &&
+         t.tile_vectors <= 4;
+}
+
+}  // namespace
+
+TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                           ThreadPool* pool, double budget_ms) {
+  TuneResult r;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> in(static_cast<size_t>(s.batch) * s.in_h * s.in_w * s.in_c);
+  for (float& x : in) x = u(rng);
+  std::vector<float> out(static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.out_c);
+
+  int max_group = 1;
+  for (int g : plan.unit_size) max_group = std::max(max_group, g);
+  // Register budget: G x T accumulators (+ T inputs) must fit the file.
+  std::vector<int> tiles = max_group <= 2 ? std::vector<int>{2, 3, 4} : std::vector<int>{1, 2, 3};
+  PatternScratch probe;
+  TimeOnce(set, s, plan, &probe, in, &out, pool, PatternTuning());  // warm-up, default chunk
+  const int auto_chunk = probe.exec.chunk_channels;
+  std::vector<int> chunks = {0, std::min(s.in_c, 2 * auto_chunk), s.in_c};
+  chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+
+  std::vector<PatternTuning> cands = {PatternTuning()};  // the default first
+  for (int c : chunks)
+    for (int t : tiles) cands.push_back(PatternTuning{c, t});
+  // Rounds over all candidates (interleaved, so drift hits them alike); each
+  // keeps its best time.  Stops when the budget is spent, after >= 2 rounds.
+  std::vector<double> best(cands.size(), 1e300);
+  std::vector<PatternScratch> scratch(cands.size());
+  const auto start = std::chrono::steady_clock::now();
+  for (int round = 0; round < 8; ++round) {
+    for (size_t i = 0; i < cands.size(); ++i)
+      best[i] = std::min(best[i], TimeOnce(set, s, plan, &scratch[i], in, &out, pool, cands[i]));
+    const double spent =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (round >= 1 && spent >= budget_ms) break;
+  }
+  const size_t pick = std::min_element(best.begin(), best.end()) - best.begin();
+  r.tuning = cands[pick];
+  r.best_ms = best[pick];
+  r.default_ms = best[0];
+  r.candidates = static_cast<int>(cands.size());
+  return r;
+}
+
+std::string TuningKey(const KernelSet* set, int threads, const ConvShape& s,
+                      const PatternPlan& plan) {
+  uint64_t h = 1469598103934665603ull;
+  h = HashVec(h, plan.patterns);
+  h = HashVec(h, plan.index);
+  h = HashVec(h, plan.stride);
+  h = HashVec(h, plan.unit_size);
+  std::ostringstream k;
+  k << CpuModel() << "|" << (set ? set->isa : "reference") << "|t" << threads << "|" << s.batch
+    << "x" << s.in_h << "x" << s.in_w << "x" << s.in_c << ">" << s.out_c << "|k" << s.k_h << "x"
+    << s.k_w << "d" << s.dil_h << "x" << s.dil_w << "p" << s.pad_top << "," << s.pad_left << "|"
+    << std::hex << h;
+  std::string key = k.str();
+  for (char& c : key)
+    if (c == '\t' || c == '\n' || c == '\r') c = ' ';
+  return key;
+}
+
+std::string DefaultTuningCachePath() {
+  if (const char* p = std::getenv("COCOPIE_TUNING_CACHE"); p && *p) return p;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x)
+    return std::string(x) + "/cocopie_tf/tuning.tsv";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::string(home) + "/.cache/cocopie_tf/tuning.tsv";
+  return "";
+}
+
+TuningCache::TuningCache(std::string path) : path_(std::move(path)) { Load(path_, &entries_); }
+
+void TuningCache::Load(const std::string& path, std::map<std::string, Entry>* entries) {
+  if (path.empty()) return;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    std::vector<std::string> fields;
+    std::stringstream ss(line);
+    std::string field;
+    while (std::getline(ss, field, '\t')) fields.push_back(field);
+    if (fields.size() != 5 || fields[0] != "v1" || fields[1].empty()) continue;
+    char* end = nullptr;
+    Entry e;
+    const long chunk = std::strtol(fields[2].c_str(), &end, 10);
+    if (*end != '\0') continue;
+    const long tile = std::strtol(fields[3].c_str(), &end, 10);
+    if (*end != '\0') continue;
+    e.best_ms = std::strtod(fields[4].c_str(), &end);
+    if (*end != '\0') continue;
+    e.tuning = PatternTuning{static_cast<int>(chunk), static_cast<int>(tile)};
+    if (chunk != e.tuning.chunk_channels || tile != e.tuning.tile_vectors || !Sane(e.tuning))
+      continue;
+    (*entries)[fields[1]] = e;
+  }
+}
+
+bool TuningCache::Lookup(const std::string& key, PatternTuning* tuning) const {
+  const auto it = entries_.find(key);
+  if (it == entries_.end()) return false;
+  *tuning = it->second.tuning;
+  return true;
+}
+
+void TuningCache::Put(const std::string& key, const PatternTuning& tuning, double best_ms) {
+  entries_[key] = Entry{tuning, best_ms};
+}
+
+std::string TuningCache::Save() const {
+  if (path_.empty()) return "no cache path (set COCOPIE_TUNING_CACHE or HOME)";
+  // Create the parent directories.
+  for (size_t pos = path_.find('/', 1); pos != std::string::npos; pos = path_.find('/', pos + 1))
+    ::mkdir(path_.substr(0, pos).c_str(), 0755);
+  std::map<std::string, Entry> merged;
+  Load(path_, &merged);  // keep what other processes wrote meanwhile
+  for (const auto& kv : entries_) merged[kv.first] = kv.second;
+  const std::string tmp = path_ + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    if (!f) return "cannot write " + tmp;
+    for (const auto& kv : merged)
+      f << "v1\t" << kv.first << "\t" << kv.second.tuning.chunk_channels << "\t"
+        << kv.second.tuning.tile_vectors << "\t" << kv.second.best_ms << "\n";
+    if (!f.flush()) return "cannot write " + tmp;
+  }
+  if (std::rename(tmp.c_str(), path_.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return "cannot rename " + tmp + " to " + path_;
+  }
+  return "";
+}
+
+}  // namespace cocopie

@@ -1,0 +1,105 @@
+"""Auto-tuning of the pattern kernel: tune=on times the knobs per layer in
+Prepare and writes the on-disk cache atomically; tune=cached reuses it; the
+knobs never change the result; a damaged cache is ignored, never trusted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import convert, reference_outputs, rel_error, run_tflite
+from cocopie_tf import lite
+from cocopie_tf.patterns import prune_kernel
+
+
+@pytest.fixture(scope="module")
+def pruned_tflite():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((20, 20, 32), batch_size=1)
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inp)
+    out = keras.layers.Conv2D(48, 3, padding="same")(h)
+    model = keras.Model(inp, out)
+    for layer in model.layers[1:]:
+        w = layer.get_weights()
+        w[0] = prune_kernel(w[0], connectivity=3.6, group=4)
+        layer.set_weights(w)
+    return convert(model)
+
+
+def _run(tfl, x, **options):
+    it = lite.Interpreter(model_content=tfl, **options)
+    out = run_tflite(it, [x])[0]
+    return out, [e for e in it.delegate_report() if "pattern" in e["kernel"]]
+
+
+def test_tune_on_writes_cache_then_cached_reuses_it(pruned_tflite, tmp_path):
+    cache = tmp_path / "sub" / "tuning.tsv"
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 20, 20, 32)).astype(np.float32)
+    ref = reference_outputs(pruned_tflite, [x])[0]
+
+    out, entries = _run(pruned_tflite, x, tune="on", tune_cache=str(cache), tune_budget_ms=20)
+    assert len(entries) == 2 and all(e["tuning"] == "tuned" for e in entries)
+    assert rel_error(out, ref) <= 1e-5
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 2 and all(l.startswith("v1\t") and l.count("\t") == 4 for l in lines)
+    assert not list(cache.parent.glob("*.tmp.*"))  # written via rename, nothing left over
+
+    out2, entries2 = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
+    assert [e["tuning"] for e in entries2] == ["cached", "cached"]
+    assert [(e["chunk_channels"], e["tile_vectors"]) for e in entries2] == \
+        [(e["chunk_channels"], e["tile_vectors"]) for e in entries]
+    assert rel_error(out2, ref) <= 1e-5
+
+    _, entries3 = _run(pruned_tflite, x, tune="off", tune_cache=str(cache))
+    assert [e["tuning"] for e in entries3] == ["default", "default"]
+
+
+def test_every_cached_knob_gives_the_same_result(pruned_tflite, tmp_path):
+    # Write cache entries by hand for every knob value the tuner may pick
+    # (and out-of-range ones): the output never changes.
+    cache = tmp_path / "tuning.tsv"
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 20, 20, 32)).astype(np.float32)
+    ref = reference_outputs(pruned_tflite, [x])[0]
+    _, entries = _run(pruned_tflite, x, tune="on", tune_cache=str(cache), tune_budget_ms=5)
+    keys = [l.split("\t")[1] for l in cache.read_text().splitlines()]
+    for chunk in (1, 3, 16, 32, 1000):
+        for tile in (1, 2, 3, 4):
+            cache.write_text("".join(f"v1\t{k}\t{chunk}\t{tile}\t1.0\n" for k in keys))
+            out, entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
+            assert [e["tuning"] for e in entries] == ["cached", "cached"]
+            assert [e["tile_vectors"] for e in entries] == [tile, tile]
+            assert rel_error(out, ref) <= 1e-5, (chunk, tile)
+
+
+@pytest.mark.parametrize("junk", [
+    b"v1\tkey\n", b"v2\tk\t1\t2\t3\n", b"v1\tk\tx\t2\t3\n", b"v1\tk\t-4\t2\t3\n",
+    b"v1\tk\t4\t9\t3\n", b"\xff\xfe\x00garbage\n", b"v1\t\t4\t2\t1\n" * 3,
+])
+def test_damaged_cache_is_ignored(pruned_tflite, tmp_path, junk):
+    cache = tmp_path / "tuning.tsv"
+    cache.write_bytes(junk)
+    x = np.ones((1, 20, 20, 32), np.float32)
+    out, entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
+    assert [e["tuning"] for e in entries] == ["default", "default"]
+    assert rel_error(out, reference_outputs(pruned_tflite, [x])[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("key,value", [("tune", "always"), ("tune_budget_ms", "0"),
+                                       ("tune_budget_ms", "fast"), ("tune_cache", "")])
+def test_bad_tuning_options_are_refused(key, value):
+    with pytest.raises(ValueError, match=key):
+        lite.load_delegate(**{key: value})
+
+
+def test_profile_reports_per_node_times(pruned_tflite):
+    x = np.ones((1, 20, 20, 32), np.float32)
+    it = lite.Interpreter(model_content=pruned_tflite, profile=True, tune="off")
+    run_tflite(it, [x])
+    it.invoke()
+    entries = it.delegate_report()
+    assert entries and all(e["invokes"] == 2 and e["mean_ms"] > 0 for e in entries)
+    json.dumps(entries)
