@@ -31,6 +31,28 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--force", action="store_true", help="replace an existing output file")
     insp = sub.add_parser("inspect", help="per-layer pattern facts of a .tflite file")
     insp.add_argument("model", help="a .tflite file")
+    bench = sub.add_parser(
+        "bench", help="latency: stock LiteRT (XNNPACK) vs the cocopie delegate on one model",
+        description="Runs MODEL.tflite on stock LiteRT (XNNPACK) and with the cocopie delegate in "
+        "one process, alternating runs; prints medians, quartiles, the speed-up, the relative "
+        "error of the outputs and per-node times of the claimed nodes.")
+    bench.add_argument("model", help="a float32 .tflite file")
+    bench.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
+    bench.add_argument("--runs", type=int, default=15, help="timed runs per interpreter (>= 3)")
+    bench.add_argument("--warmup", type=int, default=8, help="warm-up runs per interpreter")
+    bench.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="a delegate option, e.g. --option claim=all (repeatable)")
+    bench.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
+    tune = sub.add_parser(
+        "tune-kernels", help="auto-tune the pattern kernels of a model and cache the result",
+        description="Times the pattern kernel's knobs (channel chunk, register tile) for every "
+        "pattern convolution the delegate claims in MODEL.tflite, per thread count, and stores "
+        "the fastest in the tuning cache, which the delegate reads by default (tune=cached).")
+    tune.add_argument("model", help="a .tflite file")
+    tune.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
+    tune.add_argument("--cache", default=None,
+                      help="cache file (default $COCOPIE_TUNING_CACHE or ~/.cache/cocopie_tf/tuning.tsv)")
+    tune.add_argument("--budget-ms", type=float, default=400.0, help="time budget per layer")
     return parser
 
 
@@ -122,6 +144,30 @@ def inspect_text(raw: bytes, label: str = "model") -> str:
     return "\n".join(lines)
 
 
+def _bench_or_tune(args) -> int:
+    from cocopie_tf import benchmark as B
+
+    try:
+        threads = B.parse_threads(args.threads)
+        if args.command == "bench":
+            if args.json and os.path.exists(args.json):
+                raise FileExistsError(f"{args.json} exists; choose another --json path")
+            result = B.bench(args.model, threads, runs=args.runs, warmup=args.warmup,
+                             options=B.parse_options(args.option))
+            print(B.format_bench(result))
+            if args.json:
+                B.write_json(result, args.json)
+        else:
+            if not args.budget_ms >= 1:
+                raise ValueError("--budget-ms must be >= 1")
+            cache = args.cache or B.default_cache_path()
+            print(B.format_tune(B.tune_kernels(args.model, threads, cache, args.budget_ms), cache))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"cocopie-tf {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
@@ -136,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return _convert(args)
     if args.command == "inspect":
         return _inspect(args)
+    if args.command in ("bench", "tune-kernels"):
+        return _bench_or_tune(args)
     return 2  # pragma: no cover - argparse enforces a command
 
 
