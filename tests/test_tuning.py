@@ -67,7 +67,7 @@ def test_every_cached_knob_gives_the_same_result(pruned_tflite, tmp_path):
     _, entries = _run(pruned_tflite, x, tune="on", tune_cache=str(cache), tune_budget_ms=5)
     keys = [l.split("\t")[1] for l in cache.read_text().splitlines()]
     for chunk in (1, 3, 16, 32, 1000):
-        for tile in (1, 2, 3, 4):
+        for tile in (1, 2, 3, 4, 6, 8):
             cache.write_text("".join(f"v1\t{k}\t{chunk}\t{tile}\t1.0\n" for k in keys))
             out, entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
             assert [e["tuning"] for e in entries] == ["cached", "cached"]
@@ -77,7 +77,7 @@ def test_every_cached_knob_gives_the_same_result(pruned_tflite, tmp_path):
 
 @pytest.mark.parametrize("junk", [
     b"v1\tkey\n", b"v2\tk\t1\t2\t3\n", b"v1\tk\tx\t2\t3\n", b"v1\tk\t-4\t2\t3\n",
-    b"v1\tk\t4\t9\t3\n", b"\xff\xfe\x00garbage\n", b"v1\t\t4\t2\t1\n" * 3,
+    b"v1\tk\t4\t9\t3\n", b"v1\tk\t4\t5\t3\n", b"\xff\xfe\x00garbage\n", b"v1\t\t4\t2\t1\n" * 3,
 ])
 def test_damaged_cache_is_ignored(pruned_tflite, tmp_path, junk):
     cache = tmp_path / "tuning.tsv"

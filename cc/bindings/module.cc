@@ -156,8 +156,8 @@ class PatternConvLayer {
     if (group < 1 || group > kMaxGroup)
       throw py::value_error("group must be between 1 and " + std::to_string(kMaxGroup));
     if (chunk_channels < 0) throw py::value_error("chunk_channels must be >= 0 (0 = auto)");
-    if (tile_vectors < 0 || tile_vectors > 4)
-      throw py::value_error("tile_vectors must be between 0 (auto) and 4");
+    if (tile_vectors != 0 && !ValidTileVectors(tile_vectors))
+      throw py::value_error("tile_vectors must be 0 (auto), 1, 2, 3, 4, 6 or 8");
     Array b;
     const float* bp = BiasPtr(bias, oc_, &b);
     set_ = Select(kernel);

@@ -197,15 +197,21 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
                     ThreadPool* pool, const PatternTuning& tuning) {
   int max_group = 1;
   for (int g : plan.unit_size) max_group = std::max(max_group, g);
-  const int t_max = max_group <= 2 ? 4 : 3;  // keep G*T accumulators in registers
+  // Keep the G x T accumulators (and, for G > 1, the T inputs) in registers.
+  const int t_max = max_group == 1 ? 8 : max_group == 2 ? 4 : 3;
   const int wp = s.out_w + (s.k_w - 1) * s.dil_w;
   const int hp = s.out_h + (s.k_h - 1) * s.dil_h;
   const int64_t plane = static_cast<int64_t>(hp) * wp;
   const int64_t positions = static_cast<int64_t>(s.out_h) * wp;  // flattened, see PatternConvArgs
-  const int tile_vectors =
-      tuning.tile_vectors >= 1
-          ? std::min(tuning.tile_vectors, 4)
-          : static_cast<int>(std::min<int64_t>(t_max, (positions + kVectorWidth - 1) / kVectorWidth));
+  int tile_vectors = tuning.tile_vectors;
+  if (!ValidTileVectors(tile_vectors)) {
+    // The smallest compiled tile that covers the positions, up to t_max.
+    const int64_t need = std::min<int64_t>(t_max, (positions + kVectorWidth - 1) / kVectorWidth);
+    tile_vectors = 1;
+    while (tile_vectors < need || !ValidTileVectors(tile_vectors)) ++tile_vectors;
+  }
+  // Tiles wider than 4 exist for single-filter units only (register file).
+  if (max_group > 1) tile_vectors = std::min(tile_vectors, 4);
   const int tile = kVectorWidth * tile_vectors;
   const int block_len = RoundUp(wp, tile);  // about one output row per task
   const int num_blocks = static_cast<int>((positions + block_len - 1) / block_len);
@@ -216,9 +222,9 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
                         ? tuning.chunk_channels
                         : std::max(4, static_cast<int>(kL1BlockBytes /
                                                        (sizeof(float) * (block_len + max_offset))));
-  const int64_t exec_key = (static_cast<int64_t>(std::min(chunk, s.in_c)) << 32) | plan.in_c;
+  const int64_t exec_key = (static_cast<int64_t>(std::min(chunk, s.in_c)) << 40) | plane;
   if (scratch->exec_key != exec_key) {
-    BuildPatternExec(plan, chunk, &scratch->exec);
+    BuildPatternExec(plan, chunk, plane, &scratch->exec);
     scratch->exec_key = exec_key;
   }
   // Reads run past the last plane by at most the rounding plus the largest tap.

@@ -91,7 +91,7 @@ struct PatternExec {
   int chunk_channels = 0, num_chunks = 0;
   std::vector<int32_t> runs;           // [unit][chunk][P + 1], kernel positions in the unit list
   std::vector<int32_t> kernel_offset;  // [unit + 1], start of the unit's kernel list
-  std::vector<int32_t> channel;        // per kernel, input channel
+  std::vector<int32_t> channel;        // per kernel, input channel x channel stride
   std::vector<int64_t> weight_offset;  // [unit][chunk], into weights
   std::vector<float> weights;          // [kernel][tap][g], per unit, in exec order
 };
@@ -100,7 +100,7 @@ struct PatternExec {
 // the ablation benchmark set them; results do not depend on them.
 struct PatternTuning {
   int chunk_channels = 0;  // input channels per cache block; >= in_c: no blocking
-  int tile_vectors = 0;    // 8-float vectors per register tile row, 1..4
+  int tile_vectors = 0;    // 8-float vectors per register tile row: 1..4, 6 or 8
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the
@@ -133,8 +133,13 @@ struct PatternConvArgs {
   int unit_splits = 1;           // tasks per block: units are cut into this many ranges
 };
 
-// Builds `exec` for `plan` with the given channel chunk (>= 1).
-void BuildPatternExec(const PatternPlan& plan, int chunk_channels, PatternExec* exec);
+// Builds `exec` for `plan` with the given channel chunk (>= 1); kernels'
+// input offsets are premultiplied by `channel_stride` (floats per channel).
+void BuildPatternExec(const PatternPlan& plan, int chunk_channels, int64_t channel_stride,
+                      PatternExec* exec);
+
+// Register-tile widths the kernels are compiled for (8-float vectors).
+inline bool ValidTileVectors(int t) { return (t >= 1 && t <= 4) || t == 6 || t == 8; }
 
 }  // namespace cocopie
 

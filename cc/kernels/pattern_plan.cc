@@ -142,7 +142,8 @@ std::string BuildPatternPlanWith(const float* filter, int out_c, int k_h, int k_
   return "";
 }
 
-void BuildPatternExec(const PatternPlan& p, int chunk_channels, PatternExec* exec) {
+void BuildPatternExec(const PatternPlan& p, int chunk_channels, int64_t channel_stride,
+                      PatternExec* exec) {
   const int P = p.num_patterns();
   const int units = static_cast<int>(p.unit_begin.size());
   PatternExec e;
@@ -176,7 +177,7 @@ void BuildPatternExec(const PatternPlan& p, int chunk_channels, PatternExec* exe
       for (int q = 0; q <= P; ++q) {
         e.runs.push_back(static_cast<int32_t>(k));
         while (q < P && k < list.size() && list[k].chunk == ch && list[k].pattern == q) {
-          e.channel.push_back(list[k].channel);
+          e.channel.push_back(static_cast<int32_t>(list[k].channel * channel_stride));
           const size_t n = p.pattern_taps[q].size() * g;
           e.weights.insert(e.weights.end(), list[k].w, list[k].w + n);
           ++k;

@@ -47,8 +47,8 @@ uint64_t HashVec(uint64_t h, const std::vector<T>& v) {
 }
 
 bool Sane(const PatternTuning& t) {
-  return t.chunk_channels >= 0 && t.chunk_channels <= (1 << 20) && t.tile_vectors >= 0 &&
-         t.tile_vectors <= 4;
+  return t.chunk_channels >= 0 && t.chunk_channels <= (1 << 20) &&
+         (t.tile_vectors == 0 || ValidTileVectors(t.tile_vectors));
 }
 
 }  // namespace
@@ -65,7 +65,9 @@ TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const Patte
   int max_group = 1;
   for (int g : plan.unit_size) max_group = std::max(max_group, g);
   // Register budget: G x T accumulators (+ T inputs) must fit the file.
-  std::vector<int> tiles = max_group <= 2 ? std::vector<int>{2, 3, 4} : std::vector<int>{1, 2, 3};
+  std::vector<int> tiles = max_group == 1   ? std::vector<int>{3, 4, 6, 8}
+                          : max_group == 2 ? std::vector<int>{2, 3, 4}
+                                           : std::vector<int>{1, 2, 3};
   PatternScratch probe;
   TimeOnce(set, s, plan, &probe, in, &out, pool, PatternTuning());  // warm-up, default chunk
   const int auto_chunk = probe.exec.chunk_channels;

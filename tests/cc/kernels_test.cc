@@ -1,5 +1,6 @@
 // Every compiled kernel set against the float64 reference kernels, over a
 // sweep of shapes, strides, dilations, padding, activations and threads.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -207,6 +208,16 @@ TEST_CASE(PatternConvMatchesReference) {
               RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool);
               CHECK(RelError(out, ref) <= 1e-5);
             }
+            // Every tuning knob (channel chunk, register tile) gives the same
+            // result, including tiles the layer must clamp.
+            if (threads == 2)
+              for (int chunk : {1, 3, 0, s.in_c})
+                for (int tile : {1, 2, 3, 4, 6, 8}) {
+                  std::fill(out.begin(), out.end(), NAN);
+                  RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool,
+                                 PatternTuning{chunk, tile});
+                  CHECK(RelError(out, ref) <= 1e-5);
+                }
           }
       }
     }
