@@ -22,15 +22,16 @@ def _pruned_filter(rng, oc, k, ic, connectivity=2.0, group=1, num_patterns=8):
     return np.ascontiguousarray(pruned.transpose(3, 0, 1, 2))  # OHWI
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(batch=st.integers(1, 2), h=st.integers(1, 20), w=st.integers(1, 37),
        ic=st.integers(1, 20), oc_groups=st.integers(1, 12), group=st.integers(1, 4),
        k=st.sampled_from([1, 3, 5]), dil=st.integers(1, 2),
        padding=st.sampled_from(["same", "valid"]), act=st.sampled_from(["none", "relu", "relu6"]),
        conn=st.sampled_from([1.0, 2.0, 3.6]), threads=st.integers(1, 3),
-       seed=st.integers(0, 2**31 - 1))
+       seed=st.integers(0, 2**31 - 1), chunk=st.sampled_from([0, 0, 1, 3, 64]),
+       tile=st.sampled_from([0, 0, 1, 2, 3, 4, 6, 8]), reorder=st.booleans())
 def test_pattern_conv_matches_numpy(batch, h, w, ic, oc_groups, group, k, dil, padding, act,
-                                    conn, threads, seed):
+                                    conn, threads, seed, chunk, tile, reorder):
     if padding == "valid" and (k - 1) * dil + 1 > min(h, w):
         return
     rng = np.random.default_rng(seed)
@@ -38,11 +39,18 @@ def test_pattern_conv_matches_numpy(batch, h, w, ic, oc_groups, group, k, dil, p
     filt = _pruned_filter(rng, oc, k, ic, connectivity=conn, group=group)
     x = rng.standard_normal((batch, h, w, ic)).astype(np.float32)
     b = rng.standard_normal(oc).astype(np.float32)
-    out = _cc.pattern_conv2d(x, filt, b, dilations=(dil, dil), padding=padding, activation=act,
-                             num_threads=threads, group=4)
     ref = np_conv2d(x, filt, b, (1, 1), (dil, dil), padding, act=act)
-    assert out.shape == ref.shape
-    assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
+    if chunk == tile == 0 and reorder:
+        outs = [_cc.pattern_conv2d(x, filt, b, dilations=(dil, dil), padding=padding,
+                                   activation=act, num_threads=threads, group=4)]
+    else:  # the engine's knobs (channel chunk, register tile, filter reorder)
+        layer = _cc.PatternConvLayer(filt, b, dilations=(dil, dil), padding=padding,
+                                     activation=act, num_threads=threads, group=4,
+                                     reorder=reorder, chunk_channels=chunk, tile_vectors=tile)
+        outs = [layer(x), layer(x)]  # the second call reuses the scratch and its halo
+    for out in outs:
+        assert out.shape == ref.shape
+        assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
 
 
 def test_fkw_arrays_rebuild_the_filter():
@@ -152,3 +160,20 @@ def test_pruned_vgg16_through_the_delegate():
     assert rel_error(out, reference_outputs(tfl, [x])[0]) <= 1e-5
     kernels = [e["kernel"] for e in interp.delegate_report()]
     assert len(kernels) == 12 and all("pattern" in k for k in kernels)
+
+
+def test_pattern_layer_tune_keeps_results_and_rejects_bad_knobs():
+    rng = np.random.default_rng(9)
+    filt = _pruned_filter(rng, 16, 3, 12, connectivity=2.0)
+    x = rng.standard_normal((1, 15, 17, 12)).astype(np.float32)
+    ref = np_conv2d(x, filt, None, (1, 1), (1, 1), "same")
+    layer = _cc.PatternConvLayer(filt)
+    picked = layer.tune(x, budget_ms=5)
+    assert picked["candidates"] > 1 and picked["best_ms"] <= picked["default_ms"]
+    assert np.linalg.norm(layer(x) - ref) <= 1e-5 * np.linalg.norm(ref)
+    with pytest.raises(ValueError, match="tile_vectors"):
+        _cc.PatternConvLayer(filt, tile_vectors=5)
+    with pytest.raises(ValueError, match="chunk_channels"):
+        _cc.PatternConvLayer(filt, chunk_channels=-1)
+    with pytest.raises(ValueError, match="budget_ms"):
+        layer.tune(x, budget_ms=0)

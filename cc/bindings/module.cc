@@ -12,6 +12,7 @@
 
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/kernels.h"
+#include "cc/kernels/tuning.h"
 
 namespace py = pybind11;
 using Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -200,6 +201,26 @@ class PatternConvLayer {
     return out;
   }
 
+  // Runs the auto-tuner on this layer for `input`'s shape and keeps its pick.
+  py::dict Tune(const Array& input, double budget_ms) {
+    if (!(budget_ms >= 1)) throw py::value_error("budget_ms must be >= 1");
+    ConvShape s = ConvGeometry(input, kh_, kw_, oc_, {1, 1}, dilations_, padding_, activation_);
+    if (s.in_c != ic_) throw py::value_error("filter depth does not match input channels");
+    TuneResult r;
+    {
+      py::gil_scoped_release release;
+      r = TunePatternConv(set_, s, plan_, pool_.get(), budget_ms);
+    }
+    tuning_ = r.tuning;
+    py::dict d;
+    d["chunk_channels"] = r.tuning.chunk_channels;
+    d["tile_vectors"] = r.tuning.tile_vectors;
+    d["best_ms"] = r.best_ms;
+    d["default_ms"] = r.default_ms;
+    d["candidates"] = r.candidates;
+    return d;
+  }
+
   int units() const { return static_cast<int>(plan_.unit_begin.size()); }
   int chunk_channels() const { return scratch_.exec.chunk_channels; }
   int64_t macs_per_pixel() const { return plan_.MacsPerPixel(); }
@@ -286,6 +307,8 @@ PYBIND11_MODULE(_cc, m) {
            py::arg("group") = kMaxGroup, py::arg("reorder") = true,
            py::arg("chunk_channels") = 0, py::arg("tile_vectors") = 0)
       .def("__call__", &PatternConvLayer::Call, py::arg("input"))
+      .def("tune", &PatternConvLayer::Tune, py::arg("input"), py::arg("budget_ms") = 400.0,
+           "Auto-tunes the knobs for this input shape (as the delegate's tune=on) and keeps them.")
       .def_property_readonly("units", &PatternConvLayer::units)
       .def_property_readonly("chunk_channels", &PatternConvLayer::chunk_channels,
                              "channels per cache block used by the last call")
