@@ -290,3 +290,52 @@ def test_single_layer_and_custom_layer_opt_in():
     w = find_wrappers(pruned)[0]
     nz = (np.transpose(w.kernel_value(), (3, 2, 0, 1)).reshape(-1, 9) != 0).sum(1)
     assert set(np.unique(nz)) <= {0, 4}
+
+
+class _RecordLR(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.lrs = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.lrs.append(float(np.asarray(self.model.optimizer.learning_rate)))
+
+
+def test_retraining_cosine_lr_decay_and_restore():
+    x, y = digits(256)  # 4 steps per epoch
+    model = functional()
+    model = cocopie_tf.prune_patterns(model)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rec = _RecordLR()
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0,
+              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_epochs=2), rec])
+    lrs = np.array(rec.lrs)
+    assert len(lrs) == 12
+    np.testing.assert_allclose(lrs[:4], 2e-3, rtol=1e-6)  # ADMM: the user's rate
+    t = np.arange(8) / 8
+    np.testing.assert_allclose(lrs[4:], 2e-3 * 0.5 * (1 + np.cos(np.pi * t)), rtol=1e-5)
+    # Restored once retraining is over.
+    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(2e-3)
+
+
+def test_retraining_lr_decay_resumes_and_can_be_off(tmp_path):
+    x, y = digits(256)
+    model = compile_(cocopie_tf.prune_patterns(functional()))
+    base = float(np.asarray(model.optimizer.learning_rate))
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0,
+              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_epochs=3)])
+    # Interrupted mid-retraining; a fresh callback continues the same curve.
+    rec = _RecordLR()
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cocopie_tf.ADMMPruning(), rec])
+    t = np.arange(4, 12) / 12
+    np.testing.assert_allclose(rec.lrs, base * 0.5 * (1 + np.cos(np.pi * t)), rtol=1e-4)
+    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(base)
+
+    off = compile_(cocopie_tf.prune_patterns(functional()))
+    rec = _RecordLR()
+    off.fit(x, y, epochs=2, batch_size=64, verbose=0,
+            callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_lr_decay=None), rec])
+    np.testing.assert_allclose(rec.lrs, base, rtol=1e-6)
+    with pytest.raises(ValueError, match="retrain_lr_decay"):
+        cocopie_tf.ADMMPruning(retrain_lr_decay="step")

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <unordered_set>
 
 #include "cc/kernels/pattern_conv.h"
 
@@ -195,9 +196,13 @@ std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, i
   if (out_c <= 0 || in_c <= 0 || k_h <= 0 || k_w <= 0) return "empty filter";
   const std::vector<uint32_t> masks = KernelMasks(filter, out_c, k_h, k_w, in_c);
   // Patterns: most taps first, then by mask value (deterministic ids).
+  // Distinct masks first (a layer has ~10^5 kernels but a handful of masks).
   std::vector<uint32_t> patterns;
-  for (uint32_t m : masks)
-    if (m != 0) patterns.push_back(m);
+  {
+    std::unordered_set<uint32_t> seen;
+    for (uint32_t m : masks)
+      if (m != 0 && seen.insert(m).second) patterns.push_back(m);
+  }
   std::sort(patterns.begin(), patterns.end(), [](uint32_t a, uint32_t b) {
     return Popcount(a) != Popcount(b) ? Popcount(a) > Popcount(b) : a < b;
   });
