@@ -100,6 +100,7 @@ class Partition {
       e.metadata = op.metadata;
       entries[op.node_index] = e;
     }
+    ChainPatternConvs(&entries);
     if (cache_dirty_) {
       const std::string why = delegate_->tuning_cache->Save();
       delegate_->Log(why.empty() ? "tuning cache saved to " + delegate_->tuning_cache->path()
@@ -109,6 +110,24 @@ class Partition {
     std::lock_guard<std::mutex> lock(delegate_->report_mu);
     for (auto& kv : entries) delegate_->report[kv.first] = kv.second;
     return kTfLiteOk;
+  }
+
+  // Consecutive pattern convs whose intermediate tensor nothing else reads
+  // (and batch 1) keep the kernels' padded CHW layout between them.
+  void ChainPatternConvs(std::map<int, ReportEntry>* entries) {
+    for (OpPlan& op : ops_) op.chain_next = op.input_packed = false;
+    for (size_t i = 0; i + 1 < ops_.size(); ++i) {
+      OpPlan &a = ops_[i], &b = ops_[i + 1];
+      if (!a.use_pattern || !b.use_pattern || b.input != a.output || outputs_.count(a.output) ||
+          a.shape.batch != 1 || b.shape.batch != 1)
+        continue;
+      bool other_reader = false;
+      for (size_t j = 0; j < ops_.size(); ++j)
+        other_reader = other_reader || (j != i + 1 && ops_[j].input == a.output);
+      if (other_reader) continue;
+      a.chain_next = b.input_packed = true;
+      (*entries)[a.node_index].keeps_layout = true;
+    }
   }
 
   // The pattern kernel's knobs for this layer at its now-known geometry:
@@ -145,7 +164,8 @@ class Partition {
 
   TfLiteStatus Invoke(TfLiteContext* ctx) {
     const bool profile = delegate_->options.profile;
-    for (OpPlan& op : ops_) {
+    for (size_t k = 0; k < ops_.size(); ++k) {
+      OpPlan& op = ops_[k];
       const auto t0 = std::chrono::steady_clock::now();
       const float* in = Data(ctx, op.input);
       float* out = Data(ctx, op.output);
@@ -157,10 +177,15 @@ class Partition {
       const KernelSet* set = delegate_->kernels;
       switch (op.kind) {
         case OpKind::kConv2D:
-          if (op.use_pattern)
+          if (op.use_pattern) {
+            PatternNext next{};
+            if (op.chain_next) {
+              OpPlan& n = ops_[k + 1];
+              next = PatternNext{&n.shape, &n.pattern, &n.tuning, &n.pattern_scratch};
+            }
             RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, in, out, pool,
-                           op.tuning);
-          else
+                           op.tuning, op.input_packed, op.chain_next ? &next : nullptr);
+          } else
             RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
           break;
         case OpKind::kDepthwiseConv2D:
@@ -321,7 +346,8 @@ std::string Delegate::ReportJson() {
     if (e.op == "CONV_2D" && e.kernel.find("pattern") != std::string::npos)
       s += ",\"tuning\":\"" + e.tuning + "\",\"chunk_channels\":" +
            std::to_string(e.chunk_channels) + ",\"tile_vectors\":" +
-           std::to_string(e.tile_vectors);
+           std::to_string(e.tile_vectors) +
+           ",\"keeps_layout\":" + (e.keeps_layout ? "true" : "false");
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",

@@ -28,6 +28,7 @@ struct ReportEntry {
   std::string metadata = "none";
   std::string tuning = "default";  // pattern kernel knobs: default | cached | tuned
   int chunk_channels = 0, tile_vectors = 0;
+  bool keeps_layout = false;  // output handed to the next pattern conv in CHW
   int64_t invokes = 0;    // with profile=true: runs timed so far
   double total_ms = 0.0;  // and their summed wall time
 };

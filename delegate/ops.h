@@ -36,6 +36,9 @@ struct OpPlan {
   PatternScratch pattern_scratch;
   PatternTuning tuning;
   std::string tuning_source = "default";
+  // Layout kept between consecutive pattern convs (set in Prepare): this op
+  // writes into the next op's padded CHW input / reads its own from there.
+  bool chain_next = false, input_packed = false;
   // What became of the converter's metadata record for this node:
   // "none", "used" or "rejected: <why>" (then the plan comes from the weights).
   std::string metadata = "none";

@@ -177,3 +177,38 @@ def test_pattern_layer_tune_keeps_results_and_rejects_bad_knobs():
         _cc.PatternConvLayer(filt, chunk_channels=-1)
     with pytest.raises(ValueError, match="budget_ms"):
         layer.tune(x, budget_ms=0)
+
+
+def _pruned_chain_model():
+    import keras
+
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((18, 18, 16))
+    a = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="a")(inp)
+    b = keras.layers.Conv2D(32, 3, padding="same", activation="relu6", name="b")(a)
+    c = keras.layers.Conv2D(32, 3, padding="valid", name="c")(b)   # b -> c: chained
+    d = keras.layers.Conv2D(32, 3, padding="same", name="d")(c)     # c also feeds the Add
+    out = keras.layers.Add()([c, d])
+    model = keras.Model(inp, out)
+    for name in "abcd":
+        layer = model.get_layer(name)
+        w = layer.get_weights()
+        w[0] = P.prune_kernel(w[0], connectivity=3.6, group=4)
+        layer.set_weights(w)
+    return convert(model)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_consecutive_pattern_convs_keep_the_layout(batch):
+    tfl = _pruned_chain_model()
+    x = np.random.default_rng(3).uniform(-1, 1, (batch, 18, 18, 16)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    it = lite.Interpreter(model_content=tfl, tune="off")
+    for _ in range(2):  # the second run reuses every scratch buffer
+        out = run_tflite(it, [x])[0]
+        assert rel_error(out, ref) <= 1e-5
+    report = it.delegate_report()
+    assert len(report) == 4 and all("pattern" in e["kernel"] for e in report)
+    # a -> b -> c are chained; c's output is also read by the Add, so c -> d is not.
+    keeps = [e["keeps_layout"] for e in sorted(report, key=lambda e: e["node_index"])]
+    assert keeps == ([True, True, False, False] if batch == 1 else [False] * 4)

@@ -194,47 +194,75 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
          st.distinct_patterns <= kMaxPatterns;
 }
 
-void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
-                    PatternScratch* scratch, const float* input, float* output,
-                    ThreadPool* pool, const PatternTuning& tuning) {
+namespace {
+
+// Where the pattern kernel's buffers live for one layer geometry.
+struct PatternGeometry {
+  int wp = 0, hp = 0;          // padded input width, height
+  int64_t plane = 0;           // hp * wp
+  int64_t positions = 0;       // out_h * wp, flattened (see PatternConvArgs)
+  int tile_vectors = 1, block_len = 0, num_blocks = 0, max_offset = 0, chunk = 0;
+  size_t input_size = 0;       // padded CHW input, with read slack
+};
+
+PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
+                            const PatternTuning& tuning) {
+  PatternGeometry g;
   int max_group = 1;
-  for (int g : plan.unit_size) max_group = std::max(max_group, g);
+  for (int u : plan.unit_size) max_group = std::max(max_group, u);
   // Keep the G x T accumulators (and, for G > 1, the T inputs) in registers.
   const int t_max = max_group == 1 ? 8 : max_group == 2 ? 4 : 3;
-  const int wp = s.out_w + (s.k_w - 1) * s.dil_w;
-  const int hp = s.out_h + (s.k_h - 1) * s.dil_h;
-  const int64_t plane = static_cast<int64_t>(hp) * wp;
-  const int64_t positions = static_cast<int64_t>(s.out_h) * wp;  // flattened, see PatternConvArgs
-  int tile_vectors = tuning.tile_vectors;
-  if (!ValidTileVectors(tile_vectors)) {
+  g.wp = s.out_w + (s.k_w - 1) * s.dil_w;
+  g.hp = s.out_h + (s.k_h - 1) * s.dil_h;
+  g.plane = static_cast<int64_t>(g.hp) * g.wp;
+  g.positions = static_cast<int64_t>(s.out_h) * g.wp;
+  g.tile_vectors = tuning.tile_vectors;
+  if (!ValidTileVectors(g.tile_vectors)) {
     // The smallest compiled tile that covers the positions, up to t_max.
-    const int64_t need = std::min<int64_t>(t_max, (positions + kVectorWidth - 1) / kVectorWidth);
-    tile_vectors = 1;
-    while (tile_vectors < need || !ValidTileVectors(tile_vectors)) ++tile_vectors;
+    const int64_t need = std::min<int64_t>(t_max, (g.positions + kVectorWidth - 1) / kVectorWidth);
+    g.tile_vectors = 1;
+    while (g.tile_vectors < need || !ValidTileVectors(g.tile_vectors)) ++g.tile_vectors;
   }
   // Tiles wider than 4 exist for single-filter units only (register file).
-  if (max_group > 1) tile_vectors = std::min(tile_vectors, 4);
-  const int tile = kVectorWidth * tile_vectors;
-  const int block_len = RoundUp(wp, tile);  // about one output row per task
-  const int num_blocks = static_cast<int>((positions + block_len - 1) / block_len);
-  const int max_offset = (s.k_h - 1) * s.dil_h * wp + (s.k_w - 1) * s.dil_w;
+  if (max_group > 1) g.tile_vectors = std::min(g.tile_vectors, 4);
+  const int tile = kVectorWidth * g.tile_vectors;
+  g.block_len = RoundUp(g.wp, tile);  // about one output row per task
+  g.num_blocks = static_cast<int>((g.positions + g.block_len - 1) / g.block_len);
+  g.max_offset = (s.k_h - 1) * s.dil_h * g.wp + (s.k_w - 1) * s.dil_w;
   // Channel chunk: one chunk's reads for a block (block_len + max_offset
   // floats per channel) should fit in about half of a 32 KB L1.
-  const int chunk = tuning.chunk_channels >= 1
-                        ? tuning.chunk_channels
-                        : std::max(4, static_cast<int>(kL1BlockBytes /
-                                                       (sizeof(float) * (block_len + max_offset))));
-  const int64_t exec_key = (static_cast<int64_t>(std::min(chunk, s.in_c)) << 40) | plane;
+  g.chunk = tuning.chunk_channels >= 1
+                ? tuning.chunk_channels
+                : std::max(4, static_cast<int>(kL1BlockBytes /
+                                               (sizeof(float) * (g.block_len + g.max_offset))));
+  // Reads run past the last plane by at most the rounding plus the largest tap.
+  const int64_t slack =
+      std::max<int64_t>(0, int64_t(g.num_blocks) * g.block_len + g.max_offset - g.plane);
+  g.input_size = static_cast<size_t>(g.plane * s.in_c + slack);
+  return g;
+}
+
+// Only the interior is rewritten per image, so the zero halo survives from
+// one Invoke to the next: re-zero only when the geometry changes.
+void EnsurePaddedInput(const PatternGeometry& g, PatternScratch* scratch) {
+  if (scratch->input.size() != g.input_size) scratch->input.assign(g.input_size, 0.f);
+}
+
+}  // namespace
+
+void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                    PatternScratch* scratch, const float* input, float* output,
+                    ThreadPool* pool, const PatternTuning& tuning, bool input_packed,
+                    const PatternNext* next) {
+  const PatternGeometry g = GeometryFor(s, plan, tuning);
+  const int wp = g.wp, hp = g.hp, block_len = g.block_len, num_blocks = g.num_blocks;
+  const int64_t plane = g.plane;
+  const int64_t exec_key = (static_cast<int64_t>(std::min(g.chunk, s.in_c)) << 40) | plane;
   if (scratch->exec_key != exec_key) {
-    BuildPatternExec(plan, chunk, plane, &scratch->exec);
+    BuildPatternExec(plan, g.chunk, plane, &scratch->exec);
     scratch->exec_key = exec_key;
   }
-  // Reads run past the last plane by at most the rounding plus the largest tap.
-  const int64_t slack = std::max<int64_t>(0, int64_t(num_blocks) * block_len + max_offset - plane);
-  // Only the interior is rewritten per image, so the zero halo survives from
-  // one Invoke to the next: re-zero only when the geometry changes.
-  const size_t input_size = static_cast<size_t>(plane * s.in_c + slack);
-  if (scratch->input.size() != input_size) scratch->input.assign(input_size, 0.f);
+  EnsurePaddedInput(g, scratch);
   scratch->output.resize(static_cast<size_t>(s.out_c) * num_blocks * block_len);
   scratch->tap_offsets.assign(static_cast<size_t>(plan.num_patterns()) * kMaxTaps, 0);
   for (int q = 0; q < plan.num_patterns(); ++q)
@@ -251,7 +279,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   args.plane = plane;
   args.block_len = block_len;
   args.num_blocks = num_blocks;
-  args.tile_vectors = tile_vectors;
+  args.tile_vectors = g.tile_vectors;
   args.tap_offsets = scratch->tap_offsets.data();
   args.output = scratch->output.data();
   // Enough tasks for the threads even when the map is one block (4x4, 2x2).
@@ -261,29 +289,59 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   const int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len / args.unit_splits);
   const int64_t out_plane = static_cast<int64_t>(num_blocks) * block_len;
 
+  // Chained: the next pattern conv reads our output in its padded CHW layout.
+  PatternGeometry ng;
+  if (next != nullptr) {
+    ng = GeometryFor(*next->shape, *next->plan, *next->tuning);
+    EnsurePaddedInput(ng, next->scratch);
+  }
+
   for (int b = 0; b < s.batch; ++b) {
-    const float* in_b = input + static_cast<int64_t>(b) * s.in_h * s.in_w * s.in_c;
-    float* out_b = output + static_cast<int64_t>(b) * s.out_h * s.out_w * s.out_c;
+    const float* in_b = input ? input + static_cast<int64_t>(b) * s.in_h * s.in_w * s.in_c : nullptr;
     float* padded = scratch->input.data();
-    // NHWC -> zero-padded CHW (only rows/columns the kernels can read).
-    ParallelFor(pool, s.in_h, 4, [&](int64_t y0, int64_t y1) {
-      for (int64_t iy = y0; iy < y1; ++iy) {
-        const int64_t py = iy + s.pad_top;
-        if (py >= hp) continue;
-        for (int ix = 0; ix < s.in_w; ++ix) {
-          const int64_t px = ix + s.pad_left;
-          if (px >= wp) continue;
-          const float* src = in_b + (iy * s.in_w + ix) * s.in_c;
-          float* dst = padded + py * wp + px;
-          for (int c = 0; c < s.in_c; ++c) dst[c * plane] = src[c];
+    // NHWC -> zero-padded CHW (only rows/columns the kernels can read),
+    // unless the previous layer already wrote it there.
+    if (!input_packed)
+      ParallelFor(pool, s.in_h, 4, [&](int64_t y0, int64_t y1) {
+        for (int64_t iy = y0; iy < y1; ++iy) {
+          const int64_t py = iy + s.pad_top;
+          if (py >= hp) continue;
+          for (int ix = 0; ix < s.in_w; ++ix) {
+            const int64_t px = ix + s.pad_left;
+            if (px >= wp) continue;
+            const float* src = in_b + (iy * s.in_w + ix) * s.in_c;
+            float* dst = padded + py * wp + px;
+            for (int c = 0; c < s.in_c; ++c) dst[c * plane] = src[c];
+          }
         }
-      }
-    });
+      });
     ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
       set->pattern_conv2d(args, t0, t1);
     });
-    // CHW -> NHWC with bias and the fused activation.
     const float* chw = scratch->output.data();
+    if (next != nullptr) {
+      // CHW -> the next layer's padded CHW, with bias and activation: rows
+      // stay contiguous, no transpose.
+      const ConvShape& ns = *next->shape;
+      float* dst_all = next->scratch->input.data();
+      ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o) {
+          const float bias = plan.bias[o];
+          for (int oy = 0; oy < s.out_h; ++oy) {
+            const int py = oy + ns.pad_top;
+            if (py >= ng.hp) continue;
+            const float* src = chw + o * out_plane + static_cast<int64_t>(oy) * wp;
+            float* dst = dst_all + o * ng.plane + static_cast<int64_t>(py) * ng.wp + ns.pad_left;
+            const int n = std::min(s.out_w, ng.wp - ns.pad_left);
+            for (int ox = 0; ox < n; ++ox)
+              dst[ox] = std::min(std::max(src[ox] + bias, s.act_min), s.act_max);
+          }
+        }
+      });
+      continue;
+    }
+    // CHW -> NHWC with bias and the fused activation.
+    float* out_b = output + static_cast<int64_t>(b) * s.out_h * s.out_w * s.out_c;
     ParallelFor(pool, s.out_h, 1, [&](int64_t y0, int64_t y1) {
       for (int64_t oy = y0; oy < y1; ++oy)
         for (int ox = 0; ox < s.out_w; ++ox) {

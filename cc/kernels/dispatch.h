@@ -39,13 +39,27 @@ void RunFullyConnected(const KernelSet* set, int batch,
                        float act_max, const float* input, float* output,
                        ThreadPool* pool);
 
+// Layout kept between two pattern convolutions (batch 1): the first writes
+// its result, bias and activation applied, straight into the second's padded
+// CHW input, so neither transposes.
+struct PatternNext {
+  const ConvShape* shape;
+  const PatternPlan* plan;
+  const PatternTuning* tuning;
+  PatternScratch* scratch;
+};
+
 // Pattern-pruned convolution (stride 1, any dilation): NHWC in and out; the
-// kernels work on a zero-padded CHW copy held in `scratch`.  `set` must not
+// kernels work on a zero-padded CHW copy held in `scratch`.  With
+// `input_packed`, that copy was already written by the previous layer (input
+// may be null); with `next`, the output goes to the next layer (output may
+// be null).  `set` must not
 // be null (the reference for a pattern layer is the dense reference kernel).
 void RunPatternConv(const KernelSet* set, const ConvShape& s,
                     const PatternPlan& plan, PatternScratch* scratch,
                     const float* input, float* output, ThreadPool* pool,
-                    const PatternTuning& tuning = PatternTuning());
+                    const PatternTuning& tuning = PatternTuning(), bool input_packed = false,
+                    const PatternNext* next = nullptr);
 
 // The cost model.  PatternKernelApplies: the pattern kernel can run the layer
 // and beats this project's dense kernel.  PredictedSpeedupOverDense: the
