@@ -223,6 +223,47 @@ TEST_CASE(PatternConvMatchesReference) {
     }
 }
 
+TEST_CASE(ChainedPatternConvsKeepTheLayout) {
+  // conv A (SAME 3x3) feeds conv B (VALID 3x3, then SAME dilated 5x5): A writes
+  // straight into B's padded CHW input; the result equals running both
+  // through NHWC, and stays right when the pair is run again (halo reuse).
+  std::mt19937 rng(6);
+  for (int variant = 0; variant < 2; ++variant) {
+    ConvShape a, b;
+    a.in_h = 9; a.in_w = 11; a.in_c = 6; a.out_c = 10; a.k_h = a.k_w = 3;
+    a.act_min = 0.f;
+    CHECK(ResolveConvShape(Padding::kSame, &a).empty());
+    b.in_h = a.out_h; b.in_w = a.out_w; b.in_c = a.out_c; b.out_c = 7;
+    b.k_h = b.k_w = variant == 0 ? 3 : 5;
+    b.dil_h = b.dil_w = variant == 0 ? 1 : 2;
+    CHECK(ResolveConvShape(variant == 0 ? Padding::kValid : Padding::kSame, &b).empty());
+    const auto wa = PatternFilter(a.out_c, 3, a.in_c, false, &rng);
+    const auto wb = PatternFilter(b.out_c, b.k_h, b.in_c, variant == 1, &rng);
+    const auto ba = Random(a.out_c, &rng), bb = Random(b.out_c, &rng);
+    const auto in = Random(size_t(a.in_h) * a.in_w * a.in_c, &rng);
+    std::vector<float> mid(size_t(a.out_h) * a.out_w * a.out_c), ref(size_t(b.out_h) * b.out_w * b.out_c);
+    Conv2DReference(a, in.data(), wa.data(), ba.data(), mid.data());
+    Conv2DReference(b, mid.data(), wb.data(), bb.data(), ref.data());
+    PatternPlan pa, pb;
+    CHECK(BuildPatternPlan(wa.data(), a.out_c, 3, 3, a.in_c, ba.data(), 4, &pa).empty());
+    CHECK(BuildPatternPlan(wb.data(), b.out_c, b.k_h, b.k_w, b.in_c, bb.data(), 4, &pb).empty());
+    for (const KernelSet* set : UsableSets())
+      for (int tile : {0, 1, 8}) {
+        ThreadPool pool(2);
+        PatternScratch sa, sb;
+        const PatternTuning ta{0, tile}, tb{3, 0};
+        const PatternNext next{&b, &pb, &tb, &sb};
+        std::vector<float> out(ref.size());
+        for (int rep = 0; rep < 2; ++rep) {
+          std::fill(out.begin(), out.end(), NAN);
+          RunPatternConv(set, a, pa, &sa, in.data(), nullptr, &pool, ta, false, &next);
+          RunPatternConv(set, b, pb, &sb, nullptr, out.data(), &pool, tb, true, nullptr);
+          CHECK(RelError(out, ref) <= 1e-5);
+        }
+      }
+  }
+}
+
 TEST_CASE(KernelSetForThisIsa) {
   // The build compiles the set the ISA promises: NEON on AArch64, AVX2+FMA
   // (next to the generic set) on x86-64.
