@@ -10,13 +10,15 @@ Public API (kept small on purpose):
   ADMM pattern + connectivity pruning of Keras 3 models inside ``model.fit``.
 * ``cocopie_tf.patterns``: pattern candidates, library selection, projection,
   connectivity, one-shot ``prune_kernel``.
+* ``cocopie_tf.tune``: CoCo-Tune pruning search (find_modules,
+  sample_candidates, select_blocks, pretrain_blocks, assemble, search).
 
 Importing the package imports neither TensorFlow nor
 tensorflow-model-optimization; submodules that need TensorFlow import it
 themselves.
 """
 
-from cocopie_tf import lite, patterns
+from cocopie_tf import lite, patterns, tune
 
 
 def __getattr__(name):
@@ -38,4 +40,4 @@ _PRUNING = ("ADMMPruning", "PatternPruning", "PrunableLayer", "prune_patterns",
 
 __version__ = "0.1.0"
 
-__all__ = ["lite", "patterns", "convert", "__version__", *_PRUNING]
+__all__ = ["lite", "patterns", "tune", "convert", "__version__", *_PRUNING]

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--cache", default=None,
                       help="cache file (default $COCOPIE_TUNING_CACHE or ~/.cache/cocopie_tf/tuning.tsv)")
     tune.add_argument("--budget-ms", type=float, default=400.0, help="time budget per layer")
+    from cocopie_tf.tune import cli as tune_cli
+
+    tune_cli.add_parser(sub)
     return parser
 
 
@@ -184,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(args)
     if args.command in ("bench", "tune-kernels"):
         return _bench_or_tune(args)
+    if args.command == "tune":
+        from cocopie_tf.tune import cli as tune_cli
+
+        return tune_cli.main(args)
     return 2  # pragma: no cover - argparse enforces a command
 
 
