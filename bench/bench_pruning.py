@@ -9,11 +9,12 @@ masks; tensorflow-model-optimization magnitude pruning at the same sparsity
 
     python bench/bench_pruning.py [--seeds 0 1 2] [--out docs/pruning.md]
 
-Learning-rate policy, the same for every row: Adam at 1e-3, and every fit ends
-in a cosine decay to 0 over its final training phase (dense: its 20 epochs;
-one-shot and ADMM: the masked retraining, done by ``ADMMPruning``; tfmot: its
-18 epochs, all of them at the target sparsity). One-shot, ADMM and tfmot get
-the same number of epochs after the dense training.
+Learning-rate policy, the same for every row: Adam at a constant 1e-3. With
+``--cosine`` every fit instead ends in a cosine decay to 0 over its final
+training phase (dense: its 20 epochs; one-shot and ADMM: the masked
+retraining, ``ADMMPruning(retrain_lr_decay="cosine")``; tfmot: its 18 epochs,
+all at the target sparsity). One-shot, ADMM and tfmot get the same number of
+epochs after the dense training.
 
 Seeds can run in separate processes and be merged afterwards:
 
@@ -36,8 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-# 11 + 7 is what ADMMPruning() chooses by default for an 18-epoch fit (60% ADMM).
-DENSE_EPOCHS, ADMM_EPOCHS, RETRAIN_EPOCHS = 20, 11, 7
+DENSE_EPOCHS, ADMM_EPOCHS, RETRAIN_EPOCHS = 20, 10, 8
+COSINE = False  # --cosine: the alternative learning-rate policy (see the module docstring)
 CONNECTIVITY = 3.6
 
 
@@ -121,7 +122,7 @@ def run_keras3(seed):
     t0 = time.perf_counter()
     dense = compile_(keras, build(keras))
     dense.fit(xtr, ytr, epochs=DENSE_EPOCHS, batch_size=64, verbose=0,
-              callbacks=[cosine_decay(keras, DENSE_EPOCHS, steps(xtr))])
+              callbacks=[cosine_decay(keras, DENSE_EPOCHS, steps(xtr))] if COSINE else [])
     rows["dense"] = dict(acc=dense.evaluate(xte, yte, verbose=0)[1], time=time.perf_counter() - t0,
                          red=(1.0, 1.0, 1.0))
     post = ADMM_EPOCHS + RETRAIN_EPOCHS
@@ -138,7 +139,8 @@ def run_keras3(seed):
         model = compile_(keras, cocopie_tf.prune_patterns(dense, connectivity=CONNECTIVITY,
                                                           group=v.get("group", 1)))
         model.fit(xtr, ytr, epochs=post, batch_size=64, verbose=0,
-                  callbacks=[cocopie_tf.ADMMPruning(**v["cb"])])
+                  callbacks=[cocopie_tf.ADMMPruning(
+                      **v["cb"], retrain_lr_decay="cosine" if COSINE else None)])
         stripped = compile_(keras, cocopie_tf.strip_pruning(model))
         rows[name] = dict(acc=stripped.evaluate(xte, yte, verbose=0)[1],
                           time=time.perf_counter() - t0, red=conv_sparsity(keras, stripped))
@@ -153,12 +155,12 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 import bench_pruning as B
-seed = int(sys.argv[2]); sparsity = float(sys.argv[3])
+seed = int(sys.argv[2]); sparsity = float(sys.argv[3]); cosine = sys.argv[4] == "1"
 xtr, xte, ytr, yte = B.data()
 keras.utils.set_random_seed(seed)
 dense = B.compile_(keras, B.build(keras))
 dense.fit(xtr, ytr, epochs=B.DENSE_EPOCHS, batch_size=64, verbose=0,
-          callbacks=[B.cosine_decay(keras, B.DENSE_EPOCHS, B.steps(xtr))])
+          callbacks=[B.cosine_decay(keras, B.DENSE_EPOCHS, B.steps(xtr))] if cosine else [])
 t0 = time.perf_counter()
 convs = [l.name for l in dense.layers if isinstance(l, keras.layers.Conv2D)][1:]
 schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0, frequency=10)
@@ -169,8 +171,8 @@ def clone(layer):
 pruned = keras.models.clone_model(dense, clone_function=clone)
 pruned = B.compile_(keras, pruned)
 pruned.fit(xtr, ytr, epochs=B.ADMM_EPOCHS + B.RETRAIN_EPOCHS, batch_size=64, verbose=0,
-           callbacks=[tfmot.sparsity.keras.UpdatePruningStep(),
-                      B.cosine_decay(keras, B.ADMM_EPOCHS + B.RETRAIN_EPOCHS, B.steps(xtr))])
+           callbacks=[tfmot.sparsity.keras.UpdatePruningStep()] + (
+               [B.cosine_decay(keras, B.ADMM_EPOCHS + B.RETRAIN_EPOCHS, B.steps(xtr))] if cosine else []))
 stripped = B.compile_(keras, tfmot.sparsity.keras.strip_pruning(pruned))
 acc = stripped.evaluate(xte, yte, verbose=0)[1]
 print("RESULT " + json.dumps(dict(acc=acc, time=time.perf_counter() - t0,
@@ -180,7 +182,8 @@ print("RESULT " + json.dumps(dict(acc=acc, time=time.perf_counter() - t0,
 
 def run_tfmot(seed, sparsity):
     proc = subprocess.run([sys.executable, "-c", TFMOT, str(pathlib.Path(__file__).parent),
-                           str(seed), str(sparsity)], capture_output=True, text=True)
+                           str(seed), str(sparsity), "1" if COSINE else "0"],
+                          capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -192,16 +195,22 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-tfmot", action="store_true")
+    ap.add_argument("--cosine", action="store_true",
+                    help="cosine learning-rate decay at the end of every fit (see docstring)")
     ap.add_argument("--json", default=None, help="also write the per-seed rows here")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="build the table from --json files of earlier runs instead")
     args = ap.parse_args()
+    global COSINE, ADMM_EPOCHS, RETRAIN_EPOCHS
+    COSINE = args.cosine
     results: dict[str, list] = {}
     if args.merge:
         args.seeds = []
         for path in args.merge:
             saved = json.loads(pathlib.Path(path).read_text())
             args.seeds += saved["seeds"]
+            COSINE = saved.get("cosine", False)
+            ADMM_EPOCHS, RETRAIN_EPOCHS = saved.get("epochs", (ADMM_EPOCHS, RETRAIN_EPOCHS))
             for k, vs in saved["results"].items():
                 results.setdefault(k, []).extend(vs)
     for seed in [] if args.merge else args.seeds:
@@ -213,13 +222,16 @@ def main():
             results.setdefault(k, []).append(v)
             print(seed, k, json.dumps(v), flush=True)
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"seeds": args.seeds, "results": results}))
+        pathlib.Path(args.json).write_text(json.dumps({"seeds": args.seeds, "cosine": COSINE,
+                                                     "epochs": [ADMM_EPOCHS, RETRAIN_EPOCHS],
+                                                     "results": results}))
     lines = [
         f"Digits 32x32, {DENSE_EPOCHS} dense epochs, then {ADMM_EPOCHS} ADMM + {RETRAIN_EPOCHS} "
         f"masked-retraining epochs (one-shot and tfmot: {ADMM_EPOCHS + RETRAIN_EPOCHS} epochs of "
-        f"retraining); seeds {args.seeds}; test set 360 images. Adam 1e-3; every fit ends in a "
-        f"cosine decay to 0 (dense: its {DENSE_EPOCHS} epochs; one-shot, ADMM: the masked "
-        f"retraining; tfmot: its {ADMM_EPOCHS + RETRAIN_EPOCHS} epochs).",
+        f"retraining); seeds {args.seeds}; test set 360 images. "
+        + ("Adam 1e-3; every fit ends in a cosine decay to 0 (dense: its "
+           f"{DENSE_EPOCHS} epochs; one-shot, ADMM: the masked retraining; tfmot: its "
+           f"{ADMM_EPOCHS + RETRAIN_EPOCHS} epochs)." if COSINE else "Constant Adam 1e-3."),
         "",
         "| method | test accuracy % (mean ± std) | weight red. (pruned convs) | weight red. (model) "
         "| MAC red. (convs) | pruning time s (mean) |",

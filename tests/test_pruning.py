@@ -309,7 +309,8 @@ def test_retraining_cosine_lr_decay_and_restore():
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rec = _RecordLR()
     model.fit(x, y, epochs=3, batch_size=64, verbose=0,
-              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_epochs=2), rec])
+              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_epochs=2,
+                                                retrain_lr_decay="cosine"), rec])
     lrs = np.array(rec.lrs)
     assert len(lrs) == 12
     np.testing.assert_allclose(lrs[:4], 2e-3, rtol=1e-6)  # ADMM: the user's rate
@@ -324,10 +325,12 @@ def test_retraining_lr_decay_resumes_and_can_be_off(tmp_path):
     model = compile_(cocopie_tf.prune_patterns(functional()))
     base = float(np.asarray(model.optimizer.learning_rate))
     model.fit(x, y, epochs=2, batch_size=64, verbose=0,
-              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_epochs=3)])
+              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_epochs=3,
+                                                retrain_lr_decay="cosine")])
     # Interrupted mid-retraining; a fresh callback continues the same curve.
     rec = _RecordLR()
-    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cocopie_tf.ADMMPruning(), rec])
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0,
+              callbacks=[cocopie_tf.ADMMPruning(retrain_lr_decay="cosine"), rec])
     t = np.arange(4, 12) / 12
     np.testing.assert_allclose(rec.lrs, base * 0.5 * (1 + np.cos(np.pi * t)), rtol=1e-4)
     assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(base)
@@ -335,7 +338,7 @@ def test_retraining_lr_decay_resumes_and_can_be_off(tmp_path):
     off = compile_(cocopie_tf.prune_patterns(functional()))
     rec = _RecordLR()
     off.fit(x, y, epochs=2, batch_size=64, verbose=0,
-            callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, retrain_lr_decay=None), rec])
+            callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1), rec])  # default: off
     np.testing.assert_allclose(rec.lrs, base, rtol=1e-6)
     with pytest.raises(ValueError, match="retrain_lr_decay"):
         cocopie_tf.ADMMPruning(retrain_lr_decay="step")

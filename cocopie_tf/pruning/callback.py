@@ -6,7 +6,7 @@ Schedule (in epochs, counted in the wrappers so a reloaded model resumes):
      U += W - Z, V += W - Y, rho grows by ``rho_growth`` (capped at ``rho_max``).
   2. Hard prune: W <- W * mask(W), mask frozen, rho = 0.
   3. Masked retraining: pruned weights are reset to exactly zero after every
-     optimizer step, and (``retrain_lr_decay="cosine"``, the default) the
+     optimizer step; with ``retrain_lr_decay="cosine"`` (opt-in) the
      optimizer's learning rate follows a cosine decay from its value at the
      hard prune to 0 over the retraining epochs, then is restored.
 Logs gain ``admm_pattern_residual`` and ``admm_connectivity_residual``
@@ -58,20 +58,22 @@ class ADMMPruning(keras.callbacks.Callback):
       rho: initial penalty weight; rho_growth, rho_max: its schedule (rho is
         multiplied by ``rho_growth`` at every update, up to ``rho_max``). The
         defaults (1e-2, x2, cap 1) bring the residuals ||W - Z||^2 / ||W||^2
-        to a few percent within about 10 epochs with Adam at 1e-3; shorter
-        ADMM phases with a faster rho ramp did worse in our measurements.
-      retrain_lr_decay: ``"cosine"`` (default): during masked retraining the
-        optimizer's learning rate follows lr0 * (1 + cos(pi * t)) / 2, t going
-        from 0 to 1 over the retraining steps, lr0 being its value at the hard
-        prune; it is restored when retraining ends. A reloaded model resumes
-        the curve. Skipped when the optimizer uses a LearningRateSchedule.
-        ``None`` leaves the learning rate alone (use it with your own LR
-        callbacks). One-shot pruning (``admm_epochs=0``) gets the same decay.
+        to a few percent within about 10 epochs with Adam at 1e-3. On the
+        digits benchmark (docs/pruning.md) shorter ADMM phases with a faster
+        ramp (4 or 6 epochs, rho from 0.1 or 0.05) did worse, not better.
+      retrain_lr_decay: None (default) leaves the learning rate alone.
+        ``"cosine"``: during masked retraining the optimizer's learning rate
+        follows lr0 * (1 + cos(pi * t)) / 2, t going from 0 to 1 over the
+        retraining steps, lr0 being its value at the hard prune; it is
+        restored when retraining ends, and a reloaded model resumes the curve.
+        Skipped when the optimizer uses a LearningRateSchedule. One-shot
+        pruning (``admm_epochs=0``) gets the same decay. Off by default: it
+        showed no gain on the digits benchmark (docs/pruning.md).
     """
 
     def __init__(self, admm_epochs: int | None = None, retrain_epochs: int | None = None,
                  update_every: int = 1, rho: float = 1e-2, rho_growth: float = 2.0,
-                 rho_max: float = 1.0, retrain_lr_decay: str | None = "cosine"):
+                 rho_max: float = 1.0, retrain_lr_decay: str | None = None):
         super().__init__()
         for name, value in (("admm_epochs", admm_epochs), ("retrain_epochs", retrain_epochs)):
             if value is not None and (not isinstance(value, int) or value < 0):
