@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 
 from cocopie_tf._timing import alternate, summary  # noqa: F401 - re-exported for bench scripts
@@ -27,27 +25,11 @@ def feed(interp, seed=0):
 
 
 def machine_info() -> dict:
-    import ai_edge_litert
+    """cocopie_tf.benchmark.machine() plus the TensorFlow version."""
     import tensorflow as tf
 
-    from cocopie_tf import _cc
+    from cocopie_tf.benchmark import machine
 
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "features": _cc.cpu_features(),
-        "kernel_set": _cc.default_kernel_set(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "ai_edge_litert": getattr(ai_edge_litert, "__version__", "2.3.x"),
-    }
+    info = machine()
+    info["tensorflow"] = tf.__version__
+    return info

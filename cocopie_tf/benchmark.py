@@ -186,11 +186,9 @@ def format_tune(result: list[dict], cache: str) -> str:
 
 
 def default_cache_path() -> str:
-    env = os.environ.get("COCOPIE_TUNING_CACHE")
-    if env:
-        return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "cocopie_tf", "tuning.tsv")
+    from cocopie_tf import _cc
+
+    return _cc.default_tuning_cache_path()  # the delegate's own rule, not a copy of it
 
 
 def write_json(result, path: str) -> None:

@@ -316,6 +316,8 @@ PYBIND11_MODULE(_cc, m) {
   m.def("pattern_info", &PatternInfo, py::arg("filter"), py::arg("group") = kMaxGroup,
         "Pattern structure and FKW arrays of an OHWI filter.");
   m.def("cpu_features", [] { return DetectCpu().ToString(); }, "Detected CPU features.");
+  m.def("default_tuning_cache_path", &DefaultTuningCachePath,
+        "The tuning cache file the delegate uses when tune_cache is not given.");
   m.def("kernel_choices", &KernelChoices, "Accepted values of the 'kernel' option.");
   m.def("default_kernel_set", [] {
     std::string e;
