@@ -24,15 +24,19 @@ double TimeOnce(const KernelSet* set, const ConvShape& s, const PatternPlan& pla
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::string CpuModel() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0 || line.rfind("CPU part", 0) == 0) {
-      const size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(colon + 2);
-    }
-  return "unknown-cpu";
+// Read once per process: every tuned layer's key needs it.
+const std::string& CpuModel() {
+  static const std::string model = [] {
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line))
+      if (line.rfind("model name", 0) == 0 || line.rfind("CPU part", 0) == 0) {
+        const size_t colon = line.find(':');
+        return colon == std::string::npos ? line : line.substr(std::min(colon + 2, line.size()));
+      }
+    return std::string("unknown-cpu");
+  }();
+  return model;
 }
 
 uint64_t Fnv1a(uint64_t h, const void* data, size_t n) {
