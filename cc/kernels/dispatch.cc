@@ -276,7 +276,6 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   args.plan = &plan;
   args.exec = &scratch->exec;
   args.input = scratch->input.data();
-  args.plane = plane;
   args.block_len = block_len;
   args.num_blocks = num_blocks;
   args.tile_vectors = g.tile_vectors;

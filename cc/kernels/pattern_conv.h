@@ -123,8 +123,7 @@ constexpr int kVectorWidth = 8;  // floats per vector in the pattern kernels
 struct PatternConvArgs {
   const PatternPlan* plan = nullptr;
   const PatternExec* exec = nullptr;
-  const float* input = nullptr;  // zero-padded CHW: [in_c][plane], plane = hp * wp
-  int64_t plane = 0;
+  const float* input = nullptr;  // zero-padded CHW: [in_c][hp * wp]; exec holds channel offsets
   int block_len = 0;             // positions per task, a multiple of the tile
   int num_blocks = 0;
   int tile_vectors = 1;          // vectors per register tile
