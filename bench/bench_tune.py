@@ -154,14 +154,14 @@ def main(argv=None):
                     met_count=sum(r["met"] for r in rs), met=res.met,
                     never_met=sum(not r["met"] for r in rs),
                     message=res.message, chosen=res.chosen["candidate"],
-                    rank=res.chosen["rank"], size=res.chosen["size"], val=res.chosen["accuracy"],
+                    rank=res.chosen["rank"], size=res.chosen["size"], val=res.chosen["score"],
                     test=accuracy(keras, chosen, xte, yte) if chosen is not None else None,
                     steps=sum(r["steps"] for r in rs),
                     acc0=[r["trace"][0][1] for r in rs],
                     per_cand_s=[r["seconds"] for r in rs],
                     first_explored=len(upto), first_steps=sum(r["steps"] for r in upto),
                     first_s=first_s,
-                    points=[(r["size"], r["accuracy"], r["met"]) for r in rs])
+                    points=[(r["size"], r["score"], r["met"]) for r in rs])
                 r = runs[name]
                 print(f"\n{name}: {res.message}")
                 print(res.table(), flush=True)

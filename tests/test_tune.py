@@ -329,7 +329,7 @@ def test_search_early_stop_and_report(trained, tmp_path):
     chosen = res.model()
     assert chosen.count_params() == res.chosen["size"]
     acc = np.mean(np.argmax(chosen.predict(xv, verbose=0), -1) == yv)
-    assert acc == pytest.approx(res.chosen["accuracy"], abs=1e-9)
+    assert acc == pytest.approx(res.chosen["score"], abs=1e-9)
     assert "*" in res.table() and "chosen" in res.message
     res.plot(tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
@@ -396,6 +396,51 @@ def test_search_bad_inputs(trained, tmp_path):
                     directory=tmp_path / "b", **SEARCH)
 
 
+def test_search_psnr_metric(tmp_path):
+    """A regression search (metric="psnr", mean-squared-error loss): the
+    scores in the results are the PSNR of the candidate's own predictions
+    (numpy float64), and targets in dB are accepted."""
+    x, _ = digits(240)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(x + rng.normal(0, 0.2, x.shape), 0, 1).astype("float32")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inp)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="b")(h)
+    model = keras.Model(inp, keras.layers.Conv2D(1, 3, padding="same", name="out")(h))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(noisy[:200], x[:200], epochs=3, batch_size=32, verbose=0)
+    xv, yv = noisy[200:], x[200:]
+
+    def psnr(m):
+        err = np.mean((m.predict(xv, verbose=0).astype(np.float64) - yv) ** 2)
+        return 10 * np.log10(1 / err)
+
+    dense_db = psnr(model)
+    cands = [Candidate((0.5,)), Candidate((0.25,))]
+    res = tune.search(model, noisy[:200], x[:200], xv, yv, candidates=cands,
+                      target=dense_db + 30.0, metric="psnr", modules=[["a", "b"]],
+                      directory=tmp_path / "s", explore="all", **SEARCH)
+    assert not res.met and res.trained == 2  # 30 dB above dense: unreachable
+    assert "objective unreachable" in res.message and " dB" in res.message
+    assert "psnr" in res.table()
+    best = res.model()
+    assert res.chosen["score"] == pytest.approx(psnr(best), abs=1e-3)
+    assert 0 < res.chosen["score"] < dense_db + 30.0
+    res = tune.search(model, noisy[:200], x[:200], xv, yv, candidates=cands,
+                      target=5.0, metric="psnr", modules=[["a", "b"]],
+                      directory=tmp_path / "t", **SEARCH)
+    assert res.met and res.trained == 1 and res.chosen["steps"] == 0
+    for bad in (float("nan"), float("inf"), "30"):
+        with pytest.raises(ValueError, match="target"):
+            tune.search(model, noisy, x, xv, yv, candidates=cands, target=bad, metric="psnr",
+                        modules=[["a", "b"]], directory=tmp_path / "x", **SEARCH)
+    with pytest.raises(ValueError, match="metric"):
+        tune.search(model, noisy, x, xv, yv, candidates=cands, target=0.5, metric="ssim",
+                    modules=[["a", "b"]], directory=tmp_path / "x", **SEARCH)
+
+
 def test_search_unreachable_and_resume(trained, tmp_path):
     model, x, y, xv, yv = trained
     cands = tune.sample_candidates(2, (0.3, 0.7))
@@ -422,7 +467,7 @@ def test_search_unreachable_and_resume(trained, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (d / "blocks").iterdir()} == blocks
     # Unreachable objective: ends with the best found and says so.
     assert not res.met and res.complete and res.trained == 4
-    best = max(res.results, key=lambda r: (r["accuracy"], -r["size"]))
+    best = max(res.results, key=lambda r: (r["score"], -r["size"]))
     assert res.chosen["index"] == best["index"]
     assert res.message.startswith("objective unreachable") and "best found" in res.message
     assert res.model() is not None
@@ -469,9 +514,9 @@ def test_search_sharded_over_two_workers(trained, tmp_path):
     # The same search in one process gives the same answers per candidate.
     one = tune.search(model, x, y, xv, yv, candidates=tune.sample_candidates(2, (0.3, 0.7)),
                       target=1.0, directory=tmp_path / "one", **SEARCH)
-    acc = {r["index"]: r["accuracy"] for r in one.results}
+    acc = {r["index"]: r["score"] for r in one.results}
     for r in res.results:
-        assert r["accuracy"] == pytest.approx(acc[r["index"]], abs=0.02)
+        assert r["score"] == pytest.approx(acc[r["index"]], abs=0.02)
 
 
 def test_cli(trained, tmp_path, capsys):

@@ -10,7 +10,7 @@ import sys
 def add_parser(subparsers):
     p = subparsers.add_parser(
         "tune",
-        help="CoCo-Tune: find the smallest pruned model that meets an accuracy target",
+        help="CoCo-Tune: find the smallest pruned model that meets an accuracy (or PSNR) target",
         description="Composability-based pruning search (Wootz): candidates are per-module "
         "prune rates; Sequitur finds the module sequences they share, those tuning blocks are "
         "pre-trained once (teacher-student against the dense model), every candidate is "
@@ -18,9 +18,13 @@ def add_parser(subparsers):
         "reaches the target. Results go to --dir; rerunning the same command resumes; several "
         "processes with --worker i --workers n share the work. Exit status: 0 objective met, "
         "1 objective unreachable (the best found is reported), 2 bad input.")
-    p.add_argument("model", help="a trained .keras model (single input, logits output)")
+    p.add_argument("model", help="a trained .keras model (single input; logits output for "
+                   "--metric accuracy)")
     p.add_argument("--target", type=float, required=True,
-                   help="objective: validation accuracy >= this (in (0, 1])")
+                   help="objective: validation metric >= this (accuracy: in (0, 1]; psnr: dB)")
+    p.add_argument("--metric", choices=["accuracy", "psnr"], default="accuracy",
+                   help="accuracy of logits vs integer labels (default; cross-entropy loss) or "
+                   "PSNR in dB of images in [0, 1] (mean squared error loss)")
     p.add_argument("--dir", required=True, help="search directory (new, empty, or to resume)")
     p.add_argument("--data", default="digits",
                    help="'digits' (scikit-learn digits at 32x32, the training split; 20%% of it "
@@ -119,7 +123,7 @@ def main(args) -> int:
                           finetune_steps=args.finetune_steps, eval_every=args.eval_every,
                           pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
                           use_blocks=not args.baseline, pretrain=args.pretrain,
-                          explore=args.explore,
+                          explore=args.explore, metric=args.metric,
                           worker=args.worker,
                           num_workers=args.workers, limit=args.limit, seed=args.seed,
                           progress=not args.no_progress)

@@ -271,49 +271,80 @@ def _predict(model, x, batch_size=256):
                            for i in range(0, len(x), batch_size)])
 
 
-def _accuracy(model, x, y):
-    logits = _predict(model, x)
+def _accuracy(y, logits):
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y).reshape(-1)))
 
 
+def _psnr(y, pred):
+    """Peak signal-to-noise ratio in dB of images in [0, 1] (float64)."""
+    err = np.mean((np.asarray(pred, np.float64) - np.asarray(y, np.float64)) ** 2)
+    return float("inf") if err == 0 else float(10.0 * np.log10(1.0 / err))
+
+
+METRICS = {"accuracy": _accuracy, "psnr": _psnr}
+
+
+def _metric(metric):
+    """(name, fn(y_true, y_pred) -> float, higher is better) of ``metric``."""
+    if callable(metric):
+        return getattr(metric, "__name__", "metric"), metric
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)} or a callable "
+                         f"f(y_true, y_pred) -> float, got {metric!r}")
+    return metric, METRICS[metric]
+
+
+def format_score(value, metric="accuracy"):
+    if metric == "accuracy":
+        return f"{value:.2%}"
+    if metric == "psnr":
+        return f"{value:.2f} dB"
+    return f"{value:.4g}"
+
+
+def _score(model, x, y, fn):
+    return float(fn(y, _predict(model, x)))
+
+
 class _Eval(keras.callbacks.Callback):
-    def __init__(self, xv, yv, target, every, trace):
+    def __init__(self, xv, yv, target, every, trace, fn):
         super().__init__()
         self.xv, self.yv, self.target, self.every, self.trace = xv, yv, target, every, trace
+        self.fn = fn
 
     def on_epoch_end(self, epoch, logs=None):
-        acc = _accuracy(self.model, self.xv, self.yv)
+        acc = _score(self.model, self.xv, self.yv, self.fn)
         self.trace.append(((epoch + 1) * self.every, acc))
         if acc >= self.target:
             self.model.stop_training = True
 
 
 def _finetune(model, data, *, steps, eval_every, target, batch_size, learning_rate, seed,
-              strategy, loss):
-    """Fine-tunes for at most ``steps`` steps, evaluating before and every
-    ``eval_every`` steps and stopping once accuracy reaches ``target``.
-    Returns [(steps done, accuracy), ...]."""
+              strategy, loss, fn=_accuracy):
+    """Fine-tunes for at most ``steps`` steps, evaluating the validation score
+    ``fn`` before and every ``eval_every`` steps and stopping once it reaches
+    ``target``. Returns [(steps done, score), ...]."""
     import tensorflow as tf
 
     xt, yt, xv, yv = data
-    trace = [(0, _accuracy(model, xv, yv))]
+    trace = [(0, _score(model, xv, yv, fn))]
     if trace[0][1] >= target or steps == 0:
         return trace
     if strategy is None:
         return _finetune_loop(model, data, trace, steps=steps, eval_every=eval_every,
                               target=target, batch_size=batch_size,
-                              learning_rate=learning_rate, seed=seed, loss=loss)
+                              learning_rate=learning_rate, seed=seed, loss=loss, fn=fn)
     with _scope(strategy):
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, jit_compile=False)
     ds = (tf.data.Dataset.from_tensor_slices((xt, yt)).shuffle(len(xt), seed=seed)
           .repeat().batch(batch_size))
     model.fit(ds, epochs=steps // eval_every, steps_per_epoch=eval_every, verbose=0, shuffle=False,
-              callbacks=[_Eval(xv, yv, target, eval_every, trace)])
+              callbacks=[_Eval(xv, yv, target, eval_every, trace, fn)])
     return trace
 
 
 def _finetune_loop(model, data, trace, *, steps, eval_every, target, batch_size, learning_rate,
-                   seed, loss):
+                   seed, loss, fn):
     """The same schedule as ``model.fit`` without its per-model machinery: one
     traced training step (a single batch shape, so a single trace), batches
     drawn from consecutive shuffled passes over the training data. A search
@@ -344,7 +375,7 @@ def _finetune_loop(model, data, trace, *, steps, eval_every, target, batch_size,
             idx = np.sort(stream[pos:pos + b])
             pos += b
             step(xt[idx], yt[idx])
-        acc = _accuracy(model, xv, yv)
+        acc = _score(model, xv, yv, fn)
         trace.append(((k + 1) * eval_every, acc))
         if acc >= target:
             break
@@ -372,8 +403,9 @@ class SearchResult:
     """The outcome of :func:`search` as seen in its directory.
 
     ``chosen``: the smallest candidate meeting the objective, or (``met``
-    False) the most accurate one found; ``results``: every evaluated
-    candidate (dicts, in objective order); ``complete``: every candidate
+    False) the best-scoring one found; ``results``: every evaluated
+    candidate (dicts, in objective order; ``score`` is its validation
+    ``metric``); ``complete``: every candidate
     ranked before the chosen one (all, when none met the objective) has
     been evaluated, so the answer is final; ``message``: a one-line summary.
     """
@@ -390,19 +422,23 @@ class SearchResult:
     total: int
     message: str
     directory: pathlib.Path
+    metric: str = "accuracy"
     _tm: object = field(repr=False, default=None)
 
+    def fmt(self, value) -> str:
+        return format_score(value, self.metric)
+
     def table(self) -> str:
-        head = (f"{'rank':>4} {'candidate':<34} {'params':>9} {'smaller':>7} {'accuracy':>8} "
-                f"{'steps':>5} {'met':>3}")
+        head = (f"{'rank':>4} {'candidate':<34} {'params':>9} {'smaller':>7} "
+                f"{self.metric[:10]:>10} {'steps':>5} {'met':>3}")
         rows = [head, "-" * len(head)]
         for r in self.results:
             mark = "*" if self.chosen and r["index"] == self.chosen["index"] else " "
             rows.append(f"{r['rank']:>4} {r['candidate']:<34.34} {r['size']:>9,} "
-                        f"{self.dense_size / r['size']:>6.2f}x {r['accuracy']:>8.2%} "
+                        f"{self.dense_size / r['size']:>6.2f}x {self.fmt(r['score']):>10} "
                         f"{r['steps']:>5} {'yes' if r['met'] else 'no':>3}{mark}")
-        rows.append(f"(* chosen; objective: smallest model with accuracy >= {self.target:.2%}; "
-                    f"dense model {self.dense_size:,} parameters)")
+        rows.append(f"(* chosen; objective: smallest model with {self.metric} >= "
+                    f"{self.fmt(self.target)}; dense model {self.dense_size:,} parameters)")
         return "\n".join(rows)
 
     def plot(self, path=None):
@@ -416,16 +452,16 @@ class SearchResult:
         fig, ax = plt.subplots(figsize=(6, 4))
         ok = [r for r in self.results if r["met"]]
         no = [r for r in self.results if not r["met"]]
-        ax.scatter([r["size"] for r in no], [r["accuracy"] for r in no], s=14, c="tab:gray",
+        ax.scatter([r["size"] for r in no], [r["score"] for r in no], s=14, c="tab:gray",
                    label="below target")
-        ax.scatter([r["size"] for r in ok], [r["accuracy"] for r in ok], s=14, c="tab:blue",
+        ax.scatter([r["size"] for r in ok], [r["score"] for r in ok], s=14, c="tab:blue",
                    label="meets target")
         if self.chosen:
-            ax.scatter([self.chosen["size"]], [self.chosen["accuracy"]], s=120,
+            ax.scatter([self.chosen["size"]], [self.chosen["score"]], s=120,
                        facecolors="none", edgecolors="tab:red", linewidths=2, label="chosen")
         ax.axhline(self.target, color="tab:red", ls=":", lw=1, label="target")
         ax.set_xlabel("parameters")
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel(f"validation {self.metric}")
         ax.legend(fontsize=7)
         fig.tight_layout()
         if path is not None:
@@ -534,7 +570,7 @@ def _choose(results, target):
     if met:
         return min(met, key=lambda r: r["rank"]), True
     if results:
-        return max(results, key=lambda r: (r["accuracy"], -r["size"])), False
+        return max(results, key=lambda r: (r["score"], -r["size"])), False
     return None, False
 
 
@@ -545,8 +581,8 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
            explore: str = "first", strategy=None,
            worker: int = 0, num_workers: int = 1, limit: int | None = None, callback=None,
            progress: bool = True, seed: int = 0, wait_timeout: float = 3600.0,
-           loss=None) -> SearchResult:
-    """CoCo-Tune: the smallest candidate with validation accuracy >= ``target``.
+           loss=None, metric="accuracy") -> SearchResult:
+    """CoCo-Tune: the smallest candidate with validation ``metric`` >= ``target``.
 
     Candidates are explored smallest first (size: parameters, non-zero ones
     for pattern pruning). With ``use_blocks`` (CoCo-Tune) the tuning blocks
@@ -576,10 +612,18 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
     fine-tuning. ``limit``: evaluate at most this many candidates in this
     call. ``callback(result)`` runs after each candidate.
 
-    ``model`` must be trained and is not changed. ``loss`` defaults to sparse
-    categorical cross-entropy on logits.
+    ``model`` must be trained and is not changed. ``metric``: ``"accuracy"``
+    (top-1 of logits against integer labels; the default), ``"psnr"`` (dB,
+    images in [0, 1]: super-resolution, denoising) or a callable
+    ``f(y_true, y_pred) -> float``, higher being better. ``loss`` defaults to
+    sparse categorical cross-entropy on logits for accuracy and to the mean
+    squared error otherwise.
     """
-    if not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
+    metric_name, fn = _metric(metric)
+    if isinstance(target, bool) or not isinstance(target, (int, float, np.floating)) \
+            or not np.isfinite(target):
+        raise ValueError(f"target must be a finite number, got {target!r}")
+    if metric_name == "accuracy" and not 0.0 < float(target) <= 1.0:
         raise ValueError(f"target must be an accuracy in (0, 1], got {target!r}")
     for v, name in ((finetune_steps, "finetune_steps"), (eval_every, "eval_every"),
                     (pretrain_epochs, "pretrain_epochs"), (batch_size, "batch_size"),
@@ -600,7 +644,9 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
     xt, yt, xv, yv = (np.asarray(a) for a in (x_train, y_train, x_val, y_val))
     if len(xt) != len(yt) or len(xv) != len(yv) or not len(xt) or not len(xv):
         raise ValueError("x_train/y_train and x_val/y_val must be non-empty and of equal lengths")
-    loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if loss is None:
+        loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+                if metric_name == "accuracy" else keras.losses.MeanSquaredError())
     tm = _Model(model, modules)
     candidates = _as_candidates(candidates)
     for c in candidates:
@@ -609,6 +655,8 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
                     pretrain_epochs=pretrain_epochs, batch_size=batch_size,
                     learning_rate=learning_rate, use_blocks=use_blocks,
                     single_modules=single_modules, pretrain=pretrain, seed=seed)
+    if metric_name != "accuracy":  # (manifests of accuracy searches stay as they were)
+        settings["metric"] = metric_name
     if explore != "first":
         settings["explore"] = explore
     d = _open_directory(directory, _fingerprint(tm, candidates, settings, (xt, yt, xv, yv)))
@@ -684,10 +732,10 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
     # -- exploration in objective order ------------------------------------
     mine = [i for i in order if rank[i] % num_workers == worker]
     done = {r["index"] for r in _read_results(d)}
-    bar = keras.utils.Progbar(len(mine), stateful_metrics=["best_params", "best_acc"],
+    bar = keras.utils.Progbar(len(mine), stateful_metrics=["best_params", "best_score"],
                               verbose=1 if progress else 0)
-    best_acc_here = max([r["accuracy"] for r in _read_results(d) if r["worker"] == worker],
-                        default=-1.0)
+    best_acc_here = max([r["score"] for r in _read_results(d) if r["worker"] == worker],
+                        default=-np.inf)
     evaluated = 0
     data = (xt, yt, xv, yv)
     for n, i in enumerate(mine):
@@ -710,11 +758,11 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
         trace = _finetune(net, data, steps=finetune_steps, eval_every=eval_every,
                           target=float(target), batch_size=batch_size,
                           learning_rate=learning_rate, seed=seed + i, strategy=strategy,
-                          loss=loss)
+                          loss=loss, fn=fn)
         seconds = time.perf_counter() - t0
         steps, acc = trace[-1]
         res = dict(index=i, rank=rank[i], candidate=str(cand), rates=list(cand.rates),
-                   method=cand.method, size=sizes[i], accuracy=acc, steps=steps,
+                   method=cand.method, size=sizes[i], score=acc, steps=steps,
                    met=acc >= float(target), trace=trace, seconds=seconds, worker=worker,
                    blocks=[b.key for b in uses[i]])
         if writes:
@@ -727,7 +775,7 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
         evaluated += 1
         chosen, _ = _choose(_read_results(d) if writes else results + [res], target)
         bar.update(n + 1, values=[("best_params", chosen["size"]),
-                                  ("best_acc", chosen["accuracy"])])
+                                  ("best_score", chosen["score"])])
         if callback is not None:
             callback(res)
         if res["met"] and explore == "first":
@@ -742,6 +790,8 @@ def collect(directory, _tm=None) -> SearchResult:
         raise ValueError(f"directory: {d} holds no CoCo-Tune search (manifest.json)")
     manifest = json.loads((d / "manifest.json").read_text())
     target = manifest["settings"]["target"]
+    metric = manifest["settings"].get("metric", "accuracy")
+    fmt = lambda v: format_score(v, metric)  # noqa: E731
     total = len(manifest["candidates"])
     results = sorted(_read_results(d), key=lambda r: r["rank"])
     chosen, met = _choose(results, target)
@@ -760,12 +810,12 @@ def collect(directory, _tm=None) -> SearchResult:
         msg = "no candidate evaluated yet"
     elif met:
         msg = (f"chosen: {chosen['candidate']}, {chosen['size']:,} parameters "
-               f"({dense / chosen['size']:.2f}x smaller), accuracy {chosen['accuracy']:.2%} >= "
-               f"{target:.2%}" + ("" if complete else
+               f"({dense / chosen['size']:.2f}x smaller), {metric} {fmt(chosen['score'])} >= "
+               f"{fmt(target)}" + ("" if complete else
                                   "; smaller candidates are still being evaluated"))
     else:
-        msg = (f"objective unreachable: no candidate reached accuracy {target:.2%}"
+        msg = (f"objective unreachable: no candidate reached {metric} {fmt(target)}"
                f"{'' if complete else ' so far'}; best found: {chosen['candidate']}, "
-               f"{chosen['size']:,} parameters, accuracy {chosen['accuracy']:.2%}")
+               f"{chosen['size']:,} parameters, {metric} {fmt(chosen['score'])}")
     return SearchResult(chosen, met, complete, results, target, dense, pre, fine, len(results),
-                        total, msg, d, _tm)
+                        total, msg, d, metric, _tm)
