@@ -436,6 +436,10 @@ def test_search_psnr_metric(tmp_path):
         with pytest.raises(ValueError, match="target"):
             tune.search(model, noisy, x, xv, yv, candidates=cands, target=bad, metric="psnr",
                         modules=[["a", "b"]], directory=tmp_path / "x", **SEARCH)
+    with pytest.raises(ValueError, match=r"y_val has \(10,\)"):
+        tune.search(model, noisy[:200], x[:200], xv, np.zeros((len(xv), 10)),
+                    candidates=cands, target=20.0, metric="psnr", modules=[["a", "b"]],
+                    directory=tmp_path / "x", **SEARCH)
     with pytest.raises(ValueError, match="metric"):
         tune.search(model, noisy, x, xv, yv, candidates=cands, target=0.5, metric="ssim",
                     modules=[["a", "b"]], directory=tmp_path / "x", **SEARCH)

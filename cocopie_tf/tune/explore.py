@@ -647,6 +647,13 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
     if loss is None:
         loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)
                 if metric_name == "accuracy" else keras.losses.MeanSquaredError())
+    if metric_name == "psnr":
+        out_shape = tuple(model.outputs[0].shape[1:])
+        for name, arr in (("y_train", yt), ("y_val", yv)):
+            if tuple(arr.shape[1:]) != out_shape:
+                raise ValueError(f"metric='psnr' compares the model's output with {name}: "
+                                 f"output shape {out_shape} but {name} has "
+                                 f"{tuple(arr.shape[1:])} per sample")
     tm = _Model(model, modules)
     candidates = _as_candidates(candidates)
     for c in candidates:
