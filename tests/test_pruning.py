@@ -342,3 +342,32 @@ def test_retraining_lr_decay_resumes_and_can_be_off(tmp_path):
     np.testing.assert_allclose(rec.lrs, base, rtol=1e-6)
     with pytest.raises(ValueError, match="retrain_lr_decay"):
         cocopie_tf.ADMMPruning(retrain_lr_decay="step")
+
+
+def test_admm_updates_every_n_steps():
+    """update_unit="step": Z/U/Y/V are updated every N optimizer steps of the
+    ADMM phase (checked by counting the updates), rho grows once per epoch,
+    and the dual update is U <- U + W - Z with Z the projection of W + U."""
+    x, y = digits(320)
+    model = compile_(cocopie_tf.prune_patterns(functional()))
+    calls = []
+
+    class Counting(cocopie_tf.ADMMPruning):
+        def _admm_update(self):
+            w = self.wrappers[0]
+            before = (w.kernel_value(), np.asarray(w.u))
+            super()._admm_update()
+            calls.append((before, np.asarray(w.z), np.asarray(w.u)))
+
+    cb = Counting(admm_epochs=2, retrain_epochs=1, update_every=3, update_unit="step")
+    model.fit(x, y, epochs=3, batch_size=32, callbacks=[cb], verbose=0)  # 10 steps an epoch
+    assert len(calls) == 2 * (10 // 3)
+    wrapper = cb.wrappers[0]
+    for (wv, u0), z, u1 in calls:
+        pat, _ = wrapper.masks_for(wv + u0, connectivity=False)
+        np.testing.assert_allclose(z, (wv + u0) * pat, rtol=0, atol=0)
+        np.testing.assert_allclose(u1, u0 + wv - z, rtol=1e-6, atol=1e-7)
+    assert cb.summary()["phase"] == "masked"
+    check_constraints(cocopie_tf.strip_pruning(model), pruned_names(model))
+    with pytest.raises(ValueError, match="update_unit"):
+        cocopie_tf.ADMMPruning(update_unit="batch")

@@ -2,8 +2,10 @@
 
 Schedule (in epochs, counted in the wrappers so a reloaded model resumes):
   1. ADMM: the W-step is ordinary training on loss + penalty; every
-     ``update_every`` epochs Z <- proj_patterns(W + U), Y <- proj_conn(W + V),
-     U += W - Z, V += W - Y, rho grows by ``rho_growth`` (capped at ``rho_max``).
+     ``update_every`` epochs (or steps, ``update_unit="step"``)
+     Z <- proj_patterns(W + U), Y <- proj_conn(W + V), U += W - Z,
+     V += W - Y; rho grows by ``rho_growth`` (capped at ``rho_max``) at every
+     update, or at every epoch end when updating by steps.
   2. Hard prune: W <- W * mask(W), mask frozen, rho = 0.
   3. Masked retraining: pruned weights are reset to exactly zero after every
      optimizer step; with ``retrain_lr_decay="cosine"`` (opt-in) the
@@ -54,7 +56,10 @@ class ADMMPruning(keras.callbacks.Callback):
       admm_epochs: epochs of ADMM before the hard prune; default: 60% of the
         epochs of the first ``fit`` call (rounded up).
       retrain_epochs: masked-retraining epochs after it; default: the rest.
-      update_every: epochs between Z/U/Y/V updates.
+      update_every: epochs (or steps) between Z/U/Y/V updates.
+      update_unit: ``"epoch"`` (default) or ``"step"``: the unit of
+        ``update_every``. Step updates give ADMM many more dual iterations in a
+        short phase; rho then grows once per epoch.
       rho: initial penalty weight; rho_growth, rho_max: its schedule (rho is
         multiplied by ``rho_growth`` at every update, up to ``rho_max``). The
         defaults (1e-2, x2, cap 1) bring the residuals ||W - Z||^2 / ||W||^2
@@ -73,13 +78,17 @@ class ADMMPruning(keras.callbacks.Callback):
 
     def __init__(self, admm_epochs: int | None = None, retrain_epochs: int | None = None,
                  update_every: int = 1, rho: float = 1e-2, rho_growth: float = 2.0,
-                 rho_max: float = 1.0, retrain_lr_decay: str | None = None):
+                 rho_max: float = 1.0, retrain_lr_decay: str | None = None,
+                 update_unit: str = "epoch"):
         super().__init__()
         for name, value in (("admm_epochs", admm_epochs), ("retrain_epochs", retrain_epochs)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"update_every must be a positive integer, got {update_every!r}")
+        if update_unit not in ("epoch", "step"):
+            raise ValueError(f"update_unit must be 'epoch' or 'step', got {update_unit!r}")
+        self.update_unit = update_unit
         if not (rho > 0 and rho_growth >= 1 and rho_max >= rho):
             raise ValueError("need rho > 0, rho_growth >= 1 and rho_max >= rho")
         self.admm_epochs, self.retrain_epochs = admm_epochs, retrain_epochs
@@ -110,8 +119,11 @@ class ADMMPruning(keras.callbacks.Callback):
             return
         done = self.epoch + 1
         self._set_all("epoch", done)
-        if done % self.update_every == 0:
+        if self.update_unit == "step":
+            self._grow_rho()
+        elif done % self.update_every == 0:
             self._admm_update()
+            self._grow_rho()
         if logs is not None:
             logs.update(self.last_residuals)
         if done >= self.schedule[0]:
@@ -126,6 +138,9 @@ class ADMMPruning(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps_done += 1
+        if self.update_unit == "step" and self._steps_done % self.update_every == 0 \
+                and self.phase == PHASE_ADMM:
+            self._admm_update()
         if self.phase == PHASE_MASKED:
             for w in self.wrappers:
                 kernel = prunable_kernel(w.layer)
@@ -236,21 +251,26 @@ class ADMMPruning(keras.callbacks.Callback):
             z = (wv + u) * pat
             _, conn = w.masks_for(wv + v)
             y = (wv + v) * conn
-            rho = float(_np(w.rho))
-            new_rho = min(rho * self.rho_growth, self.rho_max)
-            # U, V are scaled duals (lambda / rho): rescale them when rho changes.
-            scale = rho / new_rho
             w.z.assign(z)
             w.y.assign(y)
-            w.u.assign((u + wv - z) * scale)
-            w.v.assign((v + wv - y) * scale)
-            w.rho.assign(new_rho)
+            w.u.assign(u + wv - z)
+            w.v.assign(v + wv - y)
             num_z += float(np.sum((wv - z) ** 2))
             num_y += float(np.sum((wv - y) ** 2))
             den += float(np.sum(wv**2))
         den = max(den, 1e-30)
         self.last_residuals = {"admm_pattern_residual": num_z / den,
                                "admm_connectivity_residual": num_y / den}
+
+    def _grow_rho(self):
+        for w in self.wrappers:
+            rho = float(_np(w.rho))
+            new_rho = min(rho * self.rho_growth, self.rho_max)
+            # U, V are scaled duals (lambda / rho): rescale them when rho changes.
+            scale = rho / new_rho
+            w.u.assign(_np(w.u) * scale)
+            w.v.assign(_np(w.v) * scale)
+            w.rho.assign(new_rho)
 
     def _hard_prune(self):
         for w in self.wrappers:
