@@ -59,7 +59,10 @@ class ADMMPruning(keras.callbacks.Callback):
       update_every: epochs (or steps) between Z/U/Y/V updates.
       update_unit: ``"epoch"`` (default) or ``"step"``: the unit of
         ``update_every``. Step updates give ADMM many more dual iterations in a
-        short phase; rho then grows once per epoch.
+        short phase; rho then grows once per epoch. With the default rho ramp
+        they can pull too hard: on the digits benchmark, updates every 5 steps
+        (about 5 per epoch) ended at 97.2% against 99.2% with epoch updates
+        (docs/pruning.md); lower ``rho``/``rho_growth`` when using them.
       rho: initial penalty weight; rho_growth, rho_max: its schedule (rho is
         multiplied by ``rho_growth`` at every update, up to ``rho_max``). The
         defaults (1e-2, x2, cap 1) bring the residuals ||W - Z||^2 / ||W||^2
