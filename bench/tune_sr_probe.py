@@ -105,9 +105,9 @@ def main():
                                 for b, p in pre.items()), flush=True)
     for rates in [(0.3, 0.3, 0.3), (0.5, 0.5, 0.5), (0.7, 0.7, 0.7), (0.3, 0.7, 0.5)]:
         cand = tune.Candidate(rates, "filter")
-        for name, use in (("baseline", ()), ("blocks", [b for b in pre if b.rates[0] == rates[b.start]])):
+        for name, blocks_ in (("baseline", None), ("blocks", pre)):
             keras.utils.set_random_seed(1)
-            net = tm.build(cand, pre if use else None, use, masks=True)
+            net = tune.assemble(tm, cand, blocks_, masks=True)
             trace = E._finetune(net, (xtr, ytr, xva, yva), steps=args.steps, eval_every=40,
                                 target=float("inf"), batch_size=64, learning_rate=1e-3, seed=1,
                                 strategy=None, loss=keras.losses.MeanSquaredError(), fn=E._psnr)

@@ -313,9 +313,9 @@ class _Eval(keras.callbacks.Callback):
         self.fn = fn
 
     def on_epoch_end(self, epoch, logs=None):
-        acc = _score(self.model, self.xv, self.yv, self.fn)
-        self.trace.append(((epoch + 1) * self.every, acc))
-        if acc >= self.target:
+        score = _score(self.model, self.xv, self.yv, self.fn)
+        self.trace.append(((epoch + 1) * self.every, score))
+        if score >= self.target:
             self.model.stop_training = True
 
 
@@ -375,9 +375,9 @@ def _finetune_loop(model, data, trace, *, steps, eval_every, target, batch_size,
             idx = np.sort(stream[pos:pos + b])
             pos += b
             step(xt[idx], yt[idx])
-        acc = _score(model, xv, yv, fn)
-        trace.append(((k + 1) * eval_every, acc))
-        if acc >= target:
+        score = _score(model, xv, yv, fn)
+        trace.append(((k + 1) * eval_every, score))
+        if score >= target:
             break
     return trace
 
@@ -741,7 +741,7 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
     done = {r["index"] for r in _read_results(d)}
     bar = keras.utils.Progbar(len(mine), stateful_metrics=["best_params", "best_score"],
                               verbose=1 if progress else 0)
-    best_acc_here = max([r["score"] for r in _read_results(d) if r["worker"] == worker],
+    best_here = max([r["score"] for r in _read_results(d) if r["worker"] == worker],
                         default=-np.inf)
     evaluated = 0
     data = (xt, yt, xv, yv)
@@ -767,18 +767,18 @@ def search(model, x_train, y_train, x_val, y_val, *, candidates, target: float, 
                           learning_rate=learning_rate, seed=seed + i, strategy=strategy,
                           loss=loss, fn=fn)
         seconds = time.perf_counter() - t0
-        steps, acc = trace[-1]
+        steps, score = trace[-1]
         res = dict(index=i, rank=rank[i], candidate=str(cand), rates=list(cand.rates),
-                   method=cand.method, size=sizes[i], score=acc, steps=steps,
-                   met=acc >= float(target), trace=trace, seconds=seconds, worker=worker,
+                   method=cand.method, size=sizes[i], score=score, steps=steps,
+                   met=score >= float(target), trace=trace, seconds=seconds, worker=worker,
                    blocks=[b.key for b in uses[i]])
         if writes:
-            if res["met"] or acc > best_acc_here:  # keep the weights a final answer may need
+            if res["met"] or score > best_here:  # keep the weights a final answer may need
                 _write_npz(d / "results" / f"{i:05d}.npz",
                            {f"{l.name}|{k}": w for l in net.layers
                             for k, w in enumerate(l.get_weights())})
             _write_json(d / "results" / f"{i:05d}.json", res)
-        best_acc_here = max(best_acc_here, acc)
+        best_here = max(best_here, score)
         evaluated += 1
         chosen, _ = _choose(_read_results(d) if writes else results + [res], target)
         bar.update(n + 1, values=[("best_params", chosen["size"]),
