@@ -79,8 +79,21 @@ class Partition {
         internal_dims[op.output] = op.output_dims;
         scratch_[op.output].resize(static_cast<size_t>(n));
       }
-      if (op.use_pattern) ChooseTuning(&op);
       ReportEntry e;
+      if (op.use_pattern) {
+        ChooseTuning(&op);
+        // Code generation (or the static layout) happens here, not in the
+        // first Invoke.
+        e.engine = PreparePatternConv(delegate_->kernels, op.shape, op.pattern,
+                                      &op.pattern_scratch, op.tuning);
+        e.jit_error = op.pattern_scratch.jit_error;
+        if (const JitKernel* k = op.pattern_scratch.jit.get()) {
+          e.code_bytes = static_cast<int64_t>(k->code_bytes());
+          e.generate_ms = k->generate_ms();
+          e.jit_filters = k->layout().filters;
+          e.jit_vectors = k->layout().vectors;
+        }
+      }
       e.node_index = op.node_index;
       e.tuning = op.tuning_source;
       e.chunk_channels = op.tuning.chunk_channels;
@@ -94,6 +107,7 @@ class Partition {
         kname = op.kind == OpKind::kConv2D ? "conv2d"
                 : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d" : "fc";
       e.kernel = KernelName(delegate_->kernels, kname);
+      if (op.use_pattern && op.pattern_scratch.jit) e.kernel = "f32_conv2d_pattern__" + e.engine;
       e.dense_macs = DenseMacs(op);
       e.executed_macs = ExecutedMacs(op);
       e.patterns = op.pattern_stats.distinct_patterns;
@@ -135,29 +149,31 @@ class Partition {
   void ChooseTuning(OpPlan* op) {
     const DelegateOptions& o = delegate_->options;
     op->tuning = PatternTuning();
+    op->tuning.jit = delegate_->jit;
     op->tuning_source = "default";
     if (o.tune == "off" || delegate_->kernels == nullptr) return;
     if (delegate_->tuning_cache == nullptr)
       delegate_->tuning_cache.reset(
           new TuningCache(o.tune_cache.empty() ? DefaultTuningCachePath() : o.tune_cache));
-    const std::string key =
-        TuningKey(delegate_->kernels, delegate_->num_threads, op->shape, op->pattern);
+    const std::string key = TuningKey(delegate_->kernels, delegate_->num_threads, op->shape,
+                                      op->pattern, delegate_->jit);
     if (delegate_->tuning_cache->Lookup(key, &op->tuning)) {
       op->tuning_source = "cached";
       return;
     }
     if (o.tune != "on") return;
     const TuneResult r = TunePatternConv(delegate_->kernels, op->shape, op->pattern,
-                                         delegate_->pool.get(), o.tune_budget_ms);
+                                         delegate_->pool.get(), o.tune_budget_ms, delegate_->jit);
     op->tuning = r.tuning;
     op->tuning_source = "tuned";
     delegate_->tuning_cache->Put(key, r.tuning, r.best_ms);
     cache_dirty_ = true;
     char buf[200];
     std::snprintf(buf, sizeof buf,
-                  "node %d: tuned chunk_channels=%d tile_vectors=%d: %.3f ms (default %.3f ms, "
-                  "%d candidates)",
-                  op->node_index, r.tuning.chunk_channels, r.tuning.tile_vectors, r.best_ms,
+                  "node %d: tuned jit=%s jit_filters=%d jit_vectors=%d chunk_channels=%d "
+                  "tile_vectors=%d: %.3f ms (default %.3f ms, %d candidates)",
+                  op->node_index, JitIsaName(r.tuning.jit), r.tuning.jit_filters,
+                  r.tuning.jit_vectors, r.tuning.chunk_channels, r.tuning.tile_vectors, r.best_ms,
                   r.default_ms, r.candidates);
     delegate_->Log(buf);
   }
@@ -286,7 +302,8 @@ TfLiteStatus DelegatePrepare(TfLiteContext* ctx, TfLiteDelegate* base) {
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return kTfLiteError;
     std::string why = CheckSupported(ctx, node, reg);
     if (why.empty() && !d->options.claim_all)
-      why = CheckWorthClaiming(ctx, node, reg, d->options.pattern_kernels && d->kernels != nullptr);
+      why = CheckWorthClaiming(ctx, node, reg, d->options.pattern_kernels && d->kernels != nullptr,
+                               d->jit_isa());
     if (why.empty()) {
       claimed.push_back(node_index);
       d->Log("claims node " + std::to_string(node_index));
@@ -347,7 +364,12 @@ std::string Delegate::ReportJson() {
       s += ",\"tuning\":\"" + e.tuning + "\",\"chunk_channels\":" +
            std::to_string(e.chunk_channels) + ",\"tile_vectors\":" +
            std::to_string(e.tile_vectors) +
-           ",\"keeps_layout\":" + (e.keeps_layout ? "true" : "false");
+           ",\"keeps_layout\":" + (e.keeps_layout ? "true" : "false") + ",\"engine\":\"" +
+           JsonEscape(e.engine) + "\",\"jit_error\":\"" + JsonEscape(e.jit_error) +
+           "\",\"code_bytes\":" + std::to_string(e.code_bytes) +
+           ",\"generate_ms\":" + std::to_string(e.generate_ms) +
+           ",\"jit_filters\":" + std::to_string(e.jit_filters) +
+           ",\"jit_vectors\":" + std::to_string(e.jit_vectors);
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",
@@ -380,6 +402,7 @@ Delegate* CreateDelegate(const DelegateOptions& options, std::string* error) {
   auto* d = new Delegate();
   d->options = options;
   d->kernels = kernels;
+  ParseJitIsa(options.jit, &d->jit);  // validated by ParseDelegateOptions
   d->base.data_ = d;
   d->base.Prepare = DelegatePrepare;
   // Prepare re-derives shapes, so inputs may be resized after delegation.

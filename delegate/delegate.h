@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cc/kernels/dispatch.h"
+#include "cc/kernels/jit_pattern.h"
 #include "cc/kernels/tuning.h"
 #include "delegate/metadata.h"
 #include "delegate/options.h"
@@ -29,6 +30,13 @@ struct ReportEntry {
   std::string tuning = "default";  // pattern kernel knobs: default | cached | tuned
   int chunk_channels = 0, tile_vectors = 0;
   bool keeps_layout = false;  // output handed to the next pattern conv in CHW
+  // Pattern convs: what runs them ("jit_avx512", "jit_avx2_fma" or the static
+  // set's ISA), and for generated code its size, generation time and tile.
+  std::string engine;
+  std::string jit_error;  // why code was not generated, if it was wanted
+  int64_t code_bytes = 0;
+  double generate_ms = 0;
+  int jit_filters = 0, jit_vectors = 0;
   int64_t invokes = 0;    // with profile=true: runs timed so far
   double total_ms = 0.0;  // and their summed wall time
 };
@@ -37,6 +45,12 @@ struct Delegate {
   TfLiteDelegate base{};  // handed to the runtime; base.data_ points here
   DelegateOptions options;
   const KernelSet* kernels = nullptr;  // null: reference kernels
+  JitIsa jit = JitIsa::kAuto;          // requested pattern-conv engine (options.jit)
+  // The generator that will run pattern convs (kNone: static kernels).
+  JitIsa jit_isa() const {
+    std::string why;
+    return ResolveJitIsa(kernels, jit, &why);
+  }
   std::unique_ptr<ThreadPool> pool;
   int num_threads = 1;
 

@@ -232,7 +232,8 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
 }
 
 std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
-                               const TfLiteRegistration* reg, bool pattern_kernels) {
+                               const TfLiteRegistration* reg, bool pattern_kernels,
+                               JitIsa jit) {
   if (reg->builtin_code != kTfLiteBuiltinConv2d)
     return "dense operator: TFLite's own kernel is faster (use claim=all to force)";
   if (!pattern_kernels) return "pattern kernels are off and the dense kernel is slower than TFLite's";
@@ -244,7 +245,7 @@ std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
   geometry.stride_h = p->stride_height; geometry.stride_w = p->stride_width;
   if (!PatternKernelApplies(st, geometry))
     return "not pattern-pruned (or strided): TFLite's dense kernel is faster";
-  const double speedup = PredictedSpeedupOverDense(st);
+  const double speedup = PredictedSpeedupOverDense(st, jit);
   if (speedup < 1.05)
     return "pattern kernel predicted " + std::to_string(speedup).substr(0, 4) +
            "x of TFLite's dense kernel: not worth claiming";

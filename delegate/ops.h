@@ -57,7 +57,8 @@ std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
 // string if so, otherwise why not. Only pattern-pruned convolutions that the
 // cost model predicts faster than a dense XNNPACK kernel are.
 std::string CheckWorthClaiming(const TfLiteContext* context, const TfLiteNode* node,
-                               const TfLiteRegistration* reg, bool pattern_kernels);
+                               const TfLiteRegistration* reg, bool pattern_kernels,
+                               JitIsa jit = JitIsa::kNone);
 
 // Builds the plan of a node that CheckSupported accepted. `kernels` is the
 // delegate's kernel set (null: reference kernels only, no pattern kernels).

@@ -41,7 +41,7 @@ const std::vector<std::string>& DelegateOptionKeys() {
   static const std::vector<std::string> keys = {"num_threads", "backend", "verbose",
                                                 "profile", "kernel", "pattern_kernels",
                                                 "claim", "tune", "tune_cache",
-                                                "tune_budget_ms"};
+                                                "tune_budget_ms", "jit"};
   return keys;
 }
 
@@ -118,6 +118,20 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
         *error = "option 'pattern_kernels': expected 'auto' or 'off', got " + Quote(value);
         return false;
       }
+    } else if (key == "jit") {
+      JitIsa isa;
+      if (!ParseJitIsa(value, &isa)) {
+        *error = "option 'jit': expected 'auto', 'static', 'avx2_fma' or 'avx512', got " +
+                 Quote(value);
+        return false;
+      }
+      std::string why;
+      ResolveJitIsa(SelectKernelSet("auto", &why), isa, &why);
+      if (!why.empty()) {
+        *error = "option 'jit': " + why;
+        return false;
+      }
+      parsed.jit = value;
     } else if (key == "kernel") {
       std::string why;
       SelectKernelSet(value, &why);

@@ -16,6 +16,9 @@ struct DelegateOptions {
   bool verbose = false;
   bool profile = false;  // time every claimed node; times appear in the report
   std::string kernel = "auto";  // auto | reference | <isa>, see dispatch.h
+  // Pattern convs: code generated per layer (auto: the best ISA this CPU and
+  // build have), or static (the kernel set's fixed kernels), or one ISA.
+  std::string jit = "auto";  // auto | static | avx2_fma | avx512
   bool pattern_kernels = true;  // use pattern kernels for pattern-pruned convs
   // auto: claim only nodes the cost model predicts faster than TFLite's own
   // (XNNPACK) kernels; all: every supported node (tests, runtimes without XNNPACK).

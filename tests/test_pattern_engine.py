@@ -53,6 +53,88 @@ def test_pattern_conv_matches_numpy(batch, h, w, ic, oc_groups, group, k, dil, p
         assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
 
 
+JIT_ISAS = [i for i in ("avx2_fma", "avx512") if i in _cc.jit_choices()]
+# Largest M per V, as the generator's register budget allows.
+JIT_MAX_M = {"avx512": {1: 31, 2: 14, 3: 9, 4: 6}, "avx2_fma": {1: 14, 2: 6, 3: 4, 4: 2}}
+
+
+@pytest.mark.skipif(not JIT_ISAS, reason="no code generator in this build or CPU")
+@settings(max_examples=150, deadline=None)
+@given(batch=st.integers(1, 2), h=st.integers(1, 20), w=st.integers(1, 37),
+       ic=st.integers(1, 20), oc=st.integers(1, 70), group=st.integers(1, 4),
+       k=st.sampled_from([1, 3, 5]), dil=st.integers(1, 2),
+       padding=st.sampled_from(["same", "valid"]), act=st.sampled_from(["none", "relu", "relu6"]),
+       conn=st.sampled_from([1.0, 2.0, 3.6]), threads=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1), isa=st.sampled_from(JIT_ISAS or ["none"]),
+       vectors=st.integers(1, 4), m_frac=st.floats(0, 1), jit_reorder=st.booleans(),
+       reorder=st.booleans())
+def test_generated_pattern_conv_matches_numpy(batch, h, w, ic, oc, group, k, dil, padding, act,
+                                              conn, threads, seed, isa, vectors, m_frac,
+                                              jit_reorder, reorder):
+    """Code generated per layer (every ISA the CPU has, every register tile
+    M x V the generator allows, filter blocking on/off) equals float64."""
+    if padding == "valid" and (k - 1) * dil + 1 > min(h, w):
+        return
+    rng = np.random.default_rng(seed)
+    oc = max(group, oc // group * group)
+    filt = _pruned_filter(rng, oc, k, ic, connectivity=conn, group=group)
+    x = rng.standard_normal((batch, h, w, ic)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32)
+    ref = np_conv2d(x, filt, b, (1, 1), (dil, dil), padding, act=act)
+    m = 1 + int(m_frac * (JIT_MAX_M[isa][vectors] - 1))
+    layer = _cc.PatternConvLayer(filt, b, dilations=(dil, dil), padding=padding, activation=act,
+                                 num_threads=threads, reorder=reorder, jit=isa, jit_filters=m,
+                                 jit_vectors=vectors, jit_reorder=jit_reorder)
+    for _ in range(2):  # the second call reuses the scratch and its halo
+        out = layer(x)
+        assert out.shape == ref.shape
+        assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
+    e = layer.engine
+    assert e["engine"] == "jit_" + isa and e["jit_filters"] == m and e["jit_vectors"] == vectors
+    assert e["uses"] == np.count_nonzero(filt)  # one FMA per kept weight and vector
+
+
+def test_generated_kernel_isas_on_this_machine():
+    """Says which generator ISAs this machine tested (see -ra output), and
+    that auto picks the widest one."""
+    import re
+
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    has512 = re.search(r"\bavx512f\b", flags) is not None
+    has2 = re.search(r"\bavx2\b", flags) is not None and re.search(r"\bfma\b", flags) is not None
+    if not _cc.jit_compiled():
+        if __import__("os").environ.get("COCOPIE_REQUIRE_JIT"):
+            pytest.fail("COCOPIE_REQUIRE_JIT is set but the build has no code generator "
+                        "(apt-get install libxbyak-dev, then reinstall)")
+        pytest.skip("built without the code generator (libxbyak-dev missing)")
+    assert ("avx512" in JIT_ISAS) == has512 and ("avx2_fma" in JIT_ISAS) == has2
+    filt = _pruned_filter(np.random.default_rng(0), 16, 3, 8)
+    layer = _cc.PatternConvLayer(filt)
+    layer(np.ones((1, 6, 6, 8), np.float32))
+    want = "jit_avx512" if has512 else "jit_avx2_fma" if has2 else _cc.default_kernel_set()
+    assert layer.engine["engine"] == want
+    print("generator ISAs tested here:", JIT_ISAS)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(jit="sse9"), "jit must be one of"),
+    (dict(jit_vectors=5), "jit_vectors"),
+    (dict(jit_filters=-1), "jit_filters"),
+])
+def test_bad_generator_knobs_are_refused(kwargs, match):
+    filt = _pruned_filter(np.random.default_rng(0), 8, 3, 4)
+    with pytest.raises(ValueError, match=match):
+        _cc.PatternConvLayer(filt, **kwargs)
+
+
+@pytest.mark.skipif(not JIT_ISAS, reason="no code generator in this build or CPU")
+def test_generator_tile_too_large_is_a_clear_error():
+    filt = _pruned_filter(np.random.default_rng(0), 8, 3, 4)
+    layer = _cc.PatternConvLayer(filt, jit=JIT_ISAS[0], jit_filters=32, jit_vectors=1)
+    with pytest.raises(ValueError, match="jit_filters must be 1.."):
+        layer(np.ones((1, 5, 5, 4), np.float32))
+
+
 def test_fkw_arrays_rebuild_the_filter():
     """Decoding the five FKW arrays by the documented rules gives back the
     filter exactly: the format is complete and means what docs say."""

@@ -45,13 +45,13 @@ def test_tune_on_writes_cache_then_cached_reuses_it(pruned_tflite, tmp_path):
     assert len(entries) == 2 and all(e["tuning"] == "tuned" for e in entries)
     assert rel_error(out, ref) <= 1e-5
     lines = cache.read_text().splitlines()
-    assert len(lines) == 2 and all(l.startswith("v1\t") and l.count("\t") == 4 for l in lines)
+    assert len(lines) == 2 and all(l.startswith("v2\t") and l.count("\t") == 7 for l in lines)
     assert not list(cache.parent.glob("*.tmp.*"))  # written via rename, nothing left over
 
     out2, entries2 = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
     assert [e["tuning"] for e in entries2] == ["cached", "cached"]
-    assert [(e["chunk_channels"], e["tile_vectors"]) for e in entries2] == \
-        [(e["chunk_channels"], e["tile_vectors"]) for e in entries]
+    knobs = ("chunk_channels", "tile_vectors", "engine", "jit_filters", "jit_vectors")
+    assert [[e[k] for k in knobs] for e in entries2] == [[e[k] for k in knobs] for e in entries]
     assert rel_error(out2, ref) <= 1e-5
 
     _, entries3 = _run(pruned_tflite, x, tune="off", tune_cache=str(cache))
@@ -75,9 +75,40 @@ def test_every_cached_knob_gives_the_same_result(pruned_tflite, tmp_path):
             assert rel_error(out, ref) <= 1e-5, (chunk, tile)
 
 
+def test_every_cached_generator_knob_gives_the_same_result(pruned_tflite, tmp_path):
+    # v2 entries with the generated kernel's register tile (M filters x V
+    # vectors), for every ISA this CPU runs, and the static kernels (jit=1).
+    from cocopie_tf import _cc
+
+    isas = [i for i in ("avx2_fma", "avx512") if i in _cc.jit_choices()]
+    if not isas:
+        pytest.skip("no code generator in this build or CPU: " + str(_cc.jit_choices()))
+    cache = tmp_path / "tuning.tsv"
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 20, 20, 32)).astype(np.float32)
+    ref = reference_outputs(pruned_tflite, [x])[0]
+    _run(pruned_tflite, x, tune="on", tune_cache=str(cache), tune_budget_ms=5)
+    keys = [l.split("\t")[1] for l in cache.read_text().splitlines()]
+    code = {"avx2_fma": 2, "avx512": 3}
+    for isa in isas:
+        for m, v in [(1, 1), (5, 1), (14, 1), (6, 2), (4, 3), (2, 4)] + \
+                    ([(31, 1), (28, 1), (14, 2), (9, 3), (6, 4)] if isa == "avx512" else []):
+            cache.write_text("".join(f"v2\t{k}\t0\t0\t{code[isa]}\t{m}\t{v}\t1.0\n" for k in keys))
+            out, entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
+            assert [(e["engine"], e["jit_filters"], e["jit_vectors"]) for e in entries] == \
+                [("jit_" + isa, m, v)] * 2
+            assert all(e["code_bytes"] > 0 for e in entries)
+            assert rel_error(out, ref) <= 1e-5, (isa, m, v)
+    cache.write_text("".join(f"v2\t{k}\t3\t2\t1\t0\t0\t1.0\n" for k in keys))
+    out, entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
+    assert [e["engine"] for e in entries] == [_cc.default_kernel_set()] * 2
+    assert rel_error(out, ref) <= 1e-5
+
+
 @pytest.mark.parametrize("junk", [
     b"v1\tkey\n", b"v2\tk\t1\t2\t3\n", b"v1\tk\tx\t2\t3\n", b"v1\tk\t-4\t2\t3\n",
     b"v1\tk\t4\t9\t3\n", b"v1\tk\t4\t5\t3\n", b"\xff\xfe\x00garbage\n", b"v1\t\t4\t2\t1\n" * 3,
+    b"v2\tk\t0\t0\t7\t4\t1\t1\n", b"v2\tk\t0\t0\t3\t40\t1\t1\n", b"v2\tk\t0\t0\t3\t4\t5\t1\n",
+    b"v2\tk\t0\t0\t-1\t4\t1\t1\n", b"v2\tk\t0\t0\t3\t4\t1\tfast\n",
 ])
 def test_damaged_cache_is_ignored(pruned_tflite, tmp_path, junk):
     cache = tmp_path / "tuning.tsv"

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cc/kernels/dispatch.h"
+#include "cc/kernels/jit_pattern.h"
 #include "cc/kernels/kernels.h"
 #include "cc/kernels/tuning.h"
 
@@ -150,7 +151,8 @@ class PatternConvLayer {
   PatternConvLayer(const Array& filter, const py::object& bias, std::pair<int, int> dilations,
                    const std::string& padding, const std::string& activation,
                    const std::string& kernel, int num_threads, int group, bool reorder,
-                   int chunk_channels, int tile_vectors)
+                   int chunk_channels, int tile_vectors, const std::string& jit, int jit_filters,
+                   int jit_vectors, bool jit_reorder)
       : dilations_(dilations), padding_(padding), activation_(activation) {
     if (filter.ndim() != 4) throw py::value_error("filter must be OHWI (4-D)");
     oc_ = filter.shape(0); kh_ = filter.shape(1); kw_ = filter.shape(2); ic_ = filter.shape(3);
@@ -187,6 +189,17 @@ class PatternConvLayer {
     if (!why.empty()) throw py::value_error(why);
     tuning_.chunk_channels = chunk_channels;
     tuning_.tile_vectors = tile_vectors;
+    if (!ParseJitIsa(jit, &tuning_.jit))
+      throw py::value_error("jit must be one of 'auto', 'static', 'avx2_fma', 'avx512', got '" +
+                            jit + "'");
+    std::string err;
+    ResolveJitIsa(set_, tuning_.jit, &err);
+    if (!err.empty()) throw py::value_error(err);
+    if (jit_filters < 0 || jit_vectors < 0 || jit_vectors > 4)
+      throw py::value_error("jit_filters must be >= 0 and jit_vectors 0..4 (0 = automatic)");
+    tuning_.jit_filters = jit_filters;
+    tuning_.jit_vectors = jit_vectors;
+    tuning_.jit_reorder = jit_reorder;
   }
 
   Array Call(const Array& input) {
@@ -195,6 +208,11 @@ class PatternConvLayer {
     Array out({s.batch, s.out_h, s.out_w, s.out_c});
     {
       py::gil_scoped_release release;
+      PreparePatternConv(set_, s, plan_, &scratch_, tuning_);
+      if (tuning_.jit != JitIsa::kAuto && tuning_.jit != JitIsa::kNone && !scratch_.jit) {
+        py::gil_scoped_acquire acquire;
+        throw py::value_error("jit: code not generated: " + scratch_.jit_error);
+      }
       RunPatternConv(set_, s, plan_, &scratch_, input.data(), out.mutable_data(), pool_.get(),
                      tuning_);
     }
@@ -209,7 +227,7 @@ class PatternConvLayer {
     TuneResult r;
     {
       py::gil_scoped_release release;
-      r = TunePatternConv(set_, s, plan_, pool_.get(), budget_ms);
+      r = TunePatternConv(set_, s, plan_, pool_.get(), budget_ms, tuning_.jit);
     }
     tuning_ = r.tuning;
     py::dict d;
@@ -218,6 +236,25 @@ class PatternConvLayer {
     d["best_ms"] = r.best_ms;
     d["default_ms"] = r.default_ms;
     d["candidates"] = r.candidates;
+    return d;
+  }
+
+  // What the last call ran: the engine, and for generated code its size,
+  // generation time, tile and filter blocks.
+  py::dict Engine() const {
+    py::dict d;
+    d["engine"] = scratch_.engine;
+    d["jit_error"] = scratch_.jit_error;
+    if (scratch_.jit) {
+      const JitLayout& l = scratch_.jit->layout();
+      d["code_bytes"] = scratch_.jit->code_bytes();
+      d["generate_ms"] = scratch_.jit->generate_ms();
+      d["filter_blocks"] = scratch_.jit->num_blocks();
+      d["jit_filters"] = l.filters;
+      d["jit_vectors"] = l.vectors;
+      d["columns"] = l.columns;
+      d["uses"] = l.uses;
+    }
     return d;
   }
 
@@ -241,7 +278,7 @@ Array PatternConv2D(const Array& input, const Array& filter, const py::object& b
                    const std::string& activation, const std::string& kernel, int num_threads,
                    int group) {
   PatternConvLayer layer(filter, bias, dilations, padding, activation, kernel, num_threads, group,
-                         true, 0, 0);
+                         true, 0, 0, "auto", 0, 0, true);
   return layer.Call(input);
 }
 
@@ -300,12 +337,17 @@ PYBIND11_MODULE(_cc, m) {
                                "NHWC inputs.  reorder/chunk_channels/tile_vectors are the "
                                "engine's knobs (0 = automatic), for ablation and tuning.")
       .def(py::init<const Array&, const py::object&, std::pair<int, int>, const std::string&,
-                    const std::string&, const std::string&, int, int, bool, int, int>(),
+                    const std::string&, const std::string&, int, int, bool, int, int,
+                    const std::string&, int, int, bool>(),
            py::arg("filter"), py::arg("bias") = py::none(), py::arg("dilations") = pair11,
            py::arg("padding") = "same", py::arg("activation") = "none",
            py::arg("kernel") = "auto", py::arg("num_threads") = 1,
            py::arg("group") = kMaxGroup, py::arg("reorder") = true,
-           py::arg("chunk_channels") = 0, py::arg("tile_vectors") = 0)
+           py::arg("chunk_channels") = 0, py::arg("tile_vectors") = 0, py::arg("jit") = "auto",
+           py::arg("jit_filters") = 0, py::arg("jit_vectors") = 0, py::arg("jit_reorder") = true)
+      .def_property_readonly("engine", &PatternConvLayer::Engine,
+                             "what the last call ran: engine name, and for generated code "
+                             "code_bytes, generate_ms, filter blocks and tile")
       .def("__call__", &PatternConvLayer::Call, py::arg("input"))
       .def("tune", &PatternConvLayer::Tune, py::arg("input"), py::arg("budget_ms") = 400.0,
            "Auto-tunes the knobs for this input shape (as the delegate's tune=on) and keeps them.")
@@ -319,6 +361,8 @@ PYBIND11_MODULE(_cc, m) {
   m.def("default_tuning_cache_path", &DefaultTuningCachePath,
         "The tuning cache file the delegate uses when tune_cache is not given.");
   m.def("kernel_choices", &KernelChoices, "Accepted values of the 'kernel' option.");
+  m.def("jit_choices", &JitChoices, "Accepted values of the 'jit' option on this build and CPU.");
+  m.def("jit_compiled", &JitCompiled, "Whether this build contains the code generator.");
   m.def("default_kernel_set", [] {
     std::string e;
     const KernelSet* s = SelectKernelSet("auto", &e);

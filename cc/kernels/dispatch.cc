@@ -1,8 +1,11 @@
 #include "cc/kernels/dispatch.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
+#include "cc/kernels/jit_pattern.h"
 #include "cc/kernels/reference.h"
 
 namespace cocopie {
@@ -105,6 +108,46 @@ const KernelSet* SelectKernelSet(const std::string& choice, std::string* error) 
   return nullptr;
 }
 
+JitIsa ResolveJitIsa(const KernelSet* set, JitIsa requested, std::string* error) {
+  error->clear();
+  const CpuFeatures& cpu = DetectCpu();
+  const bool avx2 = cpu.avx2 && cpu.fma;
+  switch (requested) {
+    case JitIsa::kNone: return JitIsa::kNone;
+    case JitIsa::kAuto:
+      // Generated code only where the user did not ask for a plain kernel
+      // set, and only for an ISA this CPU runs.
+      if (!JitCompiled() || set == nullptr || std::string(set->isa) == "generic")
+        return JitIsa::kNone;
+      if (cpu.avx512f) return JitIsa::kAvx512;
+      return avx2 ? JitIsa::kAvx2 : JitIsa::kNone;
+    case JitIsa::kAvx2:
+    case JitIsa::kAvx512: {
+      if (!JitCompiled()) {
+        *error = "jit: this build has no code generator (install libxbyak-dev and rebuild)";
+        return JitIsa::kNone;
+      }
+      const bool ok = requested == JitIsa::kAvx512 ? cpu.avx512f : avx2;
+      if (!ok) {
+        *error = std::string("jit: '") + JitIsaName(requested) +
+                 "' is not supported by this CPU (" + cpu.ToString() + ")";
+        return JitIsa::kNone;
+      }
+      return requested;
+    }
+  }
+  return JitIsa::kNone;
+}
+
+std::vector<std::string> JitChoices() {
+  std::vector<std::string> v = {"auto", "static"};
+  if (JitCompiled()) {
+    if (DetectCpu().avx2 && DetectCpu().fma) v.push_back(JitIsaName(JitIsa::kAvx2));
+    if (DetectCpu().avx512f) v.push_back(JitIsaName(JitIsa::kAvx512));
+  }
+  return v;
+}
+
 std::string KernelName(const KernelSet* set, const char* op) {
   return std::string("f32_") + op + "__" + (set ? set->isa : "reference");
 }
@@ -172,13 +215,16 @@ constexpr int kMinTasks = 8;
 
 }  // namespace
 
-double PredictedSpeedupOverDense(const PatternStats& st) {
+double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit) {
   // Executed-MAC efficiency of the pattern kernel relative to XNNPACK's dense
-  // convolution (56x56x128->128, 8 patterns, AVX2, 1 thread;
-  // bench/bench_ablation.py): about 0.28 when every filter has its own
-  // masks, 0.38 with 4-filter shared masks.  Kept a little below the
-  // measured medians so that a near-tie stays with XNNPACK.
-  const double efficiency = st.max_group >= 4 ? 0.38 : st.max_group >= 2 ? 0.32 : 0.28;
+  // convolution (56x56x128->128, 8 patterns, 1 thread; bench/bench_ablation.py
+  // and bench/bench_engine.py).  Static kernels (AVX2): about 0.28 when every
+  // filter has its own masks, 0.38 with 4-filter shared masks.  Generated
+  // code does not depend on shared masks.  Kept a little below the measured
+  // medians so that a near-tie stays with XNNPACK.
+  double efficiency = st.max_group >= 4 ? 0.38 : st.max_group >= 2 ? 0.32 : 0.28;
+  if (jit == JitIsa::kAvx512) efficiency = 0.60;
+  if (jit == JitIsa::kAvx2) efficiency = 0.45;
   const double density = std::max(st.Density(), 1e-6);
   return efficiency / density;
 }
@@ -196,17 +242,10 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
 
 namespace {
 
-// Where the pattern kernel's buffers live for one layer geometry.
-struct PatternGeometry {
-  int wp = 0, hp = 0;          // padded input width, height
-  int64_t plane = 0;           // hp * wp
-  int64_t positions = 0;       // out_h * wp, flattened (see PatternConvArgs)
-  int tile_vectors = 1, block_len = 0, num_blocks = 0, max_offset = 0, chunk = 0;
-  size_t input_size = 0;       // padded CHW input, with read slack
-};
-
+// `jit_tile`: positions per register tile of the generated kernel (0: the
+// static kernels' geometry).
 PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
-                            const PatternTuning& tuning) {
+                            const PatternTuning& tuning, int jit_tile = 0) {
   PatternGeometry g;
   int max_group = 1;
   for (int u : plan.unit_size) max_group = std::max(max_group, u);
@@ -225,7 +264,7 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
   }
   // Tiles wider than 4 exist for single-filter units only (register file).
   if (max_group > 1) g.tile_vectors = std::min(g.tile_vectors, 4);
-  const int tile = kVectorWidth * g.tile_vectors;
+  const int tile = jit_tile > 0 ? jit_tile : kVectorWidth * g.tile_vectors;
   g.block_len = RoundUp(g.wp, tile);  // about one output row per task
   g.num_blocks = static_cast<int>((g.positions + g.block_len - 1) / g.block_len);
   g.max_offset = (s.k_h - 1) * s.dil_h * g.wp + (s.k_w - 1) * s.dil_w;
@@ -242,35 +281,76 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
   return g;
 }
 
-// Only the interior is rewritten per image, so the zero halo survives from
-// one Invoke to the next: re-zero only when the geometry changes.
-void EnsurePaddedInput(const PatternGeometry& g, PatternScratch* scratch) {
-  if (scratch->input.size() != g.input_size) scratch->input.assign(g.input_size, 0.f);
+// Element offset of each pattern tap in the padded CHW input of row pitch wp.
+std::vector<int32_t> TapOffsets(const ConvShape& s, const PatternPlan& plan, int wp) {
+  std::vector<int32_t> offs(static_cast<size_t>(plan.num_patterns()) * kMaxTaps, 0);
+  for (int q = 0; q < plan.num_patterns(); ++q)
+    for (size_t t = 0; t < plan.pattern_taps[q].size(); ++t) {
+      const int tap = plan.pattern_taps[q][t];
+      offs[q * kMaxTaps + t] = (tap / s.k_w) * s.dil_h * wp + (tap % s.k_w) * s.dil_w;
+    }
+  return offs;
 }
 
+
 }  // namespace
+
+std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                               PatternScratch* scratch, const PatternTuning& tuning) {
+  char key[320];
+  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d|%d,%d,%d,%d,%d,%d",
+                set ? set->isa : "-", s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w,
+                s.pad_top, s.pad_left, s.dil_h, s.dil_w, tuning.chunk_channels,
+                tuning.tile_vectors, static_cast<int>(tuning.jit), tuning.jit_filters,
+                tuning.jit_vectors, tuning.jit_reorder ? 1 : 0);
+  if (scratch->prepared_key == key) return scratch->engine;
+  scratch->jit.reset();
+  scratch->jit_error.clear();
+  std::string why;
+  const JitIsa isa = ResolveJitIsa(set, tuning.jit, &why);
+  PatternGeometry g;
+  if (isa != JitIsa::kNone) {
+    // Generated code: its tile (lanes x V) sets the position blocking.
+    const int vectors = tuning.jit_vectors > 0 ? tuning.jit_vectors : 1;
+    g = GeometryFor(s, plan, tuning, JitLanes(isa) * vectors);
+    const std::vector<int32_t> taps = TapOffsets(s, plan, g.wp);
+    JitLayout layout;
+    why = BuildJitLayout(plan, taps.data(), g.plane, static_cast<int64_t>(g.input_size),
+                         static_cast<int64_t>(g.num_blocks) * g.block_len, isa,
+                         tuning.jit_filters, vectors, tuning.jit_reorder, &layout);
+    if (why.empty()) {
+      std::unique_ptr<JitKernel> k = JitKernel::Generate(layout, &why);
+      scratch->jit = std::move(k);
+    }
+  }
+  if (scratch->jit == nullptr) {
+    scratch->jit_error = why;
+    g = GeometryFor(s, plan, tuning);
+    const int64_t exec_key = (static_cast<int64_t>(std::min(g.chunk, s.in_c)) << 40) | g.plane;
+    if (scratch->exec_key != exec_key) {
+      BuildPatternExec(plan, g.chunk, g.plane, &scratch->exec);
+      scratch->exec_key = exec_key;
+    }
+  }
+  scratch->geometry = g;
+  scratch->tap_offsets = TapOffsets(s, plan, g.wp);
+  // A new geometry may move the halo: start from zeros.
+  scratch->input.assign(g.input_size, 0.f);
+  scratch->output.resize(static_cast<size_t>(s.out_c) * g.num_blocks * g.block_len);
+  scratch->engine = scratch->jit ? std::string("jit_") + JitIsaName(isa) : std::string(set->isa);
+  scratch->prepared_key = key;
+  return scratch->engine;
+}
 
 void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                     PatternScratch* scratch, const float* input, float* output,
                     ThreadPool* pool, const PatternTuning& tuning, bool input_packed,
                     const PatternNext* next) {
-  const PatternGeometry g = GeometryFor(s, plan, tuning);
+  PreparePatternConv(set, s, plan, scratch, tuning);
+  const PatternGeometry g = scratch->geometry;
   const int wp = g.wp, hp = g.hp, block_len = g.block_len, num_blocks = g.num_blocks;
   const int64_t plane = g.plane;
-  const int64_t exec_key = (static_cast<int64_t>(std::min(g.chunk, s.in_c)) << 40) | plane;
-  if (scratch->exec_key != exec_key) {
-    BuildPatternExec(plan, g.chunk, plane, &scratch->exec);
-    scratch->exec_key = exec_key;
-  }
-  EnsurePaddedInput(g, scratch);
-  scratch->output.resize(static_cast<size_t>(s.out_c) * num_blocks * block_len);
-  scratch->tap_offsets.assign(static_cast<size_t>(plan.num_patterns()) * kMaxTaps, 0);
-  for (int q = 0; q < plan.num_patterns(); ++q)
-    for (size_t t = 0; t < plan.pattern_taps[q].size(); ++t) {
-      const int tap = plan.pattern_taps[q][t];
-      scratch->tap_offsets[q * kMaxTaps + t] =
-          (tap / s.k_w) * s.dil_h * wp + (tap % s.k_w) * s.dil_w;
-    }
+  const JitKernel* jit = scratch->jit.get();
 
   PatternConvArgs args;
   args.plan = &plan;
@@ -284,15 +364,19 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   // Enough tasks for the threads even when the map is one block (4x4, 2x2).
   const int units = static_cast<int>(plan.unit_begin.size());
   args.unit_splits = std::max(1, std::min(units, (kMinTasks + num_blocks - 1) / num_blocks));
-  const int64_t tasks = static_cast<int64_t>(num_blocks) * args.unit_splits;
-  const int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len / args.unit_splits);
+  int64_t tasks = static_cast<int64_t>(num_blocks) * args.unit_splits;
+  int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len / args.unit_splits);
   const int64_t out_plane = static_cast<int64_t>(num_blocks) * block_len;
+  if (jit != nullptr) {  // tasks: (position block, filter block), block-major
+    tasks = static_cast<int64_t>(num_blocks) * jit->num_blocks();
+    macs_task = std::max<int64_t>(1, plan.kept_weights * block_len / jit->num_blocks());
+  }
 
   // Chained: the next pattern conv reads our output in its padded CHW layout.
   PatternGeometry ng;
   if (next != nullptr) {
-    ng = GeometryFor(*next->shape, *next->plan, *next->tuning);
-    EnsurePaddedInput(ng, next->scratch);
+    PreparePatternConv(set, *next->shape, *next->plan, next->scratch, *next->tuning);
+    ng = next->scratch->geometry;
   }
 
   for (int b = 0; b < s.batch; ++b) {
@@ -305,18 +389,32 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
         for (int64_t iy = y0; iy < y1; ++iy) {
           const int64_t py = iy + s.pad_top;
           if (py >= hp) continue;
-          for (int ix = 0; ix < s.in_w; ++ix) {
-            const int64_t px = ix + s.pad_left;
-            if (px >= wp) continue;
-            const float* src = in_b + (iy * s.in_w + ix) * s.in_c;
-            float* dst = padded + py * wp + px;
-            for (int c = 0; c < s.in_c; ++c) dst[c * plane] = src[c];
-          }
+          // One input row [x][c] becomes column x of every channel row.
+          const int nx = std::min(s.in_w, wp - s.pad_left);
+          set->transpose(in_b + iy * s.in_w * s.in_c, s.in_c, padded + py * wp + s.pad_left,
+                         plane, nx, s.in_c);
         }
       });
-    ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
-      set->pattern_conv2d(args, t0, t1);
-    });
+    if (jit != nullptr) {
+      const int fb = jit->num_blocks();
+      const int64_t tiles = block_len / jit->layout().TileLen();
+      const int64_t in_size = static_cast<int64_t>(scratch->input.size());
+      const int64_t out_size = static_cast<int64_t>(scratch->output.size());
+      ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t start = (t / fb) * block_len;
+          // Run() refuses arguments outside the validated buffers; the
+          // driver's geometry makes that impossible, so it is a hard bug.
+          if (!jit->Run(static_cast<int>(t % fb), args.input, in_size, args.output, out_size,
+                        start, tiles))
+            std::abort();
+        }
+      });
+    } else {
+      ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
+        set->pattern_conv2d(args, t0, t1);
+      });
+    }
     const float* chw = scratch->output.data();
     if (next != nullptr) {
       // CHW -> the next layer's padded CHW, with bias and activation: rows
@@ -343,12 +441,14 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
     float* out_b = output + static_cast<int64_t>(b) * s.out_h * s.out_w * s.out_c;
     ParallelFor(pool, s.out_h, 1, [&](int64_t y0, int64_t y1) {
       for (int64_t oy = y0; oy < y1; ++oy)
-        for (int ox = 0; ox < s.out_w; ++ox) {
-          float* dst = out_b + (oy * s.out_w + ox) * s.out_c;
-          const float* src = chw + oy * wp + ox;
+      {
+        float* dst = out_b + oy * s.out_w * s.out_c;
+        set->transpose(chw + oy * wp, out_plane, dst, s.out_c, s.out_c, s.out_w);
+        const float* bias = plan.bias.data();
+        for (int ox = 0; ox < s.out_w; ++ox, dst += s.out_c)
           for (int o = 0; o < s.out_c; ++o)
-            dst[o] = std::min(std::max(src[o * out_plane] + plan.bias[o], s.act_min), s.act_max);
-        }
+            dst[o] = std::min(std::max(dst[o] + bias[o], s.act_min), s.act_max);
+      }
     });
   }
 }

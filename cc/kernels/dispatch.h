@@ -49,6 +49,23 @@ struct PatternNext {
   PatternScratch* scratch;
 };
 
+// The generator that runs pattern convolutions for `requested` with kernel
+// set `set`: kAuto picks AVX-512 or AVX2+FMA code generation where the build
+// has a generator and the CPU the ISA (never with the "generic" set), else
+// kNone (static kernels).  An explicit ISA the CPU or build lacks sets *error.
+JitIsa ResolveJitIsa(const KernelSet* set, JitIsa requested, std::string* error);
+// Values the 'jit' option accepts on this build and CPU.
+std::vector<std::string> JitChoices();
+
+// Sets up `scratch` for this geometry and knobs (padded buffers, and the
+// generated code or the static kernels' execution layout) unless it already
+// is; returns the engine that will run: "jit_avx512", "jit_avx2_fma" or the
+// kernel set's ISA (scratch->jit_error then says why code was not generated,
+// if it was asked for).  RunPatternConv calls it; the delegate calls it in
+// Prepare so generation happens there.
+std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                               PatternScratch* scratch, const PatternTuning& tuning);
+
 // Pattern-pruned convolution (stride 1, any dilation): NHWC in and out; the
 // kernels work on a zero-padded CHW copy held in `scratch`.  With
 // `input_packed`, that copy was already written by the previous layer (input
@@ -67,7 +84,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s,
 // XNNPACK-class efficiency, from per-MAC efficiencies measured on AVX2
 // (docs/benchmarks.md); > 1 means worth taking the node from TFLite.
 bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s);
-double PredictedSpeedupOverDense(const PatternStats& stats);
+double PredictedSpeedupOverDense(const PatternStats& stats, JitIsa jit = JitIsa::kNone);
 
 // "f32_<op>__<isa>" for reports.
 std::string KernelName(const KernelSet* set, const char* op);

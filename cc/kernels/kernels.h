@@ -56,6 +56,10 @@ struct KernelSet {
   // Pattern convolution over (unit, output row) tasks of one image.
   void (*pattern_conv2d)(const PatternConvArgs& args, int64_t task_begin,
                          int64_t task_end);
+  // dst[j * dst_stride + i] = src[i * src_stride + j], i < rows, j < cols:
+  // the layout changes at the pattern engine's edges (NHWC <-> CHW).
+  void (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
+                    int rows, int cols);
 };
 
 // Per-ISA sets (defined in direct_<isa>.cc). AvailableKernelSets() lists the

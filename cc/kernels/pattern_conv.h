@@ -17,6 +17,7 @@
 #define COCOPIE_CC_KERNELS_PATTERN_CONV_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -96,20 +97,49 @@ struct PatternExec {
   std::vector<float> weights;          // [kernel][tap][g], per unit, in exec order
 };
 
-// Knobs of the CPU kernel (0 = chosen from the geometry).  Auto-tuning and
+// Which engine runs a pattern convolution: code generated for the layer
+// (jit_pattern.h) for one ISA, or the static kernels of the kernel set.
+// kAuto picks the best generator the CPU and the build have (dispatch.cc).
+enum class JitIsa { kAuto = 0, kNone = 1, kAvx2 = 2, kAvx512 = 3 };
+// "auto", "static", "avx2_fma", "avx512"; ParseJitIsa returns false for others.
+const char* JitIsaName(JitIsa isa);
+bool ParseJitIsa(const std::string& name, JitIsa* isa);
+
+// Knobs of the CPU kernels (0 = chosen from the geometry).  Auto-tuning and
 // the ablation benchmark set them; results do not depend on them.
 struct PatternTuning {
-  int chunk_channels = 0;  // input channels per cache block; >= in_c: no blocking
-  int tile_vectors = 0;    // 8-float vectors per register tile row: 1..4, 6 or 8
+  int chunk_channels = 0;  // static: input channels per cache block; >= in_c: no blocking
+  int tile_vectors = 0;    // static: 8-float vectors per register tile row: 1..4, 6 or 8
+  JitIsa jit = JitIsa::kAuto;
+  int jit_filters = 0;     // generated: filters per register tile (M)
+  int jit_vectors = 0;     // generated: vectors of positions per tile (V)
+  bool jit_reorder = true; // generated: block filters by shared columns
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the
 // execution layout, rebuilt only when the geometry or tuning changes.
+// Where the pattern kernel's buffers live for one layer geometry.
+struct PatternGeometry {
+  int wp = 0, hp = 0;          // padded input width, height
+  int64_t plane = 0;           // hp * wp
+  int64_t positions = 0;       // out_h * wp, flattened (see PatternConvArgs)
+  int tile_vectors = 1, block_len = 0, num_blocks = 0, max_offset = 0, chunk = 0;
+  size_t input_size = 0;       // padded CHW input, with read slack
+};
+
+class JitKernel;
 struct PatternScratch {
   std::vector<float> input, output;
   std::vector<int32_t> tap_offsets;
   PatternExec exec;
   int64_t exec_key = -1;
+  // The generated kernel for the current geometry and knobs (null: the
+  // static kernels run; jit_error says why when generation was refused).
+  std::shared_ptr<const JitKernel> jit;
+  std::string jit_error;
+  // What PreparePatternConv set up (geometry, engine) and for which key.
+  PatternGeometry geometry;
+  std::string engine, prepared_key;
 };
 
 constexpr int kMaxTaps = 32;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cc/kernels/dispatch.h"
+#include "cc/kernels/jit_pattern.h"
 
 namespace cocopie {
 namespace {
@@ -51,14 +52,24 @@ uint64_t HashVec(uint64_t h, const std::vector<T>& v) {
 }
 
 bool Sane(const PatternTuning& t) {
+  const int jit = static_cast<int>(t.jit);
   return t.chunk_channels >= 0 && t.chunk_channels <= (1 << 20) &&
-         (t.tile_vectors == 0 || ValidTileVectors(t.tile_vectors));
+         (t.tile_vectors == 0 || ValidTileVectors(t.tile_vectors)) && jit >= 0 && jit <= 3 &&
+         t.jit_filters >= 0 && t.jit_filters <= 31 && t.jit_vectors >= 0 && t.jit_vectors <= 4;
+}
+
+bool ParseInt(const std::string& f, long lo, long hi, int* v) {
+  char* end = nullptr;
+  const long x = std::strtol(f.c_str(), &end, 10);
+  if (f.empty() || *end != '\0' || x < lo || x > hi) return false;
+  *v = static_cast<int>(x);
+  return true;
 }
 
 }  // namespace
 
 TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
-                           ThreadPool* pool, double budget_ms) {
+                           ThreadPool* pool, double budget_ms, JitIsa jit) {
   TuneResult r;
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -72,15 +83,36 @@ TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const Patte
   std::vector<int> tiles = max_group == 1   ? std::vector<int>{3, 4, 6, 8}
                           : max_group == 2 ? std::vector<int>{2, 3, 4}
                                            : std::vector<int>{1, 2, 3};
-  PatternScratch probe;
-  TimeOnce(set, s, plan, &probe, in, &out, pool, PatternTuning());  // warm-up, default chunk
-  const int auto_chunk = probe.exec.chunk_channels;
-  std::vector<int> chunks = {0, std::min(s.in_c, 2 * auto_chunk), s.in_c};
-  chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
-
-  std::vector<PatternTuning> cands = {PatternTuning()};  // the default first
-  for (int c : chunks)
-    for (int t : tiles) cands.push_back(PatternTuning{c, t});
+  PatternTuning def;
+  def.jit = jit;
+  std::vector<PatternTuning> cands = {def};  // the default first
+  std::string why;
+  const JitIsa isa = ResolveJitIsa(set, jit, &why);
+  if (isa != JitIsa::kNone) {
+    // Generated code: register tiles M x V (the default M x 1 is cands[0]),
+    // and the static kernels' default, so tuning can never lose to them.
+    for (int v = 1; v <= 4; ++v)
+      for (int m : {JitMaxFilters(isa, v), JitMaxFilters(isa, v) * 2 / 3}) {
+        PatternTuning t = def;
+        t.jit = isa;
+        t.jit_filters = m;
+        t.jit_vectors = v;
+        cands.push_back(t);
+      }
+    PatternTuning st;
+    st.jit = JitIsa::kNone;
+    cands.push_back(st);
+  } else {
+    PatternScratch probe;
+    PatternTuning st;
+    st.jit = JitIsa::kNone;
+    TimeOnce(set, s, plan, &probe, in, &out, pool, st);  // warm-up, default chunk
+    const int auto_chunk = probe.exec.chunk_channels;
+    std::vector<int> chunks = {0, std::min(s.in_c, 2 * auto_chunk), s.in_c};
+    chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+    for (int c : chunks)
+      for (int t : tiles) cands.push_back(PatternTuning{c, t, JitIsa::kNone});
+  }
   // Rounds over all candidates (interleaved, so drift hits them alike); each
   // keeps its best time.  Stops when the budget is spent, after >= 2 rounds.
   std::vector<double> best(cands.size(), 1e300);
@@ -102,14 +134,15 @@ TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const Patte
 }
 
 std::string TuningKey(const KernelSet* set, int threads, const ConvShape& s,
-                      const PatternPlan& plan) {
+                      const PatternPlan& plan, JitIsa jit) {
   uint64_t h = 1469598103934665603ull;
   h = HashVec(h, plan.patterns);
   h = HashVec(h, plan.index);
   h = HashVec(h, plan.stride);
   h = HashVec(h, plan.unit_size);
   std::ostringstream k;
-  k << CpuModel() << "|" << (set ? set->isa : "reference") << "|t" << threads << "|" << s.batch
+  k << CpuModel() << "|" << (set ? set->isa : "reference") << "|jit-" << JitIsaName(jit) << "|t"
+    << threads << "|" << s.batch
     << "x" << s.in_h << "x" << s.in_w << "x" << s.in_c << ">" << s.out_c << "|k" << s.k_h << "x"
     << s.k_w << "d" << s.dil_h << "x" << s.dil_w << "p" << s.pad_top << "," << s.pad_left << "|"
     << std::hex << h;
@@ -139,18 +172,27 @@ void TuningCache::Load(const std::string& path, std::map<std::string, Entry>* en
     std::stringstream ss(line);
     std::string field;
     while (std::getline(ss, field, '\t')) fields.push_back(field);
-    if (fields.size() != 5 || fields[0] != "v1" || fields[1].empty()) continue;
-    char* end = nullptr;
+    // v1 <key> chunk tile ms  |  v2 <key> chunk tile jit jit_filters jit_vectors ms
+    const bool v1 = fields.size() == 5 && fields[0] == "v1";
+    const bool v2 = fields.size() == 8 && fields[0] == "v2";
+    if ((!v1 && !v2) || fields[1].empty()) continue;
     Entry e;
-    const long chunk = std::strtol(fields[2].c_str(), &end, 10);
-    if (*end != '\0') continue;
-    const long tile = std::strtol(fields[3].c_str(), &end, 10);
-    if (*end != '\0') continue;
-    e.best_ms = std::strtod(fields[4].c_str(), &end);
-    if (*end != '\0') continue;
-    e.tuning = PatternTuning{static_cast<int>(chunk), static_cast<int>(tile)};
-    if (chunk != e.tuning.chunk_channels || tile != e.tuning.tile_vectors || !Sane(e.tuning))
+    int jit = 0;
+    if (!ParseInt(fields[2], 0, 1 << 20, &e.tuning.chunk_channels) ||
+        !ParseInt(fields[3], 0, 8, &e.tuning.tile_vectors))
       continue;
+    if (v1) {
+      e.tuning.jit = JitIsa::kNone;  // written before code generation existed
+    } else {
+      if (!ParseInt(fields[4], 0, 3, &jit) || !ParseInt(fields[5], 0, 31, &e.tuning.jit_filters) ||
+          !ParseInt(fields[6], 0, 4, &e.tuning.jit_vectors))
+        continue;
+      e.tuning.jit = static_cast<JitIsa>(jit);
+    }
+    char* end = nullptr;
+    const std::string& ms = fields.back();
+    e.best_ms = std::strtod(ms.c_str(), &end);
+    if (ms.empty() || *end != '\0' || !Sane(e.tuning)) continue;
     (*entries)[fields[1]] = e;
   }
 }
@@ -179,8 +221,10 @@ std::string TuningCache::Save() const {
     std::ofstream f(tmp, std::ios::trunc);
     if (!f) return "cannot write " + tmp;
     for (const auto& kv : merged)
-      f << "v1\t" << kv.first << "\t" << kv.second.tuning.chunk_channels << "\t"
-        << kv.second.tuning.tile_vectors << "\t" << kv.second.best_ms << "\n";
+      f << "v2\t" << kv.first << "\t" << kv.second.tuning.chunk_channels << "\t"
+        << kv.second.tuning.tile_vectors << "\t" << static_cast<int>(kv.second.tuning.jit)
+        << "\t" << kv.second.tuning.jit_filters << "\t" << kv.second.tuning.jit_vectors << "\t"
+        << kv.second.best_ms << "\n";
     if (!f.flush()) return "cannot write " + tmp;
   }
   if (std::rename(tmp.c_str(), path_.c_str()) != 0) {

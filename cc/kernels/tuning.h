@@ -3,7 +3,8 @@
 // layer signature and machine (cocopie-tf tune-kernels fills it ahead of time).
 //
 // Cache file: UTF-8 text, one entry per line, tab-separated:
-//   v1 <key> <chunk_channels> <tile_vectors> <best_ms>
+//   v2 <key> <chunk_channels> <tile_vectors> <jit> <jit_filters> <jit_vectors> <best_ms>
+// (v1 lines, without the generator's knobs, are still read: static kernels).
 // Unknown or malformed lines are ignored (never trusted), and the file is
 // rewritten atomically (temporary file + rename) when entries are added.
 #ifndef COCOPIE_CC_KERNELS_TUNING_H_
@@ -28,13 +29,16 @@ struct TuneResult {
 // the knobs, only speed does) within about `budget_ms`, and returns the
 // fastest.  The default (0, 0) is always a candidate, so tuning never picks
 // something slower than the default as measured.
+// With code generation available (`jit`, see ResolveJitIsa) the candidates
+// are register tiles of the generated kernel plus the static default;
+// otherwise the static kernels' chunk and tile.
 TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
-                           ThreadPool* pool, double budget_ms);
+                           ThreadPool* pool, double budget_ms, JitIsa jit = JitIsa::kAuto);
 
 // Identifies what the timing depends on: CPU, kernel set, threads, geometry
 // and the plan's structure (patterns, kernel lists, units), not weight values.
 std::string TuningKey(const KernelSet* set, int threads, const ConvShape& s,
-                      const PatternPlan& plan);
+                      const PatternPlan& plan, JitIsa jit = JitIsa::kAuto);
 
 // Default cache path: $COCOPIE_TUNING_CACHE, else
 // $XDG_CACHE_HOME/cocopie_tf/tuning.tsv, else ~/.cache/cocopie_tf/tuning.tsv.

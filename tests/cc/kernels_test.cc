@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cc/kernels/dispatch.h"
+#include "cc/kernels/jit_pattern.h"
 #include "cc/kernels/reference.h"
 #include "tests/cc/check.h"
 
@@ -215,7 +216,7 @@ TEST_CASE(PatternConvMatchesReference) {
                 for (int tile : {1, 2, 3, 4, 6, 8}) {
                   std::fill(out.begin(), out.end(), NAN);
                   RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool,
-                                 PatternTuning{chunk, tile});
+                                 PatternTuning{chunk, tile, JitIsa::kNone});
                   CHECK(RelError(out, ref) <= 1e-5);
                 }
           }
@@ -251,7 +252,9 @@ TEST_CASE(ChainedPatternConvsKeepTheLayout) {
       for (int tile : {0, 1, 8}) {
         ThreadPool pool(2);
         PatternScratch sa, sb;
-        const PatternTuning ta{0, tile}, tb{3, 0};
+        // A static layer feeding a generated one, and the other way round.
+        PatternTuning ta{0, tile, JitIsa::kNone}, tb{3, 0};
+        if (tile == 8) std::swap(ta.jit, tb.jit);
         const PatternNext next{&b, &pb, &tb, &sb};
         std::vector<float> out(ref.size());
         for (int rep = 0; rep < 2; ++rep) {
@@ -261,6 +264,163 @@ TEST_CASE(ChainedPatternConvsKeepTheLayout) {
           CHECK(RelError(out, ref) <= 1e-5);
         }
       }
+  }
+}
+
+// The ISAs of the code generator this build and CPU can run.
+std::vector<JitIsa> JitIsas() {
+  std::vector<JitIsa> out;
+  for (JitIsa isa : {JitIsa::kAvx2, JitIsa::kAvx512}) {
+    std::string err;
+    std::string set_err;
+    if (ResolveJitIsa(SelectKernelSet("auto", &set_err), isa, &err) == isa) out.push_back(isa);
+  }
+  return out;
+}
+
+TEST_CASE(GeneratedPatternConvMatchesReference) {
+  struct Case { int batch, h, w, in_c, out_c, k, dil; Padding pad; float lo, hi; };
+  const Case cases[] = {
+      {1, 7, 13, 5, 11, 3, 1, Padding::kSame, -INFINITY, INFINITY},
+      {2, 14, 14, 16, 40, 3, 1, Padding::kSame, 0.f, INFINITY},
+      {1, 4, 4, 24, 12, 3, 1, Padding::kSame, 0.f, 6.f},
+      {1, 2, 2, 8, 33, 3, 1, Padding::kSame, -INFINITY, INFINITY},
+      {1, 9, 10, 6, 70, 3, 2, Padding::kSame, -INFINITY, INFINITY},
+      {1, 11, 9, 7, 9, 3, 1, Padding::kValid, -1.f, 1.f},
+      {1, 12, 12, 4, 8, 5, 1, Padding::kSame, -INFINITY, INFINITY},
+  };
+  const std::vector<JitIsa> isas = JitIsas();
+  std::printf("generated kernels tested for:");
+  for (JitIsa isa : isas) std::printf(" %s", JitIsaName(isa));
+  std::printf("%s\n", isas.empty() ? " none (no generator in this build or CPU)" : "");
+  if (!JitCompiled()) return;
+  std::string err;
+  const KernelSet* set = SelectKernelSet("auto", &err);
+  std::mt19937 rng(11);
+  for (const Case& c : cases)
+    for (bool shared : {false, true}) {
+      ConvShape s;
+      s.batch = c.batch; s.in_h = c.h; s.in_w = c.w; s.in_c = c.in_c; s.out_c = c.out_c;
+      s.k_h = s.k_w = c.k; s.dil_h = s.dil_w = c.dil;
+      s.act_min = c.lo; s.act_max = c.hi;
+      CHECK(ResolveConvShape(c.pad, &s).empty());
+      const auto w = PatternFilter(s.out_c, c.k, s.in_c, shared, &rng);
+      const auto b = Random(s.out_c, &rng);
+      const auto in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, &rng);
+      std::vector<float> ref(size_t(s.batch) * s.out_h * s.out_w * s.out_c), out(ref.size());
+      Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+      PatternPlan plan;
+      CHECK(BuildPatternPlan(w.data(), s.out_c, c.k, c.k, s.in_c, b.data(), 4, &plan).empty());
+      for (JitIsa isa : isas)
+        for (int v = 1; v <= 4; ++v)
+          for (int m : {1, std::min(3, JitMaxFilters(isa, v)), JitMaxFilters(isa, v)})
+            for (bool reorder : {true, false})
+              for (int threads : {1, 2}) {
+                ThreadPool pool(threads);
+                PatternScratch scratch;
+                PatternTuning t;
+                t.jit = isa; t.jit_filters = m; t.jit_vectors = v; t.jit_reorder = reorder;
+                const std::string engine = PreparePatternConv(set, s, plan, &scratch, t);
+                if (engine != std::string("jit_") + JitIsaName(isa)) std::printf("%s\n", scratch.jit_error.c_str());
+                CHECK(engine == std::string("jit_") + JitIsaName(isa));
+                for (int rep = 0; rep < 2; ++rep) {
+                  std::fill(out.begin(), out.end(), NAN);
+                  RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool, t);
+                  CHECK(RelError(out, ref) <= 1e-5);
+                }
+              }
+    }
+}
+
+TEST_CASE(GeneratorRefusesBadInput) {
+  // A damaged plan, bad knobs or a too-small buffer: BuildJitLayout names the
+  // problem before any code exists; Run() refuses arguments outside the
+  // buffers the layout was proved for.
+  std::mt19937 rng(12);
+  const int oc = 20, ic = 9;
+  const auto w = PatternFilter(oc, 3, ic, false, &rng);
+  PatternPlan plan;
+  CHECK(BuildPatternPlan(w.data(), oc, 3, 3, ic, nullptr, 1, &plan).empty());
+  const int wp = 12, hp = 12;
+  const int64_t plane = wp * hp, in_floats = plane * ic + 64, out_plane = 160;
+  std::vector<int32_t> taps(size_t(plan.num_patterns()) * kMaxTaps, 0);
+  for (int q = 0; q < plan.num_patterns(); ++q)
+    for (size_t t = 0; t < plan.pattern_taps[q].size(); ++t)
+      taps[q * kMaxTaps + t] = plan.pattern_taps[q][t] / 3 * wp + plan.pattern_taps[q][t] % 3;
+  JitLayout layout;
+  auto build = [&](const PatternPlan& p, JitIsa isa, int m, int v, int64_t in_size) {
+    return BuildJitLayout(p, taps.data(), plane, in_size, out_plane, isa, m, v, true, &layout);
+  };
+  CHECK(build(plan, JitIsa::kAvx512, 0, 0, in_floats).empty());
+  CHECK(build(plan, JitIsa::kNone, 0, 0, in_floats) == "no code generator for this ISA");
+  CHECK(build(plan, JitIsa::kAvx2, 15, 1, in_floats).find("jit_filters must be 1..14") == 0);
+  CHECK(build(plan, JitIsa::kAvx512, 0, 5, in_floats) == "jit_vectors must be 1..4");
+  CHECK(build(plan, JitIsa::kAvx512, 0, 0, plane * (ic - 1)) == "input buffer too small for one tile");
+  {
+    PatternPlan p = plan;
+    p.index[3] = ic;  // a channel past the input
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "kernel input channel out of range");
+    p = plan;
+    p.index[p.offset[1]] = -5;
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "kernel input channel out of range");
+    p = plan;
+    p.offset[1] = p.offset[2] + 1;
+    CHECK(!build(p, JitIsa::kAvx512, 0, 0, in_floats).empty());
+    p = plan;
+    p.reorder[1] = p.reorder[0];
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "an output channel appears twice");
+    p = plan;
+    p.fkw_weights.pop_back();
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "FKW weights shorter than the kernels");
+    p = plan;
+    p.pattern_taps[0][0] = 9;
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "pattern tap outside the kernel");
+    p = plan;
+    p.stride[1] = p.stride[2] + 1;
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "inconsistent FKW pattern runs");
+  }
+  // Random damage to the plan's arrays: either a clear refusal or a layout
+  // whose code, run on exactly-sized buffers (ASan in CI), stays inside them.
+  int refused = 0, ran = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    PatternPlan p = plan;
+    std::vector<int32_t>* arrays[] = {&p.offset, &p.reorder, &p.index, &p.stride};
+    std::vector<int32_t>& a = *arrays[rng() % 4];
+    const int32_t vals[] = {-1, 0, 1, ic, oc, 1 << 30, int32_t(rng() % 64)};
+    a[rng() % a.size()] = vals[rng() % 7];
+    const std::string why = build(p, JitIsa::kAvx512, 0, 0, in_floats);
+    if (!why.empty()) { ++refused; continue; }
+    std::string gen_err;
+    auto k = JitKernel::Generate(layout, &gen_err);
+    if (!k) continue;  // no AVX-512 generator in this build
+    std::vector<float> in(in_floats, 1.f), out(size_t(oc) * out_plane);
+    std::string cpu_err;
+    if (ResolveJitIsa(SelectKernelSet("auto", &cpu_err), JitIsa::kAvx512, &cpu_err) != JitIsa::kAvx512)
+      continue;  // generated, but this CPU cannot run it
+    const int64_t tiles = (out_plane - 16) / 16;
+    for (int blk = 0; blk < k->num_blocks(); ++blk)
+      CHECK(k->Run(blk, in.data(), in_floats, out.data(), out.size(), 0, tiles));
+    ++ran;
+  }
+  CHECK(refused > 0);
+  std::printf("damaged plans: %d refused, %d generated and ran in bounds\n", refused, ran);
+  // Run() bounds.
+  CHECK(build(plan, JitIsa::kAvx2, 0, 0, in_floats).empty());
+  std::string gen_err;
+  auto k = JitKernel::Generate(layout, &gen_err);
+  CHECK(JitCompiled() == (k != nullptr));
+  if (k) {
+    std::vector<float> in(in_floats), out(size_t(oc) * out_plane);
+    CHECK(!k->Run(-1, in.data(), in_floats, out.data(), out.size(), 0, 1));
+    CHECK(!k->Run(k->num_blocks(), in.data(), in_floats, out.data(), out.size(), 0, 1));
+    CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size(), -8, 1));
+    CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size(), 0, out_plane / 8 + 1));
+    CHECK(!k->Run(0, in.data(), in_floats - 1, out.data(), out.size(), 0, 1));
+    CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size() - 1, 0, 1) ||
+          k->layout().blocks[0].out_channel.size() < size_t(oc));
+    CHECK(k->code_bytes() > 0 && k->generate_ms() >= 0);
+  } else {
+    CHECK(gen_err.find("libxbyak-dev") != std::string::npos);
   }
 }
 

@@ -1,0 +1,238 @@
+// The backend-neutral half of the generated pattern convolution: which
+// filters share a block, which columns each block walks, which weights feed
+// which accumulator, and the proof that every offset stays in its buffer.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "cc/kernels/jit_pattern.h"
+
+namespace cocopie {
+
+const char* JitIsaName(JitIsa isa) {
+  switch (isa) {
+    case JitIsa::kAuto: return "auto";
+    case JitIsa::kNone: return "static";
+    case JitIsa::kAvx2: return "avx2_fma";
+    case JitIsa::kAvx512: return "avx512";
+  }
+  return "?";
+}
+
+bool ParseJitIsa(const std::string& name, JitIsa* isa) {
+  for (JitIsa v : {JitIsa::kAuto, JitIsa::kNone, JitIsa::kAvx2, JitIsa::kAvx512})
+    if (name == JitIsaName(v)) {
+      *isa = v;
+      return true;
+    }
+  if (name == "off") {
+    *isa = JitIsa::kNone;
+    return true;
+  }
+  return false;
+}
+
+int JitLanes(JitIsa isa) {
+  return isa == JitIsa::kAvx512 ? 16 : isa == JitIsa::kAvx2 ? 8 : 0;
+}
+
+int JitMaxFilters(JitIsa isa, int vectors) {
+  if (vectors < 1 || vectors > 4) return 0;
+  // Registers: M*V accumulators + V inputs + one broadcast register, except
+  // AVX-512 with V = 1, whose FMAs take the weight as an embedded broadcast.
+  if (isa == JitIsa::kAvx512) return vectors == 1 ? 31 : (31 - vectors) / vectors;
+  if (isa == JitIsa::kAvx2) return (15 - vectors) / vectors;
+  return 0;
+}
+
+namespace {
+
+constexpr int64_t kMaxDisp = std::numeric_limits<int32_t>::max();
+
+struct Use {
+  int32_t column;  // channel * taps + tap
+  int32_t slot;
+  float w;
+};
+
+// Greedy blocking by shared columns: each block starts from the heaviest
+// filter left and adds, one at a time, the filter whose columns overlap the
+// block's union most (ties: fewer new columns, then plan order).  This is
+// filter kernel reorder with a measurable job: more FMAs per input load.
+std::vector<std::vector<int>> BlockFilters(const std::vector<std::vector<int32_t>>& cols,
+                                           int num_columns, int m, bool reorder) {
+  const int n = static_cast<int>(cols.size());
+  std::vector<std::vector<int>> blocks;
+  if (!reorder) {
+    for (int f = 0; f < n; f += m) {
+      blocks.emplace_back();
+      for (int j = f; j < std::min(n, f + m); ++j) blocks.back().push_back(j);
+    }
+    return blocks;
+  }
+  const int words = (num_columns + 63) / 64;
+  std::vector<uint64_t> bits(static_cast<size_t>(n) * words, 0);
+  for (int f = 0; f < n; ++f)
+    for (int32_t c : cols[f]) bits[static_cast<size_t>(f) * words + c / 64] |= 1ull << (c % 64);
+  std::vector<int> left(n);
+  for (int f = 0; f < n; ++f) left[f] = f;  // plan order: heavier filters first
+  std::vector<uint64_t> uni(words);
+  while (!left.empty()) {
+    std::vector<int> block = {left.front()};
+    left.erase(left.begin());
+    std::memcpy(uni.data(), &bits[static_cast<size_t>(block[0]) * words], words * 8);
+    while (static_cast<int>(block.size()) < m && !left.empty()) {
+      int best = 0;
+      int64_t best_shared = -1, best_new = 0;
+      for (size_t i = 0; i < left.size(); ++i) {
+        const uint64_t* b = &bits[static_cast<size_t>(left[i]) * words];
+        int64_t shared = 0, fresh = 0;
+        for (int w = 0; w < words; ++w) {
+          shared += __builtin_popcountll(b[w] & uni[w]);
+          fresh += __builtin_popcountll(b[w] & ~uni[w]);
+        }
+        if (shared > best_shared || (shared == best_shared && fresh < best_new)) {
+          best = static_cast<int>(i);
+          best_shared = shared;
+          best_new = fresh;
+        }
+      }
+      const int f = left[best];
+      left.erase(left.begin() + best);
+      block.push_back(f);
+      for (int w = 0; w < words; ++w) uni[w] |= bits[static_cast<size_t>(f) * words + w];
+    }
+    blocks.push_back(block);
+  }
+  return blocks;
+}
+
+}  // namespace
+
+std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
+                           int64_t channel_stride, int64_t input_floats, int64_t out_plane,
+                           JitIsa isa, int filters, int vectors, bool reorder_filters,
+                           JitLayout* layout) {
+  if (isa != JitIsa::kAvx2 && isa != JitIsa::kAvx512) return "no code generator for this ISA";
+  if (vectors == 0) vectors = 1;
+  const int max_m = JitMaxFilters(isa, vectors);
+  if (max_m == 0) return "jit_vectors must be 1..4";
+  if (filters == 0) filters = isa == JitIsa::kAvx512 ? std::min(28, max_m) : max_m;
+  if (filters < 1 || filters > max_m)
+    return "jit_filters must be 1.." + std::to_string(max_m) + " with jit_vectors=" +
+           std::to_string(vectors);
+  const int taps = p.k_h * p.k_w;
+  const int P = p.num_patterns();
+  if (p.out_c <= 0 || p.in_c <= 0 || taps <= 0 || taps > kMaxTaps) return "empty or oversized plan";
+  if (p.offset.size() != static_cast<size_t>(p.out_c) + 1 ||
+      p.reorder.size() != static_cast<size_t>(p.out_c) ||
+      p.stride.size() != static_cast<size_t>(p.out_c) * (P + 1) ||
+      static_cast<int>(p.pattern_taps.size()) != P)
+    return "inconsistent plan arrays";
+  if (channel_stride <= 0 || out_plane <= 0 || input_floats <= 0) return "empty geometry";
+  if (static_cast<int64_t>(p.in_c) * taps > std::numeric_limits<int32_t>::max())
+    return "too many columns";
+
+  JitLayout L;
+  L.isa = isa;
+  L.lanes = JitLanes(isa);
+  L.filters = filters;
+  L.vectors = vectors;
+  L.channel_stride = channel_stride;
+  L.out_plane = out_plane;
+  L.input_floats = input_floats;
+  const int64_t tile = L.TileLen();
+
+  // Every filter's uses, from the FKW arrays (checked as they are read).
+  std::vector<std::vector<Use>> uses(p.out_c);
+  std::vector<std::vector<int32_t>> cols(p.out_c);
+  std::vector<int64_t> tap_offset(taps, -1);
+  size_t w = 0;
+  for (int f = 0; f < p.out_c; ++f) {
+    const int32_t* runs = p.stride.data() + static_cast<size_t>(f) * (P + 1);
+    const int32_t k0 = p.offset[f], k1 = p.offset[f + 1];
+    if (k0 > k1 || k1 > static_cast<int32_t>(p.index.size()) || runs[0] != 0 ||
+        runs[P] != k1 - k0)
+      return "inconsistent FKW offsets";
+    for (int q = 0; q < P; ++q) {
+      if (runs[q] > runs[q + 1]) return "inconsistent FKW pattern runs";
+      const std::vector<int>& pt = p.pattern_taps[q];
+      for (int k = runs[q]; k < runs[q + 1]; ++k) {
+        const int c = p.index[k0 + k];
+        if (c < 0 || c >= p.in_c) return "kernel input channel out of range";
+        for (size_t t = 0; t < pt.size(); ++t) {
+          const int tap = pt[t];
+          if (tap < 0 || tap >= taps) return "pattern tap outside the kernel";
+          const int64_t off = tap_offsets[q * kMaxTaps + t];
+          if (off < 0 || (tap_offset[tap] >= 0 && tap_offset[tap] != off))
+            return "inconsistent tap offsets";
+          tap_offset[tap] = off;
+          if (w >= p.fkw_weights.size()) return "FKW weights shorter than the kernels";
+          const int32_t col = c * taps + tap;
+          uses[f].push_back({col, 0, p.fkw_weights[w++]});
+          cols[f].push_back(col);
+        }
+      }
+    }
+    std::sort(cols[f].begin(), cols[f].end());
+    if (std::adjacent_find(cols[f].begin(), cols[f].end()) != cols[f].end())
+      return "a filter uses one input channel twice";
+  }
+  if (w != p.fkw_weights.size()) return "FKW weights longer than the kernels";
+
+  for (const std::vector<int>& members : BlockFilters(cols, p.in_c * taps, filters,
+                                                      reorder_filters)) {
+    JitBlock b;
+    std::vector<Use> all;
+    for (size_t s = 0; s < members.size(); ++s) {
+      const int f = members[s];
+      const int o = p.reorder[f];
+      if (o < 0 || o >= p.out_c) return "filter order out of range";
+      b.out_channel.push_back(o);
+      for (Use u : uses[f]) {
+        u.slot = static_cast<int32_t>(s);
+        all.push_back(u);
+      }
+    }
+    // Walk columns in memory order (channel, tap): neighbouring loads share
+    // cache lines.
+    std::sort(all.begin(), all.end(), [](const Use& a, const Use& c) {
+      return a.column != c.column ? a.column < c.column : a.slot < c.slot;
+    });
+    for (size_t i = 0; i < all.size();) {
+      size_t j = i;
+      while (j < all.size() && all[j].column == all[i].column) {
+        b.use_slot.push_back(static_cast<uint8_t>(all[j].slot));
+        b.weights.push_back(all[j].w);
+        ++j;
+      }
+      const int64_t off =
+          static_cast<int64_t>(all[i].column / taps) * channel_stride + tap_offset[all[i].column % taps];
+      b.column_offset.push_back(off);
+      b.column_uses.push_back(static_cast<int32_t>(j - i));
+      L.max_column_offset = std::max(L.max_column_offset, off);
+      i = j;
+    }
+    L.uses += static_cast<int64_t>(b.weights.size());
+    L.columns += static_cast<int64_t>(b.column_offset.size());
+    L.blocks.push_back(std::move(b));
+  }
+  std::vector<char> seen(p.out_c, 0);
+  for (const JitBlock& b : L.blocks)
+    for (int32_t o : b.out_channel) {
+      if (seen[o]) return "an output channel appears twice";
+      seen[o] = 1;
+    }
+
+  // What the code will address: one tile's reads and writes must fit the
+  // buffers, and every byte displacement must encode in 32 bits.
+  if (L.max_column_offset + tile > input_floats) return "input buffer too small for one tile";
+  if ((L.max_column_offset + tile) * 4 > kMaxDisp) return "input offsets exceed 32-bit displacements";
+  if (tile > out_plane) return "output plane shorter than one tile";
+  if (static_cast<int64_t>(p.out_c) * out_plane * 4 > kMaxDisp)
+    return "output offsets exceed 32-bit displacements";
+  *layout = std::move(L);
+  return "";
+}
+
+}  // namespace cocopie

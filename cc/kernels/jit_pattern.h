@@ -1,0 +1,112 @@
+// Generated pattern convolution (CoCo-Gen's inference side): per layer, at
+// Prepare, machine code with the layer's filters, columns and weights baked
+// in.  Nothing is indexed at run time.
+//
+// Shape of the generated kernel: a register tile of M filters x V vectors of
+// output positions.  A filter block walks the union of its filters' non-zero
+// (input channel, tap) "columns"; per column it loads V input vectors once and
+// issues one FMA per (filter of the block that uses the column) x vector, the
+// weight a broadcast memory operand.  The load is shared by every filter that
+// needs the column (load-redundancy elimination across filters); the block
+// assignment puts filters with overlapping columns together (filter kernel
+// reorder with a job to do).
+//
+// Two layers, so the generator's input can be checked before any byte of
+// code exists:
+//   JitLayout    backend-neutral: blocks, columns, weights, all offsets; built
+//                and validated by BuildJitLayout (every offset the code will
+//                use is proved inside the buffers it will be given);
+//   JitKernel    the machine code for one ISA (x86-64 AVX-512 or AVX2+FMA via
+//                Xbyak), mapped write-xor-execute; Run() checks its buffer
+//                arguments against the layout's bounds on every call.
+#ifndef COCOPIE_CC_KERNELS_JIT_PATTERN_H_
+#define COCOPIE_CC_KERNELS_JIT_PATTERN_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cc/kernels/pattern_conv.h"
+
+namespace cocopie {
+
+// True when this build contains a code generator (built with Xbyak).
+bool JitCompiled();
+
+// Register-file limits per ISA: lanes per vector and the tile sizes allowed.
+int JitLanes(JitIsa isa);
+// Largest M for a given V (accumulators + inputs + a broadcast register must
+// fit the register file); 0 when V itself is not allowed.
+int JitMaxFilters(JitIsa isa, int vectors);
+
+// The backend-neutral layout of a generated layer.
+struct JitBlock {
+  std::vector<int32_t> out_channel;  // per slot: the original output channel
+  // Columns in walk order: the input offset (floats from a tile's first
+  // position, channel stride and tap offset applied) and its uses.
+  std::vector<int64_t> column_offset;
+  std::vector<int32_t> column_uses;  // uses per column
+  std::vector<uint8_t> use_slot;     // per use: the filter slot it feeds
+  std::vector<float> weights;        // per use, in consumption order
+};
+
+struct JitLayout {
+  JitIsa isa = JitIsa::kNone;
+  int lanes = 0, filters = 0, vectors = 0;  // M, V
+  int64_t channel_stride = 0;  // floats between input channels (padded plane)
+  int64_t out_plane = 0;       // floats between output channels
+  int64_t input_floats = 0;    // size of the input buffer the code reads
+  int64_t max_column_offset = 0;
+  std::vector<JitBlock> blocks;
+  int64_t uses = 0, columns = 0;  // totals, for reports
+  int TileLen() const { return lanes * vectors; }
+};
+
+// Builds the layout for `plan` at one geometry: `tap_offset(pattern, t)` is
+// kMaxTaps-strided element offsets (as PatternScratch::tap_offsets),
+// `channel_stride` floats per input channel, `input_floats` the input
+// buffer's size, `out_plane` the output's channel stride.  M and V of 0 pick
+// defaults.  `reorder_filters` groups filters by shared columns (off: the
+// plan's order, for the ablation).  Returns "" or why the layer cannot be
+// generated (then the static kernels run it).
+std::string BuildJitLayout(const PatternPlan& plan, const int32_t* tap_offsets,
+                           int64_t channel_stride, int64_t input_floats, int64_t out_plane,
+                           JitIsa isa, int filters, int vectors, bool reorder_filters,
+                           JitLayout* layout);
+
+class JitKernel {
+ public:
+  // Emits the code for every block of `layout`.  Returns null and sets
+  // *error if this build has no generator, the ISA is not x86, or an
+  // instruction cannot encode an offset.
+  static std::unique_ptr<JitKernel> Generate(const JitLayout& layout, std::string* error);
+  ~JitKernel();
+
+  // Filter block `block` over `tiles` tiles of positions starting at
+  // position `start` (a multiple of nothing in particular).  Returns false
+  // without running anything if the arguments would leave the buffers the
+  // layout was validated for.
+  bool Run(int block, const float* input, int64_t input_floats, float* output,
+           int64_t output_floats, int64_t start, int64_t tiles) const;
+
+  int num_blocks() const { return static_cast<int>(entries_.size()); }
+  size_t code_bytes() const { return code_bytes_; }
+  double generate_ms() const { return generate_ms_; }
+  const JitLayout& layout() const { return layout_; }
+
+ private:
+  struct Code;
+  JitKernel() = default;
+  JitLayout layout_;
+  std::unique_ptr<Code> code_;
+  using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles);
+  std::vector<Fn> entries_;
+  std::vector<int64_t> block_rows_;  // per block: 1 + its largest output channel
+  size_t code_bytes_ = 0;
+  double generate_ms_ = 0;
+};
+
+}  // namespace cocopie
+
+#endif  // COCOPIE_CC_KERNELS_JIT_PATTERN_H_

@@ -1,0 +1,170 @@
+// The x86-64 code generator for JitLayout (AVX-512F and AVX2+FMA), written
+// with Xbyak.  Built only when the Xbyak headers were found; otherwise
+// Generate() says so and the static kernels run.
+//
+// Emitted per filter block, System V ABI:
+//   void block(const float* in, const float* w, float* out, int64_t tiles)
+//   for each of `tiles` tiles of V*lanes positions:
+//     zero the M x V accumulators
+//     for each column: V input loads from in + column offset (constant
+//       displacement), then per use: AVX-512 V=1: one FMA with the weight
+//       as an embedded broadcast ([r8 + disp]{1to16}); otherwise one
+//       broadcast into a register and V FMAs
+//     store the accumulators to out + out_channel * out_plane
+//     in += V*lanes; out += V*lanes
+// The weight pointer r8 walks the block's weights in consumption order and
+// is bumped only when the next weight leaves the short displacement range,
+// so an FMA is 7 bytes (EVEX, disp8*4) or 5-6 (VEX).
+#include <algorithm>
+#include <chrono>
+
+#include "cc/kernels/jit_pattern.h"
+
+#if defined(COCOPIE_HAVE_XBYAK) && (defined(__x86_64__) || defined(_M_X64))
+#define XBYAK_NO_OP_NAMES
+#include <xbyak/xbyak.h>
+#define COCOPIE_JIT_X86 1
+#endif
+
+namespace cocopie {
+
+#if defined(COCOPIE_JIT_X86)
+
+struct JitKernel::Code : Xbyak::CodeGenerator {
+  explicit Code(size_t max_bytes) : Xbyak::CodeGenerator(max_bytes, Xbyak::DontSetProtectRWE) {}
+
+  void EmitBlock(const JitLayout& lay, const JitBlock& b) {
+    using namespace Xbyak;
+    const bool avx512 = lay.isa == JitIsa::kAvx512;
+    const int V = lay.vectors, lanes = lay.lanes;
+    const int vec_bytes = lanes * 4;
+    const bool embedded = avx512 && V == 1;
+    const int acc_base = V + (embedded ? 0 : 1);
+    const int slots = static_cast<int>(b.out_channel.size());
+    // Weight displacement window: disp8 scaled by 4 for EVEX, bytes for VEX.
+    const int64_t reach = avx512 ? 128 : 32;  // floats either side of r8
+    auto vec = [&](int i) -> Xmm {
+      if (avx512) return Zmm(i);
+      return Ymm(i);
+    };
+    auto acc = [&](int slot, int v) { return vec(acc_base + slot * V + v); };
+    const Reg64 in = rdi, w = rsi, out = rdx, tiles = rcx, wp = r8;
+
+    Label loop, done;
+    test(tiles, tiles);
+    jz(done, T_NEAR);
+    L(loop);
+    for (int s = 0; s < slots; ++s)
+      for (int v = 0; v < V; ++v) {
+        if (avx512) vpxord(acc(s, v), acc(s, v), acc(s, v));
+        else vxorps(acc(s, v), acc(s, v), acc(s, v));
+      }
+    mov(wp, w);
+    int64_t base = 0;  // weight index wp points at
+    size_t u = 0;
+    for (size_t c = 0; c < b.column_offset.size(); ++c) {
+      const int64_t off = b.column_offset[c] * 4;
+      for (int v = 0; v < V; ++v) vmovups(vec(v), ptr[in + static_cast<int32_t>(off + v * vec_bytes)]);
+      for (int32_t k = 0; k < b.column_uses[c]; ++k, ++u) {
+        const int64_t idx = static_cast<int64_t>(u);
+        if (idx - base >= reach) {  // re-centre: the next `2 * reach` weights are near
+          add(wp, static_cast<int32_t>((idx + reach - base) * 4));
+          base = idx + reach;
+        }
+        const int32_t disp = static_cast<int32_t>((idx - base) * 4);
+        const int s = b.use_slot[u];
+        if (embedded) {
+          vfmadd231ps(acc(s, 0), vec(0), ptr_b[wp + disp]);
+        } else {
+          vbroadcastss(vec(V), ptr[wp + disp]);
+          for (int v = 0; v < V; ++v) vfmadd231ps(acc(s, v), vec(v), vec(V));
+        }
+      }
+    }
+    for (int s = 0; s < slots; ++s) {
+      const int64_t row = static_cast<int64_t>(b.out_channel[s]) * lay.out_plane * 4;
+      for (int v = 0; v < V; ++v)
+        vmovups(ptr[out + static_cast<int32_t>(row + v * vec_bytes)], acc(s, v));
+    }
+    add(in, V * vec_bytes);
+    add(out, V * vec_bytes);
+    dec(tiles);
+    jnz(loop, T_NEAR);
+    L(done);
+    vzeroupper();
+    ret();
+  }
+};
+
+std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::string* error) {
+  error->clear();
+  if (layout.isa != JitIsa::kAvx2 && layout.isa != JitIsa::kAvx512) {
+    *error = "no x86 code generator for this ISA";
+    return nullptr;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  // Upper bound on the code: every instruction is at most 15 bytes.
+  size_t instructions = 0;
+  for (const JitBlock& b : layout.blocks)
+    instructions += 32 + b.out_channel.size() * layout.vectors * 2 +
+                    b.column_offset.size() * layout.vectors +
+                    b.weights.size() * (layout.vectors + 2);
+  std::unique_ptr<JitKernel> k(new JitKernel());
+  try {
+    k->code_.reset(new Code(instructions * 15 + 4096));
+    std::vector<const uint8_t*> starts;
+    for (const JitBlock& b : layout.blocks) {
+      k->code_->align(16);
+      starts.push_back(k->code_->getCurr());
+      k->code_->EmitBlock(layout, b);
+    }
+    // Write xor execute: the buffer was read-write while emitting.
+    k->code_->setProtectModeRE();
+    for (const uint8_t* s : starts) k->entries_.push_back(reinterpret_cast<Fn>(const_cast<uint8_t*>(s)));
+    k->code_bytes_ = k->code_->getSize();
+  } catch (const std::exception& e) {
+    *error = std::string("code generation failed: ") + e.what();
+    return nullptr;
+  }
+  k->layout_ = layout;
+  for (const JitBlock& b : layout.blocks) {
+    int64_t rows = 0;
+    for (int32_t o : b.out_channel) rows = std::max<int64_t>(rows, o + 1);
+    k->block_rows_.push_back(rows);
+  }
+  k->generate_ms_ =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return k;
+}
+
+bool JitCompiled() { return true; }
+
+#else  // no generator in this build
+
+struct JitKernel::Code {};
+
+std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout&, std::string* error) {
+  *error = "built without a JIT assembler (install libxbyak-dev and rebuild)";
+  return nullptr;
+}
+
+bool JitCompiled() { return false; }
+
+#endif
+
+JitKernel::~JitKernel() = default;
+
+bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* output,
+                    int64_t output_floats, int64_t start, int64_t tiles) const {
+  const JitLayout& L = layout_;
+  if (block < 0 || block >= num_blocks() || start < 0 || tiles < 0) return false;
+  const int64_t end = start + tiles * L.TileLen();
+  if (input_floats < L.input_floats || end + L.max_column_offset > L.input_floats ||
+      end > L.out_plane || block_rows_[block] * L.out_plane > output_floats)
+    return false;
+  if (tiles == 0) return true;
+  entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles);
+  return true;
+}
+
+}  // namespace cocopie
