@@ -1,0 +1,308 @@
+"""The peer benchmark (the seed's Figure 4 on this machine): the same pruned
+weights on LiteRT + XNNPACK (dense), ONNX Runtime (dense), DeepSparse 1.8
+(sparse, in its own process) and the cocopie delegate (generated code, and
+its static kernels for comparison), at 1 and 2 threads.
+
+    python bench/bench_peers.py [--runs 21] [--resnet50] \\
+        [--deepsparse /path/to/venv-with-deepsparse/bin/python] \\
+        [--json out.json] [--chart out.png] [--out table.md]
+
+Every runtime's output is checked against stock LiteRT before timing.  All
+runtimes alternate round by round in one session (A B C D A B C D ...), ONNX
+Runtime with intra-op spinning off (otherwise its idle threads take the core
+the next runtime needs), all 1-thread blocks before all 2-thread blocks, 8
+warm-up runs per runtime and block.  DeepSparse runs in a worker process that
+the main process waits on, so the two never share cores.
+
+DeepSparse needs Python <= 3.11 and numpy < 2:
+    python3.11 -m venv /tmp/ds && /tmp/ds/bin/pip install deepsparse==1.8.0 'numpy<2' onnx
+(its community license allows evaluation; NM_DISABLE_ANALYTICS is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NM_DISABLE_ANALYTICS", "True")
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+from pruned_models import prune_model  # noqa: E402
+from timing import machine_info, summary  # noqa: E402
+from tflite_to_onnx import tflite_to_onnx  # noqa: E402
+
+
+# --- models (random weights; pruning structure as ADMM leaves it) ------------
+
+def _fixed_batch(model, shape):
+    import keras
+
+    i = keras.Input(shape, batch_size=1)
+    return keras.Model(i, model(i))
+
+
+def layer_56():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((56, 56, 128), batch_size=1)
+    m = keras.Model(i, keras.layers.Conv2D(128, 3, padding="same")(i))
+    prune_model(m, skip_first=False, connectivity=2.0)
+    return m
+
+
+def vgg16(prune=True):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    m = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10,
+                                 classifier_activation=None)
+    if prune:
+        prune_model(m, connectivity=3.6)
+    return _fixed_batch(m, (32, 32, 3))
+
+
+def app(name, size, prune):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    m = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    if prune:
+        prune_model(m, connectivity=3.6)
+    return _fixed_batch(m, (size, size, 3))
+
+
+def convert(model):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+# --- runners: invoke() runs once, output is the first output -----------------
+
+class LiteRunner:
+    def __init__(self, interp, x):
+        self.it = interp
+        interp.allocate_tensors()
+        interp.set_tensor(interp.get_input_details()[0]["index"], x)
+        self.out_index = interp.get_output_details()[0]["index"]
+
+    def invoke(self):
+        self.it.invoke()
+
+    @property
+    def output(self):
+        return self.it.get_tensor(self.out_index)
+
+
+class OrtRunner:
+    def __init__(self, onnx_bytes, threads, x):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.s = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        self.x = x
+        self.output = None
+
+    def invoke(self):
+        self.output = self.s.run(None, {"input": self.x})[0]
+
+
+class DeepSparseRunner:
+    """Talks to bench/deepsparse_worker.py in the DeepSparse venv."""
+
+    def __init__(self, python, onnx_path, x_path, threads):
+        env = dict(os.environ, NM_DISABLE_ANALYTICS="True", PYTHONPATH="")
+        self.p = subprocess.Popen([python, str(HERE / "deepsparse_worker.py")], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env)
+        r = self._ask({"onnx": onnx_path, "input": x_path, "threads": threads})
+        self.output = np.load(r["output"])
+        self.version = r["version"]
+        self.last_ms = None
+
+    def _ask(self, req):
+        self.p.stdin.write(json.dumps(req) + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError("the DeepSparse worker exited")
+        return json.loads(line)
+
+    def invoke(self):
+        self.last_ms = self._ask({"runs": 1})["ms"][0]
+
+    def close(self):
+        try:
+            self._ask({"quit": True})
+        except Exception:
+            pass
+        self.p.wait(timeout=30)
+
+
+def rel(a, b):
+    a = np.asarray(a, np.float64).reshape(-1)
+    b = np.asarray(b, np.float64).reshape(-1)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
+
+
+def measure(name, tfl, threads, runs, ds_python, tune_cache):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cocopie_tf import lite
+
+    probe = Interpreter(model_content=tfl)
+    shape = probe.get_input_details()[0]["shape"]
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    runners = {
+        "xnnpack": LiteRunner(Interpreter(model_content=tfl, num_threads=threads), x),
+        "cocopie": LiteRunner(lite.Interpreter(model_content=tfl, num_threads=threads, tune="on",
+                                               tune_cache=tune_cache), x),
+        "cocopie_static": LiteRunner(lite.Interpreter(model_content=tfl, num_threads=threads,
+                                                      jit="static", tune="on",
+                                                      tune_cache=tune_cache), x),
+    }
+    onnx_bytes = tflite_to_onnx(tfl)
+    runners["onnxruntime"] = OrtRunner(onnx_bytes, threads, x)
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    if ds_python:
+        (tmp / "m.onnx").write_bytes(onnx_bytes)
+        np.save(tmp / "x.npy", x)
+        runners["deepsparse"] = DeepSparseRunner(ds_python, str(tmp / "m.onnx"),
+                                                 str(tmp / "x.npy"), threads)
+    for r in runners.values():
+        if not isinstance(r, DeepSparseRunner):
+            r.invoke()
+    ref = runners["xnnpack"].output
+    errors = {k: rel(ref, r.output) for k, r in runners.items()}
+    bad = {k: e for k, e in errors.items() if not e <= 1e-4}
+    if bad:
+        raise AssertionError(f"{name}: outputs disagree with LiteRT: {bad}")
+    report = runners["cocopie"].it.delegate_report()
+    times = {k: [] for k in runners}
+    for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
+        for _ in range(8):
+            r.invoke()
+    for _ in range(runs):
+        for k, r in runners.items():
+            t = time.perf_counter()
+            r.invoke()
+            ms = (time.perf_counter() - t) * 1e3
+            times[k].append(r.last_ms if isinstance(r, DeepSparseRunner) else ms)
+    versions = {}
+    if "deepsparse" in runners:
+        versions["deepsparse"] = runners["deepsparse"].version
+        runners["deepsparse"].close()
+    return dict(model=name, threads=threads, ms={k: summary(v) for k, v in times.items()},
+                rel_error=errors, versions=versions,
+                claimed=len(report),
+                engines=sorted({e.get("engine", "") for e in report if e.get("engine")}),
+                dense_macs=sum(e["dense_macs"] for e in report),
+                executed_macs=sum(e["executed_macs"] for e in report),
+                code_bytes=sum(e.get("code_bytes", 0) for e in report),
+                generate_ms=sum(e.get("generate_ms", 0) for e in report))
+
+
+def chart(rows, path, peers):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model']}\n{r['threads']} thr" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows)), 4.5))
+    width = 0.8 / len(peers)
+    for j, p in enumerate(peers):
+        vals = [r["ms"]["xnnpack"]["median"] / r["ms"][p]["median"] if p in r["ms"] else 0
+                for r in rows]
+        ax.bar(np.arange(len(rows)) + (j - (len(peers) - 1) / 2) * width, vals, width, label=p)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("speed-up over LiteRT + XNNPACK (log)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(rows, peers):
+    head = "| model | threads | " + " | ".join(f"{p} ms" for p in peers) + \
+        " | cocopie vs fastest peer | claimed | engine |"
+    lines = [head, "|" + "---|" * (len(peers) + 5)]
+    for r in rows:
+        ms = r["ms"]
+        cells = [f"{ms[p]['median']:.2f} ({ms[p]['q1']:.2f}-{ms[p]['q3']:.2f})" if p in ms else "-"
+                 for p in peers]
+        others = [ms[p]["median"] for p in ms if not p.startswith("cocopie")]
+        ratio = min(others) / ms["cocopie"]["median"]
+        lines.append(f"| {r['model']} | {r['threads']} | " + " | ".join(cells) +
+                     f" | {ratio:.2f}x | {r['claimed']} | {', '.join(r['engines']) or '-'} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=21)
+    ap.add_argument("--deepsparse", default=None, help="python of a venv with deepsparse==1.8.0")
+    ap.add_argument("--resnet50", action="store_true", help="also ResNet-50 224 (slow)")
+    ap.add_argument("--models", nargs="*", default=None, help="only these model names")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--chart", default=None)
+    ap.add_argument("--out", default=None, help="write the markdown table here")
+    args = ap.parse_args()
+    cases = [
+        ("conv 56x56x128->128, 8 pat + 2x conn", layer_56),
+        ("VGG-16 CIFAR, 8 pat + 3.6x conn", lambda: vgg16(True)),
+        ("VGG-16 CIFAR, unpruned", lambda: vgg16(False)),
+        ("MobileNetV2 224, unpruned", lambda: app("MobileNetV2", 224, False)),
+    ]
+    if args.resnet50:
+        cases.insert(2, ("ResNet-50 224, 8 pat + 3.6x conn", lambda: app("ResNet50", 224, True)))
+    if args.models:
+        cases = [c for c in cases if any(m in c[0] for m in args.models)]
+    models = [(name, convert(build())) for name, build in cases]
+    cache = str(pathlib.Path(tempfile.mkdtemp()) / "tuning.tsv")
+    rows = []
+    for threads in (1, 2):
+        for name, tfl in models:
+            row = measure(name, tfl, threads, args.runs, args.deepsparse, cache)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    info = machine_info()
+    import onnxruntime
+
+    info["onnxruntime"] = onnxruntime.__version__
+    for r in rows:
+        info.update(r["versions"])
+    peers = ["xnnpack", "onnxruntime"] + (["deepsparse"] if args.deepsparse else []) + \
+        ["cocopie_static", "cocopie"]
+    text = (f"Measured {datetime.date.today()}: `python bench/bench_peers.py --runs {args.runs}"
+            + (" --resnet50" if args.resnet50 else "") + (" --deepsparse PY" if args.deepsparse else "")
+            + "`\n\nMachine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "\n\n"
+            + "Median ms (q1-q3) of alternating runs, same weights, outputs checked.\n\n"
+            + table(rows, peers) + "\n")
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(dict(machine=info, rows=rows), indent=1))
+    if args.chart:
+        chart(rows, args.chart, peers)
+
+
+if __name__ == "__main__":
+    main()
