@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
 
 #include "cc/kernels/jit_pattern.h"
@@ -212,6 +213,12 @@ int RoundUp(int v, int m) { return (v + m - 1) / m * m; }
 
 constexpr size_t kL1BlockBytes = 16 * 1024;
 constexpr int kMinTasks = 8;
+// Below this many register tiles per image the generated code runs about
+// once per inference, so fetching it from L3 costs more than the FMAs it
+// saves (VGG-16 CIFAR: 4x4 and 2x2 maps ran 1.3-1.5x slower generated than
+// static, 8x8 1.45x faster; docs/engine.md).  kAuto only: an explicit ISA
+// always generates.
+constexpr int64_t kMinJitTiles = 4;
 
 }  // namespace
 
@@ -298,26 +305,36 @@ std::vector<int32_t> TapOffsets(const ConvShape& s, const PatternPlan& plan, int
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                                PatternScratch* scratch, const PatternTuning& tuning) {
   char key[320];
-  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d|%d,%d,%d,%d,%d,%d",
+  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d",
                 set ? set->isa : "-", s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w,
-                s.pad_top, s.pad_left, s.dil_h, s.dil_w, tuning.chunk_channels,
+                s.pad_top, s.pad_left, s.dil_h, s.dil_w, s.act_min, s.act_max, tuning.chunk_channels,
                 tuning.tile_vectors, static_cast<int>(tuning.jit), tuning.jit_filters,
                 tuning.jit_vectors, tuning.jit_reorder ? 1 : 0);
   if (scratch->prepared_key == key) return scratch->engine;
   scratch->jit.reset();
   scratch->jit_error.clear();
   std::string why;
-  const JitIsa isa = ResolveJitIsa(set, tuning.jit, &why);
+  JitIsa isa = ResolveJitIsa(set, tuning.jit, &why);
   PatternGeometry g;
+  const int vectors = tuning.jit_vectors > 0 ? tuning.jit_vectors : 1;
   if (isa != JitIsa::kNone) {
     // Generated code: its tile (lanes x V) sets the position blocking.
-    const int vectors = tuning.jit_vectors > 0 ? tuning.jit_vectors : 1;
     g = GeometryFor(s, plan, tuning, JitLanes(isa) * vectors);
+    const int64_t tiles =
+        static_cast<int64_t>(g.num_blocks) * g.block_len / (JitLanes(isa) * vectors);
+    if (tuning.jit == JitIsa::kAuto && tiles < kMinJitTiles) {
+      why = "map too small for generated code (" + std::to_string(tiles) +
+            " tiles per image): static kernels run";
+      isa = JitIsa::kNone;
+    }
+  }
+  if (isa != JitIsa::kNone) {
     const std::vector<int32_t> taps = TapOffsets(s, plan, g.wp);
     JitLayout layout;
     why = BuildJitLayout(plan, taps.data(), g.plane, static_cast<int64_t>(g.input_size),
                          static_cast<int64_t>(g.num_blocks) * g.block_len, isa,
-                         tuning.jit_filters, vectors, tuning.jit_reorder, &layout);
+                         tuning.jit_filters, vectors, tuning.jit_reorder, s.act_min, s.act_max,
+                         &layout);
     if (why.empty()) {
       std::unique_ptr<JitKernel> k = JitKernel::Generate(layout, &why);
       scratch->jit = std::move(k);
@@ -423,7 +440,9 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       float* dst_all = next->scratch->input.data();
       ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
         for (int64_t o = o0; o < o1; ++o) {
-          const float bias = plan.bias[o];
+          // Generated code applied bias and activation already.
+          const float bias = jit ? 0.f : plan.bias[o];
+          const float lo = jit ? -INFINITY : s.act_min, hi = jit ? INFINITY : s.act_max;
           for (int oy = 0; oy < s.out_h; ++oy) {
             const int py = oy + ns.pad_top;
             if (py >= ng.hp) continue;
@@ -431,7 +450,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             float* dst = dst_all + o * ng.plane + static_cast<int64_t>(py) * ng.wp + ns.pad_left;
             const int n = std::min(s.out_w, ng.wp - ns.pad_left);
             for (int ox = 0; ox < n; ++ox)
-              dst[ox] = std::min(std::max(src[ox] + bias, s.act_min), s.act_max);
+              dst[ox] = std::min(std::max(src[ox] + bias, lo), hi);
           }
         }
       });
@@ -440,10 +459,10 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
     // CHW -> NHWC with bias and the fused activation.
     float* out_b = output + static_cast<int64_t>(b) * s.out_h * s.out_w * s.out_c;
     ParallelFor(pool, s.out_h, 1, [&](int64_t y0, int64_t y1) {
-      for (int64_t oy = y0; oy < y1; ++oy)
-      {
+      for (int64_t oy = y0; oy < y1; ++oy) {
         float* dst = out_b + oy * s.out_w * s.out_c;
         set->transpose(chw + oy * wp, out_plane, dst, s.out_c, s.out_c, s.out_w);
+        if (jit) continue;  // the generated code's epilogue did bias and activation
         const float* bias = plan.bias.data();
         for (int ox = 0; ox < s.out_w; ++ox, dst += s.out_c)
           for (int o = 0; o < s.out_c; ++o)

@@ -112,7 +112,7 @@ std::vector<std::vector<int>> BlockFilters(const std::vector<std::vector<int32_t
 std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
-                           JitLayout* layout) {
+                           float act_min, float act_max, JitLayout* layout) {
   if (isa != JitIsa::kAvx2 && isa != JitIsa::kAvx512) return "no code generator for this ISA";
   if (vectors == 0) vectors = 1;
   const int max_m = JitMaxFilters(isa, vectors);
@@ -130,6 +130,8 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
       static_cast<int>(p.pattern_taps.size()) != P)
     return "inconsistent plan arrays";
   if (channel_stride <= 0 || out_plane <= 0 || input_floats <= 0) return "empty geometry";
+  if (p.bias.size() != static_cast<size_t>(p.out_c)) return "bias size does not match the filters";
+  if (!(act_min <= act_max)) return "activation bounds are not ordered";
   if (static_cast<int64_t>(p.in_c) * taps > std::numeric_limits<int32_t>::max())
     return "too many columns";
 
@@ -141,6 +143,8 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   L.channel_stride = channel_stride;
   L.out_plane = out_plane;
   L.input_floats = input_floats;
+  L.act_min = act_min;
+  L.act_max = act_max;
   const int64_t tile = L.TileLen();
 
   // Every filter's uses, from the FKW arrays (checked as they are read).
@@ -213,7 +217,11 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
       L.max_column_offset = std::max(L.max_column_offset, off);
       i = j;
     }
-    L.uses += static_cast<int64_t>(b.weights.size());
+    b.num_uses = static_cast<int64_t>(b.weights.size());
+    for (int32_t o : b.out_channel) b.weights.push_back(p.bias[o]);
+    b.weights.push_back(act_min);
+    b.weights.push_back(act_max);
+    L.uses += b.num_uses;
     L.columns += static_cast<int64_t>(b.column_offset.size());
     L.blocks.push_back(std::move(b));
   }
@@ -231,6 +239,8 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   if (tile > out_plane) return "output plane shorter than one tile";
   if (static_cast<int64_t>(p.out_c) * out_plane * 4 > kMaxDisp)
     return "output offsets exceed 32-bit displacements";
+  for (const JitBlock& b : L.blocks)
+    if (static_cast<int64_t>(b.weights.size()) * 4 > kMaxDisp) return "block weights exceed 32-bit displacements";
   *layout = std::move(L);
   return "";
 }

@@ -48,7 +48,10 @@ struct JitBlock {
   std::vector<int64_t> column_offset;
   std::vector<int32_t> column_uses;  // uses per column
   std::vector<uint8_t> use_slot;     // per use: the filter slot it feeds
-  std::vector<float> weights;        // per use, in consumption order
+  // Per use, in consumption order; then per slot its bias; then the
+  // activation's lower and upper bound (the epilogue reads them from here).
+  std::vector<float> weights;
+  int64_t num_uses = 0;
 };
 
 struct JitLayout {
@@ -58,6 +61,10 @@ struct JitLayout {
   int64_t out_plane = 0;       // floats between output channels
   int64_t input_floats = 0;    // size of the input buffer the code reads
   int64_t max_column_offset = 0;
+  // The epilogue: bias added and the activation clamp applied in registers
+  // before the store (NaN propagates: the accumulator is the operand MAXPS /
+  // MINPS return when either is NaN).  Infinite bounds emit no clamp.
+  float act_min = 0, act_max = 0;
   std::vector<JitBlock> blocks;
   int64_t uses = 0, columns = 0;  // totals, for reports
   int TileLen() const { return lanes * vectors; }
@@ -70,10 +77,11 @@ struct JitLayout {
 // defaults.  `reorder_filters` groups filters by shared columns (off: the
 // plan's order, for the ablation).  Returns "" or why the layer cannot be
 // generated (then the static kernels run it).
+// The output is plan.bias added and clamped to [act_min, act_max].
 std::string BuildJitLayout(const PatternPlan& plan, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
-                           JitLayout* layout);
+                           float act_min, float act_max, JitLayout* layout);
 
 class JitKernel {
  public:

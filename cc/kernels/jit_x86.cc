@@ -17,6 +17,7 @@
 // so an FMA is 7 bytes (EVEX, disp8*4) or 5-6 (VEX).
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 #include "cc/kernels/jit_pattern.h"
 
@@ -81,6 +82,24 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
         }
       }
     }
+    // Epilogue: + bias, then the clamp with the bound in
+    // a free input register as the first source, so NaN accumulators pass.
+    const int64_t tail = b.num_uses * 4;  // bias, then act_min, act_max, after the weights
+    for (int s = 0; s < slots; ++s) {
+      vbroadcastss(vec(0), ptr[w + static_cast<int32_t>(tail + 4 * s)]);
+      for (int v = 0; v < V; ++v) vaddps(acc(s, v), acc(s, v), vec(0));
+    }
+    const bool lo = lay.act_min > -std::numeric_limits<float>::infinity();
+    const bool hi = lay.act_max < std::numeric_limits<float>::infinity();
+    for (int bound = 0; bound < 2; ++bound) {
+      if (bound == 0 ? !lo : !hi) continue;
+      vbroadcastss(vec(0), ptr[w + static_cast<int32_t>(tail + 4 * (slots + bound))]);
+      for (int s = 0; s < slots; ++s)
+        for (int v = 0; v < V; ++v) {
+          if (bound == 0) vmaxps(acc(s, v), vec(0), acc(s, v));
+          else vminps(acc(s, v), vec(0), acc(s, v));
+        }
+    }
     for (int s = 0; s < slots; ++s) {
       const int64_t row = static_cast<int64_t>(b.out_channel[s]) * lay.out_plane * 4;
       for (int v = 0; v < V; ++v)
@@ -108,7 +127,8 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
   for (const JitBlock& b : layout.blocks)
     instructions += 32 + b.out_channel.size() * layout.vectors * 2 +
                     b.column_offset.size() * layout.vectors +
-                    b.weights.size() * (layout.vectors + 2);
+                    b.weights.size() * (layout.vectors + 2) +
+                    b.out_channel.size() * (3 * layout.vectors + 1) + 2;
   std::unique_ptr<JitKernel> k(new JitKernel());
   try {
     k->code_.reset(new Code(instructions * 15 + 4096));

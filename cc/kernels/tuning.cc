@@ -88,7 +88,12 @@ TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const Patte
   std::vector<PatternTuning> cands = {def};  // the default first
   std::string why;
   const JitIsa isa = ResolveJitIsa(set, jit, &why);
-  if (isa != JitIsa::kNone) {
+  PatternScratch probe;
+  // Whether generated code applies to this geometry (maps too small for it
+  // run static, see kMinJitTiles): then only its tiles are candidates.
+  const bool generated = isa != JitIsa::kNone &&
+                         PreparePatternConv(set, s, plan, &probe, def).rfind("jit_", 0) == 0;
+  if (generated) {
     // Generated code: register tiles M x V (the default M x 1 is cands[0]),
     // and the static kernels' default, so tuning can never lose to them.
     for (int v = 1; v <= 4; ++v)
@@ -99,11 +104,20 @@ TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const Patte
         t.jit_vectors = v;
         cands.push_back(t);
       }
+    // On small maps the 8-lane tile of AVX2 wastes fewer flattened
+    // positions than 16 lanes (2x2: 4 of 8 useful instead of 4 of 16).
+    if (isa == JitIsa::kAvx512 && ResolveJitIsa(set, JitIsa::kAvx2, &why) == JitIsa::kAvx2)
+      for (int v = 1; v <= 2; ++v) {
+        PatternTuning t = def;
+        t.jit = JitIsa::kAvx2;
+        t.jit_filters = JitMaxFilters(JitIsa::kAvx2, v);
+        t.jit_vectors = v;
+        cands.push_back(t);
+      }
     PatternTuning st;
     st.jit = JitIsa::kNone;
     cands.push_back(st);
   } else {
-    PatternScratch probe;
     PatternTuning st;
     st.jit = JitIsa::kNone;
     TimeOnce(set, s, plan, &probe, in, &out, pool, st);  // warm-up, default chunk

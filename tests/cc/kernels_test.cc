@@ -349,7 +349,8 @@ TEST_CASE(GeneratorRefusesBadInput) {
       taps[q * kMaxTaps + t] = plan.pattern_taps[q][t] / 3 * wp + plan.pattern_taps[q][t] % 3;
   JitLayout layout;
   auto build = [&](const PatternPlan& p, JitIsa isa, int m, int v, int64_t in_size) {
-    return BuildJitLayout(p, taps.data(), plane, in_size, out_plane, isa, m, v, true, &layout);
+    return BuildJitLayout(p, taps.data(), plane, in_size, out_plane, isa, m, v, true, -INFINITY,
+                          INFINITY, &layout);
   };
   CHECK(build(plan, JitIsa::kAvx512, 0, 0, in_floats).empty());
   CHECK(build(plan, JitIsa::kNone, 0, 0, in_floats) == "no code generator for this ISA");
