@@ -110,9 +110,17 @@ def test_generated_kernel_isas_on_this_machine():
     assert ("avx512" in JIT_ISAS) == has512 and ("avx2_fma" in JIT_ISAS) == has2
     filt = _pruned_filter(np.random.default_rng(0), 16, 3, 8)
     layer = _cc.PatternConvLayer(filt)
-    layer(np.ones((1, 6, 6, 8), np.float32))
+    layer(np.ones((1, 20, 20, 8), np.float32))
     want = "jit_avx512" if has512 else "jit_avx2_fma" if has2 else _cc.default_kernel_set()
     assert layer.engine["engine"] == want
+    # A 2x2 map is one tile: auto leaves it to the static kernels and says why;
+    # an explicit ISA still generates.
+    layer(np.ones((1, 2, 2, 8), np.float32))
+    assert layer.engine["engine"] == _cc.default_kernel_set()
+    assert "map too small for generated code" in layer.engine["jit_error"]
+    small = _cc.PatternConvLayer(filt, jit=JIT_ISAS[0])
+    small(np.ones((1, 2, 2, 8), np.float32))
+    assert small.engine["engine"] == "jit_" + JIT_ISAS[0]
     print("generator ISAs tested here:", JIT_ISAS)
 
 
@@ -294,3 +302,38 @@ def test_consecutive_pattern_convs_keep_the_layout(batch):
     # a -> b -> c are chained; c's output is also read by the Add, so c -> d is not.
     keeps = [e["keeps_layout"] for e in sorted(report, key=lambda e: e["node_index"])]
     assert keeps == ([True, True, False, False] if batch == 1 else [False] * 4)
+
+
+def test_delegate_reports_the_generated_engine():
+    """delegate_report() names the engine per node and, for generated code,
+    its size and generation time; jit=static runs the static kernels; both
+    equal stock LiteRT."""
+    tfl = convert(_one_conv())
+    x = np.random.default_rng(5).standard_normal((2, 20, 20, 32)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    for jit in ["auto", "static"] + JIT_ISAS:
+        it = lite.Interpreter(model_content=tfl, num_threads=2, jit=jit, tune="off")
+        assert rel_error(run_tflite(it, [x])[0], ref) <= 1e-5, jit
+        (e,) = it.delegate_report()
+        if jit == "static" or not JIT_ISAS:
+            assert e["engine"] == _cc.default_kernel_set() and e["code_bytes"] == 0
+        else:
+            want = "jit_" + (JIT_ISAS[-1] if jit == "auto" else jit)
+            assert e["engine"] == want and e["kernel"] == "f32_conv2d_pattern__" + want
+            assert e["code_bytes"] > 1000 and e["generate_ms"] > 0 and e["jit_error"] == ""
+            assert e["jit_filters"] >= 1 and e["jit_vectors"] >= 1
+
+
+@pytest.mark.parametrize("value,match", [("sse9", "expected 'auto', 'static'"),
+                                         ("avx1024", "expected 'auto', 'static'")])
+def test_bad_jit_option_is_refused(value, match):
+    with pytest.raises(ValueError, match=match):
+        lite.load_delegate(jit=value)
+
+
+def test_jit_isa_the_cpu_lacks_is_refused():
+    missing = [i for i in ("avx2_fma", "avx512") if i not in _cc.jit_choices()]
+    if not missing:
+        pytest.skip("this CPU and build run every generator ISA")
+    with pytest.raises(ValueError, match="jit"):
+        lite.load_delegate(jit=missing[0])
