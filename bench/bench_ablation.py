@@ -4,13 +4,16 @@ timed side by side with XNNPACK's dense convolution of the same weights.
 
     python bench/bench_ablation.py [--runs 15] [--threads 1] [--out docs/ablation.md]
 
-Rows: the full engine (knobs auto-tuned); built-in default knobs (no
-tuning); no cache blocking over input channels; a one-vector register tile
-(no register tiling along x); no load-redundancy elimination across
-filters (4-filter shared masks, but every filter run as its own unit); no
-filter kernel reorder; and no pattern kernel at all (the delegate's dense
-direct kernel on the same zero-filled weights: neither compact storage nor
-skipped MACs).  All configurations run in one process, alternating, medians
+Rows, generated engine (per-layer code, where the CPU and build have a
+generator): auto-tuned register tile; the default tile; no filter blocking
+by shared columns; small tiles of 4 and 1 filters (less or no sharing of an
+input load across filters); the AVX2 generator next to AVX-512.  Static
+kernels: auto-tuned knobs; default knobs; no cache blocking over input
+channels; a one-vector register tile; no load-redundancy elimination across
+filters (4-filter shared masks, every filter run as its own unit); no filter
+kernel reorder.  And no pattern kernel at all (the delegate's dense direct
+kernel on the same zero-filled weights: neither compact storage nor skipped
+MACs).  All configurations run in one process, alternating, medians
 and quartiles; every output is checked against XNNPACK's.
 """
 
@@ -75,23 +78,48 @@ def run(group, threads, runs):
     def layer(**kw):
         return _cc.PatternConvLayer(f, bias=b, num_threads=threads, **kw)
 
-    tuned = layer()
-    picked = tuned.tune(x, budget_ms=600)
-    configs = [
-        ("XNNPACK dense (LiteRT)", _tflite_runner(tfl, threads, x)),
-        ("full engine, knobs auto-tuned "
-         f"(chunk {picked['chunk_channels'] or 'auto'}, tile {picked['tile_vectors'] or 'auto'})",
-         _Layer(tuned, x)),
-        ("default knobs (no tuning)", _Layer(layer(), x)),
-        ("no cache blocking over input channels", _Layer(layer(chunk_channels=128), x)),
-        ("1-vector register tile", _Layer(layer(tile_vectors=1), x)),
-        ("no filter kernel reorder", _Layer(layer(reorder=False), x)),
+    isas = [i for i in ("avx512", "avx2_fma") if i in _cc.jit_choices()]
+    configs = [("XNNPACK dense (LiteRT)", _tflite_runner(tfl, threads, x))]
+    if isas:  # the generated engine (CoCo-Gen), each optimisation off in turn
+        tuned = layer()
+        picked = tuned.tune(x, budget_ms=600)
+        tuned(x)
+        e = tuned.engine
+        isa = isas[0]
+        m_default = 28 if isa == "avx512" else 14
+        configs += [
+            (f"generated, auto-tuned ({e['engine']}, M {e.get('jit_filters', '-')} x "
+             f"V {e.get('jit_vectors', '-')})", _Layer(tuned, x)),
+            (f"generated {isa}, default tile (M {m_default} x V 1)",
+             _Layer(layer(jit=isa), x)),
+            ("generated, no filter blocking by shared columns",
+             _Layer(layer(jit=isa, jit_reorder=False), x)),
+            ("generated, 4-filter tile (little load sharing across filters)",
+             _Layer(layer(jit=isa, jit_filters=4), x)),
+            ("generated, 1-filter tile (no load sharing across filters)",
+             _Layer(layer(jit=isa, jit_filters=1), x)),
+        ]
+        if "avx2_fma" in isas and isa != "avx2_fma":
+            configs.append(("generated avx2_fma (8 lanes, M 14 x V 1)",
+                            _Layer(layer(jit="avx2_fma"), x)))
+    stuned = layer(jit="static")
+    spicked = stuned.tune(x, budget_ms=600)
+    configs += [
+        ("static kernels, knobs auto-tuned "
+         f"(chunk {spicked['chunk_channels'] or 'auto'}, tile {spicked['tile_vectors'] or 'auto'})",
+         _Layer(stuned, x)),
+        ("static kernels, default knobs", _Layer(layer(jit="static"), x)),
+        ("static, no cache blocking over input channels",
+         _Layer(layer(jit="static", chunk_channels=128), x)),
+        ("static, 1-vector register tile", _Layer(layer(jit="static", tile_vectors=1), x)),
+        ("static, no filter kernel reorder", _Layer(layer(jit="static", reorder=False), x)),
         ("dense direct kernel on the pruned weights (no pattern kernel)",
          _tflite_runner(tfl, threads, x, claim="all", pattern_kernels="off")),
     ]
     if group > 1:
-        configs.insert(5, ("no load-redundancy elimination across filters (units of 1)",
-                           _Layer(layer(group=1), x)))
+        configs.insert(len(configs) - 1,
+                       ("static, no load-redundancy elimination across filters (units of 1)",
+                        _Layer(layer(jit="static", group=1), x)))
     runners = [r for _, r in configs]
     for r in runners:
         r.invoke()

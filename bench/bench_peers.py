@@ -223,8 +223,10 @@ def chart(rows, path, peers):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['model']}\n{r['threads']} thr" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows)), 4.5))
+    import textwrap
+
+    labels = [textwrap.fill(r["model"], 18) + f"\n{r['threads']} thread(s)" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(rows)), 5.5))
     width = 0.8 / len(peers)
     for j, p in enumerate(peers):
         vals = [r["ms"]["xnnpack"]["median"] / r["ms"][p]["median"] if p in r["ms"] else 0
@@ -263,7 +265,17 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--chart", default=None)
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="only redraw the table/chart from an earlier --json file")
     args = ap.parse_args()
+    if args.replot:
+        d = json.loads(pathlib.Path(args.replot).read_text())
+        peers = [p for p in ("xnnpack", "onnxruntime", "deepsparse", "cocopie_static", "cocopie")
+                 if p in d["rows"][0]["ms"]]
+        print(table(d["rows"], peers))
+        if args.chart:
+            chart(d["rows"], args.chart, peers)
+        return
     cases = [
         ("conv 56x56x128->128, 8 pat + 2x conn", layer_56),
         ("VGG-16 CIFAR, 8 pat + 3.6x conn", lambda: vgg16(True)),

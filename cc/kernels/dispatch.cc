@@ -231,7 +231,7 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit) {
   // medians so that a near-tie stays with XNNPACK.
   double efficiency = st.max_group >= 4 ? 0.38 : st.max_group >= 2 ? 0.32 : 0.28;
   if (jit == JitIsa::kAvx512) efficiency = 0.60;
-  if (jit == JitIsa::kAvx2) efficiency = 0.45;
+  if (jit == JitIsa::kAvx2) efficiency = 0.40;
   const double density = std::max(st.Density(), 1e-6);
   return efficiency / density;
 }
