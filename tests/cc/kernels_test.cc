@@ -174,9 +174,30 @@ std::vector<float> PatternFilter(int out_c, int k, int in_c, bool shared, std::m
   return w;
 }
 
+// One pattern-conv test problem: shape, pruned filter, bias, input and the
+// float64 reference output.
+struct PatternCase { int batch, h, w, in_c, out_c, k, dil; Padding pad; float lo, hi; };
+struct PatternProblem {
+  ConvShape s;
+  std::vector<float> w, b, in, ref;
+};
+PatternProblem MakeProblem(const PatternCase& c, bool shared, std::mt19937* rng) {
+  PatternProblem p;
+  ConvShape& s = p.s;
+  s.batch = c.batch; s.in_h = c.h; s.in_w = c.w; s.in_c = c.in_c; s.out_c = c.out_c;
+  s.k_h = s.k_w = c.k; s.dil_h = s.dil_w = c.dil;
+  s.act_min = c.lo; s.act_max = c.hi;
+  CHECK(ResolveConvShape(c.pad, &s).empty());
+  p.w = PatternFilter(s.out_c, c.k, s.in_c, shared, rng);
+  p.b = Random(s.out_c, rng);
+  p.in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, rng);
+  p.ref.resize(size_t(s.batch) * s.out_h * s.out_w * s.out_c);
+  Conv2DReference(s, p.in.data(), p.w.data(), p.b.data(), p.ref.data());
+  return p;
+}
+
 TEST_CASE(PatternConvMatchesReference) {
-  struct Case { int batch, h, w, in_c, out_c, k, dil; Padding pad; float lo, hi; };
-  const Case cases[] = {
+  const PatternCase cases[] = {
       {1, 7, 13, 5, 11, 3, 1, Padding::kSame, -INFINITY, INFINITY},
       {2, 14, 14, 16, 32, 3, 1, Padding::kSame, 0.f, INFINITY},
       {1, 4, 4, 24, 12, 3, 1, Padding::kSame, 0.f, 6.f},
@@ -186,18 +207,12 @@ TEST_CASE(PatternConvMatchesReference) {
       {1, 12, 12, 4, 8, 5, 1, Padding::kSame, -INFINITY, INFINITY},
   };
   std::mt19937 rng(4);
-  for (const Case& c : cases)
+  for (const PatternCase& c : cases)
     for (bool shared : {false, true}) {
-      ConvShape s;
-      s.batch = c.batch; s.in_h = c.h; s.in_w = c.w; s.in_c = c.in_c; s.out_c = c.out_c;
-      s.k_h = s.k_w = c.k; s.dil_h = s.dil_w = c.dil;
-      s.act_min = c.lo; s.act_max = c.hi;
-      CHECK(ResolveConvShape(c.pad, &s).empty());
-      const auto w = PatternFilter(s.out_c, c.k, s.in_c, shared, &rng);
-      const auto b = Random(s.out_c, &rng);
-      const auto in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, &rng);
-      std::vector<float> ref(size_t(s.batch) * s.out_h * s.out_w * s.out_c), out(ref.size());
-      Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+      const PatternProblem prob = MakeProblem(c, shared, &rng);
+      const ConvShape& s = prob.s;
+      const auto &w = prob.w, &b = prob.b, &in = prob.in, &ref = prob.ref;
+      std::vector<float> out(ref.size());
       for (int group : {1, 4}) {
         PatternPlan plan;
         CHECK(BuildPatternPlan(w.data(), s.out_c, c.k, c.k, s.in_c, b.data(), group, &plan).empty());
@@ -279,8 +294,7 @@ std::vector<JitIsa> JitIsas() {
 }
 
 TEST_CASE(GeneratedPatternConvMatchesReference) {
-  struct Case { int batch, h, w, in_c, out_c, k, dil; Padding pad; float lo, hi; };
-  const Case cases[] = {
+  const PatternCase cases[] = {
       {1, 7, 13, 5, 11, 3, 1, Padding::kSame, -INFINITY, INFINITY},
       {2, 14, 14, 16, 40, 3, 1, Padding::kSame, 0.f, INFINITY},
       {1, 4, 4, 24, 12, 3, 1, Padding::kSame, 0.f, 6.f},
@@ -297,18 +311,12 @@ TEST_CASE(GeneratedPatternConvMatchesReference) {
   std::string err;
   const KernelSet* set = SelectKernelSet("auto", &err);
   std::mt19937 rng(11);
-  for (const Case& c : cases)
+  for (const PatternCase& c : cases)
     for (bool shared : {false, true}) {
-      ConvShape s;
-      s.batch = c.batch; s.in_h = c.h; s.in_w = c.w; s.in_c = c.in_c; s.out_c = c.out_c;
-      s.k_h = s.k_w = c.k; s.dil_h = s.dil_w = c.dil;
-      s.act_min = c.lo; s.act_max = c.hi;
-      CHECK(ResolveConvShape(c.pad, &s).empty());
-      const auto w = PatternFilter(s.out_c, c.k, s.in_c, shared, &rng);
-      const auto b = Random(s.out_c, &rng);
-      const auto in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, &rng);
-      std::vector<float> ref(size_t(s.batch) * s.out_h * s.out_w * s.out_c), out(ref.size());
-      Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+      const PatternProblem prob = MakeProblem(c, shared, &rng);
+      const ConvShape& s = prob.s;
+      const auto &w = prob.w, &b = prob.b, &in = prob.in, &ref = prob.ref;
+      std::vector<float> out(ref.size());
       PatternPlan plan;
       CHECK(BuildPatternPlan(w.data(), s.out_c, c.k, c.k, s.in_c, b.data(), 4, &plan).empty());
       for (JitIsa isa : isas)
