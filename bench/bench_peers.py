@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from pruned_models import prune_model  # noqa: E402
+from pruned_models import prune_1x1, prune_model  # noqa: E402
 from timing import machine_info, summary  # noqa: E402
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
 
@@ -73,13 +73,15 @@ def vgg16(prune=True):
     return _fixed_batch(m, (32, 32, 3))
 
 
-def app(name, size, prune):
+def app(name, size, prune, prune_1x1_convs=False):
     import keras
 
     keras.utils.set_random_seed(0)
     m = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
     if prune:
         prune_model(m, connectivity=3.6)
+    if prune_1x1_convs:
+        prune_1x1(m, connectivity=3.6)
     return _fixed_batch(m, (size, size, 3))
 
 
@@ -282,8 +284,12 @@ def main():
         ("VGG-16 CIFAR, unpruned", lambda: vgg16(False)),
         ("MobileNetV2 224, unpruned", lambda: app("MobileNetV2", 224, False)),
     ]
+    cases.append(("MobileNetV2 224, 1x1 convs 3.6x conn",
+                  lambda: app("MobileNetV2", 224, False, prune_1x1_convs=True)))
     if args.resnet50:
         cases.insert(2, ("ResNet-50 224, 8 pat + 3.6x conn", lambda: app("ResNet50", 224, True)))
+        cases.insert(3, ("ResNet-50 224, 8 pat + 3.6x conn, 1x1 convs 3.6x conn",
+                         lambda: app("ResNet50", 224, True, prune_1x1_convs=True)))
     if args.models:
         cases = [c for c in cases if any(m in c[0] for m in args.models)]
     models = [(name, convert(build())) for name, build in cases]

@@ -23,3 +23,24 @@ def prune_model(model, *, skip_first=True, **kw):
         layer.set_weights(w)
         n += 1
     return n
+
+
+def prune_1x1(model, *, connectivity=3.6):
+    """Connectivity-prunes every 1x1 Conv2D of `model` in place: per layer the
+    1/connectivity of its (input channel, filter) weights with the largest
+    magnitude stay (a 1x1 kernel is one weight, so this is the whole kernel).
+    Returns the number of pruned layers."""
+    import keras
+    import numpy as np
+
+    n = 0
+    for layer in model.layers:
+        if type(layer) is keras.layers.Conv2D and layer.kernel_size == (1, 1):
+            w = layer.get_weights()
+            k = w[0]
+            keep = max(1, int(round(k.size / connectivity)))
+            thresh = np.partition(np.abs(k).ravel(), k.size - keep)[k.size - keep]
+            w[0] = np.where(np.abs(k) >= thresh, k, 0).astype(k.dtype)
+            layer.set_weights(w)
+            n += 1
+    return n

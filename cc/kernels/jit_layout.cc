@@ -155,12 +155,14 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   for (int f = 0; f < p.out_c; ++f) {
     const int32_t* runs = p.stride.data() + static_cast<size_t>(f) * (P + 1);
     const int32_t k0 = p.offset[f], k1 = p.offset[f + 1];
-    if (k0 > k1 || k1 > static_cast<int32_t>(p.index.size()) || runs[0] != 0 ||
+    if (k0 < 0 || k0 > k1 || k1 > static_cast<int32_t>(p.index.size()) || runs[0] != 0 ||
         runs[P] != k1 - k0)
       return "inconsistent FKW offsets";
-    for (int q = 0; q < P; ++q) {
+    for (int q = 0; q < P; ++q)  // all runs first: each must lie inside the filter's kernels
       if (runs[q] > runs[q + 1]) return "inconsistent FKW pattern runs";
+    for (int q = 0; q < P; ++q) {
       const std::vector<int>& pt = p.pattern_taps[q];
+      if (pt.size() > static_cast<size_t>(kMaxTaps)) return "pattern with too many taps";
       for (int k = runs[q]; k < runs[q + 1]; ++k) {
         const int c = p.index[k0 + k];
         if (c < 0 || c >= p.in_c) return "kernel input channel out of range";

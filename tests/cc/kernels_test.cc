@@ -385,18 +385,28 @@ TEST_CASE(GeneratorRefusesBadInput) {
     p.pattern_taps[0][0] = 9;
     CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "pattern tap outside the kernel");
     p = plan;
+    p.offset[1] = -1;  // found by the random damage below under ASan
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "inconsistent FKW offsets");
+    p = plan;
+    p.pattern_taps[0].assign(kMaxTaps + 1, 0);
+    CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "pattern with too many taps");
+    p = plan;
     p.stride[1] = p.stride[2] + 1;
     CHECK(build(p, JitIsa::kAvx512, 0, 0, in_floats) == "inconsistent FKW pattern runs");
   }
   // Random damage to the plan's arrays: either a clear refusal or a layout
   // whose code, run on exactly-sized buffers (ASan in CI), stays inside them.
   int refused = 0, ran = 0;
-  for (int trial = 0; trial < 300; ++trial) {
+  for (int trial = 0; trial < 2000; ++trial) {
     PatternPlan p = plan;
     std::vector<int32_t>* arrays[] = {&p.offset, &p.reorder, &p.index, &p.stride};
     std::vector<int32_t>& a = *arrays[rng() % 4];
     const int32_t vals[] = {-1, 0, 1, ic, oc, 1 << 30, int32_t(rng() % 64)};
     a[rng() % a.size()] = vals[rng() % 7];
+    if (rng() % 4 == 0) {  // and a pattern's tap list
+      std::vector<int>& pt = p.pattern_taps[rng() % p.pattern_taps.size()];
+      pt[rng() % pt.size()] = vals[rng() % 7];
+    }
     const std::string why = build(p, JitIsa::kAvx512, 0, 0, in_floats);
     if (!why.empty()) { ++refused; continue; }
     std::string gen_err;
