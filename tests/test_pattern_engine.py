@@ -337,3 +337,27 @@ def test_jit_isa_the_cpu_lacks_is_refused():
         pytest.skip("this CPU and build run every generator ISA")
     with pytest.raises(ValueError, match="jit"):
         lite.load_delegate(jit=missing[0])
+
+
+def test_cost_model_counts_layout_changes_and_demands_more_of_1x1(capfd):
+    """A connectivity-pruned 1x1 conv on a 14x14 map is predicted below 2x
+    once the layout change at its edges is counted, so claim=auto leaves it
+    to XNNPACK and says why; a pruned 3x3 conv of the same size is claimed."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((14, 14, 96), batch_size=1)
+    c1 = keras.layers.Conv2D(576, 1)
+    model = keras.Model(inp, c1(inp))
+    w = c1.get_weights()
+    k = w[0]
+    thresh = np.quantile(np.abs(k), 1 - 1 / 3.6)
+    w[0] = np.where(np.abs(k) >= thresh, k, 0).astype(np.float32)
+    c1.set_weights(w)
+    it = lite.Interpreter(model_content=convert(model), verbose=True)
+    it.allocate_tensors()
+    assert it.delegate_report() == []
+    assert "not worth claiming" in capfd.readouterr().err
+    it2 = lite.Interpreter(model_content=convert(_one_conv(hw=14, c=96)))
+    it2.allocate_tensors()
+    assert len(it2.delegate_report()) == 1

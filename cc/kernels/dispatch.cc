@@ -222,7 +222,8 @@ constexpr int64_t kMinJitTiles = 4;
 
 }  // namespace
 
-double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit) {
+double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t dense_macs,
+                                 int64_t edge_elements) {
   // Executed-MAC efficiency of the pattern kernel relative to XNNPACK's dense
   // convolution (56x56x128->128, 8 patterns, 1 thread; bench/bench_ablation.py
   // and bench/bench_engine.py).  Static kernels (AVX2): about 0.28 when every
@@ -233,7 +234,17 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit) {
   if (jit == JitIsa::kAvx512) efficiency = 0.60;
   if (jit == JitIsa::kAvx2) efficiency = 0.40;
   const double density = std::max(st.Density(), 1e-6);
-  return efficiency / density;
+  if (dense_macs <= 0) return efficiency / density;
+  // The layout change (NHWC <-> padded CHW) at the node's edges, in
+  // XNNPACK-MAC equivalents per element moved: about 15 measured (8x8 AVX
+  // transposes of a 56x56x128 tensor: 0.12 ms each, the time XNNPACK spends
+  // on 6 M MACs), doubled to cover the unaligned small tensors of
+  // MobileNet-class layers (MobileNetV2 with connectivity-pruned 1x1 convs
+  // ran 0.6x of XNNPACK when every 1x1 node was claimed on MACs alone).
+  constexpr double kEdgeMacsPerElement = 30;
+  const double ours = double(dense_macs) * density / efficiency +
+                      kEdgeMacsPerElement * double(edge_elements);
+  return double(dense_macs) / ours;
 }
 
 bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {

@@ -84,7 +84,11 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s,
 // XNNPACK-class efficiency, from per-MAC efficiencies measured on AVX2
 // (docs/benchmarks.md); > 1 means worth taking the node from TFLite.
 bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s);
-double PredictedSpeedupOverDense(const PatternStats& stats, JitIsa jit = JitIsa::kNone);
+// `dense_macs` and `edge_elements` (input + output elements of the node,
+// which the engine transposes at a partition edge) make the prediction
+// include the layout change; 0 leaves it out.
+double PredictedSpeedupOverDense(const PatternStats& stats, JitIsa jit = JitIsa::kNone,
+                                 int64_t dense_macs = 0, int64_t edge_elements = 0);
 
 // "f32_<op>__<isa>" for reports.
 std::string KernelName(const KernelSet* set, const char* op);
