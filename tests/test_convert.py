@@ -145,3 +145,41 @@ def test_cli_convert_and_inspect(tmp_path, trained):
     assert "cocopie metadata present, v1" in p.stdout
     assert p.stdout.count("metadata record: valid") == 2
     assert "FKW" in p.stdout and "#" in p.stdout
+
+
+def test_converter_and_delegate_share_the_pattern_limits():
+    """One definition of 'pattern-pruned' (_cc.pattern_limits()): a filter just
+    under the density limit gets a metadata record, one just over gets a note,
+    and the delegate takes exactly the first as a pattern conv."""
+    import keras
+
+    from cocopie_tf import _cc, converter, lite
+
+    limits = _cc.pattern_limits()
+    assert limits == {"max_density": 0.5, "max_patterns": 64, "max_taps": 32, "max_group": 4}
+    rng = np.random.default_rng(0)
+    for density, want_record in ((limits["max_density"] - 0.05, True),
+                                 (limits["max_density"] + 0.05, False)):
+        inp = keras.Input((10, 10, 16), batch_size=1)
+        conv = keras.layers.Conv2D(16, 3, padding="same")
+        model = keras.Model(inp, conv(inp))
+        w = conv.get_weights()
+        # Whole kernels kept with 5 of 9 taps (one mask): density = kept * 5/9.
+        mask = np.zeros((3, 3), bool)
+        mask.ravel()[[0, 2, 4, 6, 8]] = True
+        keep = rng.random((16, 16)) < density * 9 / 5
+        w[0] = np.where(mask[:, :, None, None] & keep[None, None], w[0], 0).astype(np.float32)
+        conv.set_weights(w)
+        tfl = tf_convert(model)
+        records, notes = converter.core.pattern_records(tfl)
+        assert (len(records) == 1) == want_record, (density, notes)
+        it = lite.Interpreter(model_content=tfl, claim="all")
+        it.allocate_tensors()
+        (e,) = it.delegate_report()
+        assert ("pattern" in e["kernel"]) == want_record, (density, e)
+
+
+def tf_convert(model):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()

@@ -357,6 +357,14 @@ PYBIND11_MODULE(_cc, m) {
       .def_property_readonly("macs_per_pixel", &PatternConvLayer::macs_per_pixel);
   m.def("pattern_info", &PatternInfo, py::arg("filter"), py::arg("group") = kMaxGroup,
         "Pattern structure and FKW arrays of an OHWI filter.");
+  m.def("pattern_limits", [] {
+    py::dict d;
+    d["max_density"] = kPatternMaxDensity;
+    d["max_patterns"] = kPatternMaxDistinct;
+    d["max_taps"] = kMaxTaps;
+    d["max_group"] = kMaxGroup;
+    return d;
+  }, "The pattern contract's limits (what the delegate takes as pattern-pruned).");
   m.def("cpu_features", [] { return DetectCpu().ToString(); }, "Detected CPU features.");
   m.def("default_tuning_cache_path", &DefaultTuningCachePath,
         "The tuning cache file the delegate uses when tune_cache is not given.");

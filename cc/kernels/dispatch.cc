@@ -251,11 +251,9 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
   // Measured on AVX2 (docs/benchmarks.md): above about half the weights the
   // dense direct kernel is as fast; many distinct masks mean unstructured
   // sparsity, which this kernel is not built for.
-  constexpr double kMaxDensity = 0.5;
-  constexpr int kMaxPatterns = 64;
   return s.stride_h == 1 && s.stride_w == 1 && s.k_h * s.k_w <= kMaxTaps &&
-         st.total_weights > 0 && st.Density() <= kMaxDensity &&
-         st.distinct_patterns <= kMaxPatterns;
+         st.total_weights > 0 && st.Density() <= kPatternMaxDensity &&
+         st.distinct_patterns <= kPatternMaxDistinct;
 }
 
 namespace {

@@ -27,6 +27,15 @@ namespace cocopie {
 
 constexpr int kMaxGroup = 4;  // filters sharing one kernel list, per unit
 
+// The pattern contract's limits, one owner for the delegate's claim check,
+// the converter's metadata writer and the reports (exposed to Python as
+// cocopie_tf._cc.pattern_limits()).  Above kPatternMaxDensity the dense
+// kernels are as fast (measured on AVX2, docs/benchmarks.md); more than
+// kPatternMaxDistinct masks is unstructured sparsity, which the pattern
+// kernels are not built for.
+constexpr double kPatternMaxDensity = 0.5;
+constexpr int kPatternMaxDistinct = 64;
+
 struct PatternPlan {
   int out_c = 0, in_c = 0, k_h = 0, k_w = 0;
   std::vector<uint32_t> patterns;            // bit (ky*k_w+kx) set = kept
@@ -142,7 +151,7 @@ struct PatternScratch {
   std::string engine, prepared_key;
 };
 
-constexpr int kMaxTaps = 32;
+constexpr int kMaxTaps = 32;  // kernel positions a pattern mask can hold
 constexpr int kVectorWidth = 8;  // floats per vector in the pattern kernels
 
 // One image's worth of work for the per-ISA kernels.  Output positions are

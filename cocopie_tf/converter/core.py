@@ -21,7 +21,6 @@ from cocopie_tf.converter import metadata as M
 
 _CONV_2D = 3
 _FLOAT32 = 0  # schema TensorType.FLOAT32
-_MAX_DENSITY = 0.6  # above this a filter is treated as dense, not pattern-pruned
 
 
 def _schema():
@@ -55,14 +54,21 @@ def filter_array(tflite_bytes: bytes, subgraph: int, tensor_index: int) -> np.nd
     return np.frombuffer(data, "<f4").reshape([int(d) for d in tensor.shape])
 
 
-def pattern_records(tflite_bytes: bytes, max_patterns: int = 32) -> tuple[list[dict], list[str]]:
+def pattern_records(tflite_bytes: bytes,
+                    max_patterns: int | None = None) -> tuple[list[dict], list[str]]:
     """Finds the pattern-pruned CONV_2D filters of a .tflite model.
 
     Returns (records for the metadata, notes on convolutions left out and why).
-    A filter counts as pattern-pruned when its non-zero kernels use at most
-    ``max_patterns`` distinct masks and at most 60% of its weights are non-zero.
+    A filter counts as pattern-pruned within the delegate's limits
+    (``_cc.pattern_limits()``, the one definition): at most ``max_density`` of
+    its weights non-zero and at most ``max_patterns`` (or the smaller given
+    ``max_patterns``) distinct kernel masks of at most ``max_taps`` positions.
     """
     from cocopie_tf import _cc
+
+    limits = _cc.pattern_limits()
+    cap = limits["max_patterns"] if max_patterns is None else min(max_patterns,
+                                                                   limits["max_patterns"])
 
     schema = _schema()
     model_t = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
@@ -81,8 +87,8 @@ def pattern_records(tflite_bytes: bytes, max_patterns: int = 32) -> tuple[list[d
             shape = tuple(int(d) for d in tensor.shape)
             filt = np.frombuffer(data, "<f4").reshape(shape)  # OHWI
             out_c, k_h, k_w, in_c = shape
-            if k_h * k_w > 32:
-                notes.append(f"{where}: kernel larger than 32 positions")
+            if k_h * k_w > limits["max_taps"]:
+                notes.append(f"{where}: kernel larger than {limits['max_taps']} positions")
                 continue
             nz = filt != 0
             density = nz.mean()
@@ -90,7 +96,7 @@ def pattern_records(tflite_bytes: bytes, max_patterns: int = 32) -> tuple[list[d
                      << np.arange(k_h * k_w)).sum(-1)
             kept = masks[masks != 0]
             values, counts = np.unique(kept, return_counts=True)
-            if density > _MAX_DENSITY or len(values) > min(max_patterns, M.MAX_PATTERNS):
+            if density > limits["max_density"] or len(values) > min(cap, M.MAX_PATTERNS):
                 notes.append(f"{where}: not pattern-pruned ({density:.0%} non-zero, "
                              f"{len(values)} distinct kernel masks)")
                 continue
