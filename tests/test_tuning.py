@@ -134,3 +134,64 @@ def test_profile_reports_per_node_times(pruned_tflite):
     entries = it.delegate_report()
     assert entries and all(e["invokes"] == 2 and e["mean_ms"] > 0 for e in entries)
     json.dumps(entries)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/urandom", "directory"])
+def test_tune_cache_that_is_not_a_regular_file_is_ignored(pruned_tflite, tmp_path, kind):
+    """A FIFO (no writer: open would block), /dev/zero (endless), /dev/urandom
+    or a directory as tune_cache: Prepare returns promptly with the default
+    knobs.  Run in a child process with a timeout so a regression fails
+    instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
+
+    if kind == "fifo":
+        path = str(tmp_path / "cache.fifo")
+        os.mkfifo(path)
+    elif kind == "directory":
+        path = str(tmp_path)
+    else:
+        path = kind
+    model = tmp_path / "m.tflite"
+    model.write_bytes(pruned_tflite)
+    code = (
+        "import sys, numpy as np\n"
+        "from cocopie_tf import lite\n"
+        f"it = lite.Interpreter(model_path={str(model)!r}, tune='cached', tune_cache={path!r})\n"
+        "it.allocate_tensors()\n"
+        "print([e['tuning'] for e in it.delegate_report() if 'pattern' in e['kernel']])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path if kind != "directory" else "/")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "['default', 'default']" in proc.stdout
+
+
+def test_option_with_nul_is_refused():
+    with pytest.raises(ValueError, match="NUL"):
+        lite.load_delegate(tune_cache="zz\0/etc/passwd")
+
+
+def test_report_while_another_thread_invokes(pruned_tflite):
+    """delegate_report() with profile=true while invoke() runs on another
+    thread: the JSON grows between the size query and the copy; every report
+    must still parse."""
+    import threading
+
+    it = lite.Interpreter(model_content=pruned_tflite, profile=True, tune="off")
+    it.allocate_tensors()
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            it.invoke()
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        for _ in range(300):
+            entries = it.delegate_report()
+            assert len(entries) == 2
+    finally:
+        stop.set()
+        t.join()

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
@@ -177,9 +178,37 @@ std::string DefaultTuningCachePath() {
 
 TuningCache::TuningCache(std::string path) : path_(std::move(path)) { Load(path_, &entries_); }
 
+namespace {
+
+// The cache file's text, or "" if it is not a regular file of at most
+// kMaxCacheBytes: a FIFO, /dev/zero or /dev/urandom given as tune_cache must
+// neither block Prepare nor fill memory.  Opened non-blocking, then checked
+// on the open descriptor (no race with a swap of the path).
+std::string ReadCacheFile(const std::string& path) {
+  constexpr off_t kMaxCacheBytes = 16 << 20;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return "";
+  struct stat st;
+  std::string text;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= kMaxCacheBytes) {
+    text.resize(static_cast<size_t>(st.st_size));
+    size_t got = 0;
+    while (got < text.size()) {
+      const ssize_t n = ::read(fd, &text[got], text.size() - got);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    text.resize(got);
+  }
+  ::close(fd);
+  return text;
+}
+
+}  // namespace
+
 void TuningCache::Load(const std::string& path, std::map<std::string, Entry>* entries) {
   if (path.empty()) return;
-  std::ifstream f(path);
+  std::istringstream f(ReadCacheFile(path));
   std::string line;
   while (std::getline(f, line)) {
     std::vector<std::string> fields;

@@ -65,7 +65,11 @@ def _delegate_options(backend: str, num_threads: int | None, options: dict[str, 
     for key, value in options.items():
         if isinstance(value, bool):
             value = "true" if value else "false"
-        opts[key] = str(value)
+        value = str(value)
+        # C strings end at NUL: 'zz\0/etc/passwd' would silently become 'zz'.
+        if "\0" in key or "\0" in value:
+            raise ValueError(f"option {key!r}: value contains a NUL character")
+        opts[key] = value
     return opts
 
 
@@ -92,10 +96,16 @@ def _report(delegate) -> list[dict]:
     fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     fn.restype = ctypes.c_size_t
     ptr = delegate._get_native_delegate_pointer()  # pylint: disable=protected-access
+    # The report may grow between two calls (profile=true and an invoke on
+    # another thread): the call returns the length it needed, snprintf-style,
+    # so retry until the text fitted.
     size = fn(ptr, None, 0)
-    buf = ctypes.create_string_buffer(size + 1)
-    fn(ptr, buf, size + 1)
-    return json.loads(buf.value.decode("utf-8"))
+    while True:
+        buf = ctypes.create_string_buffer(size + 1025)
+        need = fn(ptr, buf, len(buf))
+        if need < len(buf):
+            return json.loads(buf.value.decode("utf-8"))
+        size = need
 
 
 class Interpreter(_litert.Interpreter):
