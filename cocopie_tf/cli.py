@@ -104,6 +104,12 @@ def _inspect(args) -> int:
     except ValueError as e:
         print(f"cocopie-tf inspect: {path}: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a corrupt file must not end in a traceback
+        # The flatbuffer reader raises struct.error, TypeError, IndexError...
+        # on damaged files; all mean the same to the user.
+        print(f"cocopie-tf inspect: {path}: malformed .tflite file "
+              f"({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -183,3 +183,55 @@ def tf_convert(model):
     import tensorflow as tf
 
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def test_cli_inspect_on_corrupt_files_gives_one_line(tmp_path):
+    """Byte-flipped and truncated copies of a converted model: `cocopie-tf
+    inspect` answers each with exit 0 (still readable) or 2 and one line on
+    stderr, never a traceback.  The corpus runs in a child process with a
+    timeout, so a crash or hang fails the test instead of the suite."""
+    import json
+    import subprocess
+    import sys
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 16), batch_size=1)
+    conv = keras.layers.Conv2D(16, 3, padding="same")
+    model = keras.Model(inp, conv(inp))
+    w = conv.get_weights()
+    from cocopie_tf.patterns import prune_kernel
+
+    w[0] = prune_kernel(w[0], connectivity=2.0)
+    conv.set_weights(w)
+    good = cocopie_tf.convert(model)
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(160):
+        raw = bytearray(good)
+        if i % 4 == 3:
+            raw = raw[: int(rng.integers(1, len(raw)))]
+        else:
+            for pos in rng.integers(0, len(raw), size=int(rng.integers(1, 9))):
+                raw[pos] = int(rng.integers(0, 256))
+        p = tmp_path / f"bad{i}.tflite"
+        p.write_bytes(bytes(raw))
+        paths.append(str(p))
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from cocopie_tf import cli\n"
+        "for p in sys.argv[1:]:\n"
+        "    err, out = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):\n"
+        "        rc = cli.main(['inspect', p])\n"
+        "    print(json.dumps({'rc': rc, 'err': err.getvalue()}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert len(results) == len(paths)
+    for r in results:
+        assert r["rc"] in (0, 2), r
+        assert "Traceback" not in r["err"]
+        if r["rc"] == 2:
+            assert r["err"].count("\n") == 1 and r["err"].startswith("cocopie-tf inspect: "), r
+    assert sum(r["rc"] == 2 for r in results) > 0
