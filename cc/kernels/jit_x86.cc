@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <string>
 
 #include "cc/kernels/jit_pattern.h"
 
@@ -129,6 +130,14 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
                     b.column_offset.size() * layout.vectors +
                     b.weights.size() * (layout.vectors + 2) +
                     b.out_channel.size() * (3 * layout.vectors + 1) + 2;
+  // A layer this large (about 30 M kept weights) would need hundreds of MB
+  // of code; the static kernels run it instead.
+  constexpr size_t kMaxCodeReserve = size_t(1) << 30;
+  if (instructions > kMaxCodeReserve / 15) {
+    *error = "layer too large for generated code (" + std::to_string(instructions) +
+             " instructions)";
+    return nullptr;
+  }
   std::unique_ptr<JitKernel> k(new JitKernel());
   try {
     k->code_.reset(new Code(instructions * 15 + 4096));
