@@ -92,7 +92,7 @@ class JitKernel {
   ~JitKernel();
 
   // Filter block `block` over `tiles` tiles of positions starting at
-  // position `start` (a multiple of nothing in particular).  Returns false
+  // flattened position `start` (any position; the driver uses block starts).  Returns false
   // without running anything if the arguments would leave the buffers the
   // layout was validated for.
   bool Run(int block, const float* input, int64_t input_floats, float* output,
