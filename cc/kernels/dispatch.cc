@@ -1,6 +1,7 @@
 #include "cc/kernels/dispatch.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cmath>
@@ -309,6 +310,64 @@ std::vector<int32_t> TapOffsets(const ConvShape& s, const PatternPlan& plan, int
 }
 
 
+// True if any of the n floats is Inf or NaN (exponent bits all ones).  Bit
+// arithmetic, not std::isfinite: immune to fast-math, and it vectorises.
+bool AnyNonFinite(const float* x, int64_t n) {
+  uint32_t acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    acc |= (bits & 0x7f800000u) + 0x00800000u;  // carries into bit 31 iff exponent is 0xff
+  }
+  return (acc & 0x80000000u) != 0;
+}
+
+// Stock TFLite multiplies every weight, the pruned zeros included, so an Inf
+// or NaN input that meets a pruned (input channel, tap) of a filter makes that
+// output NaN (0 x Inf = NaN); the pattern kernels skip exactly those products.
+// Called only when the padded CHW input `padded` holds a non-finite value:
+// calls mark(oy, ox, o) for every output the kept weights alone would miss.
+// O(non-finite inputs x taps x filters): a debugging path, not a fast one.
+template <typename Mark>
+void PropagateNonFinite(const ConvShape& s, const PatternPlan& plan, const PatternGeometry& g,
+                        const float* padded, ThreadPool* pool, const Mark& mark) {
+  // kept[c * out_c + o]: tap mask of kernel (o, c) in original filter order.
+  std::vector<uint32_t> kept(static_cast<size_t>(s.in_c) * s.out_c, 0);
+  const int P = plan.num_patterns();
+  for (int f = 0; f < s.out_c; ++f) {
+    const int32_t* runs = plan.stride.data() + static_cast<size_t>(f) * (P + 1);
+    for (int q = 0; q < P; ++q)
+      for (int k = runs[q]; k < runs[q + 1]; ++k)
+        kept[static_cast<size_t>(plan.index[plan.offset[f] + k]) * s.out_c + plan.reorder[f]] =
+            plan.patterns[q];
+  }
+  struct Bad { int c, py, px; };
+  std::vector<Bad> bad;
+  for (int c = 0; c < s.in_c; ++c)
+    for (int py = 0; py < g.hp; ++py) {
+      const float* row = padded + c * g.plane + static_cast<int64_t>(py) * g.wp;
+      if (!AnyNonFinite(row, g.wp)) continue;
+      for (int px = 0; px < g.wp; ++px)
+        if (AnyNonFinite(row + px, 1)) bad.push_back({c, py, px});
+    }
+  // Split over filters: each (oy, ox, o) is written by one thread only.
+  ParallelFor(pool, s.out_c, 1, [&](int64_t o0, int64_t o1) {
+    for (const Bad& b : bad)
+      for (int ty = 0; ty < s.k_h; ++ty) {
+        const int oy = b.py - ty * s.dil_h;
+        if (oy < 0 || oy >= s.out_h) continue;
+        for (int tx = 0; tx < s.k_w; ++tx) {
+          const int ox = b.px - tx * s.dil_w;
+          if (ox < 0 || ox >= s.out_w) continue;
+          const uint32_t bit = 1u << (ty * s.k_w + tx);
+          const uint32_t* k = kept.data() + static_cast<size_t>(b.c) * s.out_c;
+          for (int64_t o = o0; o < o1; ++o)
+            if (!(k[o] & bit)) mark(oy, ox, static_cast<int>(o));
+        }
+      }
+  });
+}
+
 }  // namespace
 
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
@@ -421,6 +480,12 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
                          plane, nx, s.in_c);
         }
       });
+    // Rare: only then do the products the kernels skip matter (see
+    // PropagateNonFinite).  The scan costs about one read of the input.
+    std::atomic<bool> non_finite{false};
+    ParallelFor(pool, s.in_c, 8, [&](int64_t c0, int64_t c1) {
+      if (AnyNonFinite(padded + c0 * plane, (c1 - c0) * plane)) non_finite = true;
+    });
     if (jit != nullptr) {
       const int fb = jit->num_blocks();
       const int64_t tiles = block_len / jit->layout().TileLen();
@@ -463,6 +528,12 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           }
         }
       });
+      if (non_finite)
+        PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {
+          const int py = oy + ns.pad_top, px = ox + ns.pad_left;
+          if (py < ng.hp && px < ng.wp)
+            dst_all[o * ng.plane + static_cast<int64_t>(py) * ng.wp + px] = NAN;
+        });
       continue;
     }
     // CHW -> NHWC with bias and the fused activation.
@@ -478,6 +549,10 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             dst[o] = std::min(std::max(dst[o] + bias[o], s.act_min), s.act_max);
       }
     });
+    if (non_finite)
+      PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {
+        out_b[(static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c + o] = NAN;
+      });
   }
 }
 

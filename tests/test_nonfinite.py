@@ -1,0 +1,142 @@
+"""Inf and NaN reach the outputs they reach in stock LiteRT (issue 12, item 1).
+
+Stock kernels multiply every weight, the pruned zeros too, so one Inf or NaN
+input poisons every output whose window covers it (0 x Inf = NaN), and an Inf
+weight poisons its whole output channel.  The pattern kernels skip the zeros;
+these tests check that the delegate still gives the same non-finite
+positions, and the same finite values elsewhere, against a float64 numpy
+reference (layer level, every engine this machine has) and against stock
+LiteRT (whole models with ReLU, ReLU6 and chained pattern convs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import reference_outputs, run_tflite
+from cocopie_tf import _cc, lite
+from test_kernels import np_conv2d
+from test_pattern_engine import JIT_ISAS, _pruned_filter
+
+ENGINES = ["static"] + JIT_ISAS
+
+
+@pytest.fixture(autouse=True)
+def _quiet_numpy():
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 x Inf is the point here
+        yield
+
+
+def _same_non_finite(out, ref):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape
+    assert np.array_equal(np.isnan(out), np.isnan(ref)), \
+        f"NaN at {np.argwhere(np.isnan(out) != np.isnan(ref))[:5].tolist()}"
+    assert np.array_equal(np.isposinf(out), np.isposinf(ref))
+    assert np.array_equal(np.isneginf(out), np.isneginf(ref))
+    fin = np.isfinite(ref)
+    assert np.all(np.abs(out[fin] - ref[fin]) <= 1e-4 * (1 + np.abs(ref[fin])))
+
+
+def _poison(x, rng, value, count):
+    x = x.copy()
+    for _ in range(count):
+        idx = tuple(int(rng.integers(d)) for d in x.shape)
+        x[idx] = value
+    return x
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("act", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_reaches_the_outputs_stock_arithmetic_reaches(engine, act, value):
+    rng = np.random.default_rng(7)
+    filt = _pruned_filter(rng, 24, 3, 16, connectivity=2.0)
+    bias = rng.standard_normal(24).astype(np.float32)
+    layer = _cc.PatternConvLayer(filt, bias, padding="same", activation=act, num_threads=2,
+                                 jit=engine)
+    for count in (1, 3):
+        x = _poison(rng.standard_normal((1, 14, 14, 16)).astype(np.float32), rng, value, count)
+        ref = np_conv2d(x, filt, bias, (1, 1), (1, 1), "same", act=act)
+        assert not np.all(np.isfinite(ref))
+        _same_non_finite(layer(x), ref)
+        # The next call on clean data is clean again (no NaN left in scratch).
+        clean = rng.standard_normal((1, 14, 14, 16)).astype(np.float32)
+        _same_non_finite(layer(clean), np_conv2d(clean, filt, bias, (1, 1), (1, 1), "same",
+                                                 act=act))
+    assert layer.engine["engine"] == (_cc.default_kernel_set() if engine == "static"
+                                      else "jit_" + engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_kept_weight_poisons_its_channel(engine, value):
+    rng = np.random.default_rng(8)
+    filt = _pruned_filter(rng, 16, 3, 8, connectivity=2.0)
+    o, ky, kx, c = (int(v) for v in np.argwhere(filt != 0)[5])
+    filt[o, ky, kx, c] = value
+    layer = _cc.PatternConvLayer(filt, padding="same", activation="relu", jit=engine)
+    x = rng.standard_normal((1, 12, 12, 8)).astype(np.float32)
+    ref = np_conv2d(x, filt, None, (1, 1), (1, 1), "same", act="relu")
+    _same_non_finite(layer(x), ref)
+
+
+def _chain_model():
+    import keras
+
+    from cocopie_tf import convert
+    from cocopie_tf.patterns import prune_kernel
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((12, 12, 16), batch_size=1)
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="a")(inp)
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu6", name="b")(h)  # chained
+    h = keras.layers.Conv2D(16, 3, padding="valid", name="c")(h)
+    model = keras.Model(inp, h)
+    kept = []
+    for name in "abc":
+        layer = model.get_layer(name)
+        w = layer.get_weights()
+        w[0] = prune_kernel(w[0], connectivity=2.0)
+        layer.set_weights(w)
+        kept.append(w[0][w[0] != 0])
+    return convert(model), kept
+
+
+def _poison_weight(tfl, weights, value):
+    """The file with one kept weight replaced by `value` (the TFLite converter
+    saturates Inf weights to FLT_MAX, so this edits the bytes)."""
+    for w in weights:
+        raw = np.float32(w).tobytes()
+        if tfl.count(raw) == 1:
+            i = tfl.index(raw)
+            return tfl[:i] + np.float32(value).tobytes() + tfl[i + 4:]
+    raise AssertionError("no unique weight to poison")
+
+
+@pytest.mark.parametrize("jit", ["static", "auto"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_match_stock_litert_through_a_model(jit, value):
+    tfl, _ = _chain_model()
+    it = lite.Interpreter(model_content=tfl, claim="all", jit=jit)
+    rng = np.random.default_rng(9)
+    for count in (1, 2, 5):
+        x = _poison(rng.standard_normal((1, 12, 12, 16)).astype(np.float32), rng, value, count)
+        ref = reference_outputs(tfl, [x])[0]
+        assert not np.all(np.isfinite(ref))
+        _same_non_finite(run_tflite(it, [x])[0], ref)
+    report = it.delegate_report()
+    assert len(report) == 3 and any(e["keeps_layout"] for e in report)  # chained case ran
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_weight_matches_stock_litert_through_a_model(layer, value):
+    tfl, kept = _chain_model()
+    tfl = _poison_weight(tfl, kept[layer], value)
+    x = np.random.default_rng(10).standard_normal((1, 12, 12, 16)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    assert not np.all(np.isfinite(ref))
+    it = lite.Interpreter(model_content=tfl, claim="all")
+    _same_non_finite(run_tflite(it, [x])[0], ref)
+    assert len(it.delegate_report()) == 3
