@@ -192,6 +192,6 @@ def default_cache_path() -> str:
 
 
 def write_json(result, path: str) -> None:
-    from cocopie_tf.converter.core import write_atomic
+    from cocopie_tf._files import write_file
 
-    write_atomic(pathlib.Path(path), json.dumps(result, indent=1).encode())
+    write_file(path, json.dumps(result, indent=1).encode(), replace=False)

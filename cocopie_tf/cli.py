@@ -66,8 +66,12 @@ def _convert(args) -> int:
     if not src.is_file():
         print(f"cocopie-tf convert: {src}: no such file", file=sys.stderr)
         return 2
-    if dst.exists() and not args.force:
-        print(f"cocopie-tf convert: {dst} exists; pass --force to replace it", file=sys.stderr)
+    from cocopie_tf._files import check_destination
+
+    try:  # before loading and converting, which take a while
+        check_destination(dst, replace=args.force)
+    except OSError as e:
+        print(f"cocopie-tf convert: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -80,7 +84,11 @@ def _convert(args) -> int:
     except Exception as e:  # keras raises many kinds on a bad file
         print(f"cocopie-tf convert: cannot load {src}: {e}", file=sys.stderr)
         return 2
-    data = convert(model, output_path=dst, force=args.force)
+    try:
+        data = convert(model, output_path=dst, force=args.force)
+    except (ValueError, OSError) as e:  # ConverterError is a ValueError
+        print(f"cocopie-tf convert: {e}", file=sys.stderr)
+        return 2
     meta = read_metadata(data)
     n = len(meta["records"]) if meta else 0
     print(f"wrote {dst} ({len(data):,} bytes), pattern metadata for {n} convolution(s)")

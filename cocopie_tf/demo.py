@@ -85,13 +85,13 @@ def run(threads: int = 1, runs: int = 20, output: str | None = None, dense_epoch
 
     print(inspect_text(tflite_bytes, "digits_cnn.tflite"))
     if output:
-        path = pathlib.Path(output)
-        if path.exists():
-            print(f"error: {path} exists; not overwriting it")
-            return 2
-        from cocopie_tf.converter.core import write_atomic
+        from cocopie_tf._files import write_file
 
-        write_atomic(path, tflite_bytes)
+        try:
+            path = write_file(output, tflite_bytes, replace=False)
+        except OSError as e:
+            print(f"error: {e}")
+            return 2
         print(f"wrote {path}")
 
     print("\n4. run on stock LiteRT (XNNPACK) and with the cocopie delegate")

@@ -13,10 +13,14 @@ import contextlib
 import io
 import os
 import pathlib
+import re
+import shutil
 import tempfile
+import threading
 
 import numpy as np
 
+from cocopie_tf._files import check_destination, pid_alive, write_file
 from cocopie_tf.converter import metadata as M
 
 _CONV_2D = 3
@@ -198,33 +202,94 @@ def convert(model, *, output_path=None, force: bool = False, **converter_options
            for o in converter_options.get("optimizations", []) or []):
         raise ValueError("optimizations: EXPERIMENTAL_SPARSITY turns filters into run-time "
                          "DENSIFY outputs, which no delegate can plan for; leave it out")
-    if output_path is not None:
-        output_path = pathlib.Path(output_path)
-        if output_path.exists() and not force:
-            raise FileExistsError(f"{output_path} exists; pass force=True to replace it")
+    if output_path is not None:  # before the slow part: a bad destination fails now
+        output_path = check_destination(output_path, replace=force)
     if find_wrappers(model):
         model = strip_pruning(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     for key, value in converter_options.items():
         setattr(converter, key, value)
-    with contextlib.redirect_stdout(io.StringIO()):
-        tflite_bytes = converter.convert()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _private_tempdir():
+            tflite_bytes = converter.convert()
+    except Exception as e:  # tf.lite's ConverterError and the many kinds below it
+        raise ConverterError.from_tf(e, model) from None
     records, _ = pattern_records(tflite_bytes)
     if records:
         tflite_bytes = add_metadata(tflite_bytes, M.encode(records))
     if output_path is not None:
-        write_atomic(output_path, tflite_bytes)
+        write_file(output_path, tflite_bytes, replace=force)
     return tflite_bytes
 
 
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+class ConverterError(ValueError):
+    """The TFLite converter refused the model.  ``layers`` names the Keras
+    layers its message points at, ``ops`` the TensorFlow ops it has no TFLite
+    kernel for; the message says both, and the converter's own first error."""
+
+    def __init__(self, message: str, layers=(), ops=()):
+        super().__init__(message)
+        self.layers, self.ops = list(layers), list(ops)
+
+    @classmethod
+    def from_tf(cls, error: Exception, model) -> "ConverterError":
+        text = str(error)
+        ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)))
+        names = {layer.name: layer for layer in _all_layers(model)}
+        layers = []
+        # MLIR locations look like fused["Op:", "functional_1/my_layer_1/Op@..."]; Keras 3
+        # adds "_<n>" to the layer's name in the graph.
+        for path in re.findall(r'fused\["[^"]*", "([^"@]+)', text):
+            for part in path.split("/"):
+                for cand in (part, re.sub(r"_\d+$", "", part)):
+                    if cand in names and cand not in layers and names[cand] is not model:
+                        layers.append(cand)
+                        break
+        first = next((ln.split("error:", 1)[1].strip() for ln in text.splitlines()
+                      if "error:" in ln), text.strip().splitlines()[0] if text.strip() else "")
+        first = re.sub(r"loc\(.*?\)\)+:\s*", "", first)[:300]
+        what = ", ".join(f"'{n}' ({type(names[n]).__name__})" for n in layers) or "the model"
+        message = f"the TFLite converter cannot convert {what}"
+        if ops:
+            message += (f": TFLite has no built-in kernel for {', '.join(ops)} (TF Select ops "
+                        "are not supported by the cocopie delegate); replace the layer or "
+                        "compute it outside the model")
+        elif first:
+            message += f": {first}"
+        return cls(message, layers, ops)
+
+
+def _all_layers(model):
+    seen, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        if any(layer is s for s in seen):
+            continue
+        seen.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return seen
+
+
+_TEMPDIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _private_tempdir():
+    """TensorFlow's converter saves the model to a temporary SavedModel folder
+    that a killed process leaves behind: give it a folder named after our PID,
+    remove it afterwards, and remove those of dead PIDs on the next run.
+    (tempfile.tempdir is process-wide, hence the lock.)"""
+    base = pathlib.Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in base.glob("cocopie-convert-*-*"):
+            m = re.match(r"cocopie-convert-(\d+)-", entry.name)
+            if m and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(m[1])):
+                shutil.rmtree(entry, ignore_errors=True)
+    with _TEMPDIR_LOCK:
+        folder = tempfile.mkdtemp(prefix=f"cocopie-convert-{os.getpid()}-", dir=base)
+        old, tempfile.tempdir = tempfile.tempdir, folder
+        try:
+            yield folder
+        finally:
+            tempfile.tempdir = old
+            shutil.rmtree(folder, ignore_errors=True)

@@ -91,8 +91,13 @@ def main(args) -> int:
     if not src.is_file():
         return _err(f"{src}: no such file")
     out = pathlib.Path(args.output) if args.output else None
-    if out is not None and out.exists() and not args.force:
-        return _err(f"{out} exists; pass --force to replace it")
+    if out is not None:
+        from cocopie_tf._files import check_destination
+
+        try:
+            check_destination(out, replace=args.force)
+        except OSError as e:
+            return _err(str(e))
     if out is not None and out.suffix != ".keras":
         return _err(f"--output must end in .keras, got {out}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

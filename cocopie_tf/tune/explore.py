@@ -23,9 +23,9 @@ FORMAT = 1
 # files
 
 def _write_atomic(path, data: bytes):
-    from cocopie_tf.converter.core import write_atomic
+    from cocopie_tf._files import write_file
 
-    write_atomic(path, data)
+    write_file(path, data, replace=True)  # the search's own files, rewritten as it goes
 
 
 def _write_json(path, obj):
