@@ -371,3 +371,30 @@ def test_admm_updates_every_n_steps():
     check_constraints(cocopie_tf.strip_pruning(model), pruned_names(model))
     with pytest.raises(ValueError, match="update_unit"):
         cocopie_tf.ADMMPruning(update_unit="batch")
+
+
+def test_fit_without_the_callback_keeps_the_mask_and_warns(tmp_path):
+    """Issue 12 item 8: resuming fit without ADMMPruning un-pruned the model."""
+    import warnings
+
+    x, y = digits(256)
+    model = compile_(cocopie_tf.prune_patterns(functional()))
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0,
+              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=2, retrain_epochs=1)])
+    path = tmp_path / "pruned.keras"
+    model.save(path)
+    resumed = keras.models.load_model(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a masked model fine-tunes without a warning
+        resumed.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    wrappers = find_wrappers(resumed)
+    assert wrappers
+    for w in wrappers:
+        mask = np.asarray(keras.ops.convert_to_numpy(w.mask))
+        value = w.kernel_value()
+        assert mask.mean() < 0.5
+        assert np.count_nonzero(value[mask == 0]) == 0
+        assert np.count_nonzero(value[mask == 1]) == np.count_nonzero(mask)
+    fresh = compile_(cocopie_tf.prune_patterns(functional()))
+    with pytest.warns(UserWarning, match="without the ADMMPruning callback"):
+        fresh.fit(x, y, epochs=1, batch_size=64, verbose=0)

@@ -114,6 +114,8 @@ class ADMMPruning(keras.callbacks.Callback):
         if not self.wrappers:
             raise ValueError("ADMMPruning: the model has no pruned layers; "
                              "call cocopie_tf.prune_patterns(model) first")
+        for w in self.wrappers:
+            w.driven = True
         if int(_np(self.wrappers[0].phase)) == PHASE_DENSE:
             self._initialise()
         if self.phase == PHASE_ADMM and self.epoch >= self.schedule[0]:
@@ -153,6 +155,8 @@ class ADMMPruning(keras.callbacks.Callback):
                 kernel.assign(ops.multiply(kernel, w.mask))
 
     def on_train_end(self, logs=None):
+        for w in self.wrappers:
+            w.driven = False
         # Retraining finished: give the optimizer its learning rate back, so a
         # later fit (fine-tuning, another callback) starts from the user's value.
         if self._base_lr is not None and self.wrappers and self.phase == PHASE_MASKED:

@@ -12,6 +12,8 @@ connectivity constraint.  The callback :class:`ADMMPruning` drives the phases.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -84,6 +86,15 @@ class PatternPruning(keras.layers.Wrapper):
         self.phase = state("phase", (), dtype="int32")
         self.epoch = state("epoch", (), dtype="int32")  # schedule position
         self.schedule = state("schedule", (2,), dtype="int32")  # ADMM, retrain epochs
+        # The optimizer applies a variable's constraint after every update, so
+        # the mask holds in any fit, with or without ADMMPruning (the mask is
+        # all ones until hard pruning).
+        inner = kernel.constraint
+        mask = self.mask
+        kernel.constraint = (lambda w: ops.multiply(inner(w), mask)) if inner is not None \
+            else (lambda w: ops.multiply(w, mask))
+        self.driven = False  # set by ADMMPruning while it runs the schedule
+        self._warned = False
         super().build(input_shape)
 
     def candidates(self, kernel_size):
@@ -95,6 +106,8 @@ class PatternPruning(keras.layers.Wrapper):
 
     def call(self, inputs, training=None):
         outputs = self.layer(inputs, training=training)
+        if training and not self.driven and not self._warned:
+            self._warn_if_schedule_stalled()
         if training:
             w = prunable_kernel(self.layer)
             penalty = ops.sum(ops.square(w - self.z + self.u)) + ops.sum(
@@ -102,6 +115,20 @@ class PatternPruning(keras.layers.Wrapper):
             # rho is 0 outside the ADMM phase, so the penalty vanishes there.
             self.add_loss(0.5 * self.rho * penalty)
         return outputs
+
+    def _warn_if_schedule_stalled(self):
+        import tensorflow as tf
+
+        with tf.init_scope():  # read the phase even while fit traces this call
+            phase = int(self.phase.value.numpy())
+        if phase != PHASE_MASKED:
+            self._warned = True
+            warnings.warn(
+                f"{self.name}: training a pattern-pruned layer without the ADMMPruning "
+                f"callback; the pruning schedule (phase "
+                f"{'dense' if phase == PHASE_DENSE else 'admm'}) does not advance, so the "
+                "model will not become pattern-pruned. Pass callbacks=[cocopie_tf.ADMMPruning()] "
+                "to fit.", UserWarning, stacklevel=3)
 
     # --- numpy views used by the callback and the report -------------------
     def kernel_value(self) -> np.ndarray:
