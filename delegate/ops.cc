@@ -86,6 +86,10 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
   float lo, hi;
 
   if (code == kTfLiteBuiltinConv2d || code == kTfLiteBuiltinDepthwiseConv2d) {
+    // Stock TFLite requires the bias input of both (FULLY_CONNECTED's is
+    // optional); a node stock refuses is not ours to run.
+    if (node->inputs->size < 3 || node->inputs->data[2] == kTfLiteOptionalTensor)
+      return "no bias input (stock TFLite refuses this node too)";
     if (in.dims == nullptr || in.dims->size != 4) return "input is not 4-D";
     if (w.dims->size != 4) return "filter is not 4-D";
     int padding, sw, sh, dw, dh, act;

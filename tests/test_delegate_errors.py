@@ -130,3 +130,36 @@ def test_quantized_weights_stay_with_tflite():
 def test_delegate_path_is_installed_library():
     path = lite.delegate_path()
     assert path.is_file() and path.name.startswith("libcocopie_delegate")
+
+
+def _without_bias(tfl: bytes, how: str) -> bytes:
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(tfl), 0)
+    op = m.subgraphs[0].operators[0]
+    op.inputs = list(op.inputs[:2]) + ([-1] if how == "optional" else [])
+    b = flatbuffers.Builder(0)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize("how", ["dropped", "optional"])
+@pytest.mark.parametrize("layer", ["conv", "depthwise"])
+def test_conv_without_bias_is_refused_as_stock_does(how, layer):
+    """Issue 12 (minor): stock LiteRT refuses CONV_2D without a bias (and
+    crashes on DEPTHWISE_CONV_2D without one); the delegate ran them."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter, load_delegate
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4), batch_size=1)
+    op = keras.layers.Conv2D(8, 3) if layer == "conv" else keras.layers.DepthwiseConv2D(3)
+    tfl = _without_bias(convert(keras.Model(inp, op(inp))), how)
+    with pytest.raises(ValueError, match=r"node 0 \((DEPTHWISE_)?CONV_2D\) has no bias input"):
+        lite.Interpreter(model_content=tfl, claim="all")
+    if layer == "conv":  # through raw LiteRT the delegate leaves the node to stock, which refuses
+        it = Interpreter(model_content=tfl, experimental_delegates=[
+            load_delegate(str(lite.delegate_path()), {"claim": "all"})])
+        with pytest.raises(RuntimeError, match="(has_bias|optional)"):
+            it.allocate_tensors()

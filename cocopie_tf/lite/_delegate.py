@@ -159,6 +159,7 @@ def _check_flatbuffer(content: bytes) -> None:
     """Rejects content that is not a complete TFLite flatbuffer, before the
     runtime sees it (the runtime's own checks are not hardened against every
     truncation)."""
-    from cocopie_tf.lite._model_check import verify_model_bytes
+    from cocopie_tf.lite._model_check import check_operators, verify_model_bytes
 
     verify_model_bytes(content)
+    check_operators(content)
