@@ -114,3 +114,83 @@ def test_fuzz_metadata_and_model_files(tmp_path):
     last = [l for l in proc.stdout.splitlines() if l.strip()][-1:] or [""]
     assert proc.returncode == 0, f"crashed or failed after {last}: {proc.stderr[-3000:]}"
     assert last[0].startswith("DONE")
+
+
+def _fuzzer():
+    import importlib
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    return importlib.import_module("fuzz_delegate")
+
+
+def test_fuzz_comparison_notices_differences():
+    import numpy as np
+
+    compare = _fuzzer().compare
+    a = np.array([[1.0, np.nan, np.inf, -2.0]], np.float32)
+    assert compare([a], [a.copy()]) == ""
+    for changed in ([[1.0, 0.0, np.inf, -2.0]], [[1.0, np.nan, -np.inf, -2.0]],
+                    [[1.0, np.nan, np.inf, -2.1]], [[1.0, np.nan, 5.0, -2.0]]):
+        assert compare([np.array(changed, np.float32)], [a]) != ""
+    assert compare([a[:, :3]], [a]) != ""
+    assert compare([a], [a, a]) != ""
+
+
+@pytest.mark.slow
+def test_fuzz_whole_files_and_metadata_against_stock(tmp_path):
+    """Bounded CI run of tests/fuzz_delegate.py (docs/reliability.md has the
+    long run): every case in its own child, both claim modes, 1 and 2 threads."""
+    import json
+    import pathlib
+
+    script = pathlib.Path(__file__).parent / "fuzz_delegate.py"
+    p = subprocess.run([sys.executable, str(script), "--cases", "3000", "--workers", "2",
+                        "--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=1800)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert p.returncode == 0, (summary, p.stderr[-3000:])
+    assert summary["crash"] == summary["hang"] == summary["wrong"] == 0
+    counts = summary["counts"]
+    assert counts.get("match", 0) > 1000  # most damaged files still run, and agree
+    assert sum(v for k, v in counts.items() if k.startswith("kind:")) == 3000
+
+
+CLI_CORPUS = textwrap.dedent(r"""
+    import contextlib, io, os, sys
+    import numpy as np, keras
+    from cocopie_tf import cli
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    keras.Model(inp, keras.layers.Conv2D(4, 3)(inp)).save("good.keras")
+    good = open("good.keras", "rb").read()
+    rng = np.random.default_rng(5)
+    codes = {}
+    for i in range(int(sys.argv[1])):
+        data = bytearray(good)
+        if i % 3 == 0:
+            data = data[: int(rng.integers(len(data)))]
+        else:
+            for _ in range(1 + int(rng.integers(16))):
+                data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        open("bad.keras", "wb").write(bytes(data))
+        if os.path.exists("out.tflite"):
+            os.unlink("out.tflite")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = cli.main(["convert", "bad.keras", "-o", "out.tflite"])
+        lines = [l for l in err.getvalue().splitlines() if l.startswith("cocopie-tf")]
+        assert rc in (0, 2), (i, rc)
+        assert rc == 0 or len(lines) == 1, (i, err.getvalue()[-500:])
+        codes[rc] = codes.get(rc, 0) + 1
+    print("CODES", codes)
+""")
+
+
+@pytest.mark.slow
+def test_cli_convert_on_corrupt_keras_files(tmp_path):
+    p = subprocess.run([sys.executable, "-c", CLI_CORPUS, "60"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "CODES" in p.stdout and "2:" in p.stdout.split("CODES")[1]

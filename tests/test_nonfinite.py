@@ -140,3 +140,30 @@ def test_non_finite_weight_matches_stock_litert_through_a_model(layer, value):
     it = lite.Interpreter(model_content=tfl, claim="all")
     _same_non_finite(run_tflite(it, [x])[0], ref)
     assert len(it.delegate_report()) == 3
+
+
+@pytest.mark.parametrize("layer", ["conv", "conv_stride2", "depthwise", "dense"])
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_non_finite_weight_of_a_dense_layer_matches_stock(layer, value):
+    """Found by tests/fuzz_delegate.py: stock's XNNPACK multiplies the padding
+    as zeros, so an Inf weight makes the border outputs NaN (0 x Inf); the
+    direct kernels skipped those taps."""
+    import keras
+
+    from cocopie_tf import convert
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((7, 7, 4), batch_size=1)
+    op = {"conv": keras.layers.Conv2D(5, 3, padding="same"),
+          "conv_stride2": keras.layers.Conv2D(5, 3, strides=2, padding="same"),
+          "depthwise": keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6"),
+          "dense": keras.layers.Dense(5, activation="relu")}[layer]
+    model = keras.Model(inp, op(inp))
+    tfl = _poison_weight(convert(model), op.get_weights()[0].ravel()[[0, 4, 7]], value)
+    x = np.random.default_rng(2).standard_normal((1, 7, 7, 4)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    assert not np.all(np.isfinite(ref))
+    for kernel in ("auto", "reference"):
+        it = lite.Interpreter(model_content=tfl, claim="all", kernel=kernel)
+        _same_non_finite(run_tflite(it, [x])[0], ref)
+        assert len(it.delegate_report()) == 1

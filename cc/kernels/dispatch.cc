@@ -165,18 +165,48 @@ int64_t GrainFor(int64_t macs_per_row) {
 
 }  // namespace
 
+namespace {
+
+// Stock LiteRT's XNNPACK path multiplies the padding as zeros, so an Inf or
+// NaN weight at a tap that falls outside the input makes that output NaN
+// (0 x Inf); the direct kernels and the reference skip such taps.  Called
+// only for filters holding a non-finite weight (`bad`: [tap * out_c + o]).
+void PoisonPaddedTaps(const ConvShape& s, const std::vector<uint8_t>& bad, float* output,
+                      ThreadPool* pool) {
+  ParallelFor(pool, static_cast<int64_t>(s.batch) * s.out_h, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int oy = static_cast<int>(r % s.out_h);
+      for (int ox = 0; ox < s.out_w; ++ox) {
+        float* out = output + (r * s.out_w + ox) * s.out_c;
+        for (int ky = 0; ky < s.k_h; ++ky)
+          for (int kx = 0; kx < s.k_w; ++kx) {
+            const int iy = oy * s.stride_h - s.pad_top + ky * s.dil_h;
+            const int ix = ox * s.stride_w - s.pad_left + kx * s.dil_w;
+            if (iy >= 0 && iy < s.in_h && ix >= 0 && ix < s.in_w) continue;
+            const uint8_t* b = bad.data() + static_cast<size_t>(ky * s.k_w + kx) * s.out_c;
+            for (int o = 0; o < s.out_c; ++o)
+              if (b[o]) out[o] = NAN;
+          }
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void RunConv2D(const KernelSet* set, const ConvShape& s, const PackedConv& w,
                const float* filter_ohwi, const float* input, float* output,
                ThreadPool* pool) {
   if (set == nullptr) {
     Conv2DReference(s, input, filter_ohwi, w.bias.data(), output);
-    return;
+  } else {
+    const int64_t rows = static_cast<int64_t>(s.batch) * s.out_h;
+    const int64_t macs_row = static_cast<int64_t>(s.out_w) * s.out_c * s.k_h * s.k_w * s.in_c;
+    ParallelFor(pool, rows, GrainFor(macs_row), [&](int64_t b, int64_t e) {
+      set->conv2d(s, w, input, output, b, e);
+    });
   }
-  const int64_t rows = static_cast<int64_t>(s.batch) * s.out_h;
-  const int64_t macs_row = static_cast<int64_t>(s.out_w) * s.out_c * s.k_h * s.k_w * s.in_c;
-  ParallelFor(pool, rows, GrainFor(macs_row), [&](int64_t b, int64_t e) {
-    set->conv2d(s, w, input, output, b, e);
-  });
+  if (!w.nonfinite_taps.empty()) PoisonPaddedTaps(s, w.nonfinite_taps, output, pool);
 }
 
 void RunDepthwise(const KernelSet* set, const ConvShape& s,
@@ -184,13 +214,14 @@ void RunDepthwise(const KernelSet* set, const ConvShape& s,
                   ThreadPool* pool) {
   if (set == nullptr) {
     DepthwiseConv2DReference(s, input, w.hwc.data(), w.bias.data(), output);
-    return;
+  } else {
+    const int64_t rows = static_cast<int64_t>(s.batch) * s.out_h;
+    const int64_t macs_row = static_cast<int64_t>(s.out_w) * s.out_c * s.k_h * s.k_w;
+    ParallelFor(pool, rows, GrainFor(macs_row), [&](int64_t b, int64_t e) {
+      set->depthwise(s, w, input, output, b, e);
+    });
   }
-  const int64_t rows = static_cast<int64_t>(s.batch) * s.out_h;
-  const int64_t macs_row = static_cast<int64_t>(s.out_w) * s.out_c * s.k_h * s.k_w;
-  ParallelFor(pool, rows, GrainFor(macs_row), [&](int64_t b, int64_t e) {
-    set->depthwise(s, w, input, output, b, e);
-  });
+  if (!w.nonfinite_taps.empty()) PoisonPaddedTaps(s, w.nonfinite_taps, output, pool);
 }
 
 void RunFullyConnected(const KernelSet* set, int batch,
@@ -309,18 +340,6 @@ std::vector<int32_t> TapOffsets(const ConvShape& s, const PatternPlan& plan, int
   return offs;
 }
 
-
-// True if any of the n floats is Inf or NaN (exponent bits all ones).  Bit
-// arithmetic, not std::isfinite: immune to fast-math, and it vectorises.
-bool AnyNonFinite(const float* x, int64_t n) {
-  uint32_t acc = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof bits);
-    acc |= (bits & 0x7f800000u) + 0x00800000u;  // carries into bit 31 iff exponent is 0xff
-  }
-  return (acc & 0x80000000u) != 0;
-}
 
 // Stock TFLite multiplies every weight, the pruned zeros included, so an Inf
 // or NaN input that meets a pruned (input channel, tap) of a filter makes that

@@ -15,10 +15,16 @@ namespace cocopie {
 
 // Conv filter repacked from OHWI to HWIO so the innermost loop runs over
 // contiguous output channels (vectorises without reassociating sums).
+// True if any of the n floats is Inf or NaN.
+bool AnyNonFinite(const float* x, int64_t n);
+
 struct PackedConv {
   int out_c = 0, k_h = 0, k_w = 0, in_c = 0;
   std::vector<float> hwio;
   std::vector<float> bias;  // out_c entries, zeros when the op has no bias
+  // [tap * out_c + o] = 1 where filter o holds an Inf/NaN weight at that tap;
+  // empty when every weight is finite (see PoisonPaddedTaps).
+  std::vector<uint8_t> nonfinite_taps;
 };
 PackedConv PackConv2D(const float* filter_ohwi, int out_c, int k_h, int k_w,
                       int in_c, const float* bias);
@@ -29,6 +35,7 @@ struct PackedDepthwise {
   int out_c = 0, k_h = 0, k_w = 0;
   std::vector<float> hwc;
   std::vector<float> bias;
+  std::vector<uint8_t> nonfinite_taps;  // as PackedConv's
 };
 PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
                               const float* bias);

@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 
 #include "cc/kernels/kernels.h"
 
@@ -9,7 +11,33 @@ std::vector<float> BiasOrZeros(const float* bias, int n) {
   return bias ? std::vector<float>(bias, bias + n) : std::vector<float>(n, 0.f);
 }
 
+// [tap][out] weights (out fastest, reduced over `inner` inputs per tap) ->
+// which (tap, out) hold an Inf/NaN; empty if none does.
+std::vector<uint8_t> NonFiniteTaps(const float* w, int taps, int inner, int out) {
+  std::vector<uint8_t> bad;
+  if (!AnyNonFinite(w, static_cast<int64_t>(taps) * inner * out)) return bad;
+  bad.assign(static_cast<size_t>(taps) * out, 0);
+  for (int t = 0; t < taps; ++t)
+    for (int i = 0; i < inner; ++i)
+      for (int o = 0; o < out; ++o)
+        if (AnyNonFinite(w + (static_cast<size_t>(t) * inner + i) * out + o, 1))
+          bad[static_cast<size_t>(t) * out + o] = 1;
+  return bad;
+}
+
 }  // namespace
+
+bool AnyNonFinite(const float* x, int64_t n) {
+  // Exponent bits all ones; bit arithmetic rather than std::isfinite, so it
+  // holds under fast-math and vectorises.
+  uint32_t acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    acc |= (bits & 0x7f800000u) + 0x00800000u;  // carries into bit 31 iff exponent is 0xff
+  }
+  return (acc & 0x80000000u) != 0;
+}
 
 PackedConv PackConv2D(const float* filter_ohwi, int out_c, int k_h, int k_w,
                       int in_c, const float* bias) {
@@ -26,6 +54,7 @@ PackedConv PackConv2D(const float* filter_ohwi, int out_c, int k_h, int k_w,
           p.hwio[((static_cast<size_t>(y) * k_w + x) * in_c + i) * out_c + o] =
               filter_ohwi[((static_cast<size_t>(o) * k_h + y) * k_w + x) * in_c + i];
   p.bias = BiasOrZeros(bias, out_c);
+  p.nonfinite_taps = NonFiniteTaps(p.hwio.data(), k_h * k_w, in_c, out_c);
   return p;
 }
 
@@ -37,6 +66,7 @@ PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
   p.k_w = k_w;
   p.hwc.assign(filter, filter + static_cast<size_t>(k_h) * k_w * out_c);
   p.bias = BiasOrZeros(bias, out_c);
+  p.nonfinite_taps = NonFiniteTaps(p.hwc.data(), k_h * k_w, 1, out_c);
   return p;
 }
 

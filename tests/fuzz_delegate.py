@@ -1,0 +1,443 @@
+"""Seeded mutation fuzzer: damaged .tflite files through the cocopie delegate,
+compared with stock LiteRT, each case in its own child process.
+
+    python tests/fuzz_delegate.py --cases 100000 --workers 2 --out fuzz-out
+
+A corpus of small pattern-pruned models (made once, in a subprocess, with
+Keras) is mutated: bit flips, byte and word overwrites, truncation, chunk
+insertion/removal, float pokes into the weights, and mutations of the
+``cocopie`` metadata entry (with and without a repaired checksum).  Every
+case forks a child from a parent that has loaded LiteRT and the delegate but
+never created an interpreter; the child runs stock LiteRT first, then the
+delegate (claim mode and thread count alternate), and sends both results
+back.  The parent counts, per case:
+
+- ``crash``: the child died while the delegate's interpreter ran (a stock
+  crash is counted apart, ``stock_crash``: the delegate was not involved);
+- ``hang``: the delegate's stage ran past ``--timeout`` seconds;
+- ``wrong``: both ran and the outputs differ (shape, non-finite positions, or
+  more than 1e-4 relative error on the finite values);
+- ``refused`` / ``refused_stock_ran``: the delegate's interpreter raised a
+  Python error with a message (the promised behaviour for files it cannot
+  run), and stock refused the file too / ran it.
+
+Exit status 0 only when crash, hang and wrong are all 0.  Damaged cases are
+written to ``--out`` with a JSON summary; ``--replay N`` reruns case N in
+this process (no fork) to debug it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+CORPUS_SCRIPT = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np, keras
+import cocopie_tf
+from cocopie_tf.patterns import prune_kernel
+
+def pruned(model, names, conn=2.0, group=1):
+    for n in names:
+        layer = model.get_layer(n)
+        w = layer.get_weights()
+        if w[0].shape[:2] == (1, 1):  # 1x1: connectivity only, half the kernels kept
+            w[0] = w[0] * (np.random.default_rng(1).random(w[0].shape) < 0.5)
+        else:
+            w[0] = prune_kernel(w[0], connectivity=conn, group=group)
+        layer.set_weights(w)
+    return cocopie_tf.convert(model)
+
+out = sys.argv[1]
+keras.utils.set_random_seed(0)
+models = {}
+inp = keras.Input((10, 10, 16), batch_size=1)
+h = keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="a")(inp)
+h = keras.layers.Conv2D(24, 3, padding="same", activation="relu6", name="b")(h)
+h = keras.layers.Conv2D(8, 3, padding="valid", name="c")(h)
+models["chain"] = pruned(keras.Model(inp, h), "abc")
+inp = keras.Input((12, 12, 8), batch_size=1)
+h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="a")(inp)
+h = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="s")(h)
+h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6")(h)
+h = keras.layers.Conv2D(16, 3, dilation_rate=2, padding="same", name="d")(h)
+h = keras.layers.Flatten()(h)
+h = keras.layers.Dense(10)(h)
+models["mixed"] = pruned(keras.Model(inp, h), "ad", conn=3.6, group=4)
+inp = keras.Input((8, 8, 32), batch_size=1)
+a = keras.layers.Conv2D(32, 1, name="p")(inp)
+b = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="q")(a)
+h = keras.layers.Add()([a, b])
+h = keras.layers.MaxPooling2D()(h)
+models["residual"] = pruned(keras.Model(inp, h), "pq")
+for name, data in models.items():
+    with open(os.path.join(out, name + ".tflite"), "wb") as f:
+        f.write(data)
+"""
+
+SPECIAL_FLOATS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e-40, 3.4e38]
+SPECIAL_WORDS = [0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+                 0xFFFFFFFE, 1 << 20, 1 << 24]
+
+
+def make_corpus(folder: pathlib.Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if not list(folder.glob("*.tflite")):
+        subprocess.run([sys.executable, "-c", CORPUS_SCRIPT, str(folder)], check=True,
+                       cwd=folder, timeout=900)
+    return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.tflite"))}
+
+
+def _metadata_span(data: bytes):
+    i = data.find(b"CCPM")
+    if i < 4:
+        return None
+    (length,) = struct.unpack_from("<I", data, i - 4)
+    return (i, length) if i + length <= len(data) else None
+
+
+def mutate(base: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
+    """One damaged copy of `base` and the name of the mutation."""
+    data = bytearray(base)
+    n = len(data)
+    span = _metadata_span(base)
+    kind = int(rng.integers(8))
+    if kind == 0:
+        for _ in range(1 + int(rng.integers(8))):
+            data[int(rng.integers(n))] ^= 1 << int(rng.integers(8))
+        return "bitflip", bytes(data)
+    if kind == 1:
+        for _ in range(1 + int(rng.integers(8))):
+            data[int(rng.integers(n))] = int(rng.choice([0, 0xFF, 0x7F, 0x80, rng.integers(256)]))
+        return "bytes", bytes(data)
+    if kind == 2:
+        pos = int(rng.integers(n // 4)) * 4
+        struct.pack_into("<I", data, pos, int(rng.choice(SPECIAL_WORDS)))
+        return "word", bytes(data)
+    if kind == 3:
+        return "truncate", bytes(data[: int(rng.integers(n))])
+    if kind == 4:
+        pos, size = int(rng.integers(n)), int(rng.integers(1, 64))
+        if rng.integers(2):
+            return "insert", bytes(data[:pos] + rng.bytes(size) + data[pos:])
+        return "delete", bytes(data[:pos] + data[pos + size:])
+    if kind == 5:  # a float in the weights: the big buffers sit in the file's body
+        pos = int(rng.integers(n // 4)) * 4
+        struct.pack_into("<f", data, pos, float(rng.choice(SPECIAL_FLOATS)))
+        return "float", bytes(data)
+    if span is None:
+        return "bitflip", bytes(data)
+    start, length = span
+    if kind == 6:  # metadata bytes, the checksum repaired so the deep checks run
+        for _ in range(1 + int(rng.integers(8))):
+            data[start + 16 + int(rng.integers(max(1, length - 16)))] = int(rng.integers(256))
+        body = bytes(data[start + 16:start + length])
+        struct.pack_into("<I", data, start + 12, zlib.crc32(body) & 0xFFFFFFFF)
+        return "metadata_crc", bytes(data)
+    field = int(rng.integers(max(1, length // 4))) * 4
+    struct.pack_into("<I", data, start + field, int(rng.choice(SPECIAL_WORDS)))
+    if rng.integers(2):
+        body = bytes(data[start + 16:start + length])
+        struct.pack_into("<I", data, start + 12, zlib.crc32(body) & 0xFFFFFFFF)
+    return "metadata_word", bytes(data)
+
+
+def _run(interp, seed: int):
+    """Allocates, feeds seeded inputs, invokes; returns the outputs."""
+    interp.allocate_tensors()
+    rng = np.random.default_rng(seed)
+    for d in interp.get_input_details():
+        shape = [int(s) for s in d["shape"]]
+        if np.prod(shape, dtype=np.int64) > 4_000_000:
+            raise ValueError(f"input of {shape} elements: not fuzzed")
+        if d["dtype"] == np.float32:
+            x = rng.standard_normal(shape).astype(np.float32)
+        else:
+            x = rng.integers(-3, 4, shape).astype(d["dtype"])
+        interp.set_tensor(d["index"], x)
+    interp.invoke()
+    return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
+
+
+def case_options(case: int) -> dict:
+    return {"claim": "all" if case % 2 == 0 else "auto", "num_threads": 1 + (case // 2) % 2}
+
+
+def run_case(data: bytes, case: int, send) -> None:
+    """The child's work: stock, then the delegate, then the verdict;
+    send(stage, payload) after each."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from cocopie_tf import lite
+
+    ref = None
+    try:
+        ref = _run(Interpreter(model_content=data, num_threads=1), case)
+        send("stock", ("ok", ""))
+    except Exception as e:  # noqa: BLE001 - stock refusing the file is fine
+        send("stock", ("refused", f"{type(e).__name__}: {e}"[:300]))
+    opts = case_options(case)
+    try:
+        it = lite.Interpreter(model_content=data, num_threads=opts["num_threads"],
+                              claim=opts["claim"])
+        out = _run(it, case)
+        send("ours", ("ok", ""))
+    except (ValueError, RuntimeError, TypeError) as e:
+        send("ours", ("refused", f"{type(e).__name__}: {e}"[:300]))
+        return
+    if ref is None:
+        return
+    why = compare(out, ref)
+    if why.startswith("relative error"):
+        # Mutated weights can be ~1e38: then the summation order alone moves
+        # the result.  Allow 10x the spread between stock's own two kernel
+        # paths (XNNPACK and the reference kernels) on the same file.
+        try:
+            alt = _run(Interpreter(model_content=data, num_threads=1,
+                                   experimental_op_resolver_type=OpResolverType.BUILTIN_REF),
+                       case)
+            spread = max(finite_error(a, r) for a, r in zip(alt, ref))
+            why = compare(out, ref, tol=max(1e-4, 10 * spread))
+            if why:
+                why += f" (stock's kernels differ by {spread:.3g})"
+        except Exception:  # noqa: BLE001 - no second opinion: keep the verdict
+            pass
+    send("verdict", why)
+
+
+def finite_error(o, r) -> float:
+    """Relative error on the positions where both are finite."""
+    o64, r64 = o.astype(np.float64), r.astype(np.float64)
+    fin = np.isfinite(o64) & np.isfinite(r64)
+    if o.shape != r.shape or not fin.any():
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.linalg.norm(o64[fin] - r64[fin]) / max(np.linalg.norm(r64[fin]), 1e-30))
+
+
+def compare(out, ref, tol: float = 1e-4) -> str:
+    """'' if the delegate's outputs match stock's, else what differs."""
+    if len(out) != len(ref):
+        return f"{len(out)} outputs vs {len(ref)}"
+    for o, r in zip(out, ref):
+        if o.shape != r.shape or o.dtype != r.dtype:
+            return f"output {o.shape}/{o.dtype} vs {r.shape}/{r.dtype}"
+        if o.dtype.kind != "f":
+            if not np.array_equal(o, r):
+                return "integer output differs"
+            continue
+        o64, r64 = o.astype(np.float64), r.astype(np.float64)
+        if not np.array_equal(np.isnan(o64), np.isnan(r64)):
+            return f"NaN positions differ ({int(np.isnan(o64).sum())} vs {int(np.isnan(r64).sum())})"
+        if not (np.array_equal(np.isposinf(o64), np.isposinf(r64))
+                and np.array_equal(np.isneginf(o64), np.isneginf(r64))):
+            return "Inf positions differ"
+        fin = np.isfinite(r64)
+        if fin.any():
+            with np.errstate(over="ignore", invalid="ignore"):
+                err = np.linalg.norm(o64[fin] - r64[fin])
+                scale = np.linalg.norm(r64[fin])
+            if not err <= tol * scale + 1e-6 * np.sqrt(fin.sum()):
+                return f"relative error {err / max(scale, 1e-30):.3g}"
+    return ""
+
+
+# --- the parent: one forked child per case ---------------------------------
+
+def _child(data: bytes, case: int, wfd: int) -> None:
+    import pickle
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))  # a bad size fails, not the host
+    devnull = os.open(os.devnull, os.O_WRONLY)  # LiteRT's per-interpreter log lines
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+    def send(stage, payload):
+        blob = pickle.dumps((stage, payload), protocol=4)
+        os.write(wfd, struct.pack("<Q", len(blob)))
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(wfd, view):]
+
+    try:
+        run_case(data, case, send)
+    except BaseException as e:  # noqa: BLE001 - an unexpected Python error is a finding
+        send("error", f"{type(e).__name__}: {e}"[:500])
+    os._exit(0)
+
+
+def _read_messages(rfd: int, pid: int, timeout: float):
+    """Messages from the child until it exits or `timeout` passes between
+    stages; returns (messages, exit status or None if it hung)."""
+    import pickle
+
+    buf, msgs, deadline = b"", [], time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return msgs, None
+        ready, _, _ = select.select([rfd], [], [], min(left, 1.0))
+        if ready:
+            chunk = os.read(rfd, 1 << 20)
+            if not chunk:
+                _, status = os.waitpid(pid, 0)
+                return msgs, status
+            buf += chunk
+            while len(buf) >= 8:
+                (size,) = struct.unpack_from("<Q", buf)
+                if len(buf) < 8 + size:
+                    break
+                msgs.append(pickle.loads(buf[8:8 + size]))
+                buf = buf[8 + size:]
+                deadline = time.monotonic() + timeout  # each stage gets the full timeout
+
+
+def fuzz_one(data: bytes, case: int, timeout: float) -> dict:
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(rfd)
+        _child(data, case, wfd)
+    os.close(wfd)
+    try:
+        msgs, status = _read_messages(rfd, pid, timeout)
+    finally:
+        os.close(rfd)
+    got = dict(msgs)
+    result = {"stock": got.get("stock", ("missing", ""))[0],
+              "ours": got.get("ours", ("missing", ""))[0]}
+    if "error" in got:
+        result["outcome"], result["detail"] = "crash", "Python error: " + got["error"]
+    elif status is None:
+        # Ours hung only if stock had finished and ours had not.
+        result["outcome"] = "hang" if "stock" in got and "ours" not in got else "stock_hang"
+    elif "stock" not in got:
+        result["outcome"], result["detail"] = "stock_crash", f"status {status}"
+    elif "ours" not in got:
+        result["outcome"], result["detail"] = "crash", f"status {status}"
+    elif got["ours"][0] == "refused":
+        # "refused_stock_ran": a file stock runs but we refuse (a clear error,
+        # still a cost to the user); "refused": both refuse it.
+        result["outcome"] = "refused" if got["stock"][0] == "refused" else "refused_stock_ran"
+        result["detail"] = got["ours"][1]
+        if not got["ours"][1].split(":", 1)[-1].strip():
+            result["outcome"] = "crash"  # an error without a message breaks the promise
+    elif got["stock"][0] == "refused":
+        result["outcome"], result["detail"] = "ran_where_stock_refused", got["stock"][1]
+    elif "verdict" not in got:
+        result["outcome"], result["detail"] = "crash", f"no verdict, status {status}"
+    else:
+        result["outcome"] = "wrong" if got["verdict"] else "match"
+        if got["verdict"]:
+            result["detail"] = got["verdict"]
+    return result
+
+
+def _worker(corpus: dict, cases: range, seed: int, timeout: float, out: pathlib.Path,
+            report_fd: int) -> None:
+    names = sorted(corpus)
+    counts: dict = {}
+    for case in cases:
+        rng = np.random.default_rng([seed, case])
+        name = names[case % len(names)]
+        kind, data = mutate(corpus[name], rng)
+        r = fuzz_one(data, case, timeout)
+        key = r["outcome"]
+        counts[key] = counts.get(key, 0) + 1
+        counts["kind:" + kind] = counts.get("kind:" + kind, 0) + 1
+        if key in ("crash", "hang", "wrong"):
+            (out / f"case-{case}-{key}.tflite").write_bytes(data)
+            (out / f"case-{case}-{key}.json").write_text(json.dumps(
+                {"case": case, "model": name, "mutation": kind, **r}, indent=1))
+    os.write(report_fd, json.dumps(counts).encode())
+    os.close(report_fd)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=20261202)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per stage of a case")
+    ap.add_argument("--corpus", default=None, help="folder for the base models (made if empty)")
+    ap.add_argument("--out", default="fuzz-out", help="folder for the summary and failing cases")
+    ap.add_argument("--replay", type=int, default=None, help="rerun one case in-process")
+    args = ap.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_dir = pathlib.Path(args.corpus or (tempfile.gettempdir() + "/cocopie-fuzz-corpus"))
+    corpus = make_corpus(corpus_dir)
+    names = sorted(corpus)
+    if args.replay is not None:
+        rng = np.random.default_rng([args.seed, args.replay])
+        kind, data = mutate(corpus[names[args.replay % len(names)]], rng)
+        got = {}
+        run_case(data, args.replay, lambda stage, payload: got.__setitem__(stage, payload))
+        print(kind, got)
+        return 0
+    import cocopie_tf.lite  # noqa: F401 - loaded once here, inherited by every child
+    from ai_edge_litert import interpreter  # noqa: F401
+
+    t0 = time.time()
+    workers, pipes = [], []
+    per = -(-args.cases // args.workers)
+    for w in range(args.workers):
+        cases = range(w * per, min(args.cases, (w + 1) * per))
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - a worker
+            os.close(rfd)
+            code = 0
+            try:
+                _worker(corpus, cases, args.seed, args.timeout, out, wfd)
+            except BaseException:  # noqa: BLE001
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        os.close(wfd)
+        workers.append(pid)
+        pipes.append(rfd)
+    total: dict = {}
+    for pid, rfd in zip(workers, pipes):
+        chunks = []
+        while chunk := os.read(rfd, 1 << 16):
+            chunks.append(chunk)
+        os.close(rfd)
+        os.waitpid(pid, 0)
+        for k, v in json.loads(b"".join(chunks) or b"{}").items():
+            total[k] = total.get(k, 0) + v
+    summary = {"cases": args.cases, "seed": args.seed, "seconds": round(time.time() - t0, 1),
+               "corpus": names, **{k: total.get(k, 0) for k in ("crash", "hang", "wrong")},
+               "counts": dict(sorted(total.items()))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    done = sum(v for k, v in total.items() if not k.startswith("kind:"))
+    if done != args.cases:
+        print(f"only {done} of {args.cases} cases reported", file=sys.stderr)
+        return 1
+    return 0 if summary["crash"] == summary["hang"] == summary["wrong"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
