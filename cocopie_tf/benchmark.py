@@ -135,8 +135,11 @@ def format_bench(result: dict) -> str:
              "threads  XNNPACK ms            cocopie ms            speed-up  claimed  rel.error"]
     for r in result["rows"]:
         s, o = r["xnnpack_ms"], r["cocopie_ms"]
+        # With nothing claimed both runs execute the same kernels: a ratio
+        # would only measure noise.
+        speedup = f"{r['speedup']:7.2f}x" if r["claimed"] else "    n/a "
         lines.append(f"{r['threads']:>7}  {s['median']:7.3f} ({s['q1']:.3f}-{s['q3']:.3f})  "
-                     f"{o['median']:7.3f} ({o['q1']:.3f}-{o['q3']:.3f})  {r['speedup']:7.2f}x  "
+                     f"{o['median']:7.3f} ({o['q1']:.3f}-{o['q3']:.3f})  {speedup}  "
                      f"{r['claimed']:>7}  {r['rel_error']:.1e}")
     for r in result["rows"]:
         if not r["nodes"]:
@@ -150,7 +153,8 @@ def format_bench(result: dict) -> str:
             lines.append(f"  {e['node_index']:>4}  {e['op']:<10} {e['kernel']:<31} {red:7.2f}x  "
                          f"{e['patterns']:>8}  {tuning:<8} {e.get('mean_ms', 0):7.3f}")
     if not any(r["claimed"] for r in result["rows"]):
-        lines += ["", "the delegate claimed no node: with claim=auto it takes only pattern-pruned "
+        lines += ["", "0 nodes claimed: both runs execute the same kernels, so there is no "
+                      "speed-up to report. With claim=auto the delegate takes only pattern-pruned "
                       "convolutions it predicts faster than XNNPACK (see cocopie-tf inspect)"]
     return "\n".join(lines)
 

@@ -26,7 +26,8 @@ COCOPIE_EXPORT void CocopieDelegateDelete(TfLiteDelegate* delegate);
 
 // Writes the claim report as JSON (a list of objects with node_index, op,
 // kernel, dense_macs, executed_macs) into buf; returns the length the full
-// text needs (excluding the terminating NUL), like snprintf.
+// text needs (excluding the terminating NUL), like snprintf.  Returns 0 (and
+// writes an empty string) for a handle that is not a live cocopie delegate.
 COCOPIE_EXPORT size_t CocopieDelegateReport(TfLiteDelegate* delegate, char* buf, size_t size);
 
 // The external-delegate plugin interface.

@@ -392,6 +392,22 @@ const PatternRecord* Delegate::RecordFor(int node_index, int filter_tensor) cons
 
 Delegate* FromTfLite(TfLiteDelegate* d) { return static_cast<Delegate*>(d->data_); }
 
+namespace {
+// Live delegates, so the C API can refuse a handle that is not one of ours
+// (another runtime's delegate passed to CocopieDelegateReport) instead of
+// reading it as ours.
+std::mutex live_mu;
+std::set<const TfLiteDelegate*>& Live() {
+  static auto* live = new std::set<const TfLiteDelegate*>;
+  return *live;
+}
+}  // namespace
+
+bool IsCocopieDelegate(const TfLiteDelegate* d) {
+  std::lock_guard<std::mutex> lock(live_mu);
+  return d != nullptr && Live().count(d) != 0;
+}
+
 Delegate* CreateDelegate(const DelegateOptions& options, std::string* error) {
   std::string why;
   const KernelSet* kernels = SelectKernelSet(options.kernel, &why);
@@ -407,9 +423,18 @@ Delegate* CreateDelegate(const DelegateOptions& options, std::string* error) {
   d->base.Prepare = DelegatePrepare;
   // Prepare re-derives shapes, so inputs may be resized after delegation.
   d->base.flags = kTfLiteDelegateFlagsAllowDynamicTensors;
+  std::lock_guard<std::mutex> lock(live_mu);
+  Live().insert(&d->base);
   return d;
 }
 
-void DestroyDelegate(Delegate* delegate) { delete delegate; }
+void DestroyDelegate(Delegate* delegate) {
+  if (delegate == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(live_mu);
+    Live().erase(&delegate->base);
+  }
+  delete delegate;
+}
 
 }  // namespace cocopie

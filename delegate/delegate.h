@@ -73,6 +73,8 @@ struct Delegate {
 Delegate* CreateDelegate(const DelegateOptions& options, std::string* error);
 void DestroyDelegate(Delegate* delegate);
 Delegate* FromTfLite(TfLiteDelegate* d);
+// True for a delegate CreateDelegate made and DestroyDelegate has not freed.
+bool IsCocopieDelegate(const TfLiteDelegate* d);
 
 }  // namespace cocopie
 

@@ -42,7 +42,8 @@ void CocopieDelegateDelete(TfLiteDelegate* delegate) {
 }
 
 size_t CocopieDelegateReport(TfLiteDelegate* delegate, char* buf, size_t size) {
-  if (delegate == nullptr) return 0;
+  if (buf != nullptr && size > 0) buf[0] = '\0';
+  if (!cocopie::IsCocopieDelegate(delegate)) return 0;  // never a valid report ("[]" at least)
   const std::string json = cocopie::FromTfLite(delegate)->ReportJson();
   if (buf != nullptr && size > 0) {
     const size_t n = json.size() < size - 1 ? json.size() : size - 1;

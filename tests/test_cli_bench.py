@@ -67,3 +67,12 @@ def test_bad_arguments_are_refused(model_file, capsys, argv, message):
     argv = [a.replace("{model}", str(model_file)) for a in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_with_nothing_claimed_reports_no_speed_up(model_file, capsys):
+    assert cli.main(["bench", str(model_file), "--runs", "3", "--warmup", "1",
+                     "--option", "pattern_kernels=off"]) == 0
+    text = capsys.readouterr().out
+    assert "0 nodes claimed: both runs execute the same kernels" in text
+    row = [line for line in text.splitlines() if line.strip().startswith("1 ")][0]
+    assert "n/a" in row and "x " not in row

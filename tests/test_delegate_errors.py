@@ -163,3 +163,34 @@ def test_conv_without_bias_is_refused_as_stock_does(how, layer):
             load_delegate(str(lite.delegate_path()), {"claim": "all"})])
         with pytest.raises(RuntimeError, match="(has_bias|optional)"):
             it.allocate_tensors()
+
+
+def test_report_for_a_delegate_loaded_into_a_plain_interpreter(small_model):
+    """Issue 13 item 6: the claim report for any interpreter, with names."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, tfl = small_model
+    d = lite.load_delegate(claim="all")
+    it = Interpreter(model_content=tfl, experimental_delegates=[d])
+    it.allocate_tensors()
+    report = lite.delegate_report(d, it)
+    assert len(report) == 1 and report[0]["op"] == "CONV_2D"
+    assert report[0]["op_name"] == "CONV_2D"
+    out_name = it.get_tensor_details()[it.get_output_details()[0]["index"]]["name"]
+    assert report[0]["output_name"] == out_name
+    assert "op_name" not in lite.delegate_report(d)[0]  # names need the interpreter
+
+
+def test_report_refuses_what_is_not_a_live_cocopie_delegate():
+    import ctypes
+
+    class Foreign:  # another runtime's delegate: its pointer is not ours
+        buf = ctypes.create_string_buffer(256)
+
+        def _get_native_delegate_pointer(self):
+            return ctypes.addressof(self.buf)
+
+    with pytest.raises(ValueError, match="not a cocopie delegate"):
+        lite.delegate_report(Foreign())
+    with pytest.raises(TypeError, match="load_delegate"):
+        lite.delegate_report(object())

@@ -1,6 +1,6 @@
 """Running models with the cocopie TFLite delegate in the LiteRT interpreter."""
 
-from cocopie_tf.lite._delegate import Interpreter, delegate_path, load_delegate
+from cocopie_tf.lite._delegate import Interpreter, delegate_path, delegate_report, load_delegate
 
 
 def read_metadata(path_or_bytes):
@@ -10,4 +10,4 @@ def read_metadata(path_or_bytes):
     return _read(path_or_bytes)
 
 
-__all__ = ["Interpreter", "delegate_path", "load_delegate", "read_metadata"]
+__all__ = ["Interpreter", "delegate_path", "delegate_report", "load_delegate", "read_metadata"]

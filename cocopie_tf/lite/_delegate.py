@@ -90,16 +90,46 @@ def load_delegate(*, backend: str = "cpu", num_threads: int | None = None, **opt
     return _litert.load_delegate(str(delegate_path()), opts)
 
 
+def delegate_report(delegate, interpreter=None) -> list[dict]:
+    """The claim report of a cocopie delegate loaded with :func:`load_delegate`
+    (or LiteRT's own ``load_delegate(delegate_path(), ...)``) and applied to
+    an interpreter: one entry per claimed node (call after
+    ``allocate_tensors()``; see :meth:`Interpreter.delegate_report` for the
+    fields).  With ``interpreter``, each entry also gets ``op_name`` and
+    ``output_name``, the TFLite op and output tensor name of the node (the
+    Keras layer's name is part of it).  Raises ValueError for a delegate that
+    is not a live cocopie delegate."""
+    entries = _report(delegate)
+    if interpreter is not None:
+        names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+        for e in entries:
+            try:
+                op = interpreter._get_op_details(e["node_index"])  # pylint: disable=protected-access
+            except Exception:  # noqa: BLE001 - an index the runtime does not know
+                continue
+            e["op_name"] = op.get("op_name", "")
+            outs = [int(t) for t in op.get("outputs", []) if int(t) >= 0]
+            e["output_name"] = names.get(outs[0], "") if outs else ""
+    return entries
+
+
 def _report(delegate) -> list[dict]:
+    get_ptr = getattr(delegate, "_get_native_delegate_pointer", None)
+    if get_ptr is None:
+        raise TypeError(f"expected a LiteRT delegate from load_delegate, got "
+                        f"{type(delegate).__name__}")
     lib = ctypes.CDLL(str(delegate_path()))
     fn = lib.CocopieDelegateReport
     fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     fn.restype = ctypes.c_size_t
-    ptr = delegate._get_native_delegate_pointer()  # pylint: disable=protected-access
+    ptr = get_ptr()
     # The report may grow between two calls (profile=true and an invoke on
     # another thread): the call returns the length it needed, snprintf-style,
     # so retry until the text fitted.
     size = fn(ptr, None, 0)
+    if size == 0:
+        raise ValueError("not a cocopie delegate (or one already deleted): delegate_report "
+                         "needs the object cocopie_tf.lite.load_delegate returned")
     while True:
         buf = ctypes.create_string_buffer(size + 1025)
         need = fn(ptr, buf, len(buf))
@@ -152,7 +182,7 @@ class Interpreter(_litert.Interpreter):
         Each entry: ``node_index``, ``op``, ``kernel``, ``dense_macs`` and
         ``executed_macs`` (the multiply-accumulates the kernel performs).
         """
-        return _report(self._cocopie_delegate)
+        return delegate_report(self._cocopie_delegate, self)
 
 
 def _check_flatbuffer(content: bytes) -> None:
