@@ -398,3 +398,50 @@ def test_fit_without_the_callback_keeps_the_mask_and_warns(tmp_path):
     fresh = compile_(cocopie_tf.prune_patterns(functional()))
     with pytest.warns(UserWarning, match="without the ADMMPruning callback"):
         fresh.fit(x, y, epochs=1, batch_size=64, verbose=0)
+
+
+LOAD_CHILD = textwrap.dedent(r"""
+    import sys
+    order, path = sys.argv[1], sys.argv[2]
+    if order == "cocopie_first":
+        import cocopie_tf
+        assert "keras" not in sys.modules and "tensorflow" not in sys.modules
+        import keras
+        model = keras.models.load_model(path)
+    elif order == "keras_first":
+        import keras
+        import cocopie_tf
+        model = keras.models.load_model(path)
+    else:
+        import keras
+        try:
+            keras.models.load_model(path)
+            raise SystemExit("loaded without cocopie_tf")
+        except TypeError:
+            pass
+        import cocopie_tf
+        # pruning_scope() works even where the global registration is missing.
+        keras.saving.get_custom_objects().pop("cocopie_tf>PatternPruning", None)
+        with cocopie_tf.pruning_scope():
+            model = keras.models.load_model(path)
+    phases = [int(l.phase.numpy()) for l in model.layers if hasattr(l, "phase")]
+    print("PHASES", phases)
+""")
+
+
+@pytest.mark.parametrize("order", ["cocopie_first", "keras_first", "scope"])
+def test_load_model_after_import_cocopie_tf(tmp_path, order):
+    """Issue 13 item 4: wrapped models load after `import cocopie_tf`, in
+    either import order, mid-schedule; pruning_scope() for the rest."""
+    x, y = digits(128)
+    model = compile_(cocopie_tf.prune_patterns(functional()))
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0,
+              callbacks=[cocopie_tf.ADMMPruning(admm_epochs=3)])
+    path = tmp_path / "mid.keras"
+    model.save(path)
+    want = [int(w.phase.numpy()) for w in find_wrappers(model)]
+    assert want and set(want) == {1}  # mid-schedule: ADMM phase
+    p = subprocess.run([sys.executable, "-c", LOAD_CHILD, order, str(path)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split("PHASES")[1].strip() == str(want)
