@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         "outputs agree, and prints the claim report and both latencies.",
     )
     demo.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
-    demo.add_argument("--runs", type=int, default=20, help="timed runs per interpreter")
+    demo.add_argument("--runs", type=int, default=20,
+                      help="timed runs per interpreter (default %(default)s)")
     demo.add_argument("--output", type=str, default=None,
                       help="also write the converted model to this .tflite path (must not exist)")
     conv = sub.add_parser("convert", help="convert a .keras model to .tflite with pattern metadata")
@@ -38,8 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         "error of the outputs and per-node times of the claimed nodes.")
     bench.add_argument("model", help="a float32 .tflite file")
     bench.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
-    bench.add_argument("--runs", type=int, default=15, help="timed runs per interpreter (>= 3)")
-    bench.add_argument("--warmup", type=int, default=8, help="warm-up runs per interpreter")
+    bench.add_argument("--runs", type=int, default=15,
+                       help="timed runs per interpreter (>= 3; default %(default)s)")
+    bench.add_argument("--warmup", type=int, default=8,
+                       help="warm-up runs per interpreter (default %(default)s)")
     bench.add_argument("--option", action="append", metavar="KEY=VALUE",
                        help="a delegate option, e.g. --option claim=all (repeatable)")
     bench.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
@@ -52,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
     tune.add_argument("--cache", default=None,
                       help="cache file (default $COCOPIE_TUNING_CACHE or ~/.cache/cocopie_tf/tuning.tsv)")
-    tune.add_argument("--budget-ms", type=float, default=400.0, help="time budget per layer")
+    tune.add_argument("--budget-ms", type=float, default=400.0,
+                      help="time budget per layer (default %(default)s)")
     from cocopie_tf.tune import cli as tune_cli
 
     tune_cli.add_parser(sub)
@@ -158,6 +162,10 @@ def inspect_text(raw: bytes, label: str = "model") -> str:
         for row in range(r["k_h"]):
             lines.append("  " + "  ".join(g[row] for g in grids))
     lines += [f"\n{note}" for note in notes]
+    if found:
+        lines.append("\nFKW: the delegate's compact weights (kept kernels grouped by pattern, "
+                     "one input-channel index per kernel); CSR: the same weights with a column "
+                     "index per weight, as a generic sparse format stores them.")
     return "\n".join(lines)
 
 

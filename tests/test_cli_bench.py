@@ -76,3 +76,12 @@ def test_bench_with_nothing_claimed_reports_no_speed_up(model_file, capsys):
     assert "0 nodes claimed: both runs execute the same kernels" in text
     row = [line for line in text.splitlines() if line.strip().startswith("1 ")][0]
     assert "n/a" in row and "x " not in row
+
+
+def test_help_shows_defaults_and_inspect_explains_its_columns(model_file, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "(>= 3; default 15)" in text and "(default 8)" in text
+    out = cli.inspect_text(model_file.read_bytes())
+    assert "FKW: the delegate's compact weights" in out and "CSR: the same weights" in out
