@@ -3,6 +3,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <new>
 #include <set>
 #include <unordered_map>
 #include <vector>
@@ -238,7 +240,23 @@ class Partition {
   bool cache_dirty_ = false;
 };
 
-void* PartitionInit(TfLiteContext* ctx, const char* buffer, size_t) {
+// No C++ exception may cross into the runtime's C callbacks: a hostile file
+// can ask for tensors larger than memory, so std::bad_alloc becomes an error
+// status with a message (and the runtime's Python layer a RuntimeError).
+template <typename F>
+TfLiteStatus Guarded(TfLiteContext* ctx, const char* what, F&& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    ctx->ReportError(ctx, "cocopie: %s: out of memory (a tensor or scratch buffer is larger "
+                     "than this process can allocate)", what);
+  } catch (const std::exception& e) {
+    ctx->ReportError(ctx, "cocopie: %s: %s", what, e.what());
+  }
+  return kTfLiteError;
+}
+
+void* PartitionInitUnguarded(TfLiteContext* ctx, const char* buffer) {
   const auto* params = reinterpret_cast<const TfLiteDelegateParams*>(buffer);
   Delegate* delegate = FromTfLite(params->delegate);
   std::vector<OpPlan> ops;
@@ -256,6 +274,15 @@ void* PartitionInit(TfLiteContext* ctx, const char* buffer, size_t) {
   return new Partition(delegate, std::move(ops), params->output_tensors);
 }
 
+void* PartitionInit(TfLiteContext* ctx, const char* buffer, size_t) {
+  void* partition = nullptr;
+  Guarded(ctx, "building the node plans", [&] {
+    partition = PartitionInitUnguarded(ctx, buffer);
+    return kTfLiteOk;
+  });
+  return partition;  // null: PartitionPrepare reports the failure
+}
+
 void PartitionFree(TfLiteContext*, void* buffer) { delete static_cast<Partition*>(buffer); }
 
 TfLiteStatus PartitionPrepare(TfLiteContext* ctx, TfLiteNode* node) {
@@ -263,14 +290,20 @@ TfLiteStatus PartitionPrepare(TfLiteContext* ctx, TfLiteNode* node) {
     ctx->ReportError(ctx, "cocopie: delegate partition failed to initialise");
     return kTfLiteError;
   }
-  return static_cast<Partition*>(node->user_data)->Prepare(ctx);
+  return Guarded(ctx, "prepare", [&] { return static_cast<Partition*>(node->user_data)->Prepare(ctx); });
 }
 
 TfLiteStatus PartitionInvoke(TfLiteContext* ctx, TfLiteNode* node) {
-  return static_cast<Partition*>(node->user_data)->Invoke(ctx);
+  return Guarded(ctx, "invoke", [&] { return static_cast<Partition*>(node->user_data)->Invoke(ctx); });
 }
 
+TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base);
+
 TfLiteStatus DelegatePrepare(TfLiteContext* ctx, TfLiteDelegate* base) {
+  return Guarded(ctx, "choosing nodes", [&] { return DelegatePrepareUnguarded(ctx, base); });
+}
+
+TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) {
   Delegate* d = FromTfLite(base);
   if (d->pool == nullptr) {
     d->num_threads = d->options.num_threads > 0        ? d->options.num_threads

@@ -194,3 +194,46 @@ def test_report_refuses_what_is_not_a_live_cocopie_delegate():
         lite.delegate_report(Foreign())
     with pytest.raises(TypeError, match="load_delegate"):
         lite.delegate_report(object())
+
+
+HUGE_CHILD = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from cocopie_tf import lite
+data = open(sys.argv[1], "rb").read()
+try:
+    it = lite.Interpreter(model_content=data, claim="all")
+    it.allocate_tensors()
+    print("ALLOCATED")
+except RuntimeError as e:
+    print("REFUSED", e)
+"""
+
+
+@pytest.mark.parametrize("which,message", [("dense", "GiB"), ("pattern", "out of memory")])
+def test_tensor_too_large_for_memory_is_an_error_not_a_crash(small_model, tmp_path, which,
+                                                             message):
+    """Found by tests/fuzz_delegate.py: an input width mutated to 1.8e9 made
+    the pattern kernels' Prepare throw std::bad_alloc through the runtime
+    (a Python MemoryError), and LiteRT's own arena fail without a message."""
+    import subprocess
+    import sys
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    from test_nonfinite import _chain_model
+
+    tfl = small_model[1] if which == "dense" else _chain_model()[0]
+    m = schema.ModelT.InitFromPackedBuf(bytearray(tfl), 0)
+    sub = m.subgraphs[0]
+    t = sub.tensors[sub.inputs[0]]
+    t.shape = [int(t.shape[0]), int(t.shape[1]), 1_862_270_986, int(t.shape[3])]
+    b = flatbuffers.Builder(0)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    path = tmp_path / "huge.tflite"
+    path.write_bytes(bytes(b.Output()))
+    p = subprocess.run([sys.executable, "-c", HUGE_CHILD, str(path)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "REFUSED" in p.stdout and message in p.stdout, p.stdout

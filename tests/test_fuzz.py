@@ -130,10 +130,14 @@ def test_fuzz_comparison_notices_differences():
     compare = _fuzzer().compare
     a = np.array([[1.0, np.nan, np.inf, -2.0]], np.float32)
     assert compare([a], [a.copy()]) == ""
-    for changed in ([[1.0, 0.0, np.inf, -2.0]], [[1.0, np.nan, -np.inf, -2.0]],
-                    [[1.0, np.nan, np.inf, -2.1]], [[1.0, np.nan, 5.0, -2.0]]):
+    for changed in ([[1.0, 0.0, np.inf, -2.0]], [[1.0, np.nan, np.inf, -2.1]],
+                    [[1.0, np.nan, 5.0, -2.0]], [[np.inf, np.nan, np.inf, -2.0]]):
         assert compare([np.array(changed, np.float32)], [a]) != ""
     assert compare([a[:, :3]], [a]) != ""
+    # Both overflowed: the sign (or a huge finite value) is the summation order's.
+    big = np.array([[np.inf, 3e38, np.nan, 1.0]], np.float32)
+    assert compare([np.array([[-np.inf, np.inf, np.inf, 1.0]], np.float32)], [big]) == ""
+    assert compare([np.array([[-np.inf, 1.0, np.inf, 1.0]], np.float32)], [big]) != ""
     assert compare([a], [a, a]) != ""
 
 

@@ -16,6 +16,8 @@ import pathlib
 import sys
 from typing import Any
 
+import numpy as np
+
 from ai_edge_litert import interpreter as _litert
 
 _LIB_NAME = {"darwin": "libcocopie_delegate.dylib", "win32": "cocopie_delegate.dll"}.get(
@@ -175,6 +177,23 @@ class Interpreter(_litert.Interpreter):
             experimental_delegates=[self._cocopie_delegate],
             num_threads=num_threads,
         )
+
+    def allocate_tensors(self):
+        try:
+            return super().allocate_tensors()
+        except RuntimeError as e:
+            if str(e).strip():
+                raise
+            # LiteRT's arena fails without a message when the tensors do not
+            # fit in memory (a damaged shape): say so, with the size.
+            total = 0
+            for d in self.get_tensor_details():
+                n = 1
+                for dim in d["shape"]:
+                    n *= max(int(dim), 0)
+                total += n * np.dtype(d["dtype"]).itemsize
+            raise RuntimeError(f"LiteRT could not allocate the model's tensors and gave no "
+                               f"reason; their sizes add up to {total / 2**30:,.1f} GiB") from None
 
     def delegate_report(self) -> list[dict]:
         """One entry per node the delegate claimed (call after allocate_tensors).
