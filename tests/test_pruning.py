@@ -445,3 +445,63 @@ def test_load_model_after_import_cocopie_tf(tmp_path, order):
                        text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.split("PHASES")[1].strip() == str(want)
+
+
+def test_selection_skips_what_it_cannot_prune_and_says_why():
+    """Issue 13 item 1: a 1x3 conv is skipped (not an error) by the default
+    selection and listed with the reason; naming it explicitly still raises."""
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="first")(inp)
+    h = keras.layers.Conv2D(8, (1, 3), padding="same", name="one_by_three")(h)
+    h = keras.layers.Conv2D(16, 3, padding="same", name="c3")(h)
+    h = keras.layers.SeparableConv2D(16, 3, padding="same", name="sep")(h)
+    h = keras.layers.Conv2D(16, 1, name="pw")(h)
+    h = keras.layers.Dense(10, name="fc")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, h)
+    pruned = cocopie_tf.prune_patterns(model)
+    sel = pruned.pruning_selection
+    assert [r["layer"] for r in sel] == ["first", "one_by_three", "c3", "sep", "pw", "fc"]
+    assert [r["layer"] for r in sel if r["decision"] == "wrapped"] == ["c3"]
+    assert [w.layer.name for w in find_wrappers(pruned)] == ["c3"]
+    why = sel.skipped()
+    assert "1x3 kernel" in why["one_by_three"] and "first convolution" in why["first"]
+    assert "1x1" in why["pw"] and "SeparableConv2D" in why["sep"] and "Dense" in why["fc"]
+    assert "c3" in str(sel) and "wrapped 1 of 6 layers" in str(sel)
+    with pytest.raises(ValueError, match="one_by_three.*1x3 kernel"):
+        cocopie_tf.prune_patterns(model, layers=["one_by_three"])
+
+
+def test_selection_of_mobilenet_v2_lists_every_conv_with_true_totals():
+    mobilenet = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None)
+    sel = cocopie_tf.prune_patterns(mobilenet).pruning_selection
+    convs = [l for l in mobilenet.layers
+             if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense))]
+    assert [r["layer"] for r in sel] == [l.name for l in convs]
+    wrapped = [l for l in convs if isinstance(l, keras.layers.DepthwiseConv2D)]
+    assert [r["layer"] for r in sel if r["decision"] == "wrapped"] == [l.name for l in wrapped]
+    assert all(r["why"] for r in sel if r["decision"] == "skipped")
+    # The totals, counted here independently from the layers' own shapes.
+    weights = {l.name: int(np.prod(l.kernel.shape)) for l in convs}
+    macs = {l.name: int(np.prod(l.output.shape[1:-1])) * weights[l.name] for l in convs}
+    t = sel.totals()
+    assert t["weights"] == sum(weights.values())
+    assert t["weights_wrapped"] == sum(weights[l.name] for l in wrapped)
+    assert t["macs"] == sum(macs.values())
+    assert t["macs_wrapped"] == sum(macs[l.name] for l in wrapped)
+    assert t["weights_share"] < 0.03  # the honest figure: depthwise weights are few
+
+
+def test_subclassed_model_gets_a_clear_error():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = keras.layers.Conv2D(8, 3)
+            self.b = keras.layers.Conv2D(8, 3)
+
+        def call(self, x):
+            return self.b(self.a(x))
+
+    net = Net()
+    net(np.zeros((1, 8, 8, 4), "float32"))
+    with pytest.raises(ValueError, match="subclassed"):
+        cocopie_tf.prune_patterns(net)

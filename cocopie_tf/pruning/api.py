@@ -97,19 +97,23 @@ def prune_patterns(model, *, num_patterns: int = 8, entries: int = 4, keep_cente
     opts = dict(num_patterns=num_patterns, entries=entries, keep_center=keep_center,
                 connectivity=connectivity, group=group)
 
-    def check_kernel(layer):
+    def kernel_problem(layer) -> str | None:
         kh, kw = tuple(prunable_kernel(layer).shape[:2]) if layer.built else tuple(layer.kernel_size)
         if kh * kw > 1:
             if entries > kh * kw:
-                raise ValueError(f"entries={entries} is larger than the {kh}x{kw} kernel of "
-                                 f"layer {layer.name!r}")
+                return f"entries={entries} is larger than its {kh}x{kw} kernel"
             n = len(P.candidate_patterns((kh, kw), entries, keep_center and kh % 2 == 1 and kw % 2 == 1))
             if num_patterns > n:
-                raise ValueError(f"num_patterns={num_patterns} is more than the {n} candidate "
-                                 f"patterns of layer {layer.name!r} ({kh}x{kw}, {entries} entries)")
+                return (f"num_patterns={num_patterns} is more than the {n} candidate patterns of "
+                        f"its {kh}x{kw} kernel with {entries} entries")
         if library is not None and np.asarray(library).shape[1:] != (kh, kw):
-            raise ValueError(f"library shape {np.asarray(library).shape} does not fit the "
-                             f"{kh}x{kw} kernel of layer {layer.name!r}")
+            return f"library shape {np.asarray(library).shape} does not fit its {kh}x{kw} kernel"
+        return None
+
+    def check_kernel(layer):
+        why = kernel_problem(layer)
+        if why:
+            raise ValueError(f"layer {layer.name!r} cannot be pruned: {why}")
 
     if not isinstance(model, keras.Model):  # a single layer
         why = _why_not_prunable(model, True, True)
@@ -121,6 +125,7 @@ def prune_patterns(model, *, num_patterns: int = 8, entries: int = 4, keep_cente
         raise ValueError("model must be built (give it an input shape) before prune_patterns")
 
     all_layers = list(_walk(model))
+    skipped: dict[int, str] = {}
     if layers is not None:
         names = [layers] if isinstance(layers, str) else list(layers)
         by_name = {l.name: l for l in all_layers}
@@ -132,18 +137,34 @@ def prune_patterns(model, *, num_patterns: int = 8, entries: int = 4, keep_cente
             if why:
                 raise ValueError(f"layers: layer {name!r} cannot be pruned: {why}")
             chosen.append(by_name[name])
+        for layer in chosen:
+            check_kernel(layer)  # named explicitly: a layer that cannot be pruned is an error
     else:
-        candidates = [l for l in all_layers
-                      if _why_not_prunable(l, prune_1x1, prune_depthwise) is None]
+        # The default selection skips what it cannot prune, and says why.
         first_conv = next((l for l in all_layers if isinstance(l, keras.layers.Conv2D)), None)
-        chosen = [l for l in candidates if prune_first or l is not first_conv]
+        chosen = []
+        for layer in all_layers:
+            why = _why_not_prunable(layer, prune_1x1, prune_depthwise)
+            if why is None and layer is first_conv and not prune_first:
+                why = "first convolution (few weights, most sensitive; pass prune_first=True)"
+            if why is None:
+                why = kernel_problem(layer)
+            if why is None:
+                chosen.append(layer)
+            else:
+                skipped[id(layer)] = why
     if not chosen:
+        reasons = "; ".join(f"{l.name}: {skipped[id(l)]}" for l in all_layers
+                            if id(l) in skipped and _has_weights_to_prune(l))
         raise ValueError("the model has nothing to prune: no Conv2D/DepthwiseConv2D layer "
                          "qualifies (the first conv and 1x1 convs are skipped by default; see "
-                         "prune_first, prune_1x1, layers)")
-    for layer in chosen:
-        check_kernel(layer)
+                         "prune_first, prune_1x1, layers)" + (f". Skipped: {reasons}" if reasons
+                                                               else ""))
     chosen_ids = {id(l) for l in chosen}
+    selection = PruningSelection(
+        _selection_row(l, "wrapped" if id(l) in chosen_ids else "skipped",
+                       skipped.get(id(l), "not in layers=[...]"))
+        for l in all_layers if _has_weights_to_prune(l))
 
     def make(layer):
         if id(layer) not in chosen_ids:
@@ -158,7 +179,104 @@ def prune_patterns(model, *, num_patterns: int = 8, entries: int = 4, keep_cente
 
         return new, setter
 
-    return _clone(model, make)
+    try:
+        pruned = _clone(model, make)
+    except ValueError as e:  # subclassed models: keras.models.clone_model cannot copy them
+        if "subclass" in str(e).lower() or "Sequential models or Functional models" in str(e):
+            raise ValueError("prune_patterns needs a Sequential or functional model; this one is "
+                             "subclassed, which Keras cannot clone. Wrap its layers instead: "
+                             "cocopie_tf.prune_patterns(layer) returns a wrapped layer") from None
+        raise
+    # What was wrapped, what was skipped and why: model.pruning_selection.
+    pruned.pruning_selection = selection
+    return pruned
+
+
+def _has_weights_to_prune(layer) -> bool:
+    return isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+                              keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D,
+                              keras.layers.SeparableConv2D, keras.layers.Dense,
+                              PrunableLayer)) or (
+        bool(layer.weights) and type(layer).__module__.split(".")[0] != "keras")
+
+
+def _layer_macs(layer, weights: int) -> int | None:
+    """Multiply-accumulates per sample: each weight of a conv or dense layer
+    is used once per output position."""
+    try:
+        shape = tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return None
+    if len(shape) < 2 or any(d is None for d in shape[1:-1]):
+        return None
+    positions = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        dw, pw = (int(np.prod(w.shape)) for w in layer.weights[:2])
+        return positions * (dw + pw)
+    return positions * weights
+
+
+def _selection_row(layer, decision: str, why: str) -> dict:
+    kernel = getattr(layer, "kernel", None)
+    if isinstance(layer, PrunableLayer):
+        kernel = layer.get_prunable_kernel()
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        kernel = None
+    weights = (int(np.prod(kernel.shape)) if kernel is not None
+               else sum(int(np.prod(w.shape)) for w in layer.weights if len(w.shape) > 1))
+    return {"layer": layer.name, "type": type(layer).__name__,
+            "kernel_shape": tuple(kernel.shape) if kernel is not None else None,
+            "weights": weights, "macs": _layer_macs(layer, weights), "decision": decision,
+            "why": "" if decision == "wrapped" else why}
+
+
+class PruningSelection:
+    """What prune_patterns did, per layer with weights (a sequence of dicts:
+    layer, type, kernel_shape, weights, macs, decision, why), with totals;
+    prints as a table.  (Not a list: Keras would wrap a list attribute of a
+    model in its own tracking type.)"""
+
+    def __init__(self, rows=()):
+        self.rows = list(rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def skipped(self) -> dict:
+        """{layer name: why} of the layers left dense."""
+        return {r["layer"]: r["why"] for r in self.rows if r["decision"] != "wrapped"}
+
+    def totals(self) -> dict:
+        """Weights and MACs (per sample) of the wrapped layers and of all
+        conv/dense layers, and the wrapped shares."""
+        w_all = sum(r["weights"] for r in self)
+        w_in = sum(r["weights"] for r in self if r["decision"] == "wrapped")
+        known = [r for r in self if r["macs"] is not None]
+        m_all = sum(r["macs"] for r in known)
+        m_in = sum(r["macs"] for r in known if r["decision"] == "wrapped")
+        return {"layers": len(self), "wrapped": sum(r["decision"] == "wrapped" for r in self),
+                "weights": w_all, "weights_wrapped": w_in,
+                "weights_share": w_in / w_all if w_all else 0.0,
+                "macs": m_all, "macs_wrapped": m_in, "macs_share": m_in / m_all if m_all else 0.0}
+
+    def __str__(self):
+        head = f"{'layer':<28} {'type':<16} {'weights':>9} {'MACs':>12}  decision"
+        rows = [head, "-" * len(head)]
+        for r in self:
+            macs = f"{r['macs']:,}" if r["macs"] is not None else "?"
+            what = r["decision"] + (f": {r['why']}" if r["why"] else "")
+            rows.append(f"{r['layer']:<28.28} {r['type']:<16.16} {r['weights']:>9,} {macs:>12}  {what}")
+        t = self.totals()
+        rows.append(f"wrapped {t['wrapped']} of {t['layers']} layers: {t['weights_share']:.1%} of "
+                    f"their {t['weights']:,} weights, {t['macs_share']:.1%} of their "
+                    f"{t['macs']:,} MACs per sample")
+        return "\n".join(rows)
 
 
 def strip_pruning(model):
