@@ -177,10 +177,23 @@ def test_report_renders_and_draws(tmp_path):
     x, y = digits(200)
     model = compile_(cocopie_tf.prune_patterns(functional()))
     model.fit(x, y, epochs=2, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
-    report = cocopie_tf.pruning_report(cocopie_tf.strip_pruning(model))
+    stripped = cocopie_tf.strip_pruning(model)
+    report = cocopie_tf.pruning_report(stripped)
     assert len(report) == 2 and "weight red." in str(report)
     for r in report:
         assert r["weight_reduction"] > 6 and sum(r["histogram"]) == r["kernels_kept"]
+    # Model-level totals (issue 13 item 1), counted here from the weights.
+    layers = [l for l in stripped.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+    kernels = [np.asarray(l.get_weights()[0]) for l in layers]
+    positions = [int(np.prod(l.output.shape[1:-1])) if len(l.output.shape) > 2 else 1
+                 for l in layers]
+    t = report.totals
+    assert t["layers"] == len(layers) == 4  # 3 convs (the first unpruned), the dense head
+    assert t["weights"] == sum(k.size for k in kernels)
+    assert t["weights_kept"] == sum(np.count_nonzero(k) for k in kernels)
+    assert t["macs"] == sum(p * k.size for p, k in zip(positions, kernels))
+    assert t["macs_kept"] == sum(p * np.count_nonzero(k) for p, k in zip(positions, kernels))
+    assert 0 < t["weights_pruned_share"] < 1 and "pruned away" in str(report)
     pytest.importorskip("matplotlib")
     report.plot_library(tmp_path / "lib.png")
     assert (tmp_path / "lib.png").stat().st_size > 0

@@ -308,7 +308,10 @@ def strip_pruning(model):
 
 
 class PruningReport(list):
-    """Per-layer facts (a list of dicts) that prints as a table."""
+    """Per-layer facts (a list of dicts) that prints as a table; ``totals``
+    covers every conv and dense layer of the model, pruned or not."""
+
+    totals: dict = {}
 
     def __str__(self):
         head = (f"{'layer':<24} {'kernel':<14} {'patterns':>8} {'kernels kept':>14} "
@@ -318,6 +321,12 @@ class PruningReport(list):
             rows.append(f"{r['layer']:<24.24} {str(r['kernel_shape']):<14} {r['patterns']:>8} "
                         f"{r['kernels_kept']:>7}/{r['kernels_total']:<6} "
                         f"{r['weight_reduction']:>10.2f}x {r['mac_reduction']:>8.2f}x")
+        t = self.totals
+        if t:
+            macs = (f"; MACs per sample {t['macs']:,} -> {t['macs_kept']:,} "
+                    f"({t['macs'] / max(t['macs_kept'], 1):.2f}x)") if t["macs"] else ""
+            rows.append(f"model: {t['layers']} conv/dense layers, {t['weights']:,} weights, "
+                        f"{t['weights_pruned_share']:.1%} of them pruned away{macs}")
         return "\n".join(rows)
 
     def plot_library(self, path=None):
@@ -348,6 +357,24 @@ def pruning_report(model) -> PruningReport:
     is used once per output pixel, so the MAC reduction equals the weight
     reduction of the layer."""
     report = PruningReport()
+    totals = {"layers": 0, "weights": 0, "weights_kept": 0, "macs": 0, "macs_kept": 0}
+    for layer in _walk(model):
+        inner = layer.layer if isinstance(layer, PatternPruning) else layer
+        if _has_weights_to_prune(inner) and not isinstance(inner, keras.layers.SeparableConv2D):
+            kernel = prunable_kernel(inner) if hasattr(inner, "kernel") or isinstance(
+                inner, PrunableLayer) else None
+            if kernel is not None:
+                value = np.asarray(keras.ops.convert_to_numpy(kernel))
+                kept = int(np.count_nonzero(value))
+                macs = _layer_macs(layer, value.size)
+                totals["layers"] += 1
+                totals["weights"] += value.size
+                totals["weights_kept"] += kept
+                if macs is not None:
+                    totals["macs"] += macs
+                    totals["macs_kept"] += macs // max(value.size, 1) * kept
+    totals["weights_pruned_share"] = 1 - totals["weights_kept"] / max(totals["weights"], 1)
+    report.totals = totals
     for layer in _walk(model):
         inner = layer.layer if isinstance(layer, PatternPruning) else layer
         if not isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, PrunableLayer)):
