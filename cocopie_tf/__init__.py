@@ -95,7 +95,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'cocopie_tf' has no attribute {name!r}")
 
 
-_PRUNING = ("ADMMPruning", "PatternPruning", "PrunableLayer", "prune_patterns",
+_PRUNING = ("ADMMPruning", "PatternPruning", "PrunableLayer", "prune_oneshot", "prune_patterns",
             "pruning_report", "strip_pruning")
 
 __version__ = "0.1.0"

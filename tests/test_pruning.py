@@ -518,3 +518,34 @@ def test_subclassed_model_gets_a_clear_error():
     net(np.zeros((1, 8, 8, 4), "float32"))
     with pytest.raises(ValueError, match="subclassed"):
         cocopie_tf.prune_patterns(net)
+
+
+def test_strip_before_pruning_names_the_missing_step():
+    """Issue 13 item 2: strip_pruning before any hard prune used to fail with
+    'library contains an empty pattern'."""
+    wrapped = cocopie_tf.prune_patterns(functional())
+    with pytest.raises(ValueError, match="ADMMPruning callback has not run.*prune_oneshot"):
+        cocopie_tf.strip_pruning(wrapped)
+
+
+def test_prune_oneshot_needs_no_fit_and_its_masks_hold(capsys):
+    x, y = digits(128)
+    model = functional()
+    wrapped = cocopie_tf.prune_oneshot(model, connectivity=3.6)
+    stripped = cocopie_tf.strip_pruning(wrapped)
+    check_constraints(stripped, pruned_names(wrapped))
+    masks = {w.name: np.asarray(keras.ops.convert_to_numpy(w.mask)) for w in find_wrappers(wrapped)}
+    compile_(wrapped).fit(x, y, epochs=1, batch_size=64, verbose=0)  # optional masked retraining
+    for w in find_wrappers(wrapped):
+        assert np.count_nonzero(w.kernel_value()[masks[w.name] == 0]) == 0
+    assert "hard prune" not in capsys.readouterr().out  # no ADMM, so no residuals to report
+
+
+def test_hard_prune_at_large_residuals_is_logged_and_warned(capsys):
+    x, y = digits(128)
+    model = compile_(cocopie_tf.prune_patterns(functional()))
+    with pytest.warns(UserWarning, match="hard-pruning at large residuals"):
+        model.fit(x, y, epochs=2, batch_size=64, verbose=0,
+                  callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, rho=1e-4)])
+    assert "ADMMPruning: hard prune after 1 ADMM epoch(s); relative residuals" in \
+        capsys.readouterr().out

@@ -8,13 +8,14 @@
 """
 
 from cocopie_tf.pruning.api import PrunableLayer, prune_patterns, pruning_report, strip_pruning
-from cocopie_tf.pruning.callback import ADMMPruning
+from cocopie_tf.pruning.callback import ADMMPruning, prune_oneshot
 from cocopie_tf.pruning.wrapper import PatternPruning
 
 __all__ = [
     "ADMMPruning",
     "PatternPruning",
     "PrunableLayer",
+    "prune_oneshot",
     "prune_patterns",
     "pruning_report",
     "strip_pruning",

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 
 from cocopie_tf import patterns as P
-from cocopie_tf.pruning.wrapper import PHASE_MASKED, PatternPruning, as_hwio, prunable_kernel
+from cocopie_tf.pruning.wrapper import (PHASE_DENSE, PHASE_MASKED, PatternPruning, as_hwio,
+                                        prunable_kernel)
 
 
 class PrunableLayer:
@@ -284,6 +285,15 @@ def strip_pruning(model):
 
     Layers still in the ADMM phase are hard-pruned on the way out (their
     current projection), so the result always satisfies the constraints."""
+
+    never = [w.name for w in _walk(model) if isinstance(w, PatternPruning)
+             and int(np.asarray(keras.ops.convert_to_numpy(w.phase))) == PHASE_DENSE]
+    if never:
+        raise ValueError(
+            f"strip_pruning: {len(never)} wrapped layer(s) ({', '.join(never[:3])}"
+            f"{', ...' if len(never) > 3 else ''}) were never pruned: the ADMMPruning callback "
+            "has not run. Train with model.fit(..., callbacks=[cocopie_tf.ADMMPruning()]) first, "
+            "or prune in one step with cocopie_tf.prune_oneshot(model)")
 
     def make(layer):
         if not isinstance(layer, PatternPruning):
