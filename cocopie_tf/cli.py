@@ -63,6 +63,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and Keras with the CLI's log level.  TensorFlow's
+    C++ start-up lines (absl, printed before it reads TF_CPP_MIN_LOG_LEVEL,
+    twice) go straight to file descriptor 2, so the CLI points that at
+    /dev/null for the import unless TF_CPP_MIN_LOG_LEVEL=0 asks for them.
+    The CLI only: the library never touches the environment or stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        import keras  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _convert(args) -> int:
     import pathlib
 
@@ -77,7 +99,7 @@ def _convert(args) -> int:
     except OSError as e:
         print(f"cocopie-tf convert: {e}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow_quietly()
     import keras
 
     import cocopie_tf.pruning  # noqa: F401 - registers the wrapper layer for loading
@@ -199,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1 or args.runs < 1:
             print("cocopie-tf demo: --threads and --runs must be >= 1", file=sys.stderr)
             return 2
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import_tensorflow_quietly()
         from cocopie_tf import demo
 
         return demo.run(threads=args.threads, runs=args.runs, output=args.output)

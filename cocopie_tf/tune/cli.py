@@ -100,7 +100,9 @@ def main(args) -> int:
             return _err(str(e))
     if out is not None and out.suffix != ".keras":
         return _err(f"--output must end in .keras, got {out}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cocopie_tf.cli import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     import keras
 
     import cocopie_tf.pruning  # noqa: F401 - registers the wrapper layer for loading
