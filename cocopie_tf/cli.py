@@ -105,11 +105,17 @@ def _convert(args) -> int:
     import cocopie_tf.pruning  # noqa: F401 - registers the wrapper layer for loading
     from cocopie_tf.converter import convert, read_metadata
 
+    import time
+
+    t0 = time.perf_counter()
+    print(f"loading {src} ...", flush=True)
     try:
         model = keras.models.load_model(src)
     except Exception as e:  # keras raises many kinds on a bad file
         print(f"cocopie-tf convert: cannot load {src}: {e}", file=sys.stderr)
         return 2
+    print(f"converting {len(model.layers)} layers with the TFLite converter "
+          "(ResNet-50 takes about half a minute) ...", flush=True)
     try:
         data = convert(model, output_path=dst, force=args.force)
     except (ValueError, OSError) as e:  # ConverterError is a ValueError
@@ -117,7 +123,8 @@ def _convert(args) -> int:
         return 2
     meta = read_metadata(data)
     n = len(meta["records"]) if meta else 0
-    print(f"wrote {dst} ({len(data):,} bytes), pattern metadata for {n} convolution(s)")
+    print(f"wrote {dst} ({len(data):,} bytes), pattern metadata for {n} convolution(s), "
+          f"in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -139,6 +139,7 @@ def test_cli_convert_and_inspect(tmp_path, trained):
     assert p.returncode == 0 and "pattern metadata for 2 convolution(s)" in p.stdout, p.stderr[-2000:]
     # TensorFlow's C++ start-up lines stay out of the CLI (issue 13 item 7).
     assert "absl::InitializeLog" not in p.stderr and "cudart_stub" not in p.stderr, p.stderr
+    assert "loading" in p.stdout and "converting" in p.stdout  # progress for slow conversions
     p = subprocess.run(cli + ["convert", str(src), "-o", str(dst)], capture_output=True, text=True,
                        cwd=tmp_path)
     assert p.returncode == 2 and "--force" in p.stderr
