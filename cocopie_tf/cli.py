@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,8 +105,6 @@ def _convert(args) -> int:
 
     import cocopie_tf.pruning  # noqa: F401 - registers the wrapper layer for loading
     from cocopie_tf.converter import convert, read_metadata
-
-    import time
 
     t0 = time.perf_counter()
     print(f"loading {src} ...", flush=True)
