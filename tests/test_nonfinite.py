@@ -18,7 +18,15 @@ from cocopie_tf import _cc, lite
 from test_kernels import np_conv2d
 from test_pattern_engine import JIT_ISAS, _pruned_filter
 
-ENGINES = ["static"] + JIT_ISAS
+# "generic": the portable static kernels (scalar transposes), "static": this
+# CPU's static kernel set, then every generator ISA this machine runs.
+ENGINES = ["generic", "static"] + JIT_ISAS
+
+
+def _layer(filt, bias=None, engine="static", **kw):
+    if engine == "generic":
+        return _cc.PatternConvLayer(filt, bias, kernel="generic", jit="static", **kw)
+    return _cc.PatternConvLayer(filt, bias, jit=engine, **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +61,7 @@ def test_non_finite_input_reaches_the_outputs_stock_arithmetic_reaches(engine, a
     rng = np.random.default_rng(7)
     filt = _pruned_filter(rng, 24, 3, 16, connectivity=2.0)
     bias = rng.standard_normal(24).astype(np.float32)
-    layer = _cc.PatternConvLayer(filt, bias, padding="same", activation=act, num_threads=2,
-                                 jit=engine)
+    layer = _layer(filt, bias, engine, padding="same", activation=act, num_threads=2)
     for count in (1, 3):
         x = _poison(rng.standard_normal((1, 14, 14, 16)).astype(np.float32), rng, value, count)
         ref = np_conv2d(x, filt, bias, (1, 1), (1, 1), "same", act=act)
@@ -64,8 +71,8 @@ def test_non_finite_input_reaches_the_outputs_stock_arithmetic_reaches(engine, a
         clean = rng.standard_normal((1, 14, 14, 16)).astype(np.float32)
         _same_non_finite(layer(clean), np_conv2d(clean, filt, bias, (1, 1), (1, 1), "same",
                                                  act=act))
-    assert layer.engine["engine"] == (_cc.default_kernel_set() if engine == "static"
-                                      else "jit_" + engine)
+    want = {"generic": "generic", "static": _cc.default_kernel_set()}
+    assert layer.engine["engine"] == want.get(engine, "jit_" + engine)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -75,7 +82,7 @@ def test_non_finite_kept_weight_poisons_its_channel(engine, value):
     filt = _pruned_filter(rng, 16, 3, 8, connectivity=2.0)
     o, ky, kx, c = (int(v) for v in np.argwhere(filt != 0)[5])
     filt[o, ky, kx, c] = value
-    layer = _cc.PatternConvLayer(filt, padding="same", activation="relu", jit=engine)
+    layer = _layer(filt, None, engine, padding="same", activation="relu")
     x = rng.standard_normal((1, 12, 12, 8)).astype(np.float32)
     ref = np_conv2d(x, filt, None, (1, 1), (1, 1), "same", act="relu")
     _same_non_finite(layer(x), ref)

@@ -488,23 +488,24 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
     float* padded = scratch->input.data();
     // NHWC -> zero-padded CHW (only rows/columns the kernels can read),
     // unless the previous layer already wrote it there.
+    // Whether the input holds an Inf or NaN the kernels can read: rare, and
+    // only then do the products they skip matter (see PropagateNonFinite).
+    // The transpose finds out as it moves the data; a chained input was
+    // checked by the layer that wrote it.
+    std::atomic<bool> non_finite{input_packed && scratch->input_non_finite};
     if (!input_packed)
       ParallelFor(pool, s.in_h, 4, [&](int64_t y0, int64_t y1) {
+        bool bad = false;
         for (int64_t iy = y0; iy < y1; ++iy) {
           const int64_t py = iy + s.pad_top;
           if (py >= hp) continue;
           // One input row [x][c] becomes column x of every channel row.
           const int nx = std::min(s.in_w, wp - s.pad_left);
-          set->transpose(in_b + iy * s.in_w * s.in_c, s.in_c, padded + py * wp + s.pad_left,
-                         plane, nx, s.in_c);
+          bad |= set->transpose(in_b + iy * s.in_w * s.in_c, s.in_c,
+                                padded + py * wp + s.pad_left, plane, nx, s.in_c);
         }
+        if (bad) non_finite.store(true, std::memory_order_relaxed);
       });
-    // Rare: only then do the products the kernels skip matter (see
-    // PropagateNonFinite).  The scan costs about one read of the input.
-    std::atomic<bool> non_finite{false};
-    ParallelFor(pool, s.in_c, 8, [&](int64_t c0, int64_t c1) {
-      if (AnyNonFinite(padded + c0 * plane, (c1 - c0) * plane)) non_finite = true;
-    });
     if (jit != nullptr) {
       const int fb = jit->num_blocks();
       const int64_t tiles = block_len / jit->layout().TileLen();
@@ -531,7 +532,9 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       // stay contiguous, no transpose.
       const ConvShape& ns = *next->shape;
       float* dst_all = next->scratch->input.data();
+      std::atomic<bool> next_non_finite{false};  // what the next layer can read
       ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
+        uint32_t bad = 0;
         for (int64_t o = o0; o < o1; ++o) {
           // Generated code applied bias and activation already.
           const float bias = jit ? 0.f : plan.bias[o];
@@ -542,17 +545,27 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             const float* src = chw + o * out_plane + static_cast<int64_t>(oy) * wp;
             float* dst = dst_all + o * ng.plane + static_cast<int64_t>(py) * ng.wp + ns.pad_left;
             const int n = std::min(s.out_w, ng.wp - ns.pad_left);
-            for (int ox = 0; ox < n; ++ox)
-              dst[ox] = std::min(std::max(src[ox] + bias, lo), hi);
+            for (int ox = 0; ox < n; ++ox) {
+              const float v = std::min(std::max(src[ox] + bias, lo), hi);
+              const float d = v - v;  // +0 unless v is Inf or NaN (as in the transpose)
+              uint32_t bits;
+              std::memcpy(&bits, &d, sizeof bits);
+              bad |= bits;
+              dst[ox] = v;
+            }
           }
         }
+        if (bad) next_non_finite.store(true, std::memory_order_relaxed);
       });
       if (non_finite)
         PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {
           const int py = oy + ns.pad_top, px = ox + ns.pad_left;
-          if (py < ng.hp && px < ng.wp)
+          if (py < ng.hp && px < ng.wp) {
             dst_all[o * ng.plane + static_cast<int64_t>(py) * ng.wp + px] = NAN;
+            next_non_finite.store(true, std::memory_order_relaxed);
+          }
         });
+      next->scratch->input_non_finite = next_non_finite;
       continue;
     }
     // CHW -> NHWC with bias and the fused activation.

@@ -65,7 +65,8 @@ struct KernelSet {
                          int64_t task_end);
   // dst[j * dst_stride + i] = src[i * src_stride + j], i < rows, j < cols:
   // the layout changes at the pattern engine's edges (NHWC <-> CHW).
-  void (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
+  // Returns true if any value moved was Inf or NaN.
+  bool (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
                     int rows, int cols);
 };
 

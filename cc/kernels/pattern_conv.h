@@ -149,6 +149,9 @@ struct PatternScratch {
   // What PreparePatternConv set up (geometry, engine) and for which key.
   PatternGeometry geometry;
   std::string engine, prepared_key;
+  // Set by the previous layer when it wrote `input` itself (chained): whether
+  // it wrote an Inf or NaN there.
+  bool input_non_finite = false;
 };
 
 constexpr int kMaxTaps = 32;  // kernel positions a pattern mask can hold
