@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -60,9 +62,27 @@ def _clone(model, make):
         setters.append(setter)
         return new
 
-    cloned = keras.models.clone_model(model, clone_function=clone_fn)
+    # clone_model re-creates the compile state from its config, which fails
+    # for a loss or metric object Keras cannot deserialise; the copy is
+    # compiled here instead, and left uncompiled (with a warning) when that
+    # fails -- the user compiles the pruned model before fit anyway.
+    compile_config = model.get_compile_config() if getattr(model, "compiled", False) else None
+    if compile_config is not None:
+        model.compiled = False
+    try:
+        cloned = keras.models.clone_model(model, clone_function=clone_fn)
+    finally:
+        if compile_config is not None:
+            model.compiled = True
     for setter in setters:
         setter()
+    if compile_config is not None:
+        try:
+            cloned.compile_from_config(compile_config)
+        except (TypeError, ValueError) as e:
+            warnings.warn(f"the copy of {model.name!r} is not compiled: its compile settings "
+                          f"could not be rebuilt from their config ({str(e).splitlines()[0]}); "
+                          f"compile it before fit", stacklevel=3)
     return cloned
 
 
