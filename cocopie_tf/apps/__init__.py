@@ -1,0 +1,13 @@
+"""The seed's real-time applications, built with this project's public API:
+super-resolution x2 (``sr``), style transfer (``style``) and coloring
+(``color``). Each module has a Keras model builder, training data from the
+photos shipped with scikit-image / scikit-learn, and a quality metric;
+:mod:`cocopie_tf.apps.pipeline` trains, prunes, converts, runs and times them.
+
+    from cocopie_tf.apps import pipeline
+    result = pipeline.run("sr", preset="demo", out_dir="pictures")
+"""
+
+from cocopie_tf.apps.pipeline import APPS, Settings, run, settings_for
+
+__all__ = ["APPS", "Settings", "run", "settings_for"]
