@@ -22,11 +22,25 @@ def _parser() -> argparse.ArgumentParser:
         ".tflite, runs it on stock LiteRT (XNNPACK) and with the cocopie delegate, checks the "
         "outputs agree, and prints the claim report and both latencies.",
     )
-    demo.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
-    demo.add_argument("--runs", type=int, default=20,
-                      help="timed runs per interpreter (default %(default)s)")
+    demo.add_argument("--app", choices=("sr", "style", "color"), default=None,
+                      help="instead of the digits CNN, run one of the seed's applications end to "
+                      "end on the photos shipped with scikit-image / scikit-learn: "
+                      "super-resolution x2, style transfer or coloring; writes before/after "
+                      "pictures (see --pictures)")
+    demo.add_argument("--preset", choices=("ci", "demo", "full"), default="demo",
+                      help="--app only: how much to train: ci (seconds, 64x64 output), demo "
+                      "(minutes; default), full (the run behind docs/apps.md)")
+    demo.add_argument("--pictures", default=None, metavar="DIR",
+                      help="--app only: folder for the before/after PNGs (default "
+                      "./cocopie-demo-APP; existing files are not replaced)")
+    demo.add_argument("--threads", default=None,
+                      help="interpreter threads: one number for the digits demo (default 1), a "
+                      "comma-separated list for --app (default 1,2)")
+    demo.add_argument("--runs", type=int, default=None,
+                      help="timed runs per interpreter (default 20; 10 with --app)")
     demo.add_argument("--output", type=str, default=None,
-                      help="also write the converted model to this .tflite path (must not exist)")
+                      help="digits demo: also write the converted model to this .tflite path "
+                      "(must not exist)")
     conv = sub.add_parser("convert", help="convert a .keras model to .tflite with pattern metadata")
     conv.add_argument("model", help="a .keras file (pruned with cocopie_tf, wrapped or stripped)")
     conv.add_argument("-o", "--output", required=True, help="the .tflite file to write")
@@ -221,16 +235,60 @@ def _bench_or_tune(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        if args.threads < 1 or args.runs < 1:
-            print("cocopie-tf demo: --threads and --runs must be >= 1", file=sys.stderr)
+def _demo(args) -> int:
+    from cocopie_tf.benchmark import parse_threads
+
+    try:
+        threads = parse_threads(args.threads or ("1,2" if args.app else "1"))
+    except ValueError as e:
+        print(f"cocopie-tf demo: {e}", file=sys.stderr)
+        return 2
+    runs = args.runs if args.runs is not None else (10 if args.app else 20)
+    if runs < 1:
+        print("cocopie-tf demo: --runs must be >= 1", file=sys.stderr)
+        return 2
+    if args.app is None:
+        if len(threads) != 1:
+            print("cocopie-tf demo: the digits demo takes one --threads value", file=sys.stderr)
+            return 2
+        if args.pictures is not None:
+            print("cocopie-tf demo: --pictures needs --app", file=sys.stderr)
             return 2
         import_tensorflow_quietly()
         from cocopie_tf import demo
 
-        return demo.run(threads=args.threads, runs=args.runs, output=args.output)
+        return demo.run(threads=threads[0], runs=runs, output=args.output)
+    if args.output is not None:
+        print("cocopie-tf demo: --output is for the digits demo; --app writes --pictures",
+              file=sys.stderr)
+        return 2
+    import pathlib
+
+    from cocopie_tf._files import check_destination
+
+    pictures = pathlib.Path(args.pictures or f"cocopie-demo-{args.app}")
+    if pictures.exists() and not pictures.is_dir():
+        print(f"cocopie-tf demo: --pictures {pictures}: exists and is not a folder", file=sys.stderr)
+        return 2
+    try:  # fail now, not after minutes of training
+        from cocopie_tf.apps.photos import EVAL_PHOTOS
+
+        for photo in EVAL_PHOTOS:
+            if pictures.is_dir():
+                check_destination(pictures / f"{args.app}_{photo}.png", replace=False)
+    except OSError as e:
+        print(f"cocopie-tf demo: {e}", file=sys.stderr)
+        return 2
+    import_tensorflow_quietly()
+    from cocopie_tf.apps import demo_app
+
+    return demo_app.main(args.app, args.preset, threads, runs, pictures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
     if args.command == "convert":
         return _convert(args)
     if args.command == "inspect":
