@@ -104,10 +104,13 @@ def quality(outputs: dict, pairs: dict, settings=None) -> dict:
     return rows
 
 
+PANELS = ("grey input", "model", "original")
+
+
 def pictures(name: str, pair, output) -> list:
+    """``(title, image)`` per panel of PANELS."""
     lightness, rgb = pair
-    return [("grey input", np.repeat(lightness, 3, -1)), ("model", to_rgb(lightness, output)),
-            ("original", rgb)]
+    return list(zip(PANELS, (np.repeat(lightness, 3, -1), to_rgb(lightness, output), rgb)))
 
 
 PRESETS = {

@@ -5,7 +5,7 @@ before/after pictures.
 
 Every application module (``sr``, ``style``, ``color``) provides ``build``,
 ``training_data``, ``compile_model``, ``eval_pairs``, ``quality``,
-``pictures`` and ``PRESETS``.
+``pictures`` (one image per title in ``PANELS``) and ``PRESETS``.
 """
 
 from __future__ import annotations
@@ -230,16 +230,9 @@ def write_pictures(name: str, pairs, outputs, out_dir) -> list[str]:
 
 def panel_titles(name: str) -> list[str]:
     """Titles of the panels of :func:`write_pictures`, left to right."""
-    app = app_module(name)
-    titles = [t for t, _ in app.pictures(*_dummy_pair(app))]
+    titles = list(app_module(name).PANELS)
     i = titles.index("model")
     return titles[:i] + ["dense model", "pruned model (cocopie)"] + titles[i + 1:]
-
-
-def _dummy_pair(app):
-    pairs = app.eval_pairs(32)
-    photo, pair = next(iter(pairs.items()))
-    return photo, pair, np.zeros_like(pair[1])
 
 
 def run(name: str, preset: str = "demo", threads=(1, 2), runs: int = 10, out_dir=None,

@@ -93,10 +93,14 @@ def quality(outputs: dict, pairs: dict, settings=None) -> dict:
     return rows
 
 
+PANELS = ("low-res input (nearest)", "bicubic", "model", "original")
+
+
 def pictures(name: str, pair, output) -> list:
+    """``(title, image)`` per panel of PANELS."""
     lr, hr = pair
-    return [("low-res input (nearest)", np.repeat(np.repeat(lr, SCALE, 0), SCALE, 1)),
-            ("bicubic", bicubic(lr)), ("model", np.clip(output, 0, 1)), ("original", hr)]
+    images = (np.repeat(np.repeat(lr, SCALE, 0), SCALE, 1), bicubic(lr), np.clip(output, 0, 1), hr)
+    return list(zip(PANELS, images))
 
 
 # patch: low-res side of a training crop. "ci" proves the pipeline in

@@ -171,9 +171,13 @@ def quality(outputs: dict, pairs: dict, settings) -> dict:
     return rows
 
 
+PANELS = ("content", "style", "model")
+
+
 def pictures(name: str, pair, output) -> list:
+    """``(title, image)`` per panel of PANELS."""
     style = ph.center_crop(ph.load_photo(STYLE_PHOTO), pair[0].shape[0])
-    return [("content", pair[0]), ("style", style), ("model", np.clip(output, 0, 1))]
+    return list(zip(PANELS, (pair[0], style, np.clip(output, 0, 1))))
 
 
 PRESETS = {
