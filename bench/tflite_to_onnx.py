@@ -5,7 +5,9 @@ by the TFLite converter, pruned zeros where they are).
 Covers the ops of the benchmark's models (VGG, ResNet, MobileNet families):
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MUL, MAX_POOL_2D,
 AVERAGE_POOL_2D, MEAN, PAD, RESHAPE, SOFTMAX, RELU, RELU6, with fused
-activations.  Anything else raises ValueError naming the op.
+activations) and of the applications (cocopie_tf.apps): DEPTH_TO_SPACE,
+RESIZE_NEAREST_NEIGHBOR and RESIZE_BILINEAR by integer factors, LOGISTIC,
+TANH.  Anything else raises ValueError naming the op.
 
 Layout: the ONNX graph takes the model's NHWC input, transposes it once to
 NCHW, keeps 4-D tensors NCHW, and transposes back to NHWC before a RESHAPE
@@ -169,6 +171,29 @@ def tflite_to_onnx(tflite_bytes: bytes, opset: int = 17) -> bytes:
             emit("Reshape", [value(ins[0], False), add_init(shape, "shape")], out, False)
         elif name == "SOFTMAX":
             emit("Softmax", [value(ins[0], False)], out, False, axis=-1)
+        elif name == "DEPTH_TO_SPACE":
+            # TFLite's channel order (block row, block column, channel) is
+            # ONNX's DCR mode.
+            emit("DepthToSpace", [value(ins[0], True)], out, True, blocksize=o.blockSize,
+                 mode="DCR")
+        elif name in ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"):
+            h, w = (int(d) for d in g.tensors[ins[0]].shape[1:3])
+            oh, ow = (int(d) for d in const_int(ins[1]).ravel())
+            if oh % h or ow % w or o.alignCorners:
+                raise ValueError(f"{name}: only integer upscaling without align_corners is "
+                                 "supported")
+            scales = add_init(np.array([1, 1, oh // h, ow // w], np.float32), "scales")
+            if name == "RESIZE_NEAREST_NEIGHBOR":
+                # An integer factor repeats each pixel in every TFLite mode.
+                kw = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                          nearest_mode="floor")
+            else:
+                kw = dict(mode="linear", coordinate_transformation_mode="half_pixel"
+                          if o.halfPixelCenters else "asymmetric")
+            emit("Resize", [value(ins[0], True), "", scales], out, True, **kw)
+        elif name in ("LOGISTIC", "TANH"):
+            emit("Sigmoid" if name == "LOGISTIC" else "Tanh", [value(ins[0])], out,
+                 nchw[ins[0]])
         elif name in ("RELU", "RELU6"):
             x = value(ins[0])
             emit("Identity", [x], out, nchw[ins[0]], 1 if name == "RELU" else 3)

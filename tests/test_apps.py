@@ -86,6 +86,12 @@ def test_layers_round_trip_through_keras_files(tmp_path):
     model = keras.Model([inp, vec], x)
     path = tmp_path / "m.keras"
     model.save(path)
+    # In a fresh process, `import cocopie_tf.apps` is all loading needs.
+    code = ("import sys, keras, cocopie_tf.apps; m = keras.models.load_model(sys.argv[1]); "
+            "print(type(m.layers[1]).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert proc.returncode == 0 and "PixelShuffle" in proc.stdout, proc.stderr[-2000:]
     loaded = keras.models.load_model(path)
     rng = np.random.default_rng(2)
     args = [rng.standard_normal((1, 4, 4, 8)).astype(np.float32),

@@ -8,6 +8,9 @@ photos shipped with scikit-image / scikit-learn, and a quality metric;
     result = pipeline.run("sr", preset="demo", out_dir="pictures")
 """
 
+# The layers are registered with Keras on import, so saved app models load
+# after ``import cocopie_tf.apps``.
+from cocopie_tf.apps import layers
 from cocopie_tf.apps.pipeline import APPS, Settings, run, settings_for
 
-__all__ = ["APPS", "Settings", "run", "settings_for"]
+__all__ = ["APPS", "Settings", "layers", "run", "settings_for"]

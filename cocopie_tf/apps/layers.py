@@ -40,7 +40,9 @@ class BroadcastAdd(keras.layers.Layer):
 
     def call(self, inputs):
         features, vector = inputs
-        return features + vector[:, None, None, :]
+        # A reshape (one TFLite RESHAPE), not vector[:, None, None, :]
+        # (a STRIDED_SLICE with new axes).
+        return features + keras.ops.reshape(vector, (-1, 1, 1, vector.shape[-1]))
 
     def compute_output_shape(self, shapes):
         return shapes[0]
