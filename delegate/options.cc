@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "cc/kernels/dispatch.h"
+#include "cc/kernels/thread_pool.h"
 
 namespace cocopie {
 namespace {
@@ -41,7 +42,7 @@ const std::vector<std::string>& DelegateOptionKeys() {
   static const std::vector<std::string> keys = {"num_threads", "backend", "verbose",
                                                 "profile", "kernel", "pattern_kernels",
                                                 "claim", "tune", "tune_cache",
-                                                "tune_budget_ms", "jit"};
+                                                "tune_budget_ms", "jit", "spin_us"};
   return keys;
 }
 
@@ -103,6 +104,16 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
         return false;
       }
       parsed.tune_budget_ms = ms;
+    } else if (key == "spin_us") {
+      char* end = nullptr;
+      errno = 0;
+      const long us = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || errno != 0 || *end != '\0' || us < 0 || us > ThreadPool::kMaxSpinUs) {
+        *error = "option 'spin_us': expected an integer from 0 to " +
+                 std::to_string(ThreadPool::kMaxSpinUs) + ", got " + Quote(value);
+        return false;
+      }
+      parsed.spin_us = static_cast<int>(us);
     } else if (key == "claim") {
       if (value != "auto" && value != "all") {
         *error = "option 'claim': expected 'auto' or 'all', got " + Quote(value);

@@ -29,6 +29,9 @@ struct DelegateOptions {
   std::string tune = "cached";
   std::string tune_cache;        // empty: DefaultTuningCachePath()
   double tune_budget_ms = 400;   // per layer
+  // How long the delegate's threads spin (yielding) between jobs before
+  // sleeping; see cc/kernels/thread_pool.h.  0: sleep at once.
+  int spin_us = -1;  // -1: ThreadPool::kDefaultSpinUs
 };
 
 // Known option keys, for error messages and documentation.

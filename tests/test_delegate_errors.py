@@ -37,6 +37,24 @@ def test_bad_num_threads_type_is_refused_in_python():
         lite.Interpreter(model_content=b"x" * 16, num_threads="abc")
 
 
+@pytest.mark.parametrize("value", ["-1", "10001", "fast", "", "1.5"])
+def test_bad_spin_us_is_refused(value):
+    with pytest.raises(ValueError, match="option 'spin_us': expected an integer from 0 to 10000"):
+        lite.load_delegate(spin_us=value)
+
+
+def test_spin_us_does_not_change_results(small_model):
+    # The thread pool's wait strategy (spin, then sleep) changes timing only.
+    _, tflite = small_model
+    x = np.random.default_rng(0).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    ref = reference_outputs(tflite, [x])[0]
+    for spin in ("0", "100", "10000"):
+        interp = lite.Interpreter(model_content=tflite, claim="all", num_threads=2, spin_us=spin)
+        out = run_tflite(interp, [x])[0]
+        assert len(interp.delegate_report()) == 1
+        assert rel_error(out, ref) <= 1e-5, spin
+
+
 def test_bad_backend_and_kernel_are_refused():
     with pytest.raises(ValueError, match="backend"):
         lite.load_delegate(backend="tpu")

@@ -1,13 +1,17 @@
 // Every compiled kernel set against the float64 reference kernels, over a
 // sweep of shapes, strides, dilations, padding, activations and threads.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/jit_pattern.h"
 #include "cc/kernels/reference.h"
+#include "cc/kernels/thread_pool.h"
 #include "tests/cc/check.h"
 
 using namespace cocopie;
@@ -69,6 +73,39 @@ ConvShape MakeShape(const Geometry& g, bool depthwise) {
 }
 
 }  // namespace
+
+// Every index is visited exactly once per call, for back-to-back calls (the
+// workers spinning between them or asleep), and for two callers sharing one
+// pool (serialised).
+TEST_CASE(ThreadPoolVisitsEveryIndexOnce) {
+  for (int spin_us : {0, 100})
+    for (int threads : {1, 2, 3, 5}) {
+      ThreadPool pool(threads, spin_us);
+      CHECK(pool.num_threads() == threads && pool.spin_us() == spin_us);
+      std::vector<std::atomic<int>> hits(1000);
+      for (int call = 0; call < 300; ++call) {
+        const int64_t n = 1 + (call * 37) % 1000, grain = 1 + call % 7;
+        for (auto& h : hits) h.store(0);
+        ParallelFor(&pool, n, grain, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        });
+        bool once = true;
+        for (int64_t i = 0; i < 1000; ++i) once = once && hits[i].load() == (i < n ? 1 : 0);
+        CHECK(once);
+        if (call == 150) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // workers sleep
+      }
+      std::atomic<int64_t> sum{0};
+      auto caller = [&] {
+        for (int call = 0; call < 100; ++call)
+          pool.ParallelFor(64, 1, [&](int64_t b, int64_t e) { sum.fetch_add(e - b); });
+      };
+      std::thread other(caller);
+      caller();
+      other.join();
+      CHECK(sum.load() == 2 * 100 * 64);
+    }
+  CHECK(ThreadPool(2, -5).spin_us() == 0 && ThreadPool(2, 1 << 30).spin_us() == ThreadPool::kMaxSpinUs);
+}
 
 TEST_CASE(ReferenceConvHandComputed) {
   // 3x3 input, 2x2 all-ones filter, VALID: each output sums a 2x2 window.
