@@ -173,7 +173,7 @@ def test_given_library_is_used():
                 assert not m.any() or m.tobytes() in allowed
 
 
-def test_report_renders_and_draws(tmp_path):
+def test_report_renders_and_draws(tmp_path, monkeypatch):
     x, y = digits(200)
     model = compile_(cocopie_tf.prune_patterns(functional()))
     model.fit(x, y, epochs=2, batch_size=64, callbacks=[cocopie_tf.ADMMPruning()], verbose=0)
@@ -194,9 +194,12 @@ def test_report_renders_and_draws(tmp_path):
     assert t["macs"] == sum(p * k.size for p, k in zip(positions, kernels))
     assert t["macs_kept"] == sum(p * np.count_nonzero(k) for p, k in zip(positions, kernels))
     assert 0 < t["weights_pruned_share"] < 1 and "pruned away" in str(report)
-    pytest.importorskip("matplotlib")
-    report.plot_library(tmp_path / "lib.png")
-    assert (tmp_path / "lib.png").stat().st_size > 0
+    matplotlib = pytest.importorskip("matplotlib")
+    # Drawing must not switch the user's backend (a notebook's inline display).
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("switched the backend"))
+    fig = report.plot_library(tmp_path / "lib.png")
+    assert (tmp_path / "lib.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(fig.axes) == len(report) * max(len(r["library"]) for r in report)
 
 
 @pytest.mark.parametrize("kwargs,match", [

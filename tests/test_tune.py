@@ -318,7 +318,7 @@ def test_assemble_pattern_candidate(trained):
 SEARCH = dict(finetune_steps=4, eval_every=2, pretrain_epochs=1, batch_size=32, progress=False)
 
 
-def test_search_early_stop_and_report(trained, tmp_path):
+def test_search_early_stop_and_report(trained, tmp_path, monkeypatch):
     model, x, y, xv, yv = trained
     cands = tune.sample_candidates(2, (0.3, 0.7))
     res = tune.search(model, x, y, xv, yv, candidates=cands, target=0.02,
@@ -331,6 +331,9 @@ def test_search_early_stop_and_report(trained, tmp_path):
     acc = np.mean(np.argmax(chosen.predict(xv, verbose=0), -1) == yv)
     assert acc == pytest.approx(res.chosen["score"], abs=1e-9)
     assert "*" in res.table() and "chosen" in res.message
+    import matplotlib
+
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("switched the backend"))
     res.plot(tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -361,13 +361,13 @@ class PruningReport(list):
 
     def plot_library(self, path=None):
         """Draws every layer's patterns (matplotlib); saves to ``path`` if given."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A Figure without pyplot: no backend switch, so a notebook's inline
+        # display keeps working.
+        from matplotlib.figure import Figure
 
         n = max(len(r["library"]) for r in self) if self else 1
-        fig, axes = plt.subplots(len(self), n, figsize=(n * 0.8, len(self) * 0.9), squeeze=False)
+        fig = Figure(figsize=(n * 0.8, len(self) * 0.9))
+        axes = fig.subplots(len(self), n, squeeze=False)
         for i, r in enumerate(self):
             for j in range(n):
                 ax = axes[i][j]

@@ -444,12 +444,12 @@ class SearchResult:
     def plot(self, path=None):
         """Accuracy vs size of every evaluated candidate, the chosen one marked;
         saved to ``path`` (PNG, written atomically) when given."""
-        import matplotlib
+        # A Figure without pyplot: no backend switch, so a notebook's inline
+        # display keeps working.
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         ok = [r for r in self.results if r["met"]]
         no = [r for r in self.results if not r["met"]]
         ax.scatter([r["size"] for r in no], [r["score"] for r in no], s=14, c="tab:gray",
@@ -470,7 +470,6 @@ class SearchResult:
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=120)
             _write_atomic(path, buf.getvalue())
-        plt.close(fig)
         return fig
 
     def model(self):
