@@ -194,6 +194,15 @@ def test_report_renders_and_draws(tmp_path, monkeypatch):
     assert t["macs"] == sum(p * k.size for p, k in zip(positions, kernels))
     assert t["macs_kept"] == sum(p * np.count_nonzero(k) for p, k in zip(positions, kernels))
     assert 0 < t["weights_pruned_share"] < 1 and "pruned away" in str(report)
+    # A fully convolutional model (no fixed height/width) has no MACs per
+    # sample: no partial total.
+    inp = keras.Input((None, None, 3))
+    h = keras.layers.Conv2D(16, 3, padding="same")(inp)
+    h = keras.layers.Conv2D(16, 3, padding="same")(h)
+    fcn = cocopie_tf.strip_pruning(cocopie_tf.prune_oneshot(keras.Model(inp, h)))
+    fcn_report = cocopie_tf.pruning_report(fcn)
+    assert fcn_report.totals["macs"] is None and fcn_report.totals["macs_kept"] is None
+    assert "MACs per sample depend on the input size" in str(fcn_report)
     matplotlib = pytest.importorskip("matplotlib")
     # Drawing must not switch the user's backend (a notebook's inline display).
     monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("switched the backend"))

@@ -353,8 +353,11 @@ class PruningReport(list):
                         f"{r['weight_reduction']:>10.2f}x {r['mac_reduction']:>8.2f}x")
         t = self.totals
         if t:
-            macs = (f"; MACs per sample {t['macs']:,} -> {t['macs_kept']:,} "
-                    f"({t['macs'] / max(t['macs_kept'], 1):.2f}x)") if t["macs"] else ""
+            if t["macs"] is None:
+                macs = "; MACs per sample depend on the input size (build the model at a fixed one)"
+            else:
+                macs = (f"; MACs per sample {t['macs']:,} -> {t['macs_kept']:,} "
+                        f"({t['macs'] / max(t['macs_kept'], 1):.2f}x)") if t["macs"] else ""
             rows.append(f"model: {t['layers']} conv/dense layers, {t['weights']:,} weights, "
                         f"{t['weights_pruned_share']:.1%} of them pruned away{macs}")
         return "\n".join(rows)
@@ -388,6 +391,7 @@ def pruning_report(model) -> PruningReport:
     reduction of the layer."""
     report = PruningReport()
     totals = {"layers": 0, "weights": 0, "weights_kept": 0, "macs": 0, "macs_kept": 0}
+    unknown_macs = False
     for layer in _walk(model):
         inner = layer.layer if isinstance(layer, PatternPruning) else layer
         if _has_weights_to_prune(inner) and not isinstance(inner, keras.layers.SeparableConv2D):
@@ -400,9 +404,15 @@ def pruning_report(model) -> PruningReport:
                 totals["layers"] += 1
                 totals["weights"] += value.size
                 totals["weights_kept"] += kept
-                if macs is not None:
+                if macs is None:
+                    unknown_macs = True
+                else:
                     totals["macs"] += macs
                     totals["macs_kept"] += macs // max(value.size, 1) * kept
+    if unknown_macs:
+        # A partial sum (e.g. only the dense head of a fully convolutional
+        # model) would misstate the reduction.
+        totals["macs"] = totals["macs_kept"] = None
     totals["weights_pruned_share"] = 1 - totals["weights_kept"] / max(totals["weights"], 1)
     report.totals = totals
     for layer in _walk(model):
