@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cc/kernels/phase_split.h"
 #include "delegate/ops.h"
 
 namespace cocopie {
@@ -134,7 +135,9 @@ class Partition {
     for (OpPlan& op : ops_) op.chain_next = op.input_packed = false;
     for (size_t i = 0; i + 1 < ops_.size(); ++i) {
       OpPlan &a = ops_[i], &b = ops_[i + 1];
-      if (!a.use_pattern || !b.use_pattern || b.input != a.output || outputs_.count(a.output) ||
+      // A split conv reads its phase planes, not a padded CHW input.
+      if (!a.use_pattern || !b.use_pattern || b.phase_split ||
+          b.input != a.output || outputs_.count(a.output) ||
           a.shape.batch != 1 || b.shape.batch != 1)
         continue;
       bool other_reader = false;
@@ -182,8 +185,13 @@ class Partition {
 
   TfLiteStatus Invoke(TfLiteContext* ctx) {
     const bool profile = delegate_->options.profile;
+    // Set when a chained split conv met Inf/NaN and ran the dense kernel: it
+    // wrote its NHWC output, so the next op packs its own input this time.
+    bool wrote_nhwc = false;
     for (size_t k = 0; k < ops_.size(); ++k) {
       OpPlan& op = ops_[k];
+      const bool prev_wrote_nhwc = wrote_nhwc;
+      wrote_nhwc = false;
       const auto t0 = std::chrono::steady_clock::now();
       const float* in = Data(ctx, op.input);
       float* out = Data(ctx, op.output);
@@ -201,8 +209,28 @@ class Partition {
               OpPlan& n = ops_[k + 1];
               next = PatternNext{&n.shape, &n.pattern, &n.tuning, &n.pattern_scratch};
             }
-            RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, in, out, pool,
-                           op.tuning, op.input_packed, op.chain_next ? &next : nullptr);
+            const float* src = in;
+            bool packed = op.input_packed && !prev_wrote_nhwc;
+            if (op.phase_split && op.shape.batch == 1) {  // split into the padded planes
+              PreparePatternConv(set, op.shape, op.pattern, &op.pattern_scratch, op.tuning);
+              if (PackPhaseSplitInput(set, op.strided_shape, in, &op.pattern_scratch, pool)) {
+                RunConv2D(set, op.strided_shape, op.conv, op.filter_data, in, out, pool);
+                wrote_nhwc = true;
+                break;
+              }
+              packed = true;
+            } else if (op.phase_split) {
+              if (PhaseSplitInput(op.strided_shape, in, op.split_input.data(), pool)) {
+                // Inf or NaN in the input: the unsplit dense kernel keeps
+                // stock TFLite's 0 x Inf products window by window.
+                RunConv2D(set, op.strided_shape, op.conv, op.filter_data, in, out, pool);
+                wrote_nhwc = true;
+                break;
+              }
+              src = op.split_input.data();
+            }
+            RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, src, out, pool,
+                           op.tuning, packed, op.chain_next ? &next : nullptr);
           } else
             RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
           break;

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "cc/kernels/dispatch.h"
+#include "cc/kernels/phase_split.h"
 
 namespace cocopie {
 namespace {
@@ -163,7 +164,27 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
       geometry.stride_h = plan.stride_h; geometry.stride_w = plan.stride_w;
       plan.use_pattern = allow_pattern && kernels != nullptr &&
                          PatternKernelApplies(plan.pattern_stats, geometry);
-      if (plan.use_pattern && record != nullptr) {
+      if (allow_pattern && kernels != nullptr &&
+          PhaseSplitApplies(plan.stride_h, plan.stride_w, plan.dil_h, plan.dil_w)) {
+        int kh2, kw2;
+        const std::vector<float> split = PhaseSplitFilter(
+            w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, plan.stride_h, plan.stride_w,
+            &kh2, &kw2);
+        const int c2 = plan.stride_h * plan.stride_w * plan.in_c;
+        const PatternStats st = AnalyzePatterns(split.data(), plan.out_c, kh2, kw2, c2);
+        ConvShape g2;
+        g2.k_h = kh2; g2.k_w = kw2;
+        plan.phase_split = PatternKernelApplies(st, g2) &&
+                           BuildPatternPlan(split.data(), plan.out_c, kh2, kw2, c2, bias,
+                                            kMaxGroup, &plan.pattern).empty();
+        if (plan.phase_split) {
+          plan.use_pattern = true;
+          plan.pattern_stats = st;
+          // The record describes the unsplit kernel's masks.
+          if (record != nullptr) plan.metadata = "not used: the strided conv runs phase-split";
+          plan.conv = PackConv2D(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias);
+        }
+      } else if (plan.use_pattern && record != nullptr) {
         // The converter's record: verified against the weights, then its
         // patterns, kernel map and reorder plan are used as they are.
         std::string why = CheckRecordAgainstFilter(*record, w.data.f, w.bytes, plan.out_c,
@@ -179,7 +200,7 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
         if (!why.empty())
           plan.use_pattern = BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w,
                                               plan.in_c, bias, kMaxGroup, &plan.pattern).empty();
-      } else if (plan.use_pattern) {
+      } else if (plan.use_pattern && !plan.phase_split) {
         plan.use_pattern = BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c,
                                             bias, kMaxGroup, &plan.pattern).empty();
       }
@@ -231,6 +252,14 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
   const std::string why = ResolveConvShape(plan->padding, &s);
   if (!why.empty()) return why;
   plan->shape = s;
+  if (plan->phase_split) {
+    plan->strided_shape = s;
+    plan->shape = PhaseSplitShape(s);
+    const ConvShape& t = plan->shape;
+    // Batch 1 splits straight into the engine's padded planes.
+    plan->split_input.assign(
+        t.batch > 1 ? static_cast<size_t>(t.batch) * t.in_h * t.in_w * t.in_c : 0, 0.f);
+  }
   plan->output_dims = {s.batch, s.out_h, s.out_w, s.out_c};
   return "";
 }
@@ -243,12 +272,24 @@ std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
   if (!pattern_kernels) return "pattern kernels are off and the dense kernel is slower than TFLite's";
   const TfLiteTensor& w = ctx->tensors[node->inputs->data[1]];
   const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
-  const PatternStats st = AnalyzePatterns(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2), Dim(w, 3));
+  PatternStats st = AnalyzePatterns(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2), Dim(w, 3));
   ConvShape geometry;
   geometry.k_h = Dim(w, 1); geometry.k_w = Dim(w, 2);
   geometry.stride_h = p->stride_height; geometry.stride_w = p->stride_width;
+  const bool split = PhaseSplitApplies(p->stride_height, p->stride_width,
+                                       p->dilation_height_factor, p->dilation_width_factor);
+  if (split) {  // judged as the stride-1 conv it runs as
+    int kh2, kw2;
+    const std::vector<float> f = PhaseSplitFilter(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2),
+                                                  Dim(w, 3), p->stride_height, p->stride_width,
+                                                  &kh2, &kw2);
+    st = AnalyzePatterns(f.data(), Dim(w, 0), kh2, kw2,
+                         p->stride_height * p->stride_width * Dim(w, 3));
+    geometry = ConvShape();
+    geometry.k_h = kh2; geometry.k_w = kw2;
+  }
   if (!PatternKernelApplies(st, geometry))
-    return "not pattern-pruned (or strided): TFLite's dense kernel is faster";
+    return "not pattern-pruned (or strided with dilation): TFLite's dense kernel is faster";
   const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
   const TfLiteTensor& out = ctx->tensors[node->outputs->data[0]];
   int64_t dense = 0, edge = 0;
@@ -256,7 +297,7 @@ std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
     const int64_t in_elems = NumElements(in), out_elems = NumElements(out);
     if (in_elems > 0 && out_elems > 0) {
       dense = out_elems * Dim(w, 1) * Dim(w, 2) * Dim(w, 3);
-      edge = in_elems + out_elems;
+      edge = in_elems * (split ? 2 : 1) + out_elems;  // the split is one more pass
     }
   }
   const double speedup = PredictedSpeedupOverDense(st, jit, dense, edge);
@@ -281,6 +322,7 @@ int64_t ExecutedMacs(const OpPlan& plan) {
 int64_t DenseMacs(const OpPlan& plan) {
   if (plan.kind == OpKind::kFullyConnected)
     return static_cast<int64_t>(plan.fc_batch) * plan.in_c * plan.out_c;
+  if (plan.phase_split) return plan.strided_shape.DenseMacs(false);
   return plan.shape.DenseMacs(plan.kind == OpKind::kDepthwiseConv2D);
 }
 

@@ -36,6 +36,14 @@ struct OpPlan {
   PatternScratch pattern_scratch;
   PatternTuning tuning;
   std::string tuning_source = "default";
+  // A strided pattern conv runs as a stride-1 one over its phase-split input
+  // (cc/kernels/phase_split.h): `shape` is then the split shape the pattern
+  // engine runs, `strided_shape` the node's own, `split_input` holds X' for
+  // batch > 1 (batch 1 splits straight into the engine's planes); the
+  // dense `conv` is packed too, for inputs holding Inf or NaN.
+  bool phase_split = false;
+  ConvShape strided_shape;
+  std::vector<float> split_input;
   // Layout kept between consecutive pattern convs (set in Prepare): this op
   // writes into the next op's padded CHW input / reads its own from there.
   bool chain_next = false, input_packed = false;

@@ -110,6 +110,39 @@ def _chain_model():
     return convert(model), kept
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_through_a_phase_split_conv(value):
+    """A pruned stride-2 conv runs phase-split; when its input holds Inf or
+    NaN it runs the dense kernel for that invoke (stock's 0 x Inf products,
+    window by window), and the conv chained after it packs its own input."""
+    import keras
+
+    from cocopie_tf import convert
+    from cocopie_tf.patterns import prune_kernel
+
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((13, 14, 16), batch_size=1)
+    h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="s2")(inp)
+    h = keras.layers.Conv2D(32, 3, padding="same", name="s1")(h)
+    model = keras.Model(inp, h)
+    for name in ("s2", "s1"):
+        w = model.get_layer(name).get_weights()
+        w[0] = prune_kernel(w[0], connectivity=2.0)
+        model.get_layer(name).set_weights(w)
+    tfl = convert(model)
+    it = lite.Interpreter(model_content=tfl, claim="all")
+    rng = np.random.default_rng(11)
+    for count in (0, 1, 3, 0):  # finite, poisoned, poisoned, finite again
+        x = _poison(rng.standard_normal((1, 13, 14, 16)).astype(np.float32), rng, value, count)
+        ref = reference_outputs(tfl, [x])[0]
+        assert np.all(np.isfinite(ref)) == (count == 0)
+        _same_non_finite(run_tflite(it, [x])[0], ref)
+    report = it.delegate_report()
+    assert [e["metadata"] for e in report] == ["not used: the strided conv runs phase-split",
+                                               "used"]
+    assert report[0]["keeps_layout"]  # chained into s1
+
+
 def _poison_weight(tfl, weights, value):
     """The file with one kept weight replaced by `value` (the TFLite converter
     saturates Inf weights to FLT_MAX, so this edits the bytes)."""

@@ -361,3 +361,73 @@ def test_cost_model_counts_layout_changes_and_demands_more_of_1x1(capfd):
     it2 = lite.Interpreter(model_content=convert(_one_conv(hw=14, c=96)))
     it2.allocate_tensors()
     assert len(it2.delegate_report()) == 1
+
+
+# Strided pattern convs run as stride-1 convs over the phase-split input
+# (cc/kernels/phase_split.h): every stride the split takes, odd and even
+# sizes, both paddings, batch 1 (split straight into the engine's planes)
+# and batch 2 (split into a buffer), against numpy float64.
+STRIDED = [  # (k, strides, padding, h, w, batch, act, threads)
+    (3, (2, 2), "same", 16, 16, 1, "relu", 1),
+    (3, (2, 2), "same", 17, 15, 1, "none", 2),
+    (3, (2, 2), "valid", 15, 16, 2, "relu6", 2),
+    (3, (2, 1), "same", 12, 9, 1, "none", 1),
+    (3, (1, 2), "valid", 9, 12, 2, "relu", 1),
+    (5, (2, 2), "same", 13, 14, 1, "none", 2),
+    (3, (3, 3), "same", 19, 20, 1, "relu", 2),
+    (5, (4, 4), "valid", 21, 22, 2, "none", 1),
+    (1, (2, 2), "same", 10, 11, 1, "none", 1),
+    (3, (2, 2), "same", 2, 3, 1, "none", 1),
+]
+
+
+def _strided_model(filt, bias, strides, padding, act, h, w):
+    import keras
+
+    oc, k, _, ic = filt.shape
+    inp = keras.Input((h, w, ic), batch_size=None)
+    layer = keras.layers.Conv2D(oc, k, strides=strides, padding=padding,
+                                activation={"none": None, "relu": "relu",
+                                            "relu6": keras.activations.relu6}[act])
+    model = keras.Model(inp, layer(inp))
+    layer.set_weights([filt.transpose(1, 2, 3, 0), bias])
+    return model
+
+
+@pytest.mark.parametrize("k,strides,padding,h,w,batch,act,threads", STRIDED)
+def test_strided_pattern_conv_runs_phase_split(k, strides, padding, h, w, batch, act, threads):
+    rng = np.random.default_rng(k * 100 + h)
+    ic, oc = 12, 20
+    filt = _pruned_filter(rng, oc, k, ic, connectivity=3.0)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    import cocopie_tf
+
+    # With the converter's metadata: the record describes the unsplit masks.
+    tfl = cocopie_tf.convert(_strided_model(filt, bias, strides, padding, act, h, w))
+    x = rng.standard_normal((batch, h, w, ic)).astype(np.float32)
+    ref = np_conv2d(x, filt, bias, strides, (1, 1), padding, act=act)
+    it = lite.Interpreter(model_content=tfl, claim="all", num_threads=threads)
+    for _ in range(2):  # the second invoke reuses the split buffers
+        out = run_tflite(it, [x])[0]
+        assert out.shape == ref.shape
+        assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
+    (entry,) = it.delegate_report()
+    assert "conv2d_pattern" in entry["kernel"]
+    assert entry["metadata"] == "not used: the strided conv runs phase-split"
+    # Dense MACs are the strided layer's; executed ones its kept weights'.
+    out_positions = batch * ref.shape[1] * ref.shape[2]
+    assert entry["dense_macs"] == out_positions * oc * k * k * ic
+    assert entry["executed_macs"] == out_positions * np.count_nonzero(filt)
+
+
+def test_strided_pattern_conv_is_claimed_where_it_pays():
+    """claim=auto takes a pruned stride-2 layer big enough to beat XNNPACK's
+    dense kernel after the split and the layout changes, and leaves dilated
+    strided convs (not split) to TFLite."""
+    rng = np.random.default_rng(3)
+    filt = _pruned_filter(rng, 64, 3, 64, connectivity=3.6)
+    bias = np.zeros(64, np.float32)
+    tfl = convert(_strided_model(filt, bias, (2, 2), "same", "relu", 64, 64))
+    it = lite.Interpreter(model_content=tfl)
+    it.allocate_tensors()
+    assert len(it.delegate_report()) == 1

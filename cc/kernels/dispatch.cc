@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "cc/kernels/jit_pattern.h"
+#include "cc/kernels/phase_split.h"
 #include "cc/kernels/reference.h"
 
 namespace cocopie {
@@ -444,6 +445,51 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
   scratch->engine = scratch->jit ? std::string("jit_") + JitIsaName(isa) : std::string(set->isa);
   scratch->prepared_key = key;
   return scratch->engine;
+}
+
+bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* image,
+                         PatternScratch* scratch, ThreadPool* pool) {
+  const ConvShape t = PhaseSplitShape(s);
+  const PatternGeometry& g = scratch->geometry;
+  // The split conv is VALID with no padding: its planes are exactly X'.
+  if (g.wp != t.in_w || g.hp != t.in_h || g.plane * t.in_c > int64_t(scratch->input.size()))
+    std::abort();  // not prepared for this shape: a driver bug
+  const int c = s.in_c, sh = s.stride_h, sw = s.stride_w;
+  float* planes = scratch->input.data();
+  std::atomic<bool> non_finite{false};
+  ParallelFor(pool, t.in_h, 2, [&](int64_t i0, int64_t i1) {
+    bool bad = false;
+    for (int64_t i = i0; i < i1; ++i)
+      for (int p = 0; p < sh; ++p)
+        for (int q = 0; q < sw; ++q) {
+          float* dst = planes + static_cast<int64_t>(p * sw + q) * c * g.plane + i * g.wp;
+          const int y = static_cast<int>(sh * i) + p - s.pad_top;
+          // Columns j with 0 <= sw*j + q - pad_left < in_w.
+          int j_lo = 0, j_hi = 0;
+          if (y >= 0 && y < s.in_h) {
+            const int first = s.pad_left - q;  // sw*j >= first
+            j_lo = first > 0 ? (first + sw - 1) / sw : 0;
+            j_hi = std::min(t.in_w, (s.in_w - 1 + s.pad_left - q) / sw + 1);
+            if (s.in_w - 1 + s.pad_left - q < 0) j_hi = 0;
+            j_lo = std::min(j_lo, t.in_w);
+            j_hi = std::max(j_hi, j_lo);
+          }
+          for (int ch = 0; ch < c; ++ch) {
+            float* row = dst + ch * g.plane;
+            std::fill(row, row + j_lo, 0.f);
+            std::fill(row + j_hi, row + t.in_w, 0.f);
+          }
+          if (j_hi > j_lo) {
+            const int x = sw * j_lo + q - s.pad_left;
+            bad |= set->transpose(image + (static_cast<int64_t>(y) * s.in_w + x) * c,
+                                  static_cast<int64_t>(sw) * c, dst + j_lo, g.plane,
+                                  j_hi - j_lo, c);
+          }
+        }
+    if (bad) non_finite.store(true, std::memory_order_relaxed);
+  });
+  scratch->input_non_finite = false;
+  return non_finite.load();
 }
 
 void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,

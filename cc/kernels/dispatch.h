@@ -78,6 +78,16 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s,
                     const PatternTuning& tuning = PatternTuning(), bool input_packed = false,
                     const PatternNext* next = nullptr);
 
+// A strided conv's input (one image, NHWC, resolved strided shape `s`)
+// phase-split straight into the padded CHW buffer of `scratch`, prepared for
+// PhaseSplitShape(s) (cc/kernels/phase_split.h): the split and the layout
+// change in one pass, after which RunPatternConv(PhaseSplitShape(s), ...,
+// input_packed = true) runs it.  Returns true, leaving the buffer
+// incomplete, when a value it moved is Inf or NaN (the caller then runs the
+// unsplit dense kernel).
+bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* image,
+                         PatternScratch* scratch, ThreadPool* pool);
+
 // The cost model.  PatternKernelApplies: the pattern kernel can run the layer
 // and beats this project's dense kernel.  PredictedSpeedupOverDense: the
 // expected speed of the pattern kernel relative to a dense kernel of
