@@ -172,9 +172,13 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
             &kh2, &kw2);
         const int c2 = plan.stride_h * plan.stride_w * plan.in_c;
         const PatternStats st = AnalyzePatterns(split.data(), plan.out_c, kh2, kw2, c2);
-        ConvShape g2;
+        ConvShape g2, unsplit;
         g2.k_h = kh2; g2.k_w = kw2;
-        plan.phase_split = PatternKernelApplies(st, g2) &&
+        unsplit.k_h = plan.k_h; unsplit.k_w = plan.k_w;
+        // The layer itself must be pattern-pruned: splitting alone makes a
+        // dense 1x1 stride-2 filter look 75% sparse.
+        plan.phase_split = PatternKernelApplies(plan.pattern_stats, unsplit) &&
+                           PatternKernelApplies(st, g2) &&
                            BuildPatternPlan(split.data(), plan.out_c, kh2, kw2, c2, bias,
                                             kMaxGroup, &plan.pattern).empty();
         if (plan.phase_split) {
@@ -273,12 +277,19 @@ std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
   const TfLiteTensor& w = ctx->tensors[node->inputs->data[1]];
   const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
   PatternStats st = AnalyzePatterns(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2), Dim(w, 3));
+  const PatternStats unsplit_stats = st;
   ConvShape geometry;
   geometry.k_h = Dim(w, 1); geometry.k_w = Dim(w, 2);
   geometry.stride_h = p->stride_height; geometry.stride_w = p->stride_width;
   const bool split = PhaseSplitApplies(p->stride_height, p->stride_width,
                                        p->dilation_height_factor, p->dilation_width_factor);
   if (split) {  // judged as the stride-1 conv it runs as
+    // ... but only if the layer itself is pattern-pruned: the split alone
+    // makes a dense 1x1 stride-2 filter look 75% sparse.
+    ConvShape unsplit;
+    unsplit.k_h = Dim(w, 1); unsplit.k_w = Dim(w, 2);
+    if (!PatternKernelApplies(st, unsplit))
+      return "not pattern-pruned: TFLite's dense kernel is faster";
     int kh2, kw2;
     const std::vector<float> f = PhaseSplitFilter(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2),
                                                   Dim(w, 3), p->stride_height, p->stride_width,
@@ -300,7 +311,9 @@ std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
       edge = in_elems * (split ? 2 : 1) + out_elems;  // the split is one more pass
     }
   }
-  const double speedup = PredictedSpeedupOverDense(st, jit, dense, edge);
+  // The original layer's density: the executed MACs are its kept weights
+  // per output position, split or not.
+  const double speedup = PredictedSpeedupOverDense(unsplit_stats, jit, dense, edge);
   // 1x1 convs are XNNPACK's most efficient kernel (a plain GEMM), and in
   // MobileNet-class models each sits alone between depthwise convs, so every
   // one pays both layout changes: measured on MobileNetV2 224 with 3.6x

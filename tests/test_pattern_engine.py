@@ -422,8 +422,8 @@ def test_strided_pattern_conv_runs_phase_split(k, strides, padding, h, w, batch,
 
 def test_strided_pattern_conv_is_claimed_where_it_pays():
     """claim=auto takes a pruned stride-2 layer big enough to beat XNNPACK's
-    dense kernel after the split and the layout changes, and leaves dilated
-    strided convs (not split) to TFLite."""
+    dense kernel after the split and the layout changes, and leaves unpruned
+    strided convs to TFLite."""
     rng = np.random.default_rng(3)
     filt = _pruned_filter(rng, 64, 3, 64, connectivity=3.6)
     bias = np.zeros(64, np.float32)
@@ -431,3 +431,11 @@ def test_strided_pattern_conv_is_claimed_where_it_pays():
     it = lite.Interpreter(model_content=tfl)
     it.allocate_tensors()
     assert len(it.delegate_report()) == 1
+    # Unpruned strided convs stay with TFLite, although their split filters
+    # look sparse (a 1x1 stride-2 filter split is 75% zeros).
+    for k in (1, 3):
+        dense = rng.standard_normal((64, k, k, 64)).astype(np.float32)
+        tfl = convert(_strided_model(dense, bias, (2, 2), "same", "none", 64, 64))
+        it = lite.Interpreter(model_content=tfl)
+        it.allocate_tensors()
+        assert it.delegate_report() == [], k
