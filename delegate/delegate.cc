@@ -211,23 +211,25 @@ class Partition {
             }
             const float* src = in;
             bool packed = op.input_packed && !prev_wrote_nhwc;
-            if (op.phase_split && op.shape.batch == 1) {  // split into the padded planes
-              PreparePatternConv(set, op.shape, op.pattern, &op.pattern_scratch, op.tuning);
-              if (PackPhaseSplitInput(set, op.strided_shape, in, &op.pattern_scratch, pool)) {
-                RunConv2D(set, op.strided_shape, op.conv, op.filter_data, in, out, pool);
-                wrote_nhwc = true;
-                break;
-              }
-              packed = true;
-            } else if (op.phase_split) {
-              if (PhaseSplitInput(op.strided_shape, in, op.split_input.data(), pool)) {
+            if (op.phase_split) {
+              // Batch 1 splits straight into the engine's padded planes,
+              // larger batches into a buffer the engine then packs.
+              const bool into_planes = op.shape.batch == 1;
+              if (into_planes)
+                PreparePatternConv(set, op.shape, op.pattern, &op.pattern_scratch, op.tuning);
+              const bool non_finite =
+                  into_planes
+                      ? PackPhaseSplitInput(set, op.strided_shape, in, &op.pattern_scratch, pool)
+                      : PhaseSplitInput(op.strided_shape, in, op.split_input.data(), pool);
+              if (non_finite) {
                 // Inf or NaN in the input: the unsplit dense kernel keeps
                 // stock TFLite's 0 x Inf products window by window.
                 RunConv2D(set, op.strided_shape, op.conv, op.filter_data, in, out, pool);
                 wrote_nhwc = true;
                 break;
               }
-              src = op.split_input.data();
+              if (into_planes) packed = true;
+              else src = op.split_input.data();
             }
             RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, src, out, pool,
                            op.tuning, packed, op.chain_next ? &next : nullptr);
