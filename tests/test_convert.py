@@ -108,6 +108,19 @@ def test_model_without_metadata_and_dense_model():
     assert read_metadata(tfl) is None
 
 
+def test_convert_keeps_tensorflow_info_logs_quiet(caplog):
+    """The temporary SavedModel's INFO lines ("Assets written to ...") stay
+    out of the user's log; the logger's level is restored afterwards."""
+    import logging
+
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3)(inp))
+    with caplog.at_level(logging.INFO, logger="tensorflow"):
+        cocopie_tf.convert(model)
+        assert logging.getLogger("tensorflow").level == logging.INFO
+    assert "Assets written" not in caplog.text
+
+
 def test_convert_refuses_to_overwrite_and_bad_options(tmp_path, trained):
     models, _ = trained
     path = tmp_path / "m.tflite"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import pathlib
 import re
@@ -210,7 +211,7 @@ def convert(model, *, output_path=None, force: bool = False, **converter_options
     for key, value in converter_options.items():
         setattr(converter, key, value)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), _private_tempdir():
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_tf_logger(), _private_tempdir():
             tflite_bytes = converter.convert()
     except Exception as e:  # tf.lite's ConverterError and the many kinds below it
         raise ConverterError.from_tf(e, model) from None
@@ -271,6 +272,22 @@ def _all_layers(model):
 
 
 _TEMPDIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_tf_logger():
+    """TensorFlow's Python logger at WARNING or above while converting: its
+    INFO lines about the temporary SavedModel ("Assets written to ...") are
+    noise for the user (in notebooks they bypass redirect_stdout).  Warnings
+    and errors still show; the level is restored afterwards."""
+    logger = logging.getLogger("tensorflow")
+    old = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 @contextlib.contextmanager
