@@ -89,7 +89,9 @@ def machine() -> dict:
     except Exception:  # pragma: no cover - metadata missing
         litert = "unknown"
     return {"cpu": cpu, "cores": os.cpu_count(), "features": _cc.cpu_features(),
-            "kernel_set": _cc.default_kernel_set(), "python": platform.python_version(),
+            "kernel_set": _cc.default_kernel_set(),
+            "jit_isas": [i for i in _cc.jit_choices() if i not in ("auto", "static")],
+            "python": platform.python_version(),
             "ai_edge_litert": litert}
 
 
@@ -128,7 +130,8 @@ def bench(model: str, threads: list[int], runs: int = 15, warmup: int = 8,
 def format_bench(result: dict) -> str:
     m = result["machine"]
     lines = [f"model: {result['model']}",
-             f"machine: {m['cpu']}, {m['cores']} cores, {m['features']}, kernels {m['kernel_set']}, "
+             f"machine: {m['cpu']}, {m['cores']} cores, {m['features']}, static kernels "
+             f"{m['kernel_set']}, code generator {'/'.join(m.get('jit_isas') or []) or 'none'}, "
              f"ai_edge_litert {m['ai_edge_litert']}",
              f"{result['runs']} timed runs each after {result['warmup']} warm-up, alternating "
              "XNNPACK / cocopie; medians (q1-q3)", "",

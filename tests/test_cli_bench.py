@@ -35,6 +35,13 @@ def test_bench_prints_ratio_per_layer_and_writes_json(model_file, tmp_path, caps
     text = capsys.readouterr().out
     assert "speed-up" in text and "f32_conv2d_pattern__" in text
     result = json.loads(out_json.read_text())
+    # The machine line names both engines: the static set and the generator's ISAs.
+    from cocopie_tf import _cc
+
+    isas = [i for i in _cc.jit_choices() if i not in ("auto", "static")]
+    assert result["machine"]["jit_isas"] == isas
+    assert f"code generator {'/'.join(isas) or 'none'}" in text
+    assert f"static kernels {_cc.default_kernel_set()}" in text
     assert [r["threads"] for r in result["rows"]] == [1, 2]
     for r in result["rows"]:
         assert r["claimed"] == 1 and r["rel_error"] <= 1e-5
