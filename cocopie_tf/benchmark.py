@@ -96,7 +96,7 @@ def machine() -> dict:
 
 
 def bench(model: str, threads: list[int], runs: int = 15, warmup: int = 8,
-          options: dict | None = None) -> dict:
+          options: dict | None = None, backend: str = "cpu") -> dict:
     """Runs the comparison; returns a JSON-able dict (see ``format_bench``)."""
     from ai_edge_litert.interpreter import Interpreter as Stock
 
@@ -109,7 +109,8 @@ def bench(model: str, threads: list[int], runs: int = 15, warmup: int = 8,
     rows = []
     for t in threads:
         stock = Stock(model_content=content, num_threads=t)
-        ours = lite.Interpreter(model_content=content, num_threads=t, profile=True, **opts)
+        ours = lite.Interpreter(model_content=content, num_threads=t, profile=True,
+                                backend=backend, **opts)
         x = _feed(stock)
         for it, xi in zip([ours], [x]):
             it.allocate_tensors()
@@ -124,7 +125,7 @@ def bench(model: str, threads: list[int], runs: int = 15, warmup: int = 8,
                      "claimed": len(nodes), "nodes": nodes,
                      "xnnpack_runs": ms_stock, "cocopie_runs": ms_ours})
     return {"model": str(model), "runs": runs, "warmup": warmup, "options": opts,
-            "machine": machine(), "rows": rows}
+            "backend": backend, "machine": machine(), "rows": rows}
 
 
 def format_bench(result: dict) -> str:
@@ -134,7 +135,14 @@ def format_bench(result: dict) -> str:
              f"{m['kernel_set']}, code generator {'/'.join(m.get('jit_isas') or []) or 'none'}, "
              f"ai_edge_litert {m['ai_edge_litert']}",
              f"{result['runs']} timed runs each after {result['warmup']} warm-up, alternating "
-             "XNNPACK / cocopie; medians (q1-q3)", "",
+             "XNNPACK / cocopie; medians (q1-q3)"]
+    gpu = result.get("backend") == "gpu"
+    devices = {e.get("gpu_device", "") for r in result["rows"] for e in r["nodes"]} - {""}
+    if gpu:
+        lines.append("cocopie backend: gpu on " + (", ".join(sorted(devices)) or "?") +
+                     "; per-node ms are device times from OpenCL profiling events (on PoCL, "
+                     "OpenCL on the CPU, these are correctness runs, not GPU speed)")
+    lines += ["",
              "threads  XNNPACK ms            cocopie ms            speed-up  claimed  rel.error"]
     for r in result["rows"]:
         s, o = r["xnnpack_ms"], r["cocopie_ms"]
@@ -147,7 +155,8 @@ def format_bench(result: dict) -> str:
     for r in result["rows"]:
         if not r["nodes"]:
             continue
-        lines += ["", f"claimed nodes at {r['threads']} thread(s) (mean ms per invoke, "
+        what = "device ms" if gpu else "ms"
+        lines += ["", f"claimed nodes at {r['threads']} thread(s) (mean {what} per invoke, "
                       "including warm-up runs):",
                   "  node  op         kernel                          MAC red.  patterns  tuning     ms"]
         for e in r["nodes"]:

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--option", action="append", metavar="KEY=VALUE",
                        help="a delegate option, e.g. --option claim=all (repeatable)")
     bench.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
+    bench.add_argument("--backend", choices=("cpu", "gpu"), default="cpu",
+                       help="the delegate's backend (default %(default)s); with gpu the per-node "
+                       "times are device times from OpenCL profiling events")
     tune = sub.add_parser(
         "tune-kernels", help="auto-tune the pattern kernels of a model and cache the result",
         description="Times the pattern kernel's knobs (channel chunk, register tile) for every "
@@ -220,7 +223,7 @@ def _bench_or_tune(args) -> int:
             if args.json and os.path.exists(args.json):
                 raise FileExistsError(f"{args.json} exists; choose another --json path")
             result = B.bench(args.model, threads, runs=args.runs, warmup=args.warmup,
-                             options=B.parse_options(args.option))
+                             options=B.parse_options(args.option), backend=args.backend)
             print(B.format_bench(result))
             if args.json:
                 B.write_json(result, args.json)

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cc/kernels/phase_split.h"
+#include "delegate/gpu_partition.h"
 #include "delegate/ops.h"
 
 namespace cocopie {
@@ -83,7 +84,7 @@ class Partition {
         scratch_[op.output].resize(static_cast<size_t>(n));
       }
       ReportEntry e;
-      if (op.use_pattern) {
+      if (op.use_pattern && delegate_->gpu == nullptr) {
         ChooseTuning(&op);
         // Code generation (or the static layout) happens here, not in the
         // first Invoke.
@@ -117,7 +118,19 @@ class Partition {
       e.metadata = op.metadata;
       entries[op.node_index] = e;
     }
-    ChainPatternConvs(&entries);
+    if (delegate_->gpu != nullptr) {
+      gpu_.reset(new GpuPartition());
+      const std::string why = gpu_->Prepare(delegate_, ctx, ops_, outputs_, &entries);
+      if (!why.empty()) {
+        ctx->ReportError(ctx, "cocopie: backend=gpu: %s", why.c_str());
+        return kTfLiteError;
+      }
+      scratch_.clear();  // internal tensors live on the device
+    } else {
+      if (!delegate_->gpu_fallback_reason.empty())
+        for (auto& kv : entries) kv.second.gpu_device = "unavailable: " + delegate_->gpu_fallback_reason;
+      ChainPatternConvs(&entries);
+    }
     if (cache_dirty_) {
       const std::string why = delegate_->tuning_cache->Save();
       delegate_->Log(why.empty() ? "tuning cache saved to " + delegate_->tuning_cache->path()
@@ -183,7 +196,27 @@ class Partition {
     delegate_->Log(buf);
   }
 
+  TfLiteStatus InvokeGpu(TfLiteContext* ctx) {
+    const bool profile = delegate_->options.profile;
+    std::map<int, double> ms;
+    const std::string why = gpu_->Invoke(delegate_, ctx, ops_, profile ? &ms : nullptr);
+    if (!why.empty()) {
+      ctx->ReportError(ctx, "cocopie: backend=gpu: %s", why.c_str());
+      return kTfLiteError;
+    }
+    if (profile) {
+      std::lock_guard<std::mutex> lock(delegate_->report_mu);
+      for (auto& kv : ms) {
+        ReportEntry& e = delegate_->report[kv.first];
+        e.invokes += 1;
+        e.total_ms += kv.second;  // device time from OpenCL profiling events
+      }
+    }
+    return kTfLiteOk;
+  }
+
   TfLiteStatus Invoke(TfLiteContext* ctx) {
+    if (gpu_ != nullptr) return InvokeGpu(ctx);
     const bool profile = delegate_->options.profile;
     // Set when a chained split conv met Inf/NaN and ran the dense kernel: it
     // wrote its NHWC output, so the next op packs its own input this time.
@@ -268,6 +301,7 @@ class Partition {
   std::set<int> outputs_;
   std::unordered_map<int, std::vector<float>> scratch_;
   bool cache_dirty_ = false;
+  std::unique_ptr<GpuPartition> gpu_;  // backend=gpu
 };
 
 // No C++ exception may cross into the runtime's C callbacks: a hostile file
@@ -296,8 +330,11 @@ void* PartitionInitUnguarded(TfLiteContext* ctx, const char* buffer) {
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return nullptr;
     const PatternRecord* record =
         node->inputs->size > 1 ? delegate->RecordFor(node_index, node->inputs->data[1]) : nullptr;
+    // The GPU backend builds its own plans from the weights (any stride,
+    // no phase split); the CPU's pattern plans would be unused memory.
     ops.push_back(BuildPlan(ctx, node_index, node, reg, delegate->kernels,
-                            delegate->options.pattern_kernels, record));
+                            delegate->options.pattern_kernels && delegate->gpu == nullptr,
+                            record));
     if (record != nullptr)
       delegate->Log("node " + std::to_string(node_index) + ": metadata " + ops.back().metadata);
   }
@@ -366,7 +403,10 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return kTfLiteError;
     std::string why = CheckSupported(ctx, node, reg);
-    if (why.empty() && !d->options.claim_all)
+    // The GPU backend takes every node it supports: the point is to run
+    // the model on the device, and each node left to TFLite's CPU kernels
+    // would cut the partition and cost two transfers.
+    if (why.empty() && !d->options.claim_all && d->gpu == nullptr)
       why = CheckWorthClaiming(ctx, node, reg, d->options.pattern_kernels && d->kernels != nullptr,
                                d->jit_isa());
     if (why.empty()) {
@@ -379,8 +419,9 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     }
   }
   d->Log("claimed " + std::to_string(claimed.size()) + " nodes, " +
-         std::to_string(d->num_threads) + " threads, kernels " +
-         KernelName(d->kernels, "*"));
+         (d->gpu != nullptr ? "on " + d->gpu->info().ToString()
+                            : std::to_string(d->num_threads) + " threads, kernels " +
+                                  KernelName(d->kernels, "*")));
   if (claimed.empty()) return kTfLiteOk;
 
   TfLiteRegistration reg{};
@@ -424,8 +465,14 @@ std::string Delegate::ReportJson() {
          "\",\"dense_macs\":" + std::to_string(e.dense_macs) +
          ",\"executed_macs\":" + std::to_string(e.executed_macs) +
          ",\"patterns\":" + std::to_string(e.patterns) + ",\"metadata\":\"" +
-         JsonEscape(e.metadata) + "\"";
-    if (e.op == "CONV_2D" && e.kernel.find("pattern") != std::string::npos)
+         JsonEscape(e.metadata) + "\",\"device\":\"" + e.device + "\"";
+    if (!e.gpu_device.empty()) s += ",\"gpu_device\":\"" + JsonEscape(e.gpu_device) + "\"";
+    if (e.device == "gpu") {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, ",\"build_ms\":%.6g", e.build_ms);
+      s += ",\"engine\":\"opencl\",\"program_cache\":\"" + JsonEscape(e.program_cache) +
+           "\",\"code_bytes\":" + std::to_string(e.code_bytes) + buf;
+    } else if (e.op == "CONV_2D" && e.kernel.find("pattern") != std::string::npos)
       s += ",\"tuning\":\"" + e.tuning + "\",\"chunk_channels\":" +
            std::to_string(e.chunk_channels) + ",\"tile_vectors\":" +
            std::to_string(e.tile_vectors) +
@@ -480,8 +527,22 @@ Delegate* CreateDelegate(const DelegateOptions& options, std::string* error) {
     *error = "option 'kernel': " + why;
     return nullptr;
   }
+  std::unique_ptr<gpu::Runtime> gpu;
+  std::string gpu_why;
+  if (options.backend == "gpu") {
+    gpu = gpu::Runtime::Create(options.gpu_device, options.profile, &gpu_why);
+    if (gpu == nullptr && options.gpu_fallback != "cpu") {
+      *error = "backend=gpu: " + gpu_why + " (set gpu_fallback=cpu to run on the CPU instead)";
+      return nullptr;
+    }
+  }
   auto* d = new Delegate();
   d->options = options;
+  d->gpu = std::move(gpu);
+  if (options.backend == "gpu" && d->gpu == nullptr) {
+    d->gpu_fallback_reason = gpu_why;
+    d->Log("backend=gpu unavailable, running on the CPU (gpu_fallback=cpu): " + gpu_why);
+  }
   d->kernels = kernels;
   ParseJitIsa(options.jit, &d->jit);  // validated by ParseDelegateOptions
   d->base.data_ = d;

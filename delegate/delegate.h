@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "cc/gpu/runtime.h"
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/jit_pattern.h"
 #include "cc/kernels/tuning.h"
@@ -37,6 +38,12 @@ struct ReportEntry {
   int64_t code_bytes = 0;
   double generate_ms = 0;
   int jit_filters = 0, jit_vectors = 0;
+  // Where the node ran: "cpu" or "gpu"; for the GPU backend the device, the
+  // program cache's answer ("hit", "stored", "rebuilt (...)", "off"), the
+  // build time and the generated source's size (code_bytes).
+  std::string device = "cpu";
+  std::string gpu_device, program_cache;
+  double build_ms = 0;
   int64_t invokes = 0;    // with profile=true: runs timed so far
   double total_ms = 0.0;  // and their summed wall time
 };
@@ -53,6 +60,10 @@ struct Delegate {
   }
   std::unique_ptr<ThreadPool> pool;
   int num_threads = 1;
+  // backend=gpu: the OpenCL device (null: CPU backend, or the GPU was
+  // unavailable and gpu_fallback=cpu, then gpu_fallback_reason says why).
+  std::unique_ptr<gpu::Runtime> gpu;
+  std::string gpu_fallback_reason;
 
   // The converter's records for the graph being delegated (empty if none or
   // if they failed to parse).

@@ -139,6 +139,7 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
   plan.filter_data = w.data.f;
   const float* bias =
       plan.bias == kTfLiteOptionalTensor ? nullptr : ctx->tensors[plan.bias].data.f;
+  plan.bias_data = bias;
   TfLiteFusedActivation act;
   if (reg->builtin_code == kTfLiteBuiltinFullyConnected) {
     const auto* p = static_cast<const TfLiteFullyConnectedParams*>(node->builtin_data);

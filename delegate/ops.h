@@ -26,6 +26,7 @@ struct OpPlan {
   bool keep_num_dims = false;  // fully connected only
   float act_min = 0, act_max = 0;
   const float* filter_data = nullptr;  // the model's constant weights
+  const float* bias_data = nullptr;    // and bias (null: none)
   PackedConv conv;
   PackedDepthwise depthwise;
   PackedFullyConnected fc;

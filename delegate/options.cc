@@ -42,7 +42,9 @@ const std::vector<std::string>& DelegateOptionKeys() {
   static const std::vector<std::string> keys = {"num_threads", "backend", "verbose",
                                                 "profile", "kernel", "pattern_kernels",
                                                 "claim", "tune", "tune_cache",
-                                                "tune_budget_ms", "jit", "spin_us"};
+                                                "tune_budget_ms", "jit", "spin_us",
+                                                "gpu_device", "gpu_fallback", "gpu_cache",
+                                                "gpu_work_group"};
   return keys;
 }
 
@@ -50,12 +52,14 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
                           size_t num_options, DelegateOptions* options,
                           std::string* error) {
   DelegateOptions parsed;
+  std::string gpu_key;  // a gpu_* option given, which needs backend=gpu
   for (size_t i = 0; i < num_options; ++i) {
     if (keys[i] == nullptr || values[i] == nullptr) {
       *error = "option " + std::to_string(i) + " has a null key or value";
       return false;
     }
     const std::string key = keys[i], value = values[i];
+    if (key.rfind("gpu_", 0) == 0) gpu_key = key;
     if (key == "num_threads") {
       if (!ParseThreads(value, &parsed.num_threads)) {
         *error = "option 'num_threads': expected an integer from 1 to " +
@@ -63,13 +67,7 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
         return false;
       }
     } else if (key == "backend") {
-      if (value == "gpu") {
-        *error =
-            "option 'backend': 'gpu' (OpenCL) is not built into this version "
-            "of the delegate; use backend=cpu";
-        return false;
-      }
-      if (value != "cpu") {
+      if (value != "cpu" && value != "gpu") {
         *error = "option 'backend': expected 'cpu' or 'gpu', got " + Quote(value);
         return false;
       }
@@ -114,6 +112,36 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
         return false;
       }
       parsed.spin_us = static_cast<int>(us);
+    } else if (key == "gpu_device") {
+      if (value == "auto") {
+        parsed.gpu_device = -1;
+      } else if (int n = 0; ParseThreads(value == "0" ? "1" : value, &n)) {
+        parsed.gpu_device = value == "0" ? 0 : n;
+      } else {
+        *error = "option 'gpu_device': expected 'auto' or a device number from 0 to " +
+                 std::to_string(kMaxThreads) + ", got " + Quote(value);
+        return false;
+      }
+    } else if (key == "gpu_fallback") {
+      if (value != "none" && value != "cpu") {
+        *error = "option 'gpu_fallback': expected 'none' or 'cpu', got " + Quote(value);
+        return false;
+      }
+      parsed.gpu_fallback = value;
+    } else if (key == "gpu_cache") {
+      if (value.empty()) {
+        *error = "option 'gpu_cache': expected a directory or 'off', got ''";
+        return false;
+      }
+      parsed.gpu_cache = value;
+    } else if (key == "gpu_work_group") {
+      int n = 0;
+      if (!ParseThreads(value, &n)) {
+        *error = "option 'gpu_work_group': expected an integer from 1 to " +
+                 std::to_string(kMaxThreads) + ", got " + Quote(value);
+        return false;
+      }
+      parsed.gpu_work_group = n;
     } else if (key == "claim") {
       if (value != "auto" && value != "all") {
         *error = "option 'claim': expected 'auto' or 'all', got " + Quote(value);
@@ -157,6 +185,11 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
       *error = "unknown option " + Quote(key) + " (known options: " + known + ")";
       return false;
     }
+  }
+  if (!gpu_key.empty() && parsed.backend != "gpu") {
+    *error = "option '" + gpu_key + "' applies to backend=gpu only (backend is '" +
+             parsed.backend + "')";
+    return false;
   }
   *options = parsed;
   error->clear();

@@ -32,6 +32,16 @@ struct DelegateOptions {
   // How long the delegate's threads spin (yielding) between jobs before
   // sleeping; see cc/kernels/thread_pool.h.  0: sleep at once.
   int spin_us = -1;  // -1: ThreadPool::kDefaultSpinUs
+  // backend=gpu (OpenCL): which device (-1: the first GPU, else the first
+  // device; N: the N-th over all platforms), what to do when OpenCL or the
+  // device is missing ("none": refuse to create the delegate; "cpu": run on
+  // the CPU backend and say so in the report), the compiled-program cache
+  // directory ("": the default, "off": none) and work-items per work-group
+  // of the conv kernels (0: chosen per device).
+  int gpu_device = -1;
+  std::string gpu_fallback = "none";
+  std::string gpu_cache;
+  int gpu_work_group = 0;
 };
 
 // Known option keys, for error messages and documentation.

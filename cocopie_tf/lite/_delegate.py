@@ -79,7 +79,14 @@ def load_delegate(*, backend: str = "cpu", num_threads: int | None = None, **opt
     """Loads the cocopie delegate into LiteRT and returns the delegate object.
 
     Args:
-      backend: ``"cpu"`` (``"gpu"`` is refused until the OpenCL backend ships).
+      backend: ``"cpu"``, or ``"gpu"``: OpenCL, loaded at run time
+        (``libOpenCL.so.1``); every conv, depthwise conv and fully connected
+        node runs on the device, tensors stay there inside a partition.
+        Options ``gpu_device`` (``auto`` or a device number),
+        ``gpu_fallback`` (``none``: a ValueError when OpenCL or the device
+        is missing; ``cpu``: run on the CPU backend, the report says why),
+        ``gpu_cache`` (compiled-program directory, ``off``: none) and
+        ``gpu_work_group``.  See docs/gpu.md.
       num_threads: threads for the delegate's kernels; default: the
         interpreter's ``num_threads``.
       **options: further delegate options (``verbose``, ``kernel``); unknown
@@ -199,7 +206,10 @@ class Interpreter(_litert.Interpreter):
         """One entry per node the delegate claimed (call after allocate_tensors).
 
         Each entry: ``node_index``, ``op``, ``kernel``, ``dense_macs`` and
-        ``executed_macs`` (the multiply-accumulates the kernel performs).
+        ``executed_macs`` (the multiply-accumulates the kernel performs),
+        ``device`` (``"cpu"`` or ``"gpu"``); with backend="gpu" also
+        ``gpu_device``, ``program_cache`` (``hit``, ``stored``, ``rebuilt
+        (why)``, ``off``), ``build_ms`` and ``code_bytes`` (OpenCL source).
         """
         return delegate_report(self._cocopie_delegate, self)
 

@@ -1,0 +1,114 @@
+#include "delegate/gpu_partition.h"
+
+namespace cocopie {
+namespace {
+
+size_t Elements(const std::vector<int>& dims) {
+  size_t n = 1;
+  for (int d : dims) n *= static_cast<size_t>(d);
+  return n;
+}
+
+}  // namespace
+
+std::string GpuPartition::Prepare(Delegate* d, const TfLiteContext* ctx,
+                                  const std::vector<OpPlan>& ops, const std::set<int>& outputs,
+                                  std::map<int, ReportEntry>* entries) {
+  gpu::Runtime& rt = *d->gpu;
+  const DelegateOptions& o = d->options;
+  const std::string cache = o.gpu_cache == "off"    ? ""
+                            : o.gpu_cache.empty() ? gpu::DefaultProgramCacheDir()
+                                                  : o.gpu_cache;
+  ops_.clear();
+  tensors_.clear();
+  bytes_.clear();
+  uploads_.clear();
+  downloads_.clear();
+  std::set<int> produced;
+  for (const OpPlan& op : ops) {
+    std::string why;
+    std::unique_ptr<gpu::Op> g;
+    const float* bias = op.bias_data;
+    if (op.kind == OpKind::kConv2D) {
+      // Judged on the layer itself, at stride 1: the device runs any stride
+      // directly (no phase split).
+      const PatternStats st = AnalyzePatterns(op.filter_data, op.out_c, op.k_h, op.k_w, op.in_c);
+      ConvShape unit;
+      unit.k_h = op.k_h;
+      unit.k_w = op.k_w;
+      PatternPlan plan;
+      const bool pruned = o.pattern_kernels && PatternKernelApplies(st, unit) &&
+                          BuildPatternPlan(op.filter_data, op.out_c, op.k_h, op.k_w, op.in_c,
+                                           bias, 1, &plan).empty();
+      g = gpu::MakeConv(rt, op.shape, pruned ? &plan : nullptr, op.filter_data, bias, cache,
+                        o.gpu_work_group, &why);
+    } else if (op.kind == OpKind::kDepthwiseConv2D) {
+      g = gpu::MakeDepthwise(rt, op.shape, op.filter_data, bias, cache, &why);
+    } else {
+      g = gpu::MakeFullyConnected(rt, op.fc_batch, op.in_c, op.out_c, op.filter_data, bias,
+                                  op.act_min, op.act_max, cache, &why);
+    }
+    if (g == nullptr)
+      return "node " + std::to_string(op.node_index) + " (" + OpKindName(op.kind) + ") on " +
+             rt.info().name + ": " + why;
+    // Device buffers for the op's tensors; inputs not produced in the
+    // partition come from the host.
+    std::vector<int> in_dims;
+    if (!produced.count(op.input)) {
+      const TfLiteTensor& t = ctx->tensors[op.input];
+      in_dims.assign(t.dims->data, t.dims->data + t.dims->size);
+      if (!bytes_.count(op.input)) uploads_.push_back(op.input);
+      bytes_[op.input] = Elements(in_dims) * sizeof(float);
+    }
+    bytes_[op.output] = Elements(op.output_dims) * sizeof(float);
+    produced.insert(op.output);
+    if (outputs.count(op.output)) downloads_.push_back(op.output);
+    ReportEntry& e = (*entries)[op.node_index];
+    e.device = "gpu";
+    e.kernel = g->kernel_name();
+    e.engine = "opencl";
+    e.program_cache = g->build().cache;
+    e.build_ms = g->build().build_ms;
+    e.code_bytes = static_cast<int64_t>(g->build().source_bytes);
+    e.gpu_device = rt.info().ToString();
+    if (e.kernel.find("pattern") != std::string::npos) {
+      // Kept weights per output position, every filter.
+      const PatternStats st = AnalyzePatterns(op.filter_data, op.out_c, op.k_h, op.k_w, op.in_c);
+      e.executed_macs = int64_t(op.shape.batch) * op.shape.out_h * op.shape.out_w *
+                        st.kept_weights;
+      e.patterns = st.distinct_patterns;
+    }
+    ops_.push_back(std::move(g));
+  }
+  for (const auto& kv : bytes_) {
+    std::string why;
+    if (!rt.Alloc(kv.second, nullptr, &tensors_[kv.first], &why)) return why;
+  }
+  return "";
+}
+
+std::string GpuPartition::Invoke(Delegate* d, TfLiteContext* ctx, const std::vector<OpPlan>& ops,
+                                 std::map<int, double>* ms_by_node) {
+  gpu::Runtime& rt = *d->gpu;
+  std::string why;
+  for (int t : uploads_) {
+    const void* src = ctx->tensors[t].data.raw;
+    if (src == nullptr) return "input tensor " + std::to_string(t) + " has no data";
+    if (!rt.Upload(tensors_[t], src, bytes_[t], &why)) return why;
+  }
+  for (size_t k = 0; k < ops.size(); ++k) {
+    double ms = 0;
+    if (!ops_[k]->Enqueue(rt, tensors_[ops[k].input], tensors_[ops[k].output],
+                          ms_by_node != nullptr ? &ms : nullptr, &why))
+      return "node " + std::to_string(ops[k].node_index) + ": " + why;
+    if (ms_by_node != nullptr) (*ms_by_node)[ops[k].node_index] += ms;
+  }
+  for (int t : downloads_) {
+    void* dst = ctx->tensors[t].data.raw;
+    if (dst == nullptr) return "output tensor " + std::to_string(t) + " has no data";
+    if (!rt.Download(tensors_[t], dst, bytes_[t], &why)) return why;
+  }
+  return rt.Finish(&why) ? "" : why;
+}
+
+}  // namespace cocopie
