@@ -51,7 +51,7 @@ double TimeMs(gpu::Runtime& rt, gpu::Op* op, const ConvShape& s, int runs) {
   std::vector<double> t;
   for (int r = 0; r < runs + 3; ++r) {
     double ms = 0;
-    if (!op->Enqueue(rt, in, out, &ms, &why)) {
+    if (!op->Enqueue(rt, in, nullptr, out, &ms, &why)) {
       std::printf("enqueue: %s\n", why.c_str());
       std::exit(1);
     }

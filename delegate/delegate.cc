@@ -275,6 +275,10 @@ class Partition {
         case OpKind::kFullyConnected:
           RunFullyConnected(set, op.fc_batch, op.fc, op.act_min, op.act_max, in, out, pool);
           break;
+        default:  // pooling and ADD are claimed by the GPU backend only
+          ctx->ReportError(ctx, "cocopie: node %d: %s has no CPU kernel", op.node_index,
+                           OpKindName(op.kind));
+          return kTfLiteError;
       }
       if (profile) {
         const double ms =
@@ -402,7 +406,8 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return kTfLiteError;
-    std::string why = CheckSupported(ctx, node, reg);
+    std::string why = d->gpu != nullptr ? CheckSupportedOnGpu(ctx, node, reg)
+                                         : CheckSupported(ctx, node, reg);
     // The GPU backend takes every node it supports: the point is to run
     // the model on the device, and each node left to TFLite's CPU kernels
     // would cut the partition and cost two transfers.

@@ -44,6 +44,11 @@ std::string GpuPartition::Prepare(Delegate* d, const TfLiteContext* ctx,
                         o.gpu_work_group, &why);
     } else if (op.kind == OpKind::kDepthwiseConv2D) {
       g = gpu::MakeDepthwise(rt, op.shape, op.filter_data, bias, cache, &why);
+    } else if (op.kind == OpKind::kMaxPool || op.kind == OpKind::kAvgPool) {
+      g = gpu::MakePool(rt, op.shape, op.kind == OpKind::kMaxPool, cache, &why);
+    } else if (op.kind == OpKind::kAdd) {
+      g = gpu::MakeAdd(rt, static_cast<int64_t>(Elements(op.output_dims)), op.act_min,
+                       op.act_max, cache, &why);
     } else {
       g = gpu::MakeFullyConnected(rt, op.fc_batch, op.in_c, op.out_c, op.filter_data, bias,
                                   op.act_min, op.act_max, cache, &why);
@@ -53,13 +58,17 @@ std::string GpuPartition::Prepare(Delegate* d, const TfLiteContext* ctx,
              rt.info().name + ": " + why;
     // Device buffers for the op's tensors; inputs not produced in the
     // partition come from the host.
-    std::vector<int> in_dims;
-    if (!produced.count(op.input)) {
-      const TfLiteTensor& t = ctx->tensors[op.input];
-      in_dims.assign(t.dims->data, t.dims->data + t.dims->size);
-      if (!bytes_.count(op.input)) uploads_.push_back(op.input);
-      bytes_[op.input] = Elements(in_dims) * sizeof(float);
+    for (int input : {op.input, op.input2}) {
+      if (input < 0 || produced.count(input)) continue;
+      const TfLiteTensor& t = ctx->tensors[input];
+      if (t.dims == nullptr) return "node " + std::to_string(op.node_index) + ": input has no shape";
+      const std::vector<int> dims(t.dims->data, t.dims->data + t.dims->size);
+      if (!bytes_.count(input)) uploads_.push_back(input);
+      bytes_[input] = Elements(dims) * sizeof(float);
     }
+    if (op.kind == OpKind::kAdd && bytes_[op.input2] != bytes_[op.input])
+      return "node " + std::to_string(op.node_index) + " (ADD): operands of different sizes "
+             "(broadcasting ADD is not supported on the GPU backend)";
     bytes_[op.output] = Elements(op.output_dims) * sizeof(float);
     produced.insert(op.output);
     if (outputs.count(op.output)) downloads_.push_back(op.output);
@@ -98,7 +107,8 @@ std::string GpuPartition::Invoke(Delegate* d, TfLiteContext* ctx, const std::vec
   }
   for (size_t k = 0; k < ops.size(); ++k) {
     double ms = 0;
-    if (!ops_[k]->Enqueue(rt, tensors_[ops[k].input], tensors_[ops[k].output],
+    const gpu::Buffer* in2 = ops[k].input2 >= 0 ? &tensors_[ops[k].input2] : nullptr;
+    if (!ops_[k]->Enqueue(rt, tensors_[ops[k].input], in2, tensors_[ops[k].output],
                           ms_by_node != nullptr ? &ms : nullptr, &why))
       return "node " + std::to_string(ops[k].node_index) + ": " + why;
     if (ms_by_node != nullptr) (*ms_by_node)[ops[k].node_index] += ms;

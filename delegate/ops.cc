@@ -68,6 +68,9 @@ const char* OpKindName(OpKind kind) {
     case OpKind::kConv2D: return "CONV_2D";
     case OpKind::kDepthwiseConv2D: return "DEPTHWISE_CONV_2D";
     case OpKind::kFullyConnected: return "FULLY_CONNECTED";
+    case OpKind::kMaxPool: return "MAX_POOL_2D";
+    case OpKind::kAvgPool: return "AVERAGE_POOL_2D";
+    case OpKind::kAdd: return "ADD";
   }
   return "?";
 }
@@ -126,11 +129,67 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
   return CheckBias(ctx, node, Dim(w, 0));
 }
 
+std::string CheckSupportedOnGpu(const TfLiteContext* ctx, const TfLiteNode* node,
+                                const TfLiteRegistration* reg) {
+  const int code = reg->builtin_code;
+  if (code != kTfLiteBuiltinAdd && code != kTfLiteBuiltinMaxPool2d &&
+      code != kTfLiteBuiltinAveragePool2d)
+    return CheckSupported(ctx, node, reg);
+  if (node->builtin_data == nullptr) return "operator has no parameters";
+  const int n_in = code == kTfLiteBuiltinAdd ? 2 : 1;
+  std::string why = CheckIo(ctx, node, n_in, n_in);
+  if (!why.empty()) return why;
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  if (in.dims == nullptr) return "input has no shape";
+  float lo, hi;
+  if (code == kTfLiteBuiltinAdd) {
+    const TfLiteTensor& b = ctx->tensors[node->inputs->data[1]];
+    if (b.type != kTfLiteFloat32) return "second input is not float32";
+    if (b.dims == nullptr || b.dims->size != in.dims->size) return "broadcasting ADD";
+    for (int i = 0; i < in.dims->size; ++i)
+      if (b.dims->data[i] != in.dims->data[i]) return "broadcasting ADD";
+    const auto* p = static_cast<const TfLiteAddParams*>(node->builtin_data);
+    if (!ActivationRange(p->activation, &lo, &hi)) return "unsupported fused activation";
+    return "";
+  }
+  if (in.dims->size != 4) return "input is not 4-D";
+  const auto* p = static_cast<const TfLitePoolParams*>(node->builtin_data);
+  if (p->padding != kTfLitePaddingSame && p->padding != kTfLitePaddingValid)
+    return "unknown padding";
+  if (p->stride_width < 1 || p->stride_height < 1 || p->filter_width < 1 ||
+      p->filter_height < 1 || p->filter_width > 64 || p->filter_height > 64)
+    return "invalid pooling window or stride";
+  if (!ActivationRange(p->activation, &lo, &hi)) return "unsupported fused activation";
+  return "";
+}
+
 OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* node,
                  const TfLiteRegistration* reg, const KernelSet* kernels, bool allow_pattern,
                  const PatternRecord* record) {
   OpPlan plan;
   plan.node_index = node_index;
+  const int code = reg->builtin_code;
+  if (code == kTfLiteBuiltinAdd || code == kTfLiteBuiltinMaxPool2d ||
+      code == kTfLiteBuiltinAveragePool2d) {
+    plan.input = node->inputs->data[0];
+    plan.output = node->outputs->data[0];
+    TfLiteFusedActivation act;
+    if (code == kTfLiteBuiltinAdd) {
+      plan.kind = OpKind::kAdd;
+      plan.input2 = node->inputs->data[1];
+      act = static_cast<const TfLiteAddParams*>(node->builtin_data)->activation;
+    } else {
+      const auto* p = static_cast<const TfLitePoolParams*>(node->builtin_data);
+      plan.kind = code == kTfLiteBuiltinMaxPool2d ? OpKind::kMaxPool : OpKind::kAvgPool;
+      plan.padding = p->padding == kTfLitePaddingSame ? Padding::kSame : Padding::kValid;
+      plan.stride_h = p->stride_height; plan.stride_w = p->stride_width;
+      plan.k_h = p->filter_height; plan.k_w = p->filter_width;
+      plan.in_c = plan.out_c = ctx->tensors[plan.input].dims->data[3];
+      act = p->activation;
+    }
+    ActivationRange(act, &plan.act_min, &plan.act_max);
+    return plan;
+  }
   plan.input = node->inputs->data[0];
   plan.filter = node->inputs->data[1];
   plan.bias = node->inputs->size >= 3 ? node->inputs->data[2] : kTfLiteOptionalTensor;
@@ -229,6 +288,10 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
 }
 
 std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
+  if (plan->kind == OpKind::kAdd) {
+    plan->output_dims = in;
+    return "";
+  }
   if (plan->kind == OpKind::kFullyConnected) {
     int64_t n = 1;
     for (int d : in) n *= d;
@@ -252,6 +315,8 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
   s.stride_h = plan->stride_h; s.stride_w = plan->stride_w;
   s.dil_h = plan->dil_h; s.dil_w = plan->dil_w;
   s.act_min = plan->act_min; s.act_max = plan->act_max;
+  if (plan->kind == OpKind::kMaxPool || plan->kind == OpKind::kAvgPool) plan->in_c = s.in_c;
+  if (plan->kind == OpKind::kMaxPool || plan->kind == OpKind::kAvgPool) s.out_c = s.in_c;
   if (s.in_c != plan->in_c) return "input channels do not match the filter";
   if (plan->kind == OpKind::kDepthwiseConv2D) s.depth_multiplier = s.out_c / s.in_c;
   const std::string why = ResolveConvShape(plan->padding, &s);
@@ -334,6 +399,9 @@ int64_t ExecutedMacs(const OpPlan& plan) {
 }
 
 int64_t DenseMacs(const OpPlan& plan) {
+  if (plan.kind == OpKind::kAdd || plan.kind == OpKind::kMaxPool ||
+      plan.kind == OpKind::kAvgPool)
+    return 0;  // no multiply-accumulates
   if (plan.kind == OpKind::kFullyConnected)
     return static_cast<int64_t>(plan.fc_batch) * plan.in_c * plan.out_c;
   if (plan.phase_split) return plan.strided_shape.DenseMacs(false);

@@ -12,7 +12,9 @@
 
 namespace cocopie {
 
-enum class OpKind { kConv2D, kDepthwiseConv2D, kFullyConnected };
+// The pooling and add kinds are claimed by the GPU backend only (they keep a
+// partition, and its tensors, on the device).
+enum class OpKind { kConv2D, kDepthwiseConv2D, kFullyConnected, kMaxPool, kAvgPool, kAdd };
 const char* OpKindName(OpKind kind);
 
 // Everything needed to run one claimed node; weights are packed once here.
@@ -20,6 +22,7 @@ struct OpPlan {
   int node_index = -1;
   OpKind kind = OpKind::kConv2D;
   int input = -1, filter = -1, bias = -1, output = -1;  // tensor indices
+  int input2 = -1;  // ADD's second operand
   Padding padding = Padding::kSame;
   int stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int k_h = 1, k_w = 1, in_c = 0, out_c = 0;
@@ -61,6 +64,11 @@ struct OpPlan {
 // (used for verbose logs and tests).
 std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
                            const TfLiteRegistration* reg);
+
+// The same for the GPU backend, which also takes float32 ADD (same shapes,
+// no broadcasting), MAX_POOL_2D and AVERAGE_POOL_2D.
+std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* node,
+                                const TfLiteRegistration* reg);
 
 // With claim=auto: is the node worth taking from TFLite? Returns an empty
 // string if so, otherwise why not. Only pattern-pruned convolutions that the

@@ -62,9 +62,12 @@ typedef enum TfLiteAllocationType {
 
 // Builtin operator codes used by the delegate (schema BuiltinOperator).
 enum {
+  kTfLiteBuiltinAdd = 0,
+  kTfLiteBuiltinAveragePool2d = 1,
   kTfLiteBuiltinConv2d = 3,
   kTfLiteBuiltinDepthwiseConv2d = 4,
   kTfLiteBuiltinFullyConnected = 9,
+  kTfLiteBuiltinMaxPool2d = 17,
 };
 
 typedef enum TfLitePadding {
@@ -274,6 +277,30 @@ typedef struct TfLiteFullyConnectedParams {
   bool asymmetric_quantize_inputs;
   TfLiteType quantized_bias_type;
 } TfLiteFullyConnectedParams;
+
+typedef struct TfLitePaddingValues {
+  int width;
+  int height;
+  int width_offset;
+  int height_offset;
+} TfLitePaddingValues;
+
+typedef struct TfLitePoolParams {
+  TfLitePadding padding;
+  int stride_width;
+  int stride_height;
+  int filter_width;
+  int filter_height;
+  TfLiteFusedActivation activation;
+  struct {
+    TfLitePaddingValues padding;
+  } computed;
+} TfLitePoolParams;
+
+typedef struct TfLiteAddParams {
+  TfLiteFusedActivation activation;
+  bool pot_scale_int16;
+} TfLiteAddParams;
 
 // The external-delegate plugin interface (what load_delegate() and
 // benchmark_model --external_delegate_path look up with dlsym).

@@ -89,7 +89,7 @@ class ConvOp : public ProgramOp {
   bool fallback = false;
   size_t local = 1;
   // buffers_: padded input, flag, runs, kernels, weights, reorder, bias[, dense filter]
-  bool Enqueue(Runtime& rt, const Buffer& in, const Buffer& out, double* ms,
+  bool Enqueue(Runtime& rt, const Buffer& in, const Buffer*, const Buffer& out, double* ms,
                std::string* error) override {
     const int zero = 0;
     if (fallback && !rt.Upload(buffers_[1], &zero, sizeof zero, error)) return false;
@@ -110,14 +110,24 @@ class ConvOp : public ProgramOp {
   }
 };
 
+// One kernel over (in[, in2], out[, buffers...]).
 class SimpleOp : public ProgramOp {
  public:
   size_t global[3] = {1, 1, 1}, local[3] = {1, 1, 1};
-  bool Enqueue(Runtime& rt, const Buffer& in, const Buffer& out, double* ms,
+  bool binary = false;
+  bool Enqueue(Runtime& rt, const Buffer& in, const Buffer* in2, const Buffer& out, double* ms,
                std::string* error) override {
-    return rt.EnqueueKernel(kernels_[0],
-                            {Arg::Of(in), Arg::Of(out), Arg::Of(buffers_[0]), Arg::Of(buffers_[1])},
-                            3, global, local, ms, error);
+    std::vector<Arg> args = {Arg::Of(in)};
+    if (binary) {
+      if (in2 == nullptr) {
+        *error = "binary op without its second input";
+        return false;
+      }
+      args.push_back(Arg::Of(*in2));
+    }
+    args.push_back(Arg::Of(out));
+    for (const Buffer& b : buffers_) args.push_back(Arg::Of(b));
+    return rt.EnqueueKernel(kernels_[0], args, 3, global, local, ms, error);
   }
 };
 
@@ -437,6 +447,68 @@ std::unique_ptr<Op> MakeFullyConnected(Runtime& rt, int batch, int in, int out,
   op->local[0] = out < 32 ? size_t(out) : 32;
   op->global[0] = RoundUp(size_t(out), op->local[0]);
   op->global[1] = size_t(batch);
+  return op;
+}
+
+std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max,
+                             const std::string& cache_dir, std::string* error) {
+  auto op = std::make_unique<SimpleOp>();
+  if (s.batch <= 0 || s.out_h <= 0 || s.out_w <= 0 || s.in_c <= 0 || s.out_c != s.in_c ||
+      int64_t(s.batch) * s.in_h * s.in_w * s.in_c > kMaxIndex ||
+      int64_t(s.batch) * s.out_h * s.out_w * s.out_c > kMaxIndex) {
+    *error = "pooling: invalid or too large shape";
+    return nullptr;
+  }
+  std::string src = std::string("// cocopie_tf generated ") + (max ? "max" : "average") + " pool\n";
+  Define(&src, "IN_H", s.in_h); Define(&src, "IN_W", s.in_w); Define(&src, "C", s.in_c);
+  Define(&src, "OUT_H", s.out_h); Define(&src, "OUT_W", s.out_w);
+  src += "__kernel void pool(__global const float* restrict in, __global float* restrict out) {\n"
+         "  const int c = get_global_id(0), pos = get_global_id(1), n = get_global_id(2);\n"
+         "  if (c >= C) return;\n"
+         "  const int oy = pos / OUT_W, ox = pos - oy * OUT_W;\n"
+         "  const int y0 = oy * " + std::to_string(s.stride_h) + " - " + std::to_string(s.pad_top) +
+         ", x0 = ox * " + std::to_string(s.stride_w) + " - " + std::to_string(s.pad_left) + ";\n"
+         "  const int ya = max(y0, 0), yb = min(y0 + " + std::to_string(s.k_h) + ", IN_H);\n"
+         "  const int xa = max(x0, 0), xb = min(x0 + " + std::to_string(s.k_w) + ", IN_W);\n";
+  // As TFLite's reference: max starts at the lowest float and keeps
+  // std::max(m, v); average divides by the in-bounds count.
+  src += max ? "  float m = -FLT_MAX;\n" : "  float m = 0.0f;\n";
+  src += "  for (int y = ya; y < yb; ++y)\n"
+         "    for (int x = xa; x < xb; ++x) {\n"
+         "      const float v = in[((n * IN_H + y) * IN_W + x) * C + c];\n";
+  src += max ? "      m = m < v ? v : m;\n" : "      m += v;\n";
+  src += "    }\n";
+  src += max ? "  float v = m;\n" : "  const int cnt = (yb - ya) * (xb - xa);\n  float v = cnt > 0 ? m / cnt : 0.0f;\n";
+  src += Activation(s.act_min, s.act_max) +
+         "  out[((n * OUT_H + oy) * OUT_W + ox) * C + c] = v;\n}\n";
+  if (!op->Setup(rt, src, {"pool"}, cache_dir,
+                 max ? "f32_maxpool2d__opencl" : "f32_avgpool2d__opencl", error))
+    return nullptr;
+  op->local[0] = s.in_c < 32 ? size_t(s.in_c) : 32;
+  op->global[0] = RoundUp(size_t(s.in_c), op->local[0]);
+  op->global[1] = size_t(s.out_h) * s.out_w;
+  op->global[2] = size_t(s.batch);
+  return op;
+}
+
+std::unique_ptr<Op> MakeAdd(Runtime& rt, int64_t elements, float act_min, float act_max,
+                            const std::string& cache_dir, std::string* error) {
+  auto op = std::make_unique<SimpleOp>();
+  if (elements <= 0 || elements > kMaxIndex) {
+    *error = "add: invalid or too large shape";
+    return nullptr;
+  }
+  op->binary = true;
+  std::string src = "// cocopie_tf generated add\n";
+  Define(&src, "N", elements);
+  src += "__kernel void add(__global const float* restrict a, __global const float* restrict b,\n"
+         "                  __global float* restrict out) {\n"
+         "  const int i = get_global_id(0);\n"
+         "  if (i >= N) return;\n"
+         "  float v = a[i] + b[i];\n" + Activation(act_min, act_max) + "  out[i] = v;\n}\n";
+  if (!op->Setup(rt, src, {"add"}, cache_dir, "f32_add__opencl", error)) return nullptr;
+  op->local[0] = elements < 64 ? size_t(elements) : 64;
+  op->global[0] = RoundUp(size_t(elements), op->local[0]);
   return op;
 }
 

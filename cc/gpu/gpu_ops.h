@@ -50,10 +50,11 @@ std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fall
 class Op {
  public:
   virtual ~Op() = default;
-  // Reads `in` and writes `out`, both NHWC float32 device buffers of the
-  // op's shapes.  With profiling, adds the device time to *ms.
-  virtual bool Enqueue(Runtime& rt, const Buffer& in, const Buffer& out, double* ms,
-                       std::string* error) = 0;
+  // Reads `in` (and for ADD `in2`; otherwise null) and writes `out`, NHWC
+  // float32 device buffers of the op's shapes.  With profiling, adds the
+  // device time to *ms.
+  virtual bool Enqueue(Runtime& rt, const Buffer& in, const Buffer* in2, const Buffer& out,
+                       double* ms, std::string* error) = 0;
   const BuildInfo& build() const { return build_; }
   const std::string& kernel_name() const { return kernel_name_; }
   int64_t device_bytes() const { return device_bytes_; }
@@ -72,6 +73,13 @@ std::unique_ptr<Op> MakeConv(Runtime& rt, const ConvShape& s, const PatternPlan*
 std::unique_ptr<Op> MakeDepthwise(Runtime& rt, const ConvShape& s, const float* filter_1hwc,
                                   const float* bias, const std::string& cache_dir,
                                   std::string* error);
+// Pooling over `s` (k_h x k_w window, strides, padding; in_c == out_c):
+// max, or average over the window's in-bounds elements (as TFLite counts).
+std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max,
+                             const std::string& cache_dir, std::string* error);
+// out = act(a + b) over `elements` floats.
+std::unique_ptr<Op> MakeAdd(Runtime& rt, int64_t elements, float act_min, float act_max,
+                            const std::string& cache_dir, std::string* error);
 std::unique_ptr<Op> MakeFullyConnected(Runtime& rt, int batch, int in, int out,
                                        const float* weights, const float* bias, float act_min,
                                        float act_max, const std::string& cache_dir,

@@ -79,7 +79,7 @@ std::vector<float> Run(gpu::Op* op, const std::vector<float>& in, size_t n) {
   std::vector<float> out(n, -7.f);
   CHECK(g_rt->Alloc(in.size() * 4, in.data(), &bi, &why));
   CHECK(g_rt->Alloc(n * 4, nullptr, &bo, &why));
-  CHECK(op->Enqueue(*g_rt, bi, bo, nullptr, &why));
+  CHECK(op->Enqueue(*g_rt, bi, nullptr, bo, nullptr, &why));
   CHECK(g_rt->Download(bo, out.data(), n * 4, &why));
   if (!why.empty()) std::printf("  error: %s\n", why.c_str());
   return out;
