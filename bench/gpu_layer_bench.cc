@@ -84,8 +84,8 @@ int main(int argc, char** argv) {
     const auto wd = PrunedFilter(l.oc, l.ic, false, &rng), wp = PrunedFilter(l.oc, l.ic, true, &rng);
     PatternPlan plan;
     if (!BuildPatternPlan(wp.data(), l.oc, 3, 3, l.ic, nullptr, 1, &plan).empty()) return 1;
-    auto dense = gpu::MakeConv(*rt, s, nullptr, wd.data(), nullptr, "", 0, &why);
-    auto pruned = gpu::MakeConv(*rt, s, &plan, wp.data(), nullptr, "", 0, &why);
+    auto dense = gpu::MakeConv(*rt, s, nullptr, wd.data(), nullptr, gpu::OpOptions(), &why);
+    auto pruned = gpu::MakeConv(*rt, s, &plan, wp.data(), nullptr, gpu::OpOptions(), &why);
     if (dense == nullptr || pruned == nullptr) {
       std::printf("build: %s\n", why.c_str());
       return 1;

@@ -475,7 +475,7 @@ std::string Delegate::ReportJson() {
     if (e.device == "gpu") {
       char buf[64];
       std::snprintf(buf, sizeof buf, ",\"build_ms\":%.6g", e.build_ms);
-      s += ",\"engine\":\"opencl\",\"program_cache\":\"" + JsonEscape(e.program_cache) +
+      s += ",\"engine\":\"" + e.engine + "\",\"program_cache\":\"" + JsonEscape(e.program_cache) +
            "\",\"code_bytes\":" + std::to_string(e.code_bytes) + buf;
     } else if (e.op == "CONV_2D" && e.kernel.find("pattern") != std::string::npos)
       s += ",\"tuning\":\"" + e.tuning + "\",\"chunk_channels\":" +

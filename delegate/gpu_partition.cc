@@ -19,6 +19,10 @@ std::string GpuPartition::Prepare(Delegate* d, const TfLiteContext* ctx,
   const std::string cache = o.gpu_cache == "off"    ? ""
                             : o.gpu_cache.empty() ? gpu::DefaultProgramCacheDir()
                                                   : o.gpu_cache;
+  gpu::OpOptions oo;
+  oo.cache_dir = cache;
+  oo.work_group = o.gpu_work_group;
+  oo.fp16 = o.gpu_precision == "fp16";
   ops_.clear();
   tensors_.clear();
   bytes_.clear();
@@ -40,18 +44,17 @@ std::string GpuPartition::Prepare(Delegate* d, const TfLiteContext* ctx,
       const bool pruned = o.pattern_kernels && PatternKernelApplies(st, unit) &&
                           BuildPatternPlan(op.filter_data, op.out_c, op.k_h, op.k_w, op.in_c,
                                            bias, 1, &plan).empty();
-      g = gpu::MakeConv(rt, op.shape, pruned ? &plan : nullptr, op.filter_data, bias, cache,
-                        o.gpu_work_group, &why);
+      g = gpu::MakeConv(rt, op.shape, pruned ? &plan : nullptr, op.filter_data, bias, oo, &why);
     } else if (op.kind == OpKind::kDepthwiseConv2D) {
-      g = gpu::MakeDepthwise(rt, op.shape, op.filter_data, bias, cache, &why);
+      g = gpu::MakeDepthwise(rt, op.shape, op.filter_data, bias, oo, &why);
     } else if (op.kind == OpKind::kMaxPool || op.kind == OpKind::kAvgPool) {
-      g = gpu::MakePool(rt, op.shape, op.kind == OpKind::kMaxPool, cache, &why);
+      g = gpu::MakePool(rt, op.shape, op.kind == OpKind::kMaxPool, oo, &why);
     } else if (op.kind == OpKind::kAdd) {
       g = gpu::MakeAdd(rt, static_cast<int64_t>(Elements(op.output_dims)), op.act_min,
-                       op.act_max, cache, &why);
+                       op.act_max, oo, &why);
     } else {
       g = gpu::MakeFullyConnected(rt, op.fc_batch, op.in_c, op.out_c, op.filter_data, bias,
-                                  op.act_min, op.act_max, cache, &why);
+                                  op.act_min, op.act_max, oo, &why);
     }
     if (g == nullptr)
       return "node " + std::to_string(op.node_index) + " (" + OpKindName(op.kind) + ") on " +
@@ -75,7 +78,7 @@ std::string GpuPartition::Prepare(Delegate* d, const TfLiteContext* ctx,
     ReportEntry& e = (*entries)[op.node_index];
     e.device = "gpu";
     e.kernel = g->kernel_name();
-    e.engine = "opencl";
+    e.engine = oo.fp16 ? "opencl_fp16_weights" : "opencl";
     e.program_cache = g->build().cache;
     e.build_ms = g->build().build_ms;
     e.code_bytes = static_cast<int64_t>(g->build().source_bytes);

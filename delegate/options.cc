@@ -44,7 +44,7 @@ const std::vector<std::string>& DelegateOptionKeys() {
                                                 "claim", "tune", "tune_cache",
                                                 "tune_budget_ms", "jit", "spin_us",
                                                 "gpu_device", "gpu_fallback", "gpu_cache",
-                                                "gpu_work_group"};
+                                                "gpu_work_group", "precision"};
   return keys;
 }
 
@@ -59,7 +59,7 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
       return false;
     }
     const std::string key = keys[i], value = values[i];
-    if (key.rfind("gpu_", 0) == 0) gpu_key = key;
+    if (key.rfind("gpu_", 0) == 0 || key == "precision") gpu_key = key;
     if (key == "num_threads") {
       if (!ParseThreads(value, &parsed.num_threads)) {
         *error = "option 'num_threads': expected an integer from 1 to " +
@@ -142,6 +142,12 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
         return false;
       }
       parsed.gpu_work_group = n;
+    } else if (key == "precision") {
+      if (value != "fp32" && value != "fp16") {
+        *error = "option 'precision': expected 'fp32' or 'fp16', got " + Quote(value);
+        return false;
+      }
+      parsed.gpu_precision = value;
     } else if (key == "claim") {
       if (value != "auto" && value != "all") {
         *error = "option 'claim': expected 'auto' or 'all', got " + Quote(value);

@@ -42,6 +42,8 @@ struct DelegateOptions {
   std::string gpu_fallback = "none";
   std::string gpu_cache;
   int gpu_work_group = 0;
+  // fp32, or fp16: weights stored as half on the device (docs/gpu.md).
+  std::string gpu_precision = "fp32";
 };
 
 // Known option keys, for error messages and documentation.

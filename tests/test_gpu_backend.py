@@ -262,8 +262,10 @@ def test_missing_opencl_errors_or_falls_back(hide, tmp_path):
         env["COCOPIE_OPENCL_LIBRARY"] = str(tmp_path / "no-libOpenCL.so.1")
     else:
         env["OCL_ICD_VENDORS"] = str(tmp_path / "no-vendors")
+    # cwd=tmp_path: from the checkout's root, `-c` would import the source tree's
+    # cocopie_tf (no compiled library there) instead of the installed package.
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(TESTS), str(path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     if hide == "library":
@@ -339,3 +341,55 @@ def test_pool_and_add_keep_the_partition_on_the_device(pool, tmp_path, rng):
     assert {e["device"] for e in report} == {"gpu"}
     # One delegate node: the whole graph is one partition.
     assert [d["op_name"] for d in interp._get_ops_details()].count("DELEGATE") == 1
+
+
+@needs_opencl
+def test_fp16_weights_stay_within_the_rounding_bound(tmp_path, rng):
+    """precision=fp16 stores the weights as half (arithmetic stays fp32): each
+    output may move by at most 2^-11 * sum |w x| from the fp32 result."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((12, 12, 8))
+    conv = keras.layers.Conv2D(16, 3, padding="same")
+    model = keras.Model(inp, conv(inp))
+    _pruned(model, skip_first=False)
+    tfl = convert(model)
+    x = rng.uniform(-1, 1, (1, 12, 12, 8)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0].astype(np.float64)
+    it = lite.Interpreter(model_content=tfl, backend="gpu", gpu_cache=str(tmp_path),
+                          precision="fp16")
+    out = run_tflite(it, [x])[0].astype(np.float64)
+    report = it.delegate_report()
+    assert report[0]["engine"] == "opencl_fp16_weights" and report[0]["device"] == "gpu"
+    # sum |w| |x| per output, in float64 (the bias is exact in both).
+    w = np.abs(conv.get_weights()[0]).astype(np.float64)
+    bound = tf.nn.conv2d(np.abs(x).astype(np.float64), w, 1, "SAME").numpy()
+    bound = 2.0**-11 * bound + 1e-5 * np.abs(ref).max()
+    assert np.all(np.abs(out - ref) <= bound), float(np.max(np.abs(out - ref) - bound))
+    assert np.max(np.abs(out - ref)) > 1e-6  # the weights really were rounded to half
+
+
+@needs_opencl
+def test_fp16_refuses_weights_beyond_the_half_range(tmp_path):
+    import keras
+
+    inp = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(3, 3, padding="same")
+    model = keras.Model(inp, conv(inp))
+    w = conv.get_weights()
+    w[0][0, 0, 0, 0] = 1e5
+    conv.set_weights(w)
+    tfl = convert(model)
+    with pytest.raises((RuntimeError, ValueError), match="outside the half range"):
+        it = lite.Interpreter(model_content=tfl, backend="gpu", gpu_cache="off",
+                              precision="fp16", claim="all")
+        it.allocate_tensors()
+
+
+def test_precision_needs_backend_gpu():
+    with pytest.raises(ValueError, match="'precision' applies to backend=gpu only"):
+        lite.load_delegate(precision="fp16")
+    with pytest.raises(ValueError, match="'precision': expected 'fp32' or 'fp16'"):
+        lite.load_delegate(backend="gpu", precision="bf16", gpu_fallback="cpu")

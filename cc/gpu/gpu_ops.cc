@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 
 namespace cocopie {
@@ -136,7 +137,58 @@ size_t Bytes(const std::vector<T>& v) {
   return v.size() * sizeof(T);
 }
 
+// precision=fp16: weights as half, or an error naming the first one the
+// half range cannot hold.
+bool ToHalf(const std::vector<float>& w, std::vector<uint16_t>* half, std::string* error) {
+  half->resize(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (!(std::fabs(w[i]) <= 65504.f)) {
+      *error = "precision=fp16: weight " + std::to_string(i) + " (" + std::to_string(w[i]) +
+               ") is outside the half range (|w| <= 65504)";
+      return false;
+    }
+    (*half)[i] = FloatToHalf(w[i]);
+  }
+  return true;
+}
+
+// Element `index` (an OpenCL expression) of weight buffer `w`.
+std::string Weight(bool fp16, const std::string& index) {
+  return fp16 ? "vload_half(" + index + ", w)" : "w[" + index + "]";
+}
+
+bool AddWeights(Runtime& rt, SimpleOp* op, const float* w, size_t n, bool fp16,
+                std::string* error) {
+  if (!fp16) return op->AddBuffer(rt, n * 4, w, error);
+  std::vector<uint16_t> half;
+  return ToHalf(std::vector<float>(w, w + n), &half, error) &&
+         op->AddBuffer(rt, Bytes(half), half.data(), error);
+}
+
 }  // namespace
+
+uint16_t FloatToHalf(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, e = (x >> 23) & 0xffu;
+  uint32_t mant = x & 0x7fffffu;
+  if (e == 0xff) return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0u));
+  const int exp = int(e) - 127 + 15;
+  if (exp >= 31) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow: Inf
+  if (exp <= 0) {                                                // half subnormal or zero
+    if (exp < -10) return static_cast<uint16_t>(sign);
+    mant |= 0x800000u;
+    const int shift = 14 - exp;
+    uint32_t h = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = sign | (uint32_t(exp) << 10) | (mant >> 13);
+  const uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry rounds into the exponent
+  return static_cast<uint16_t>(h);
+}
 
 std::string ColumnsFromPlan(const PatternPlan& p, ConvColumns* out) {
   ConvColumns c;
@@ -223,7 +275,7 @@ std::string ValidateColumns(const ConvColumns& c) {
   return "";
 }
 
-std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fallback) {
+std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fallback, bool fp16) {
   const PaddedGeometry g = Padded(s);
   const int P = static_cast<int>(c.taps.size());
   std::string src = "// cocopie_tf generated conv: " + std::to_string(s.out_c) + "x" +
@@ -251,7 +303,8 @@ std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fall
       "}\n\n"
       "__kernel void conv(__global const float* restrict in, __global float* restrict out,\n"
       "                   __global const int* restrict runs, __global const int2* restrict kern,\n"
-      "                   __global const float* restrict w, __global const int* restrict reorder,\n"
+      "                   __global const " + std::string(fp16 ? "half" : "float") +
+      "* restrict w, __global const int* restrict reorder,\n"
       "                   __global const float* restrict bias";
   if (dense_fallback)
     src += ",\n                   __global const int* restrict flag, "
@@ -273,11 +326,12 @@ std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fall
             "]; ++k) {\n"
             "    const int2 kk = kern[k];\n"
             "    const __global float* s = base + kk.x * PLANE;\n"
-            "    const __global float* wk = w + kk.y;\n";
+            "    const __global " + std::string(fp16 ? "half" : "float") + "* wk = w + kk.y;\n";
     for (size_t t = 0; t < c.taps[q].size(); ++t) {
       const int tap = c.taps[q][t], ky = tap / c.k_w, kx = tap % c.k_w;
       const int64_t off = int64_t(ky) * s.dil_h * g.wp + int64_t(kx) * s.dil_w;
-      body += "    { const float wt = wk[" + std::to_string(t) + "];";
+      body += fp16 ? "    { const float wt = vload_half(" + std::to_string(t) + ", wk);"
+                   : "    { const float wt = wk[" + std::to_string(t) + "];";
       for (int x = 0; x < g.px; ++x)
         body += " a" + std::to_string(x) + " = fma(wt, s[" +
                 std::to_string(off + int64_t(x) * s.stride_w) + "], a" + std::to_string(x) + ");";
@@ -316,8 +370,10 @@ std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fall
 }
 
 std::unique_ptr<Op> MakeConv(Runtime& rt, const ConvShape& s, const PatternPlan* plan,
-                             const float* filter, const float* bias, const std::string& cache_dir,
-                             int work_group, std::string* error) {
+                             const float* filter, const float* bias, const OpOptions& o,
+                             std::string* error) {
+  const std::string& cache_dir = o.cache_dir;
+  const int work_group = o.work_group;
   auto op = std::make_unique<ConvOp>();
   op->s = s;
   op->g = Padded(s);
@@ -341,7 +397,9 @@ std::unique_ptr<Op> MakeConv(Runtime& rt, const ConvShape& s, const PatternPlan*
     return nullptr;
   }
   op->fallback = c.pruned;
-  const std::string source = ConvSource(s, c, op->fallback);
+  std::vector<uint16_t> half;
+  if (o.fp16 && !ToHalf(c.weights, &half, error)) return nullptr;
+  const std::string source = ConvSource(s, c, op->fallback, o.fp16);
   if (!op->Setup(rt, source, {"pack", "conv"}, cache_dir,
                  c.pruned ? "f32_conv2d_pattern__opencl" : "f32_conv2d_direct__opencl", error))
     return nullptr;
@@ -356,7 +414,8 @@ std::unique_ptr<Op> MakeConv(Runtime& rt, const ConvShape& s, const PatternPlan*
       !op->AddBuffer(rt, sizeof zero, &zero, error) ||
       !op->AddBuffer(rt, Bytes(c.runs), c.runs.data(), error) ||
       !op->AddBuffer(rt, Bytes(c.kernels), c.kernels.data(), error) ||
-      !op->AddBuffer(rt, Bytes(c.weights), c.weights.data(), error) ||
+      (o.fp16 ? !op->AddBuffer(rt, Bytes(half), half.data(), error)
+              : !op->AddBuffer(rt, Bytes(c.weights), c.weights.data(), error)) ||
       !op->AddBuffer(rt, Bytes(c.reorder), c.reorder.data(), error) ||
       !op->AddBuffer(rt, size_t(s.out_c) * 4, bias != nullptr ? bias : zero_bias.data(), error))
     return nullptr;
@@ -367,8 +426,8 @@ std::unique_ptr<Op> MakeConv(Runtime& rt, const ConvShape& s, const PatternPlan*
 }
 
 std::unique_ptr<Op> MakeDepthwise(Runtime& rt, const ConvShape& s, const float* filter,
-                                  const float* bias, const std::string& cache_dir,
-                                  std::string* error) {
+                                  const float* bias, const OpOptions& o, std::string* error) {
+  const std::string& cache_dir = o.cache_dir;
   auto op = std::make_unique<SimpleOp>();
   if (s.batch <= 0 || s.out_h <= 0 || s.out_w <= 0 || s.out_c <= 0 ||
       s.out_c != s.in_c * s.depth_multiplier) {
@@ -386,7 +445,8 @@ std::unique_ptr<Op> MakeDepthwise(Runtime& rt, const ConvShape& s, const float* 
   Define(&src, "OUT_H", s.out_h); Define(&src, "OUT_W", s.out_w); Define(&src, "OUT_C", s.out_c);
   Define(&src, "DM", s.depth_multiplier);
   src += "__kernel void dw(__global const float* restrict in, __global float* restrict out,\n"
-         "                 __global const float* restrict w, __global const float* restrict bias) {\n"
+         "                 __global const " + std::string(o.fp16 ? "half" : "float") +
+         "* restrict w, __global const float* restrict bias) {\n"
          "  const int c = get_global_id(0), pos = get_global_id(1), n = get_global_id(2);\n"
          "  if (c >= OUT_C) return;\n"
          "  const int oy = pos / OUT_W, ox = pos - oy * OUT_W, ic = c / DM;\n"
@@ -398,15 +458,15 @@ std::unique_ptr<Op> MakeDepthwise(Runtime& rt, const ConvShape& s, const float* 
     for (int kx = 0; kx < s.k_w; ++kx)
       src += "      { const int ix = ox * " + std::to_string(s.stride_w) + " - " +
              std::to_string(s.pad_left) + " + " + std::to_string(kx * s.dil_w) +
-             "; if (ix >= 0 && ix < IN_W) a = fma(w[" + std::to_string(ky * s.k_w + kx) +
-             " * OUT_C + c], in[((n * IN_H + iy) * IN_W + ix) * IN_C + ic], a); }\n";
+             "; if (ix >= 0 && ix < IN_W) a = fma(" + Weight(o.fp16, std::to_string(ky * s.k_w + kx) +
+             " * OUT_C + c") + ", in[((n * IN_H + iy) * IN_W + ix) * IN_C + ic], a); }\n";
     src += "    }\n  }\n";
   }
   src += "  float v = a + bias[c];\n" + Activation(s.act_min, s.act_max) +
          "  out[((n * OUT_H + oy) * OUT_W + ox) * OUT_C + c] = v;\n}\n";
   if (!op->Setup(rt, src, {"dw"}, cache_dir, "f32_dwconv2d_direct__opencl", error)) return nullptr;
   std::vector<float> zero_bias(s.out_c, 0.f);
-  if (!op->AddBuffer(rt, size_t(s.k_h) * s.k_w * s.out_c * 4, filter, error) ||
+  if (!AddWeights(rt, op.get(), filter, size_t(s.k_h) * s.k_w * s.out_c, o.fp16, error) ||
       !op->AddBuffer(rt, size_t(s.out_c) * 4, bias != nullptr ? bias : zero_bias.data(), error))
     return nullptr;
   op->local[0] = s.out_c < 32 ? size_t(s.out_c) : 32;
@@ -418,8 +478,8 @@ std::unique_ptr<Op> MakeDepthwise(Runtime& rt, const ConvShape& s, const float* 
 
 std::unique_ptr<Op> MakeFullyConnected(Runtime& rt, int batch, int in, int out,
                                        const float* weights, const float* bias, float act_min,
-                                       float act_max, const std::string& cache_dir,
-                                       std::string* error) {
+                                       float act_max, const OpOptions& o, std::string* error) {
+  const std::string& cache_dir = o.cache_dir;
   auto op = std::make_unique<SimpleOp>();
   if (batch <= 0 || in <= 0 || out <= 0 || int64_t(batch) * in > kMaxIndex ||
       int64_t(out) * in > kMaxIndex || int64_t(batch) * out > kMaxIndex) {
@@ -430,18 +490,19 @@ std::unique_ptr<Op> MakeFullyConnected(Runtime& rt, int batch, int in, int out,
   Define(&src, "IN", in);
   Define(&src, "OUT", out);
   src += "__kernel void fc(__global const float* restrict in, __global float* restrict out,\n"
-         "                 __global const float* restrict w, __global const float* restrict bias) {\n"
+         "                 __global const " + std::string(o.fp16 ? "half" : "float") +
+         "* restrict w, __global const float* restrict bias) {\n"
          "  const int o = get_global_id(0), b = get_global_id(1);\n"
          "  if (o >= OUT) return;\n"
          "  const __global float* x = in + b * IN;\n"
-         "  const __global float* wr = w + o * IN;\n"
+         "  const int wr = o * IN;\n"
          "  float a = 0.0f;\n"
-         "  for (int i = 0; i < IN; ++i) a = fma(wr[i], x[i], a);\n"
+         "  for (int i = 0; i < IN; ++i) a = fma(" + Weight(o.fp16, "wr + i") + ", x[i], a);\n"
          "  float v = a + bias[o];\n" + Activation(act_min, act_max) +
          "  out[b * OUT + o] = v;\n}\n";
   if (!op->Setup(rt, src, {"fc"}, cache_dir, "f32_fc_direct__opencl", error)) return nullptr;
   std::vector<float> zero_bias(out, 0.f);
-  if (!op->AddBuffer(rt, size_t(out) * in * 4, weights, error) ||
+  if (!AddWeights(rt, op.get(), weights, size_t(out) * in, o.fp16, error) ||
       !op->AddBuffer(rt, size_t(out) * 4, bias != nullptr ? bias : zero_bias.data(), error))
     return nullptr;
   op->local[0] = out < 32 ? size_t(out) : 32;
@@ -450,8 +511,9 @@ std::unique_ptr<Op> MakeFullyConnected(Runtime& rt, int batch, int in, int out,
   return op;
 }
 
-std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max,
-                             const std::string& cache_dir, std::string* error) {
+std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max, const OpOptions& o,
+                             std::string* error) {
+  const std::string& cache_dir = o.cache_dir;
   auto op = std::make_unique<SimpleOp>();
   if (s.batch <= 0 || s.out_h <= 0 || s.out_w <= 0 || s.in_c <= 0 || s.out_c != s.in_c ||
       int64_t(s.batch) * s.in_h * s.in_w * s.in_c > kMaxIndex ||
@@ -492,7 +554,8 @@ std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max,
 }
 
 std::unique_ptr<Op> MakeAdd(Runtime& rt, int64_t elements, float act_min, float act_max,
-                            const std::string& cache_dir, std::string* error) {
+                            const OpOptions& o, std::string* error) {
+  const std::string& cache_dir = o.cache_dir;
   auto op = std::make_unique<SimpleOp>();
   if (elements <= 0 || elements > kMaxIndex) {
     *error = "add: invalid or too large shape";

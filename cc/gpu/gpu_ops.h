@@ -45,7 +45,24 @@ std::string ValidateColumns(const ConvColumns& c);
 // The OpenCL C of a conv (kernels "pack" and "conv") for one resolved
 // geometry; `dense_fallback`: the conv kernel also takes the dense filter
 // and uses it for images holding Inf or NaN, as stock TFLite computes them.
-std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fallback);
+// `fp16`: the kept weights are read as half (vload_half: storage only, the
+// arithmetic stays float32; no cl_khr_fp16 needed).
+std::string ConvSource(const ConvShape& s, const ConvColumns& c, bool dense_fallback,
+                       bool fp16 = false);
+
+// How the ops are built: program cache directory ("" none), work-items per
+// work-group of the conv kernels (0: chosen from the device), and weights
+// stored as IEEE half (precision=fp16: each weight rounded to the nearest
+// half, relative error <= 2^-11, so |y - y_fp32| <= 2^-11 * sum |w x| per
+// output; weights beyond the half range are refused).
+struct OpOptions {
+  std::string cache_dir;
+  int work_group = 0;
+  bool fp16 = false;
+};
+
+// Round-to-nearest-even float -> IEEE half bits.
+uint16_t FloatToHalf(float f);
 
 class Op {
  public:
@@ -65,25 +82,22 @@ class Op {
   int64_t device_bytes_ = 0;  // weights and scratch held on the device
 };
 
-// `plan` null: a dense conv (any kernel size).  `work_group`: work-items per
-// work-group along positions (0: chosen from the device).
+// `plan` null: a dense conv (any kernel size).
 std::unique_ptr<Op> MakeConv(Runtime& rt, const ConvShape& s, const PatternPlan* plan,
-                             const float* filter_ohwi, const float* bias,
-                             const std::string& cache_dir, int work_group, std::string* error);
+                             const float* filter_ohwi, const float* bias, const OpOptions& o,
+                             std::string* error);
 std::unique_ptr<Op> MakeDepthwise(Runtime& rt, const ConvShape& s, const float* filter_1hwc,
-                                  const float* bias, const std::string& cache_dir,
-                                  std::string* error);
+                                  const float* bias, const OpOptions& o, std::string* error);
 // Pooling over `s` (k_h x k_w window, strides, padding; in_c == out_c):
 // max, or average over the window's in-bounds elements (as TFLite counts).
-std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max,
-                             const std::string& cache_dir, std::string* error);
+std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max, const OpOptions& o,
+                             std::string* error);
 // out = act(a + b) over `elements` floats.
 std::unique_ptr<Op> MakeAdd(Runtime& rt, int64_t elements, float act_min, float act_max,
-                            const std::string& cache_dir, std::string* error);
+                            const OpOptions& o, std::string* error);
 std::unique_ptr<Op> MakeFullyConnected(Runtime& rt, int batch, int in, int out,
                                        const float* weights, const float* bias, float act_min,
-                                       float act_max, const std::string& cache_dir,
-                                       std::string* error);
+                                       float act_max, const OpOptions& o, std::string* error);
 
 }  // namespace gpu
 }  // namespace cocopie

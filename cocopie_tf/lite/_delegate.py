@@ -51,7 +51,7 @@ def delegate_path() -> pathlib.Path:
             return path
     raise FileNotFoundError(
         f"the cocopie delegate library {_LIB_NAME} is not installed; looked in: "
-        + ", ".join(str(p.parent) for p in candidates)
+        + ", ".join(dict.fromkeys(str(p.parent) for p in candidates))
         + ". Reinstall the package with `pip install .` from a source checkout."
     )
 

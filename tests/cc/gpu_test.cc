@@ -28,6 +28,12 @@ using namespace cocopie;
 gpu::Runtime* g_rt = nullptr;
 std::string g_cache;  // a fresh program-cache directory
 
+gpu::OpOptions Opts() {
+  gpu::OpOptions o;
+  o.cache_dir = g_cache;
+  return o;
+}
+
 std::vector<float> Random(size_t n, std::mt19937* rng) {
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   std::vector<float> v(n);
@@ -109,8 +115,7 @@ void CheckConv(const ConvCase& c, bool pruned, bool non_finite, std::mt19937* rn
   const bool use_plan = pruned && BuildPatternPlan(w.data(), c.out_c, c.kh, c.kw, c.in_c, b.data(),
                                                    1, &plan).empty();
   std::string why;
-  auto op = gpu::MakeConv(*g_rt, s, use_plan ? &plan : nullptr, w.data(), b.data(), g_cache, 0,
-                          &why);
+  auto op = gpu::MakeConv(*g_rt, s, use_plan ? &plan : nullptr, w.data(), b.data(), Opts(), &why);
   CHECK(op != nullptr);
   if (op == nullptr) {
     std::printf("  MakeConv: %s\n", why.c_str());
@@ -164,7 +169,7 @@ TEST_CASE(depthwise_and_fully_connected_match_reference) {
     const auto w = Random(size_t(d.k) * d.k * s.out_c, &rng), b = Random(s.out_c, &rng);
     const auto in = Random(size_t(d.batch) * d.h * d.w * d.c, &rng);
     std::string why;
-    auto op = gpu::MakeDepthwise(*g_rt, s, w.data(), b.data(), g_cache, &why);
+    auto op = gpu::MakeDepthwise(*g_rt, s, w.data(), b.data(), Opts(), &why);
     CHECK(op != nullptr);
     if (op == nullptr) continue;
     const size_t n = size_t(s.batch) * s.out_h * s.out_w * s.out_c;
@@ -178,7 +183,7 @@ TEST_CASE(depthwise_and_fully_connected_match_reference) {
                b = Random(out_n, &rng);
     std::string why;
     auto op = gpu::MakeFullyConnected(*g_rt, batch, in_n, out_n, w.data(), b.data(), -0.5f, 0.5f,
-                                      g_cache, &why);
+                                      Opts(), &why);
     CHECK(op != nullptr);
     if (op == nullptr) continue;
     std::vector<float> want(size_t(batch) * out_n);
@@ -186,6 +191,66 @@ TEST_CASE(depthwise_and_fully_connected_match_reference) {
                             want.data());
     CHECK(MaxRelError(Run(op.get(), x, want.size()), want) <= 1e-5);
   }
+}
+
+TEST_CASE(float_to_half_rounds_to_nearest_even) {
+  CHECK(gpu::FloatToHalf(1.f) == 0x3c00);
+  CHECK(gpu::FloatToHalf(-2.f) == 0xc000);
+  CHECK(gpu::FloatToHalf(65504.f) == 0x7bff);
+  CHECK(gpu::FloatToHalf(65520.f) == 0x7c00);     // halfway to the next: even is Inf
+  CHECK(gpu::FloatToHalf(std::ldexp(1.f, -24)) == 0x0001);  // smallest subnormal
+  CHECK(gpu::FloatToHalf(std::ldexp(1.f, -26)) == 0x0000);  // below half of it
+  CHECK(gpu::FloatToHalf(1.f / 3.f) == 0x3555);
+  CHECK(gpu::FloatToHalf(1.f + std::ldexp(1.f, -11)) == 0x3c00);  // tie: to even
+  CHECK(gpu::FloatToHalf(1.f + 3 * std::ldexp(1.f, -11)) == 0x3c02);
+  CHECK((gpu::FloatToHalf(NAN) & 0x7c00) == 0x7c00 && (gpu::FloatToHalf(NAN) & 0x3ff) != 0);
+}
+
+// precision=fp16 stays within its documented bound: per output
+// |y - y_ref| <= 2^-11 * sum |w x| (weights rounded to half) plus float32
+// accumulation error.
+TEST_CASE(fp16_weights_stay_within_the_bound) {
+  std::mt19937 rng(4);
+  ConvShape s;
+  s.in_h = 10; s.in_w = 9; s.in_c = 16; s.out_c = 12; s.k_h = s.k_w = 3;
+  CHECK(ResolveConvShape(Padding::kSame, &s).empty());
+  for (int pruned = 0; pruned < 2; ++pruned) {
+    const auto w = pruned ? PatternFilter(s.out_c, 3, 3, s.in_c, 2, &rng)
+                          : Random(size_t(s.out_c) * 9 * s.in_c, &rng);
+    const auto in = Random(size_t(s.in_h) * s.in_w * s.in_c, &rng);
+    PatternPlan plan;
+    CHECK(BuildPatternPlan(w.data(), s.out_c, 3, 3, s.in_c, nullptr, 1, &plan).empty());
+    gpu::OpOptions o = Opts();
+    o.fp16 = true;
+    std::string why;
+    auto op = gpu::MakeConv(*g_rt, s, pruned ? &plan : nullptr, w.data(), nullptr, o, &why);
+    CHECK(op != nullptr);
+    if (op == nullptr) continue;
+    const size_t n = size_t(s.out_h) * s.out_w * s.out_c;
+    std::vector<float> want(n), bound(n), aw(w.size()), ax(in.size());
+    for (size_t i = 0; i < w.size(); ++i) aw[i] = std::fabs(w[i]);
+    for (size_t i = 0; i < in.size(); ++i) ax[i] = std::fabs(in[i]);
+    Conv2DReference(s, in.data(), w.data(), nullptr, want.data());
+    Conv2DReference(s, ax.data(), aw.data(), nullptr, bound.data());
+    const auto got = Run(op.get(), in, n);
+    int over = 0;
+    double worst = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double err = std::fabs(double(got[i]) - want[i]);
+      const double b = std::ldexp(1.0, -11) * bound[i] + 1e-6 * (1 + bound[i]);
+      over += err > b;
+      worst = std::max(worst, err / b);
+    }
+    CHECK(over == 0);
+    std::printf("  fp16 %s conv: worst error %.2f of the bound\n", pruned ? "pruned" : "dense", worst);
+  }
+  // Weights the half range cannot hold are refused, not turned into Inf.
+  std::vector<float> big(size_t(s.out_c) * 9 * s.in_c, 1e5f);
+  gpu::OpOptions o = Opts();
+  o.fp16 = true;
+  std::string why;
+  CHECK(gpu::MakeConv(*g_rt, s, nullptr, big.data(), nullptr, o, &why) == nullptr);
+  CHECK(why.find("half range") != std::string::npos);
 }
 
 TEST_CASE(build_failure_gives_the_compiler_log) {
@@ -273,7 +338,7 @@ TEST_CASE(damaged_plans_are_refused) {
     }
     ++trials;
     std::string why;
-    auto op = gpu::MakeConv(*g_rt, s, &p, w.data(), nullptr, "", 0, &why);
+    auto op = gpu::MakeConv(*g_rt, s, &p, w.data(), nullptr, gpu::OpOptions(), &why);
     if (op == nullptr) {
       ++refused;
       CHECK(why.find("invalid plan") != std::string::npos);
