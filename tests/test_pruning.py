@@ -556,8 +556,88 @@ def test_prune_oneshot_needs_no_fit_and_its_masks_hold(capsys):
 def test_hard_prune_at_large_residuals_is_logged_and_warned(capsys):
     x, y = digits(128)
     model = compile_(cocopie_tf.prune_patterns(functional()))
-    with pytest.warns(UserWarning, match="hard-pruning at large residuals"):
-        model.fit(x, y, epochs=2, batch_size=64, verbose=0,
-                  callbacks=[cocopie_tf.ADMMPruning(admm_epochs=1, rho=1e-4)])
-    assert "ADMMPruning: hard prune after 1 ADMM epoch(s); relative residuals" in \
-        capsys.readouterr().out
+    cb = cocopie_tf.ADMMPruning(admm_epochs=1, rho=1e-4)  # hard prune right after 1 epoch
+    with pytest.warns(UserWarning, match="hard-pruning at large residuals") as record:
+        model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cb])
+    message = str(next(r.message for r in record if "large residuals" in str(r.message)))
+    assert "admm_epochs" in message and "rho" in message  # says what to change
+    out = capsys.readouterr().out
+    assert "ADMMPruning: hard prune after 1 ADMM epoch(s); relative residuals" in out
+    # One line, with the per-layer share of ||W||^2 the hard prune removed.
+    line = next(l for l in out.splitlines() if "hard prune after" in l)
+    assert "share of ||W||^2 removed per layer: mean" in line and "max" in line
+    removed = cb.hard_prune_residuals
+    assert set(removed) == pruned_names(model)
+    assert all(0 <= v <= 1 for v in removed.values())
+    assert max(removed.values()) > cb.LARGE_RESIDUAL  # from random weights after 1 epoch
+    assert f"max {max(removed.values()):.3f}" in line
+    assert f"mean {np.mean(list(removed.values())):.3f}" in line
+    # Below the threshold the line is printed without a warning.
+    cb.LARGE_RESIDUAL = 1.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        cb._report_hard_prune(removed)
+    assert "share of ||W||^2 removed" in capsys.readouterr().out
+
+
+def test_logged_loss_is_the_task_loss_and_the_penalty_its_own_metric(capsys):
+    """History's and the progress bar's ``loss`` is the compiled loss plus the
+    user's regularisation, ``admm_penalty`` the ADMM penalty; evaluate() never
+    includes it; the penalty still drives the gradient."""
+    import tensorflow as tf
+
+    x, y = digits(96)
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((16, 16, 1))
+    h = inp
+    for f in (8, 8, 8):
+        h = keras.layers.Conv2D(f, 3, padding="same", activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(10, kernel_regularizer=keras.regularizers.L2(1e-2), name="head")(h)
+    model = cocopie_tf.prune_patterns(keras.Model(inp, out))
+    # Learning rate 0: the weights stay put, so every batch's task loss is the
+    # one computed by hand below on the final weights.
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    wrappers = find_wrappers(model)
+    seen = {}
+
+    def penalty_at_start(logs=None):  # runs after ADMMPruning initialised Z, U, Y, V and rho
+        value = lambda v: np.asarray(keras.ops.convert_to_numpy(v), "float64")  # noqa: E731
+        seen["penalty"] = sum(
+            0.5 * value(w.rho) * (np.sum((w.kernel_value() - value(w.z) + value(w.u)) ** 2)
+                                  + np.sum((w.kernel_value() - value(w.y) + value(w.v)) ** 2))
+            for w in wrappers)
+
+    cb = cocopie_tf.ADMMPruning(admm_epochs=2, rho=1.0)
+    hist = model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=1,
+                     callbacks=[cb, keras.callbacks.LambdaCallback(on_train_begin=penalty_at_start)])
+    assert cb.summary()["phase"] == "admm"
+
+    logits = np.asarray(model.predict(x, verbose=0), "float64")
+    m = logits.max(1, keepdims=True)
+    ce = np.mean(np.log(np.exp(logits - m).sum(1)) + m[:, 0] - logits[np.arange(len(y)), y])
+    reg = 1e-2 * np.sum(np.asarray(model.get_layer("head").kernel, "float64") ** 2)
+    task = ce + reg
+    assert seen["penalty"] > 0.05  # large enough to see in the loss if it were included
+    np.testing.assert_allclose(hist.history["loss"][0], task, rtol=1e-5)
+    np.testing.assert_allclose(hist.history["admm_penalty"][0], seen["penalty"], rtol=1e-5)
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), task, rtol=1e-5)
+    progress = capsys.readouterr().out
+    assert "admm_penalty:" in progress and "loss:" in progress
+    assert "admm_penalty" not in model.metrics_names  # evaluate() returns the compiled results
+
+    # The penalty is in the gradient (ADMM's W-step), not in the loss value.
+    with tf.GradientTape() as tape:
+        model(x[:8], training=True)
+        extra = sum(loss for w in wrappers for loss in w.losses)  # what the wrappers add
+    kernels = [cocopie_tf.pruning.wrapper.prunable_kernel(w.layer) for w in wrappers]
+    grads = tape.gradient(extra, kernels)
+    assert float(extra) == 0.0
+    for w, g in zip(wrappers, grads):
+        value = lambda v: np.asarray(keras.ops.convert_to_numpy(v))  # noqa: E731
+        wv, rho = w.kernel_value(), float(value(w.rho))
+        expected = rho * ((wv - value(w.z) + value(w.u)) + (wv - value(w.y) + value(w.v)))
+        np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-4, atol=1e-6)

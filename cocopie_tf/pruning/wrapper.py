@@ -6,8 +6,14 @@ survives ``keras.models.load_model``, and adds the augmented-Lagrangian penalty
 
     rho/2 ||W - Z + U||_F^2 + rho/2 ||W - Y + V||_F^2
 
-to the training loss.  Z/U belong to the pattern constraint, Y/V to the
-connectivity constraint.  The callback :class:`ADMMPruning` drives the phases.
+to the gradient of the training loss, not to its value: the term added with
+``add_loss`` is ``penalty - stop_gradient(penalty)`` (exactly 0, gradient the
+penalty's), so fit's ``loss`` stays the task loss (compiled loss plus the
+user's own regularisation) and ``evaluate`` never sees the penalty.  The
+penalty's value goes to :attr:`PatternPruning.penalty_tracker` (a Mean over the
+samples of the epoch), which :class:`ADMMPruning` logs as ``admm_penalty``.
+Z/U belong to the pattern constraint, Y/V to the connectivity constraint.  The
+callback :class:`ADMMPruning` drives the phases.
 """
 
 from __future__ import annotations
@@ -95,6 +101,13 @@ class PatternPruning(keras.layers.Wrapper):
             else (lambda w: ops.multiply(w, mask))
         self.driven = False  # set by ADMMPruning while it runs the schedule
         self._warned = False
+        # The penalty's mean over the training samples since the last reset
+        # (ADMMPruning resets it every epoch and logs the sum over layers as
+        # ``admm_penalty``). Deliberately not tracked by Keras: a layer metric
+        # would join model.metrics, i.e. evaluate()'s results, and nested
+        # models drop their layers' metrics; it is not saved either.
+        object.__setattr__(self, "penalty_tracker",
+                           keras.metrics.Mean(name=f"{self.name}_admm_penalty"))
         super().build(input_shape)
 
     def candidates(self, kernel_size):
@@ -110,10 +123,16 @@ class PatternPruning(keras.layers.Wrapper):
             self._warn_if_schedule_stalled()
         if training:
             w = prunable_kernel(self.layer)
-            penalty = ops.sum(ops.square(w - self.z + self.u)) + ops.sum(
-                ops.square(w - self.y + self.v))
+            penalty = 0.5 * self.rho * (ops.sum(ops.square(w - self.z + self.u)) + ops.sum(
+                ops.square(w - self.y + self.v)))
             # rho is 0 outside the ADMM phase, so the penalty vanishes there.
-            self.add_loss(0.5 * self.rho * penalty)
+            # Its gradient drives the W-step, its value (exactly 0 here) does
+            # not enter the logged loss; the value is tracked on its own, per
+            # sample like Keras' loss tracker, so that loss + admm_penalty is
+            # the augmented Lagrangian the optimizer minimises.
+            self.add_loss(penalty - ops.stop_gradient(penalty))
+            batch = ops.cast(ops.shape(keras.tree.flatten(inputs)[0])[0], "float32")
+            self.penalty_tracker.update_state(ops.stop_gradient(penalty), sample_weight=batch)
         return outputs
 
     def _warn_if_schedule_stalled(self):
