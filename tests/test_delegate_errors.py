@@ -22,8 +22,11 @@ def small_model():
 
 
 def test_unknown_option_is_refused():
-    with pytest.raises(ValueError, match="unknown option 'fast_mode'"):
+    with pytest.raises(ValueError, match="unknown option 'fast_mode'") as err:
         lite.load_delegate(fast_mode=1)
+    # One line, the delegate's own message (not LiteRT's "Failed to load ...").
+    assert str(err.value).startswith("cocopie delegate: unknown option 'fast_mode'")
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])

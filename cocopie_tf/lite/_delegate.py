@@ -96,7 +96,16 @@ def load_delegate(*, backend: str = "cpu", num_threads: int | None = None, **opt
     experimental_delegates=[delegate])``, or use :class:`Interpreter`.
     """
     opts = _delegate_options(backend, num_threads, options)
-    return _litert.load_delegate(str(delegate_path()), opts)
+    try:
+        return _litert.load_delegate(str(delegate_path()), opts)
+    except ValueError as e:
+        # LiteRT prefixes the delegate's own message with "Failed to load
+        # delegate from <path>"; for the delegate's errors (bad options, no
+        # OpenCL) that line only hides the message, so raise the message.
+        head, _, message = str(e).partition("\n")
+        if message.startswith("cocopie delegate:"):
+            raise ValueError(message) from None
+        raise
 
 
 def delegate_report(delegate, interpreter=None) -> list[dict]:
