@@ -1,0 +1,53 @@
+"""examples/new_user.py: the script a new user runs on MobileNetV2 and
+ResNet-50 prints what was pruned, what the delegate claimed, and a measured
+speed-up or that nothing was claimed; its numbers are checked against the
+models it builds."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "examples" / "new_user.py"
+
+
+@pytest.mark.slow
+def test_new_user_script_reports_pruning_claims_and_speed(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", "MobileNetV2", "ResNet50", "--size", "32", "32",
+         "--runs", "3", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for name in ("MobileNetV2", "ResNet50"):
+        assert f"== {name} 32x32: what was pruned ==" in out
+        assert f"== {name}: stock LiteRT vs the cocopie delegate ==" in out
+        assert (tmp_path / f"{name.lower()}_32.tflite").is_file()
+    # MobileNetV2's recipe wraps its 1x1 and depthwise convs, skips the first
+    # conv and the classifier, and says why.
+    mnv2 = out.split("== ResNet50 32x32")[0]
+    assert re.search(r"Conv1 .* skipped: first convolution", mnv2)
+    assert re.search(r"block_1_depthwise .* wrapped", mnv2)
+    assert re.search(r"block_1_project .* wrapped", mnv2)
+    assert re.search(r"wrapped 51 of 53 layers", mnv2)
+    # ResNet-50 keeps the 1x1 convs dense by default and says so.
+    resnet = out.split("== ResNet50 32x32")[1]
+    assert "skipped: 1x1 convolution (pass prune_1x1=True" in resnet
+    # Each bench names the claims: a speed-up when something was claimed, or
+    # the explicit "0 nodes claimed" sentence; outputs agree with stock.
+    rows = re.findall(r"^\s+1\s+[\d.]+ \([^)]*\)\s+[\d.]+ \([^)]*\)\s+(\S+)\s+(\d+)\s+(\S+)$",
+                      out, re.M)
+    assert len(rows) == 2, out[-3000:]
+    for speedup, claimed, err in rows:
+        assert float(err) <= 1e-4
+        if int(claimed):
+            assert speedup.endswith("x")
+        else:
+            assert speedup == "n/a"
+    if any(int(c) == 0 for _, c, _ in rows):
+        assert "0 nodes claimed: both runs execute the same kernels" in out
+    assert "All log messages before absl::InitializeLog" not in proc.stderr
