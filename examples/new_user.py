@@ -28,7 +28,8 @@ RECIPES = {
 }
 
 
-def run(name: str, size: int, threads: list[int], runs: int, workdir: pathlib.Path) -> dict:
+def run(name: str, size: int, threads: list[int], runs: int, workdir: pathlib.Path,
+        replace: bool = False) -> dict:
     from cocopie_tf.cli import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # TF's C++ start-up lines stay out of the output
@@ -44,12 +45,16 @@ def run(name: str, size: int, threads: list[int], runs: int, workdir: pathlib.Pa
     print(wrapped.pruning_selection)
     stripped = cocopie_tf.strip_pruning(wrapped)
     print(cocopie_tf.pruning_report(stripped))
-    path = workdir / f"{name.lower()}_{size}.tflite"
-    cocopie_tf.convert(stripped, output_path=str(path), force=True)
+    path = workdir / _file_name(name, size)
+    cocopie_tf.convert(stripped, output_path=str(path), force=replace)
     print(f"\n== {name}: stock LiteRT vs the cocopie delegate ==")
     result = bench(str(path), threads, runs=runs, warmup=3)
     print(format_bench(result))
     return result
+
+
+def _file_name(name: str, size: int) -> str:
+    return f"{name.lower()}_{size}.tflite"
 
 
 def main(argv=None) -> int:
@@ -61,16 +66,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="default: 1")
     p.add_argument("--runs", type=int, default=5, help="timed runs each (default: 5)")
     p.add_argument("--out", default=None,
-                   help="folder for the .tflite files (default: a temporary one)")
+                   help="folder for the .tflite files (default: a temporary one); "
+                        "existing files there are kept unless --force")
+    p.add_argument("--force", action="store_true", help="replace existing files in --out")
     a = p.parse_args(argv)
     sizes = a.size or [96 if m == "MobileNetV2" else 64 for m in a.model]
     if len(sizes) != len(a.model):
         p.error("--size needs one value per --model")
+    if a.out and not a.force:  # before the slow part, and never over a user's file
+        taken = [str(pathlib.Path(a.out) / _file_name(m, z)) for m, z in zip(a.model, sizes)
+                 if (pathlib.Path(a.out) / _file_name(m, z)).exists()]
+        if taken:
+            p.error(f"{', '.join(taken)} exists; pass --force to replace")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(a.out or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for name, size in zip(a.model, sizes):
-            run(name, size, a.threads, a.runs, workdir)
+            run(name, size, a.threads, a.runs, workdir, replace=a.force or a.out is None)
     return 0
 
 

@@ -64,6 +64,16 @@ def test_new_user_script_reports_pruning_claims_and_speed(tmp_path):
     assert len(content) <= 1.02 * len(without), (len(content), len(without))
 
 
+def test_new_user_script_keeps_existing_files(tmp_path):
+    existing = tmp_path / "mobilenetv2_32.tflite"
+    existing.write_bytes(b"the user's model")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "MobileNetV2", "--size", "32",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 2 and "exists; pass --force to replace" in proc.stderr
+    assert existing.read_bytes() == b"the user's model"
+
+
 def _without_cocopie_metadata(core, content: bytes) -> bytes:
     import flatbuffers
     import numpy as np
