@@ -96,6 +96,7 @@ class Partition {
           e.generate_ms = k->generate_ms();
           e.jit_filters = k->layout().filters;
           e.jit_vectors = k->layout().vectors;
+          e.jit_segments = k->layout().segments;
         }
       }
       e.node_index = op.node_index;
@@ -486,7 +487,8 @@ std::string Delegate::ReportJson() {
            "\",\"code_bytes\":" + std::to_string(e.code_bytes) +
            ",\"generate_ms\":" + std::to_string(e.generate_ms) +
            ",\"jit_filters\":" + std::to_string(e.jit_filters) +
-           ",\"jit_vectors\":" + std::to_string(e.jit_vectors);
+           ",\"jit_vectors\":" + std::to_string(e.jit_vectors) +
+           ",\"jit_segments\":" + std::to_string(e.jit_segments);
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",

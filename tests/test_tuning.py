@@ -45,12 +45,13 @@ def test_tune_on_writes_cache_then_cached_reuses_it(pruned_tflite, tmp_path):
     assert len(entries) == 2 and all(e["tuning"] == "tuned" for e in entries)
     assert rel_error(out, ref) <= 1e-5
     lines = cache.read_text().splitlines()
-    assert len(lines) == 2 and all(l.startswith("v2\t") and l.count("\t") == 7 for l in lines)
+    assert len(lines) == 2 and all(l.startswith("v3\t") and l.count("\t") == 8 for l in lines)
     assert not list(cache.parent.glob("*.tmp.*"))  # written via rename, nothing left over
 
     out2, entries2 = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
     assert [e["tuning"] for e in entries2] == ["cached", "cached"]
-    knobs = ("chunk_channels", "tile_vectors", "engine", "jit_filters", "jit_vectors")
+    knobs = ("chunk_channels", "tile_vectors", "engine", "jit_filters", "jit_vectors",
+             "jit_segments")
     assert [[e[k] for k in knobs] for e in entries2] == [[e[k] for k in knobs] for e in entries]
     assert rel_error(out2, ref) <= 1e-5
 
@@ -102,6 +103,20 @@ def test_every_cached_generator_knob_gives_the_same_result(pruned_tflite, tmp_pa
     out, entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
     assert [e["engine"] for e in entries] == [_cc.default_kernel_set()] * 2
     assert rel_error(out, ref) <= 1e-5
+    # v3 entries add the code segment length (uses; -1 = whole filter blocks):
+    # one use per segment cuts the code finest, and the output is the same
+    # to the bit.
+    segments, outs = {}, {}
+    for seg in (-1, 1, 7, 768):
+        cache.write_text("".join(f"v3\t{k}\t0\t0\t{code[isas[-1]]}\t0\t1\t{seg}\t1.0\n"
+                                 for k in keys))
+        outs[seg], entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
+        assert [e["tuning"] for e in entries] == ["cached", "cached"]
+        segments[seg] = [e["jit_segments"] for e in entries]
+        assert rel_error(outs[seg], ref) <= 1e-5, seg
+        np.testing.assert_array_equal(outs[seg], outs[-1])
+    assert all(a < b for a, b in zip(segments[-1], segments[1])), segments
+    assert all(a <= b for a, b in zip(segments[768], segments[7])), segments
 
 
 @pytest.mark.parametrize("junk", [
@@ -109,6 +124,8 @@ def test_every_cached_generator_knob_gives_the_same_result(pruned_tflite, tmp_pa
     b"v1\tk\t4\t9\t3\n", b"v1\tk\t4\t5\t3\n", b"\xff\xfe\x00garbage\n", b"v1\t\t4\t2\t1\n" * 3,
     b"v2\tk\t0\t0\t7\t4\t1\t1\n", b"v2\tk\t0\t0\t3\t40\t1\t1\n", b"v2\tk\t0\t0\t3\t4\t5\t1\n",
     b"v2\tk\t0\t0\t-1\t4\t1\t1\n", b"v2\tk\t0\t0\t3\t4\t1\tfast\n",
+    b"v3\tk\t0\t0\t3\t4\t1\t-2\t1\n", b"v3\tk\t0\t0\t3\t4\t1\tx\t1\n",
+    b"v3\tk\t0\t0\t3\t4\t1\t99999999999\t1\n", b"v3\tk\t0\t0\t3\t4\t1\t1\n",
 ])
 def test_damaged_cache_is_ignored(pruned_tflite, tmp_path, junk):
     cache = tmp_path / "tuning.tsv"

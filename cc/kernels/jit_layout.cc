@@ -112,7 +112,7 @@ std::vector<std::vector<int>> BlockFilters(const std::vector<std::vector<int32_t
 std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
-                           float act_min, float act_max, JitLayout* layout) {
+                           int segment_uses, float act_min, float act_max, JitLayout* layout) {
   if (isa != JitIsa::kAvx2 && isa != JitIsa::kAvx512) return "no code generator for this ISA";
   if (vectors == 0) vectors = 1;
   const int max_m = JitMaxFilters(isa, vectors);
@@ -145,6 +145,9 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   L.input_floats = input_floats;
   L.act_min = act_min;
   L.act_max = act_max;
+  L.segment_uses = segment_uses == 0  ? kJitSegmentUses
+                   : segment_uses < 0 ? std::numeric_limits<int64_t>::max()
+                                      : segment_uses;
   const int64_t tile = L.TileLen();
 
   // Every filter's uses, from the FKW arrays (checked as they are read).
@@ -220,6 +223,21 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
       i = j;
     }
     b.num_uses = static_cast<int64_t>(b.weights.size());
+    // Segments of equal size, the fewest of at most segment_uses each (cut
+    // at column boundaries, so a segment may exceed its share by one column).
+    const int64_t pieces = std::max<int64_t>(
+        1, b.num_uses / L.segment_uses + (b.num_uses % L.segment_uses != 0));
+    const int64_t share = (b.num_uses + pieces - 1) / pieces;
+    b.segment_begin.push_back(0);
+    int64_t in_segment = 0;
+    for (size_t c = 0; c < b.column_uses.size(); ++c) {
+      if (in_segment >= share) {
+        b.segment_begin.push_back(static_cast<int32_t>(c));
+        in_segment = 0;
+      }
+      in_segment += b.column_uses[c];
+    }
+    L.segments += static_cast<int64_t>(b.segment_begin.size());
     for (int32_t o : b.out_channel) b.weights.push_back(p.bias[o]);
     b.weights.push_back(act_min);
     b.weights.push_back(act_max);

@@ -11,6 +11,15 @@
 // assignment puts filters with overlapping columns together (filter kernel
 // reorder with a job to do).
 //
+// Code segments: a block's code is one instruction per use, tens of KB for a
+// wide layer, more than the 32 KB L1 instruction cache.  So each block's
+// columns are cut into segments of about `segment_uses` uses, and each
+// segment runs over all of a call's tiles before the next segment starts;
+// the accumulators pass between segments through the output buffer (the
+// first segment starts them at zero, the last adds bias and clamps).  The
+// code fetched from L2 is then reused once per tile instead of once per call,
+// and the arithmetic, in the same order, gives bit-identical results.
+//
 // Two layers, so the generator's input can be checked before any byte of
 // code exists:
 //   JitLayout    backend-neutral: blocks, columns, weights, all offsets; built
@@ -52,7 +61,14 @@ struct JitBlock {
   // activation's lower and upper bound (the epilogue reads them from here).
   std::vector<float> weights;
   int64_t num_uses = 0;
+  // Code segments: the first column of each (always at least one segment,
+  // starting at column 0, even for a block without columns).
+  std::vector<int32_t> segment_begin;
 };
+
+// Default FMAs per code segment: about 11 KB of AVX-512 code, a third of the
+// L1 instruction cache (measured on Sapphire Rapids, docs/engine.md).
+constexpr int kJitSegmentUses = 1536;
 
 struct JitLayout {
   JitIsa isa = JitIsa::kNone;
@@ -61,12 +77,13 @@ struct JitLayout {
   int64_t out_plane = 0;       // floats between output channels
   int64_t input_floats = 0;    // size of the input buffer the code reads
   int64_t max_column_offset = 0;
+  int64_t segment_uses = 0;    // the resolved target per code segment
   // The epilogue: bias added and the activation clamp applied in registers
   // before the store (NaN propagates: the accumulator is the operand MAXPS /
   // MINPS return when either is NaN).  Infinite bounds emit no clamp.
   float act_min = 0, act_max = 0;
   std::vector<JitBlock> blocks;
-  int64_t uses = 0, columns = 0;  // totals, for reports
+  int64_t uses = 0, columns = 0, segments = 0;  // totals, for reports
   int TileLen() const { return lanes * vectors; }
 };
 
@@ -75,13 +92,14 @@ struct JitLayout {
 // `channel_stride` floats per input channel, `input_floats` the input
 // buffer's size, `out_plane` the output's channel stride.  M and V of 0 pick
 // defaults.  `reorder_filters` groups filters by shared columns (off: the
-// plan's order, for the ablation).  Returns "" or why the layer cannot be
+// plan's order, for the ablation).  `segment_uses` as
+// PatternTuning::jit_segment.  Returns "" or why the layer cannot be
 // generated (then the static kernels run it).
 // The output is plan.bias added and clamped to [act_min, act_max].
 std::string BuildJitLayout(const PatternPlan& plan, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
-                           float act_min, float act_max, JitLayout* layout);
+                           int segment_uses, float act_min, float act_max, JitLayout* layout);
 
 class JitKernel {
  public:

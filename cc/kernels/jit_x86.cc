@@ -4,12 +4,14 @@
 //
 // Emitted per filter block, System V ABI:
 //   void block(const float* in, const float* w, float* out, int64_t tiles)
-//   for each of `tiles` tiles of V*lanes positions:
-//     zero the M x V accumulators
-//     for each column: V input loads from in + column offset (constant
-//       displacement), then per use: AVX-512 V=1: one FMA with the weight
-//       as an embedded broadcast ([r8 + disp]{1to16}); otherwise one
-//       broadcast into a register and V FMAs
+//   for each code segment (jit_pattern.h), for each of `tiles` tiles of
+//   V*lanes positions (r9 counts, r10/r11 walk in and out):
+//     first segment: zero the M x V accumulators; else load them from out
+//     for each of the segment's columns: V input loads from in + column
+//       offset (constant displacement), then per use: AVX-512 V=1: one FMA
+//       with the weight as an embedded broadcast ([r8 + disp]{1to16});
+//       otherwise one broadcast into a register and V FMAs
+//     last segment: + bias, clamp
 //     store the accumulators to out + out_channel * out_plane
 //     in += V*lanes; out += V*lanes
 // The weight pointer r8 walks the block's weights in consumption order and
@@ -50,41 +52,93 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       return Ymm(i);
     };
     auto acc = [&](int slot, int v) { return vec(acc_base + slot * V + v); };
-    const Reg64 in = rdi, w = rsi, out = rdx, tiles = rcx, wp = r8;
+    auto row = [&](int slot, int v) {
+      return static_cast<int32_t>(static_cast<int64_t>(b.out_channel[slot]) * lay.out_plane * 4 +
+                                  v * vec_bytes);
+    };
+    // Arguments stay put; each segment walks the tiles with its own cursors.
+    const Reg64 in0 = rdi, w = rsi, out0 = rdx, tiles = rcx;
+    const Reg64 wp = r8, left = r9, in = r10, out = r11;
 
-    Label loop, done;
+    Label done;
     test(tiles, tiles);
     jz(done, T_NEAR);
-    L(loop);
-    for (int s = 0; s < slots; ++s)
-      for (int v = 0; v < V; ++v) {
-        if (avx512) vpxord(acc(s, v), acc(s, v), acc(s, v));
-        else vxorps(acc(s, v), acc(s, v), acc(s, v));
-      }
-    mov(wp, w);
-    int64_t base = 0;  // weight index wp points at
-    size_t u = 0;
-    for (size_t c = 0; c < b.column_offset.size(); ++c) {
-      const int64_t off = b.column_offset[c] * 4;
-      for (int v = 0; v < V; ++v) vmovups(vec(v), ptr[in + static_cast<int32_t>(off + v * vec_bytes)]);
-      for (int32_t k = 0; k < b.column_uses[c]; ++k, ++u) {
-        const int64_t idx = static_cast<int64_t>(u);
-        if (idx - base >= reach) {  // re-centre: the next `2 * reach` weights are near
-          add(wp, static_cast<int32_t>((idx + reach - base) * 4));
-          base = idx + reach;
+    const size_t num_segments = b.segment_begin.size();
+    const size_t num_columns = b.column_offset.size();
+    size_t u0 = 0;  // the segment's first use
+    for (size_t g = 0; g < num_segments; ++g) {
+      const bool first = g == 0, last = g + 1 == num_segments;
+      const size_t c0 = b.segment_begin[g];
+      const size_t c1 = last ? num_columns : b.segment_begin[g + 1];
+      size_t u1 = u0;
+      for (size_t c = c0; c < c1; ++c) u1 += b.column_uses[c];
+      // Slots this segment moves through memory: all at the ends, else the
+      // ones it feeds (the others' partial sums wait in the output buffer).
+      std::vector<char> moved(slots, first || last ? 1 : 0);
+      for (size_t u = u0; u < u1; ++u) moved[b.use_slot[u]] = 1;
+
+      mov(left, tiles);
+      mov(in, in0);
+      mov(out, out0);
+      Label loop;
+      align(16);
+      L(loop);
+      for (int s = 0; s < slots; ++s)
+        for (int v = 0; v < V; ++v) {
+          if (first) {
+            if (avx512) vpxord(acc(s, v), acc(s, v), acc(s, v));
+            else vxorps(acc(s, v), acc(s, v), acc(s, v));
+          } else if (moved[s]) {
+            vmovups(acc(s, v), ptr[out + row(s, v)]);
+          }
         }
-        const int32_t disp = static_cast<int32_t>((idx - base) * 4);
-        const int s = b.use_slot[u];
-        if (embedded) {
-          vfmadd231ps(acc(s, 0), vec(0), ptr_b[wp + disp]);
-        } else {
-          vbroadcastss(vec(V), ptr[wp + disp]);
-          for (int v = 0; v < V; ++v) vfmadd231ps(acc(s, v), vec(v), vec(V));
+      // wp points at weight `base`; BuildJitLayout proved weights * 4 fits
+      // a 32-bit displacement.
+      int64_t base = static_cast<int64_t>(u0);
+      lea(wp, ptr[w + static_cast<int32_t>(base * 4)]);
+      size_t u = u0;
+      for (size_t c = c0; c < c1; ++c) {
+        const int64_t off = b.column_offset[c] * 4;
+        for (int v = 0; v < V; ++v) vmovups(vec(v), ptr[in + static_cast<int32_t>(off + v * vec_bytes)]);
+        for (int32_t k = 0; k < b.column_uses[c]; ++k, ++u) {
+          const int64_t idx = static_cast<int64_t>(u);
+          if (idx - base >= reach) {  // re-centre: the next `2 * reach` weights are near
+            add(wp, static_cast<int32_t>((idx + reach - base) * 4));
+            base = idx + reach;
+          }
+          const int32_t disp = static_cast<int32_t>((idx - base) * 4);
+          const int s = b.use_slot[u];
+          if (embedded) {
+            vfmadd231ps(acc(s, 0), vec(0), ptr_b[wp + disp]);
+          } else {
+            vbroadcastss(vec(V), ptr[wp + disp]);
+            for (int v = 0; v < V; ++v) vfmadd231ps(acc(s, v), vec(v), vec(V));
+          }
         }
       }
+      if (last) EmitEpilogue(lay, b, vec, acc);
+      for (int s = 0; s < slots; ++s)
+        if (moved[s])
+          for (int v = 0; v < V; ++v) vmovups(ptr[out + row(s, v)], acc(s, v));
+      add(in, V * vec_bytes);
+      add(out, V * vec_bytes);
+      dec(left);
+      jnz(loop, T_NEAR);
+      u0 = u1;
     }
-    // Epilogue: + bias, then the clamp with the bound in
-    // a free input register as the first source, so NaN accumulators pass.
+    L(done);
+    vzeroupper();
+    ret();
+  }
+
+  // + bias, then the clamp with the bound in a free input register as the
+  // first source, so NaN accumulators pass.
+  template <typename Vec, typename Acc>
+  void EmitEpilogue(const JitLayout& lay, const JitBlock& b, const Vec& vec, const Acc& acc) {
+    using namespace Xbyak;
+    const Reg64 w = rsi;
+    const int V = lay.vectors;
+    const int slots = static_cast<int>(b.out_channel.size());
     const int64_t tail = b.num_uses * 4;  // bias, then act_min, act_max, after the weights
     for (int s = 0; s < slots; ++s) {
       vbroadcastss(vec(0), ptr[w + static_cast<int32_t>(tail + 4 * s)]);
@@ -101,18 +155,6 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
           else vminps(acc(s, v), vec(0), acc(s, v));
         }
     }
-    for (int s = 0; s < slots; ++s) {
-      const int64_t row = static_cast<int64_t>(b.out_channel[s]) * lay.out_plane * 4;
-      for (int v = 0; v < V; ++v)
-        vmovups(ptr[out + static_cast<int32_t>(row + v * vec_bytes)], acc(s, v));
-    }
-    add(in, V * vec_bytes);
-    add(out, V * vec_bytes);
-    dec(tiles);
-    jnz(loop, T_NEAR);
-    L(done);
-    vzeroupper();
-    ret();
   }
 };
 
@@ -126,7 +168,7 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
   // Upper bound on the code: every instruction is at most 15 bytes.
   size_t instructions = 0;
   for (const JitBlock& b : layout.blocks)
-    instructions += 32 + b.out_channel.size() * layout.vectors * 2 +
+    instructions += 32 + b.segment_begin.size() * (24 + b.out_channel.size() * layout.vectors * 2) +
                     b.column_offset.size() * layout.vectors +
                     b.weights.size() * (layout.vectors + 2) +
                     b.out_channel.size() * (3 * layout.vectors + 1) + 2;

@@ -123,6 +123,12 @@ struct PatternTuning {
   int jit_filters = 0;     // generated: filters per register tile (M)
   int jit_vectors = 0;     // generated: vectors of positions per tile (V)
   bool jit_reorder = true; // generated: block filters by shared columns
+  // generated: FMAs per code segment (0: kJitSegmentUses, < 0: a block's
+  // code in one piece); see jit_pattern.h
+  int jit_segment = 0;
+  // generated: output positions per call of a block's code (0: about
+  // kJitTaskPositions, fewer when the threads need more tasks)
+  int jit_task_positions = 0;
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the

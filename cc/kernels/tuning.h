@@ -3,8 +3,9 @@
 // layer signature and machine (cocopie-tf tune-kernels fills it ahead of time).
 //
 // Cache file: UTF-8 text, one entry per line, tab-separated:
-//   v2 <key> <chunk_channels> <tile_vectors> <jit> <jit_filters> <jit_vectors> <best_ms>
-// (v1 lines, without the generator's knobs, are still read: static kernels).
+//   v3 <key> <chunk_channels> <tile_vectors> <jit> <jit_filters> <jit_vectors> <jit_segment> <best_ms>
+// (v2 lines, without jit_segment, and v1 lines, without the generator's
+// knobs, are still read).
 // Unknown or malformed lines are ignored (never trusted), and the file is
 // rewritten atomically (temporary file + rename) when entries are added.
 #ifndef COCOPIE_CC_KERNELS_TUNING_H_

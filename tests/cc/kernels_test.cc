@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <thread>
 #include <vector>
@@ -372,6 +373,66 @@ TEST_CASE(GeneratedPatternConvMatchesReference) {
     }
 }
 
+// Code segments (jit_pattern.h): every cut of a block's columns, down to one
+// use per segment, gives the reference's result, and bit for bit the result
+// of the uncut block (same products in the same order; the partial sums only
+// pass through memory).
+TEST_CASE(GeneratedSegmentsMatchWholeBlocks) {
+  if (!JitCompiled()) return;
+  std::string err;
+  const KernelSet* set = SelectKernelSet("auto", &err);
+  std::mt19937 rng(13);
+  for (const PatternCase& c : kPatternCases)
+    for (bool shared : {false, true}) {
+      const PatternProblem prob = MakeProblem(c, shared, &rng);
+      PatternPlan plan;
+      CHECK(BuildPatternPlan(prob.w.data(), prob.s.out_c, c.k, c.k, prob.s.in_c, prob.b.data(), 4,
+                             &plan).empty());
+      for (JitIsa isa : JitIsas())
+        for (int v : {1, 2}) {
+          ThreadPool pool(2);
+          std::vector<float> whole(prob.ref.size()), out(prob.ref.size());
+          int64_t whole_segments = 0;
+          for (int segment : {-1, 1, 5, 64, 0}) {
+            PatternScratch scratch;
+            PatternTuning t;
+            t.jit = isa; t.jit_vectors = v; t.jit_segment = segment;
+            CHECK(PreparePatternConv(set, prob.s, plan, &scratch, t) ==
+                  std::string("jit_") + JitIsaName(isa));
+            const JitLayout& L = scratch.jit->layout();
+            int64_t max_uses = 0;  // uses of any segment but the longest column
+            for (const JitBlock& b : L.blocks) {
+              CHECK(!b.segment_begin.empty() && b.segment_begin[0] == 0);
+              for (size_t g = 0; g + 1 < b.segment_begin.size(); ++g) {
+                int64_t n = 0;
+                for (int32_t col = b.segment_begin[g]; col < b.segment_begin[g + 1]; ++col)
+                  n += b.column_uses[col];
+                max_uses = std::max(max_uses, n);
+                CHECK(b.segment_begin[g] < b.segment_begin[g + 1]);
+              }
+            }
+            if (segment == -1) {
+              whole_segments = L.segments;
+              CHECK(L.segments == static_cast<int64_t>(L.blocks.size()));
+            }
+            if (segment == 1) {  // one column each (and one for a block without columns)
+              int64_t expect = 0;
+              for (const JitBlock& b : L.blocks)
+                expect += std::max<int64_t>(1, static_cast<int64_t>(b.column_offset.size()));
+              CHECK(L.segments == expect);
+            }
+            if (segment > 1) CHECK(max_uses <= segment + L.filters);
+            std::fill(out.begin(), out.end(), NAN);
+            RunPatternConv(set, prob.s, plan, &scratch, prob.in.data(), out.data(), &pool, t);
+            CHECK(RelError(out, prob.ref) <= 1e-5);
+            if (segment == -1) whole = out;
+            else CHECK(std::memcmp(out.data(), whole.data(), out.size() * sizeof(float)) == 0);
+          }
+          CHECK(whole_segments >= 1);
+        }
+    }
+}
+
 TEST_CASE(GeneratorRefusesBadInput) {
   // A damaged plan, bad knobs or a too-small buffer: BuildJitLayout names the
   // problem before any code exists; Run() refuses arguments outside the
@@ -389,7 +450,7 @@ TEST_CASE(GeneratorRefusesBadInput) {
       taps[q * kMaxTaps + t] = plan.pattern_taps[q][t] / 3 * wp + plan.pattern_taps[q][t] % 3;
   JitLayout layout;
   auto build = [&](const PatternPlan& p, JitIsa isa, int m, int v, int64_t in_size) {
-    return BuildJitLayout(p, taps.data(), plane, in_size, out_plane, isa, m, v, true, -INFINITY,
+    return BuildJitLayout(p, taps.data(), plane, in_size, out_plane, isa, m, v, true, 0, -INFINITY,
                           INFINITY, &layout);
   };
   CHECK(build(plan, JitIsa::kAvx512, 0, 0, in_floats).empty());
