@@ -216,6 +216,9 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache):
                 dense_macs=sum(e["dense_macs"] for e in report),
                 executed_macs=sum(e["executed_macs"] for e in report),
                 code_bytes=sum(e.get("code_bytes", 0) for e in report),
+                # what the tuner picked per generated node: M x V, code segments
+                jit_tiles=[f"{e['jit_filters']}x{e['jit_vectors']}/{e['jit_segments']}"
+                           for e in report if e.get("engine", "").startswith("jit_")],
                 generate_ms=sum(e.get("generate_ms", 0) for e in report))
 
 

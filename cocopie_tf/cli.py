@@ -171,47 +171,93 @@ def _inspect(args) -> int:
 
 
 def inspect_text(raw: bytes, label: str = "model") -> str:
-    """Per pattern-pruned convolution of a .tflite: patterns drawn as grids,
-    kernels kept, MAC reduction, FKW/CSR/dense bytes, metadata status."""
-    import numpy as np
+    """Every operator of a .tflite; per pattern-pruned convolution (3x3, 1x1,
+    depthwise) its patterns drawn as grids, kernels kept, MAC reduction,
+    FKW/CSR/dense bytes and whether its metadata record matches the weights;
+    per other convolution why it is not pattern-pruned."""
+    import collections
 
-    from cocopie_tf import _cc
     from cocopie_tf.converter import core as C
-    from cocopie_tf.converter.metadata import MetadataError
+    from cocopie_tf.converter import metadata as M
     from cocopie_tf.lite._model_check import verify_model_bytes
 
     verify_model_bytes(raw)
     try:
         meta, problem = C.read_metadata(raw), None
-    except MetadataError as e:
+    except M.MetadataError as e:
         meta, problem = None, str(e)
-    found, notes = C.pattern_records(raw)
-    status = ("invalid: " + problem) if problem else ("present, v1" if meta else "absent")
-    lines = [f"{label}: {len(raw):,} bytes; cocopie metadata {status}"]
-    by_op = {(r["subgraph"], r["op_index"]): r for r in (meta or {}).get("records", [])}
-    for r in found:
-        rec = by_op.get((r["subgraph"], r["op_index"]))
-        valid = rec is not None and rec["filter_crc32"] == r["filter_crc32"] and \
-            np.array_equal(rec["codes"], r["codes"])
-        kept, total = int((r["codes"] > 0).sum()), r["out_c"] * r["in_c"]
-        filt = C.filter_array(raw, r["subgraph"], r["filter_tensor"])
-        info = _cc.pattern_info(np.ascontiguousarray(filt))
-        red = filt.size / max(1, np.count_nonzero(filt))
-        lines.append(f"\nCONV_2D op {r['op_index']}: filter {r['out_c']}x{r['k_h']}x{r['k_w']}x"
-                     f"{r['in_c']}, {len(r['patterns'])} patterns, kernels kept {kept}/{total}, "
-                     f"MAC reduction {red:.2f}x, group {r['group']}")
-        lines.append(f"  bytes: FKW {info['fkw_bytes']:,}  CSR {info['csr_bytes']:,}  "
-                     f"dense {info['dense_bytes']:,};  metadata record: "
-                     f"{'valid' if valid else ('missing' if rec is None else 'does not match the weights')}")
-        grids = [_grid(m, r["k_h"], r["k_w"]) for m in r["patterns"]]
-        for row in range(r["k_h"]):
-            lines.append("  " + "  ".join(g[row] for g in grids))
-    lines += [f"\n{note}" for note in notes]
+    found, skipped = C.pattern_scan(raw)
+    records = (meta or {}).get("records", [])
+    meta_bytes = len(M.encode(records)) if records else 0
+    status = ("invalid: " + problem) if problem else (
+        f"present, v{meta['version']}, {len(records)} records, {meta_bytes:,} bytes "
+        f"({meta_bytes / len(raw):.2%} of the file)" if meta else "absent")
+    ops = C.operators(raw)
+    lines = [f"{label}: {len(raw):,} bytes, {len(ops)} operators; cocopie metadata {status}"]
+    by_op = {(r["subgraph"], r["op_index"]): r for r in records}
+    pruned = {(r["subgraph"], r["op_index"]): r for r in found}
+    why_not = {(k["subgraph"], k["op_index"]): k["reason"] for k in skipped}
+    others = collections.Counter()
+    for sg, op_index, name in ops:
+        r = pruned.get((sg, op_index))
+        if r is None:
+            if (sg, op_index) in why_not:
+                where = f"subgraph {sg} " if sg else ""
+                lines.append(f"{name} {where}op {op_index}: {why_not[(sg, op_index)]}")
+            else:
+                others[name] += 1
+            continue
+        lines.append(_pattern_op_text(raw, r, by_op.get((sg, op_index))))
+    if others:
+        lines.append("other operators (no pattern metadata for these kinds): " +
+                     ", ".join(f"{n} {k}" for k, n in sorted(others.items())))
     if found:
         lines.append("\nFKW: the delegate's compact weights (kept kernels grouped by pattern, "
                      "one input-channel index per kernel); CSR: the same weights with a column "
                      "index per weight, as a generic sparse format stores them.")
     return "\n".join(lines)
+
+
+def _pattern_op_text(raw: bytes, r: dict, rec: dict | None) -> str:
+    """The inspect lines of one pattern-pruned op ``r`` (from the weights) and
+    its metadata record ``rec`` (None if absent)."""
+    import numpy as np
+
+    from cocopie_tf import _cc
+    from cocopie_tf.converter import core as C
+    from cocopie_tf.converter import metadata as M
+
+    filt = C.filter_array(raw, r["subgraph"], r["filter_tensor"])
+    masks = M.kernel_masks(filt, r["op_kind"])
+    if rec is None:
+        verdict = "missing"
+    else:
+        # Valid as the delegate checks it: same weights and op, and every
+        # kernel's non-zeros inside the pattern the record gives it.
+        codes = rec["codes"] if rec["codes"] is not None else \
+            M.codes_from_weights(masks, rec["patterns"])
+        valid = rec["filter_crc32"] == r["filter_crc32"] and rec["op_kind"] == r["op_kind"] and \
+            codes is not None and codes.shape == masks.shape
+        if valid:
+            stated = np.asarray([0] + list(rec["patterns"]), np.int64)[codes]
+            valid = bool(np.all((masks & ~stated) == 0))
+        verdict = "valid" if valid else "does not match the weights"
+    depthwise = r["op_kind"] == M.OP_DEPTHWISE_CONV_2D
+    ohwi = filt[0].transpose(2, 0, 1)[..., None] if depthwise else filt
+    info = _cc.pattern_info(np.ascontiguousarray(ohwi))
+    kept, total = int((masks > 0).sum()), r["out_c"] * r["in_c"]
+    red = filt.size / max(1, np.count_nonzero(filt))
+    shape = "x".join(str(d) for d in filt.shape)
+    out = [f"\n{M.OP_KINDS[r['op_kind']]} op {r['op_index']}: filter {shape}, "
+           f"{len(r['patterns'])} patterns, kernels kept {kept}/{total}, "
+           f"MAC reduction {red:.2f}x, group {r['group']}",
+           f"  bytes: FKW {info['fkw_bytes']:,}  CSR {info['csr_bytes']:,}  "
+           f"dense {info['dense_bytes']:,};  metadata record: {verdict}"]
+    if r["k_h"] * r["k_w"] > 1:  # a 1x1 kernel's one pattern is "kept"
+        grids = [_grid(m, r["k_h"], r["k_w"]) for m in r["patterns"]]
+        for row in range(r["k_h"]):
+            out.append("  " + "  ".join(g[row] for g in grids))
+    return "\n".join(out)
 
 
 def _bench_or_tune(args) -> int:

@@ -7,7 +7,9 @@ namespace cocopie {
 namespace {
 
 constexpr size_t kHeaderSize = 16;  // magic, u16 version, u16 flags, u32 count, u32 crc
-constexpr size_t kRecordHeader = 36;
+constexpr size_t kRecordHeaderV1 = 36;
+constexpr size_t kRecordHeaderV2 = 40;  // + u16 op kind, u16 record flags
+constexpr uint16_t kCodesFromWeights = 1, kOwnOrder = 2;
 
 class Reader {
  public:
@@ -71,10 +73,11 @@ bool Parse(const uint8_t* data, size_t size, std::vector<PatternRecord>* records
   r.Get(&flags);
   r.Get(&count);
   r.Get(&crc);
-  if (version != 1) {
+  if (version != 1 && version != 2) {
     *error = "unsupported version " + std::to_string(version);
     return false;
   }
+  const size_t record_header = version == 1 ? kRecordHeaderV1 : kRecordHeaderV2;
   if (Crc32(data + kHeaderSize, size - kHeaderSize) != crc) {
     *error = "checksum mismatch";
     return false;
@@ -93,15 +96,34 @@ bool Parse(const uint8_t* data, size_t size, std::vector<PatternRecord>* records
       *error = where + "truncated";
       return false;
     }
+    uint16_t op = 0, rec_flags = 0;
+    if (version >= 2 && !(body.Get(&op) && body.Get(&rec_flags))) {
+      *error = where + "truncated";
+      return false;
+    }
+    if (op > 1) {
+      *error = where + "unknown op kind " + std::to_string(op);
+      return false;
+    }
+    if (rec_flags & ~(kCodesFromWeights | kOwnOrder)) {
+      *error = where + "unknown record flags";
+      return false;
+    }
+    rec.op = static_cast<RecordOp>(op);
     const uint32_t taps = uint32_t(rec.k_h) * rec.k_w;
     if (taps == 0 || taps > 32 || rec.out_c == 0 || rec.in_c == 0 || rec.group == 0 ||
         rec.out_c > (1u << 20) || rec.in_c > (1u << 20)) {
       *error = where + "bad geometry";
       return false;
     }
-    const uint64_t n_codes = uint64_t(rec.out_c) * rec.in_c;
-    const uint64_t need = kRecordHeader + 4ull * n_pat + n_codes + 4ull * rec.out_c + 4;
-    if (rec_size < need || !body.Has(rec_size - kRecordHeader)) {
+    if (rec.op == RecordOp::kDepthwiseConv2D && rec.in_c != 1) {
+      *error = where + "a depthwise record has in_c 1";
+      return false;
+    }
+    const uint64_t n_codes = (rec_flags & kCodesFromWeights) ? 0 : uint64_t(rec.out_c) * rec.in_c;
+    const uint64_t n_order = (rec_flags & kOwnOrder) ? 0 : rec.out_c;
+    const uint64_t need = record_header + 4ull * n_pat + n_codes + 4ull * n_order + 4;
+    if (rec_size < need || !body.Has(rec_size - record_header)) {
       *error = where + "size inconsistent with contents";
       return false;
     }
@@ -121,8 +143,8 @@ bool Parse(const uint8_t* data, size_t size, std::vector<PatternRecord>* records
         *error = where + "kernel code beyond the pattern list";
         return false;
       }
-    rec.reorder.resize(rec.out_c);
-    std::vector<bool> seen(rec.out_c, false);
+    rec.reorder.resize(n_order);
+    std::vector<bool> seen(n_order, false);
     for (auto& f : rec.reorder) {
       body.Get(&f);
       if (f >= rec.out_c || seen[f]) {
@@ -159,28 +181,50 @@ bool ParseMetadata(const uint8_t* data, size_t size, std::vector<PatternRecord>*
   return true;
 }
 
-std::string CheckRecordAgainstFilter(const PatternRecord& rec, const float* filter,
-                                     size_t filter_bytes, int out_c, int k_h, int k_w,
-                                     int in_c) {
+std::string CheckRecordAgainstFilter(const PatternRecord& rec, RecordOp op, const float* filter,
+                                     size_t filter_bytes, int out_c, int k_h, int k_w, int in_c,
+                                     std::vector<int>* kernel_pattern) {
+  if (rec.op != op)
+    return std::string("the record describes a ") + RecordOpName(rec.op) + ", the node is a " +
+           RecordOpName(op);
   if (int64_t(rec.out_c) != out_c || int64_t(rec.in_c) != in_c || rec.k_h != k_h ||
       rec.k_w != k_w)
     return "filter shape differs from the record";
   if (filter_bytes != size_t(out_c) * k_h * k_w * in_c * sizeof(float))
     return "filter size differs from the record";
   if (Crc32(filter, filter_bytes) != rec.filter_crc32) return "filter checksum differs";
+  const bool depthwise = op == RecordOp::kDepthwiseConv2D;
+  std::vector<int> ids(size_t(out_c) * in_c, -1);
+  std::vector<uint32_t> masks(ids.size(), 0);
   for (int o = 0; o < out_c; ++o)
-    for (int y = 0; y < k_h; ++y)
-      for (int x = 0; x < k_w; ++x) {
-        const float* w = filter + ((size_t(o) * k_h + y) * k_w + x) * in_c;
-        const uint32_t bit = 1u << (y * k_w + x);
-        for (int i = 0; i < in_c; ++i) {
-          if (w[i] == 0.f) continue;
-          const uint8_t code = rec.codes[size_t(o) * in_c + i];
-          if (code == 0 || !(rec.patterns[code - 1] & bit))
-            return "a non-zero weight lies outside its recorded pattern";
-        }
+    for (int t = 0; t < k_h * k_w; ++t)
+      for (int i = 0; i < in_c; ++i) {
+        // OHWI, or [1][k_h][k_w][C] for depthwise (in_c = 1).
+        const float w = depthwise ? filter[size_t(t) * out_c + o]
+                                  : filter[(size_t(o) * k_h * k_w + t) * in_c + i];
+        if (w != 0.f) masks[size_t(o) * in_c + i] |= 1u << t;
       }
+  if (rec.codes.empty()) {  // derived: the pattern equal to each kernel's mask
+    for (size_t k = 0; k < masks.size(); ++k) {
+      if (masks[k] == 0) continue;
+      const auto it = std::find(rec.patterns.begin(), rec.patterns.end(), masks[k]);
+      if (it == rec.patterns.end()) return "a kernel's non-zero weights match no recorded pattern";
+      ids[k] = static_cast<int>(it - rec.patterns.begin());
+    }
+  } else {
+    for (size_t k = 0; k < masks.size(); ++k) {
+      const uint8_t code = rec.codes[k];
+      if (masks[k] != 0 && (code == 0 || (masks[k] & ~rec.patterns[code - 1]) != 0))
+        return "a non-zero weight lies outside its recorded pattern";
+      ids[k] = int(code) - 1;
+    }
+  }
+  if (kernel_pattern != nullptr) *kernel_pattern = std::move(ids);
   return "";
+}
+
+const char* RecordOpName(RecordOp op) {
+  return op == RecordOp::kDepthwiseConv2D ? "DEPTHWISE_CONV_2D" : "CONV_2D";
 }
 
 }  // namespace cocopie

@@ -163,6 +163,20 @@ std::string CheckSupportedOnGpu(const TfLiteContext* ctx, const TfLiteNode* node
   return "";
 }
 
+namespace {
+
+// A record the node's kernel has no use for: still checked, so the report
+// tells a valid record from a stale one.
+std::string CheckedButUnused(const PatternRecord& record, RecordOp op, const TfLiteTensor& w,
+                             const OpPlan& plan, const char* why_unused) {
+  const int in_c = op == RecordOp::kDepthwiseConv2D ? 1 : plan.in_c;
+  const std::string why = CheckRecordAgainstFilter(record, op, w.data.f, w.bytes, plan.out_c,
+                                                   plan.k_h, plan.k_w, in_c);
+  return why.empty() ? std::string("valid, not used: ") + why_unused : "rejected: " + why;
+}
+
+}  // namespace
+
 OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* node,
                  const TfLiteRegistration* reg, const KernelSet* kernels, bool allow_pattern,
                  const PatternRecord* record) {
@@ -250,13 +264,14 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
         }
       } else if (plan.use_pattern && record != nullptr) {
         // The converter's record: verified against the weights, then its
-        // patterns, kernel map and reorder plan are used as they are.
-        std::string why = CheckRecordAgainstFilter(*record, w.data.f, w.bytes, plan.out_c,
-                                                   plan.k_h, plan.k_w, plan.in_c);
+        // patterns, kernel map and filter order (or the default order) are
+        // used as they are.
+        std::vector<int> ids;
+        std::string why = CheckRecordAgainstFilter(*record, RecordOp::kConv2D, w.data.f, w.bytes,
+                                                   plan.out_c, plan.k_h, plan.k_w, plan.in_c,
+                                                   &ids);
         if (why.empty()) {
-          std::vector<int> ids(record->codes.size()), order(record->reorder.begin(),
-                                                            record->reorder.end());
-          for (size_t k = 0; k < ids.size(); ++k) ids[k] = int(record->codes[k]) - 1;
+          const std::vector<int> order(record->reorder.begin(), record->reorder.end());
           why = BuildPatternPlanWith(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias,
                                      kMaxGroup, record->patterns, ids, order, &plan.pattern);
         }
@@ -268,8 +283,12 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
         plan.use_pattern = BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c,
                                             bias, kMaxGroup, &plan.pattern).empty();
       }
-      if (!plan.use_pattern)
+      if (!plan.use_pattern) {
         plan.conv = PackConv2D(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias);
+        if (record != nullptr && plan.metadata == "none")
+          plan.metadata = CheckedButUnused(*record, RecordOp::kConv2D, w, plan,
+                                           "this conv runs on the dense kernel");
+      }
     } else {
       const auto* p = static_cast<const TfLiteDepthwiseConvParams*>(node->builtin_data);
       plan.kind = OpKind::kDepthwiseConv2D;
@@ -280,6 +299,9 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
       plan.k_h = Dim(w, 1); plan.k_w = Dim(w, 2); plan.out_c = Dim(w, 3);
       plan.in_c = Dim(ctx->tensors[plan.input], 3);
       plan.depthwise = PackDepthwise(w.data.f, plan.out_c, plan.k_h, plan.k_w, bias);
+      if (record != nullptr)
+        plan.metadata = CheckedButUnused(*record, RecordOp::kDepthwiseConv2D, w, plan,
+                                         "depthwise convs run on the dense depthwise kernel");
     }
     plan.padding = padding == kTfLitePaddingSame ? Padding::kSame : Padding::kValid;
   }

@@ -3,6 +3,8 @@ the delegate; the file stays a stock TFLite model."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -48,7 +50,7 @@ def test_one_valid_record_per_pruned_conv(trained, name):
     model = models[name]
     tfl = cocopie_tf.convert(model)  # wrapped: stripped on the way
     meta = read_metadata(tfl)
-    assert meta is not None and meta["version"] == 1
+    assert meta is not None and meta["version"] == 2
     assert len(meta["records"]) == len(pruned_names(model))
     for r in meta["records"]:
         assert 1 <= len(r["patterns"]) <= 8
@@ -73,7 +75,11 @@ def test_record_that_disagrees_with_weights_is_ignored(trained):
     models, x = trained
     tfl = cocopie_tf.convert(models["functional"])
     records = read_metadata(tfl)["records"]
-    bad = dict(records[0])
+    assert all(r["codes"] is None and r["reorder"] is None for r in records)  # left to the weights
+    # Stored codes (v2 allows them) that put a kernel into another pattern.
+    from cocopie_tf.converter import pattern_records
+
+    bad = dict(pattern_records(tfl)[0][0], codes_from_weights=False)
     codes = bad["codes"].copy()
     k = int(np.flatnonzero(codes.ravel())[0])
     codes.ravel()[k] = 1 + (codes.ravel()[k] % len(bad["patterns"]))  # another pattern
@@ -158,7 +164,7 @@ def test_cli_convert_and_inspect(tmp_path, trained):
     assert p.returncode == 2 and "--force" in p.stderr
     p = subprocess.run(cli + ["inspect", str(dst)], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "cocopie metadata present, v1" in p.stdout
+    assert "cocopie metadata present, v2, 2 records" in p.stdout
     assert p.stdout.count("metadata record: valid") == 2
     assert "FKW" in p.stdout and "#" in p.stdout
 
@@ -251,3 +257,140 @@ def test_cli_inspect_on_corrupt_files_gives_one_line(tmp_path):
         if r["rc"] == 2:
             assert r["err"].count("\n") == 1 and r["err"].startswith("cocopie-tf inspect: "), r
     assert sum(r["rc"] == 2 for r in results) > 0
+
+
+def _encode_v1(records):
+    """A v1 payload (what converters before format v2 wrote), for the reader's
+    backward compatibility."""
+    import struct
+    import zlib
+
+    body = b""
+    for r in records:
+        payload = (struct.pack(f"<{len(r['patterns'])}I", *r["patterns"]) +
+                   np.asarray(r["codes"], np.uint8).tobytes() +
+                   np.asarray(r["reorder"], "<u4").tobytes() + struct.pack("<I", 0))
+        body += M._RECORD_V1.pack(M._RECORD_V1.size + len(payload), r["subgraph"], r["op_index"],
+                                  r["filter_tensor"], r["out_c"], r["in_c"], r["k_h"], r["k_w"],
+                                  len(r["patterns"]), r["group"], r["filter_crc32"]) + payload
+    return M._HEADER.pack(M.MAGIC, 1, 0, len(records), zlib.crc32(body)) + body
+
+
+def test_v1_payloads_are_still_read_and_used(trained):
+    from cocopie_tf import _cc
+    from cocopie_tf.converter import pattern_records
+
+    models, x = trained
+    tfl = cocopie_tf.convert(models["functional"])
+    records = pattern_records(tfl)[0]
+    for r in records:  # v1 stores the filter order too
+        filt = cocopie_tf.converter.core.filter_array(tfl, r["subgraph"], r["filter_tensor"])
+        r["reorder"] = _cc.pattern_info(np.ascontiguousarray(filt))["reorder"]
+    old = add_metadata(tfl, _encode_v1(records))
+    meta = read_metadata(old)
+    assert meta["version"] == 1 and all(r["codes"] is not None for r in meta["records"])
+    np.testing.assert_array_equal(meta["records"][0]["codes"], records[0]["codes"])
+    interp = lite.Interpreter(model_content=old, claim="all")
+    out = run_tflite(interp, [x[:2]])[0]
+    assert rel_error(out, reference_outputs(tfl, [x[:2]])[0]) <= 1e-5
+    assert sum(e["metadata"] == "used" for e in interp.delegate_report()) == len(records)
+
+
+def _depthwise_and_1x1_model():
+    """A MobileNet-style block: pattern-pruned depthwise 3x3 (4 of 9 taps, 4
+    masks) and a connectivity-pruned 1x1 conv (28% of its weights), plus a
+    dense 1x1 conv that must stay without a record."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((12, 12, 16), batch_size=1)
+    dw = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")
+    pw = keras.layers.Conv2D(24, 1)
+    dense = keras.layers.Conv2D(8, 1)
+    model = keras.Model(inp, dense(pw(dw(inp))))
+    rng = np.random.default_rng(5)
+    w = dw.get_weights()
+    masks = [[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]]
+    keep = np.zeros((3, 3, 16, 1), bool)
+    for c in range(16):
+        keep.reshape(9, 16)[masks[c % 4], c] = True
+    w[0] = np.where(keep, w[0], 0).astype(np.float32)
+    dw.set_weights(w)
+    w = pw.get_weights()
+    w[0] = np.where(rng.random(w[0].shape) < 0.28, w[0], 0).astype(np.float32)
+    pw.set_weights(w)
+    return model
+
+
+def test_depthwise_and_1x1_records_are_compact_and_checked(tmp_path):
+    """Format v2: records for the pruned depthwise and 1x1 convs, a few dozen
+    bytes each (codes and order derived from the weights); the delegate checks
+    them (the depthwise one is valid but runs on the dense depthwise kernel),
+    rejects a stale one, and the outputs equal stock LiteRT."""
+    from cocopie_tf.converter import core
+
+    tfl = cocopie_tf.convert(_depthwise_and_1x1_model())
+    meta = read_metadata(tfl)
+    kinds = sorted((r["op_kind"], r["k_h"], r["out_c"], r["in_c"]) for r in meta["records"])
+    assert kinds == [(M.OP_CONV_2D, 1, 24, 16), (M.OP_DEPTHWISE_CONV_2D, 3, 16, 1)]
+    by_kind = {r["op_kind"]: r for r in meta["records"]}
+    assert sorted(by_kind[M.OP_DEPTHWISE_CONV_2D]["patterns"]) == sorted(
+        sum(1 << t for t in m) for m in [[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]])
+    assert by_kind[M.OP_CONV_2D]["patterns"] == [1]
+    # Compact: header + P masks + tuning length, no codes or order.
+    payload = M.encode(meta["records"])
+    assert len(payload) == 16 + sum(40 + 4 * len(r["patterns"]) + 4 for r in meta["records"])
+    # The metadata's cost in the file: the same flatbuffer without the entry.
+    from test_examples import _without_cocopie_metadata
+
+    assert len(tfl) - len(_without_cocopie_metadata(core, tfl)) <= len(payload) + 64
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 12, 12, 16)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    interp = lite.Interpreter(model_content=tfl, claim="all")
+    assert rel_error(run_tflite(interp, [x])[0], ref) <= 1e-5
+    status = {e["op"]: e["metadata"] for e in interp.delegate_report()
+              if e["node_index"] in {r["op_index"] for r in meta["records"]}}
+    assert status["DEPTHWISE_CONV_2D"] == \
+        "valid, not used: depthwise convs run on the dense depthwise kernel"
+    assert status["CONV_2D"] in ("used", "valid, not used: this conv runs on the dense kernel")
+    # A record that no longer matches (another op's filter CRC) is rejected.
+    stale = [dict(r, filter_crc32=r["filter_crc32"] ^ 1) if r["op_kind"] else r
+             for r in meta["records"]]
+    interp = lite.Interpreter(model_content=add_metadata(tfl, M.encode(stale)), claim="all")
+    assert rel_error(run_tflite(interp, [x])[0], ref) <= 1e-5
+    assert [e["metadata"] for e in interp.delegate_report() if e["op"] == "DEPTHWISE_CONV_2D"] == \
+        ["rejected: filter checksum differs"]
+    # A depthwise record given to the conv node: the op kinds differ.
+    swapped = [dict(r, op_index=by_kind[M.OP_CONV_2D]["op_index"],
+                    filter_tensor=by_kind[M.OP_CONV_2D]["filter_tensor"]) for r in meta["records"]
+               if r["op_kind"] == M.OP_DEPTHWISE_CONV_2D]
+    interp = lite.Interpreter(model_content=add_metadata(tfl, M.encode(swapped)), claim="all")
+    assert rel_error(run_tflite(interp, [x])[0], ref) <= 1e-5
+    conv_status = [e["metadata"] for e in interp.delegate_report()
+                   if e["node_index"] == by_kind[M.OP_CONV_2D]["op_index"]]
+    assert conv_status == ["rejected: the record describes a DEPTHWISE_CONV_2D, the node is a "
+                           "CONV_2D"]
+
+    # inspect lists every op: the two records, the dense 1x1 conv and why.
+    from cocopie_tf.cli import inspect_text
+
+    text = inspect_text(tfl, "block.tflite")
+    assert "cocopie metadata present, v2, 2 records" in text
+    assert re.search(r"DEPTHWISE_CONV_2D op \d+: filter 1x3x3x16, 4 patterns, kernels kept 16/16",
+                     text), text
+    assert re.search(r"\nCONV_2D op \d+: filter 24x1x1x16, 1 patterns", text), text
+    assert text.count("metadata record: valid") == 2
+    assert re.search(r"CONV_2D op \d+: not pattern-pruned \(100% non-zero", text), text
+
+
+def test_encode_refuses_what_the_format_cannot_hold():
+    base = dict(subgraph=0, op_index=0, filter_tensor=1, out_c=2, in_c=1, k_h=3, k_w=3,
+                filter_crc32=0, patterns=[3])
+    with pytest.raises(M.MetadataError, match="op kind"):
+        M.encode([dict(base, op_kind=7, codes_from_weights=True)])
+    with pytest.raises(M.MetadataError, match="codes size"):
+        M.encode([dict(base, codes=[1])])
+    with pytest.raises(M.MetadataError, match="reorder size"):
+        M.encode([dict(base, codes_from_weights=True, reorder=[0])])
+    with pytest.raises(M.MetadataError, match="patterns"):
+        M.encode([dict(base, patterns=list(range(1, 300)), codes_from_weights=True)])
+    ok = M.decode(M.encode([dict(base, codes_from_weights=True)]))["records"][0]
+    assert ok["codes"] is None and ok["reorder"] is None and ok["op_kind"] == M.OP_CONV_2D

@@ -52,16 +52,19 @@ def test_new_user_script_reports_pruning_claims_and_speed(tmp_path):
         assert "0 nodes claimed: both runs execute the same kernels" in out
     assert "All log messages before absl::InitializeLog" not in proc.stderr
 
-    # The pattern metadata adds at most 2% to pruned ResNet-50's file: compare
-    # with the same flatbuffer repacked without the cocopie entry.  (Not yet
-    # for MobileNetV2 with pruned 1x1 convs: one code byte per 1x1 kernel, i.e.
-    # per weight, adds about 16%; see the notes of issue 13.)
+    # The pattern metadata adds at most 2% to pruned ResNet-50's file, and
+    # (format v2: codes derived from the weights) almost nothing to
+    # MobileNetV2's, whose pruned 1x1 and depthwise convs all have records:
+    # compare with the same flatbuffer repacked without the cocopie entry.
     from cocopie_tf.converter import core
 
-    content = (tmp_path / "resnet50_32.tflite").read_bytes()
-    without = _without_cocopie_metadata(core, content)
-    assert core.read_metadata(content) is not None and len(content) > len(without)
-    assert len(content) <= 1.02 * len(without), (len(content), len(without))
+    for name, records in (("resnet50", 16), ("mobilenetv2", 51)):
+        content = (tmp_path / f"{name}_32.tflite").read_bytes()
+        without = _without_cocopie_metadata(core, content)
+        meta = core.read_metadata(content)
+        assert meta is not None and len(content) > len(without)
+        assert len(meta["records"]) >= records, (name, len(meta["records"]))
+        assert len(content) <= 1.002 * len(without), (name, len(content), len(without))
 
 
 def test_new_user_script_keeps_existing_files(tmp_path):

@@ -83,13 +83,18 @@ std::string BuildPatternPlan(const float* filter_ohwi, int out_c, int k_h,
 
 // The same from a given structure (e.g. the converter's metadata): the
 // pattern masks, each kernel's pattern id ([out_c][in_c], -1 = removed) and
-// the filter order.  Kernels whose weights are a subset of their pattern are
-// fine (the missing taps multiply zeros).
+// the filter order (empty: DefaultFilterOrder).  Kernels whose weights are
+// a subset of their pattern are fine (the missing taps multiply zeros).
 std::string BuildPatternPlanWith(const float* filter_ohwi, int out_c, int k_h, int k_w,
                                  int in_c, const float* bias, int group,
                                  const std::vector<uint32_t>& patterns,
                                  const std::vector<int>& kernel_pattern,
                                  const std::vector<int>& order, PatternPlan* plan);
+
+// The filter order BuildPatternPlan uses, from each kernel's pattern id
+// ([out_c][in_c], -1 = removed): identical kernel lists adjacent, heavier
+// filters first.  kernel_pattern must hold out_c * in_c ids.
+std::vector<int> DefaultFilterOrder(const std::vector<int>& kernel_pattern, int out_c, int in_c);
 
 // The CPU execution layout of a plan, derived from it for one geometry:
 // input channels are cut into chunks small enough that a chunk's input rows

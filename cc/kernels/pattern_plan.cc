@@ -64,10 +64,12 @@ std::string BuildPatternPlanWith(const float* filter, int out_c, int k_h, int k_
                                  const float* bias, int group,
                                  const std::vector<uint32_t>& patterns,
                                  const std::vector<int>& kernel_pattern,
-                                 const std::vector<int>& order, PatternPlan* plan) {
+                                 const std::vector<int>& given_order, PatternPlan* plan) {
   if (k_h * k_w > 32) return "kernel larger than 32 positions";
   if (out_c <= 0 || in_c <= 0 || k_h <= 0 || k_w <= 0) return "empty filter";
   if (kernel_pattern.size() != static_cast<size_t>(out_c) * in_c) return "kernel map size mismatch";
+  const std::vector<int> order =
+      given_order.empty() ? DefaultFilterOrder(kernel_pattern, out_c, in_c) : given_order;
   if (order.size() != static_cast<size_t>(out_c)) return "filter order size mismatch";
   group = std::max(1, std::min(group, kMaxGroup));
   PatternPlan p;
@@ -190,6 +192,27 @@ void BuildPatternExec(const PatternPlan& p, int chunk_channels, int64_t channel_
   *exec = std::move(e);
 }
 
+std::vector<int> DefaultFilterOrder(const std::vector<int>& kernel_pattern, int out_c, int in_c) {
+  // Filter kernel reorder: filters with identical kernel lists are adjacent
+  // (they can share input loads); otherwise heavier filters first so threads
+  // that take units in order finish together.
+  std::vector<std::vector<std::pair<int, int>>> lists(out_c);
+  for (int o = 0; o < out_c; ++o) {
+    for (int i = 0; i < in_c; ++i) {
+      const int q = kernel_pattern[static_cast<size_t>(o) * in_c + i];
+      if (q >= 0) lists[o].push_back({q, i});
+    }
+    std::sort(lists[o].begin(), lists[o].end());
+  }
+  std::vector<int> order(out_c);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    if (lists[a].size() != lists[b].size()) return lists[a].size() > lists[b].size();
+    return lists[a] < lists[b];
+  });
+  return order;
+}
+
 std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, int in_c,
                              const float* bias, int group, PatternPlan* plan) {
   if (k_h * k_w > 32) return "kernel larger than 32 positions";
@@ -212,23 +235,7 @@ std::string BuildPatternPlan(const float* filter, int out_c, int k_h, int k_w, i
   std::vector<int> kernel_pattern(masks.size());
   for (size_t k = 0; k < masks.size(); ++k) kernel_pattern[k] = masks[k] ? pid[masks[k]] : -1;
 
-  // Filter kernel reorder: filters with identical kernel lists are adjacent
-  // (they can share input loads); otherwise heavier filters first so threads
-  // that take units in order finish together.
-  std::vector<std::vector<std::pair<int, int>>> lists(out_c);
-  for (int o = 0; o < out_c; ++o) {
-    for (int i = 0; i < in_c; ++i) {
-      const int q = kernel_pattern[static_cast<size_t>(o) * in_c + i];
-      if (q >= 0) lists[o].push_back({q, i});
-    }
-    std::sort(lists[o].begin(), lists[o].end());
-  }
-  std::vector<int> order(out_c);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
-    if (lists[a].size() != lists[b].size()) return lists[a].size() > lists[b].size();
-    return lists[a] < lists[b];
-  });
+  const std::vector<int> order = DefaultFilterOrder(kernel_pattern, out_c, in_c);
   return BuildPatternPlanWith(filter, out_c, k_h, k_w, in_c, bias, group, patterns,
                               kernel_pattern, order, plan);
 }

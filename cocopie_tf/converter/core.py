@@ -2,9 +2,9 @@
 
 The converted file stays a stock TFLite model (stock ops, dense float32
 filters with exact zeros) that runs anywhere; the ``cocopie`` metadata entry
-tells the delegate, per pruned convolution, the pattern library, every
-kernel's pattern (or its removal), the filter kernel reorder plan, and a CRC32
-that ties the record to the filter bytes.
+tells the delegate, per pruned convolution (3x3, 1x1, depthwise), the pattern
+library and a CRC32 that ties the record to the filter bytes; each kernel's
+pattern (or its removal) follows from the weights (format v2, docs/metadata.md).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from cocopie_tf._files import check_destination, pid_alive, write_file
 from cocopie_tf.converter import metadata as M
 
 _CONV_2D = 3
+_DEPTHWISE_CONV_2D = 4
+_PRUNABLE = {_CONV_2D: M.OP_CONV_2D, _DEPTHWISE_CONV_2D: M.OP_DEPTHWISE_CONV_2D}
 _FLOAT32 = 0  # schema TensorType.FLOAT32
 
 
@@ -61,13 +63,27 @@ def filter_array(tflite_bytes: bytes, subgraph: int, tensor_index: int) -> np.nd
 
 def pattern_records(tflite_bytes: bytes,
                     max_patterns: int | None = None) -> tuple[list[dict], list[str]]:
-    """Finds the pattern-pruned CONV_2D filters of a .tflite model.
+    """Finds the pattern-pruned CONV_2D and DEPTHWISE_CONV_2D filters of a
+    .tflite model (1x1 convs included: connectivity pruning is their pattern).
 
-    Returns (records for the metadata, notes on convolutions left out and why).
+    Returns (records for the metadata, notes on convolutions left out and why);
+    :func:`pattern_scan` gives the same with the reasons per operator."""
+    records, skipped = pattern_scan(tflite_bytes, max_patterns)
+    return records, [f"{M.OP_KINDS[k['op_kind']]} op {k['op_index']} (filter tensor "
+                     f"{k['filter_tensor']}): {k['reason']}" for k in skipped]
+
+
+def pattern_scan(tflite_bytes: bytes,
+                 max_patterns: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(records, skipped): the metadata records of the pattern-pruned
+    convolutions, and per other convolution a dict with subgraph, op_index,
+    op_kind, filter_tensor and the reason it is not pattern-pruned.
     A filter counts as pattern-pruned within the delegate's limits
     (``_cc.pattern_limits()``, the one definition): at most ``max_density`` of
     its weights non-zero and at most ``max_patterns`` (or the smaller given
     ``max_patterns``) distinct kernel masks of at most ``max_taps`` positions.
+    Records leave the kernel codes and filter order to the reader (format v2):
+    both follow from the weights, so a record costs a few dozen bytes.
     """
     from cocopie_tf import _cc
 
@@ -77,45 +93,61 @@ def pattern_records(tflite_bytes: bytes,
 
     schema = _schema()
     model_t = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
-    records, notes = [], []
+    records, skipped = [], []
     for sg_index, sg in enumerate(model_t.subgraphs):
         for op_index, op in enumerate(sg.operators):
-            if _opcode(model_t, op.opcodeIndex) != _CONV_2D:
+            opcode = _opcode(model_t, op.opcodeIndex)
+            if opcode not in _PRUNABLE:
                 continue
+            op_kind = _PRUNABLE[opcode]
             tensor_index = int(op.inputs[1])
             tensor = sg.tensors[tensor_index]
             data = _buffer_bytes(model_t, tensor.buffer, tflite_bytes)
-            where = f"op {op_index} (filter tensor {tensor_index})"
-            if tensor.type != _FLOAT32 or data is None:
-                notes.append(f"{where}: filter is not a constant float32 tensor")
-                continue
+
+            def skip(reason):
+                skipped.append(dict(subgraph=sg_index, op_index=op_index, op_kind=op_kind,
+                                    filter_tensor=tensor_index, reason=reason))
+
             shape = tuple(int(d) for d in tensor.shape)
-            filt = np.frombuffer(data, "<f4").reshape(shape)  # OHWI
-            out_c, k_h, k_w, in_c = shape
-            if k_h * k_w > limits["max_taps"]:
-                notes.append(f"{where}: kernel larger than {limits['max_taps']} positions")
+            if tensor.type != _FLOAT32 or data is None or len(shape) != 4:
+                skip("filter is not a constant 4-D float32 tensor")
                 continue
-            nz = filt != 0
-            density = nz.mean()
-            masks = (nz.transpose(0, 3, 1, 2).reshape(out_c, in_c, -1).astype(np.int64)
-                     << np.arange(k_h * k_w)).sum(-1)
+            filt = np.frombuffer(data, "<f4").reshape(shape)
+            if op_kind == M.OP_DEPTHWISE_CONV_2D:
+                _, k_h, k_w, out_c = shape  # [1, k_h, k_w, channels]: one kernel per channel
+                in_c = 1
+            else:
+                out_c, k_h, k_w, in_c = shape  # OHWI
+            if k_h * k_w > limits["max_taps"]:
+                skip(f"kernel larger than {limits['max_taps']} positions")
+                continue
+            density = float(np.count_nonzero(filt)) / filt.size
+            masks = M.kernel_masks(filt, op_kind)
             kept = masks[masks != 0]
             values, counts = np.unique(kept, return_counts=True)
-            if density > limits["max_density"] or len(values) > min(cap, M.MAX_PATTERNS):
-                notes.append(f"{where}: not pattern-pruned ({density:.0%} non-zero, "
-                             f"{len(values)} distinct kernel masks)")
+            if density > limits["max_density"] or len(values) > min(cap, M.MAX_PATTERNS) or \
+                    not len(values):
+                skip(f"not pattern-pruned ({density:.0%} non-zero, "
+                     f"{len(values)} distinct kernel masks)")
                 continue
-            library = values[np.argsort(-counts, kind="stable")]
-            code_of = {int(m): i + 1 for i, m in enumerate(library)}
-            codes = np.vectorize(lambda m: code_of.get(int(m), 0), otypes=[np.uint8])(masks)
-            info = _cc.pattern_info(np.ascontiguousarray(filt))
+            library = [int(m) for m in values[np.argsort(-counts, kind="stable")]]
             records.append(dict(subgraph=sg_index, op_index=op_index, filter_tensor=tensor_index,
-                                out_c=out_c, in_c=in_c, k_h=k_h, k_w=k_w,
+                                op_kind=op_kind, out_c=out_c, in_c=in_c, k_h=k_h, k_w=k_w,
                                 group=int(max(1, _group_size(masks))),
-                                filter_crc32=M.filter_crc(data),
-                                patterns=[int(m) for m in library], codes=codes,
-                                reorder=info["reorder"], tuning=b""))
-    return records, notes
+                                filter_crc32=M.filter_crc(data), patterns=library,
+                                codes=M.codes_from_weights(masks, library),
+                                codes_from_weights=True, reorder=None, tuning=b""))
+    return records, skipped
+
+
+def operators(tflite_bytes: bytes) -> list[tuple[int, int, str]]:
+    """(subgraph, op index, builtin op name) of every operator of the model."""
+    schema = _schema()
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model_t = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
+    return [(sg_index, op_index, names.get(_opcode(model_t, op.opcodeIndex), "CUSTOM"))
+            for sg_index, sg in enumerate(model_t.subgraphs)
+            for op_index, op in enumerate(sg.operators)]
 
 
 def _group_size(masks: np.ndarray) -> int:
