@@ -20,7 +20,7 @@ NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
 EXPECTED_TEXT = {
     "01_delegate_quickstart.ipynb": ["relative error vs stock LiteRT", "relative error vs Keras",
                                      "f32_conv2d_pattern", "unknown option 'num_thread'"],
-    "02_pattern_pruning.ipynb": ["relative error vs stock LiteRT", "cocopie metadata v1",
+    "02_pattern_pruning.ipynb": ["relative error vs stock LiteRT", "cocopie metadata v2",
                                  "test accuracy of pruned.tflite with the delegate",
                                  "metadata used"],
     "03_super_resolution.ipynb": ["relative error vs stock LiteRT", "bicubic PSNR dB",

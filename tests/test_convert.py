@@ -75,7 +75,13 @@ def test_record_that_disagrees_with_weights_is_ignored(trained):
     models, x = trained
     tfl = cocopie_tf.convert(models["functional"])
     records = read_metadata(tfl)["records"]
-    assert all(r["codes"] is None and r["reorder"] is None for r in records)  # left to the weights
+    # Left to the weights in the file; read_metadata derives the codes.
+    assert all(r["codes_from_weights"] and r["reorder"] is None for r in records)
+    assert M.decode(M.encode(records))["records"][0]["codes"] is None  # not in the file
+    from cocopie_tf.converter import pattern_records as _pr
+
+    for mine, theirs in zip(records, _pr(tfl)[0]):
+        np.testing.assert_array_equal(mine["codes"], theirs["codes"])
     # Stored codes (v2 allows them) that put a kernel into another pattern.
     from cocopie_tf.converter import pattern_records
 

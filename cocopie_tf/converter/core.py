@@ -140,6 +140,21 @@ def pattern_scan(tflite_bytes: bytes,
     return records, skipped
 
 
+def _with_derived_codes(meta: dict, raw: bytes) -> dict:
+    for r in meta["records"]:
+        if r["codes"] is not None:
+            continue
+        try:
+            filt = filter_array(raw, r["subgraph"], r["filter_tensor"])
+        except (ValueError, IndexError, TypeError):
+            continue  # no such constant filter: the record matches nothing
+        want = (1, r["k_h"], r["k_w"], r["out_c"]) if r["op_kind"] == M.OP_DEPTHWISE_CONV_2D \
+            else (r["out_c"], r["k_h"], r["k_w"], r["in_c"])
+        if filt.shape == want:
+            r["codes"] = M.codes_from_weights(M.kernel_masks(filt, r["op_kind"]), r["patterns"])
+    return meta
+
+
 def operators(tflite_bytes: bytes) -> list[tuple[int, int, str]]:
     """(subgraph, op index, builtin op name) of every operator of the model."""
     schema = _schema()
@@ -183,7 +198,12 @@ def add_metadata(tflite_bytes: bytes, payload: bytes, name: str = M.NAME) -> byt
 
 def read_metadata(path_or_bytes) -> dict | None:
     """The decoded ``cocopie`` metadata of a .tflite file or bytes; None if the
-    model has none. Raises ValueError if the model or the record is malformed."""
+    model has none. Raises ValueError if the model or the record is malformed.
+
+    Records that leave the kernel codes to the weights (format v2,
+    ``codes_from_weights``) get them derived here, as the delegate derives
+    them; ``codes`` stays None where the filter's masks do not fit the
+    record's patterns (a record the delegate would reject)."""
     raw = (pathlib.Path(path_or_bytes).read_bytes()
            if isinstance(path_or_bytes, (str, os.PathLike)) else bytes(path_or_bytes))
     from cocopie_tf.lite._model_check import verify_model_bytes
@@ -206,7 +226,7 @@ def read_metadata(path_or_bytes) -> dict | None:
                     if not (1 < off and off + size <= len(raw)):
                         raise M.MetadataError("metadata buffer points outside the file")
                     payload = raw[off:off + size]
-                return M.decode(payload)
+                return _with_derived_codes(M.decode(payload), raw)
     except M.MetadataError:
         raise
     except Exception as e:  # the flatbuffer accessors raise many kinds on garbage
