@@ -233,9 +233,9 @@ def _pattern_op_text(raw: bytes, r: dict, rec: dict | None) -> str:
         verdict = "missing"
     else:
         # Valid as the delegate checks it: same weights and op, and every
-        # kernel's non-zeros inside the pattern the record gives it.
-        codes = rec["codes"] if rec["codes"] is not None else \
-            M.codes_from_weights(masks, rec["patterns"])
+        # kernel's non-zeros inside the pattern the record gives it
+        # (read_metadata derived the codes a v2 record leaves to the weights).
+        codes = rec["codes"]
         valid = rec["filter_crc32"] == r["filter_crc32"] and rec["op_kind"] == r["op_kind"] and \
             codes is not None and codes.shape == masks.shape
         if valid:
