@@ -249,21 +249,28 @@ constexpr int kMinTasks = 8;
 // Below this many register tiles per image the generated code runs about
 // once per inference, so fetching it from L3 costs more than the FMAs it
 // saves (VGG-16 CIFAR: 4x4 and 2x2 maps ran 1.3-1.5x slower generated than
-// static, 8x8 1.45x faster; docs/engine.md).  kAuto only: an explicit ISA
+// static, 8x8 1.45x faster; ResNet-50's 7x7 layers, 4 tiles, 2.2x slower
+// generated on AMD Zen 5; docs/engine.md).  kAuto only: an explicit ISA
 // always generates.
-constexpr int64_t kMinJitTiles = 4;
+constexpr int64_t kMinJitTiles = 5;
 // Positions per call of a generated block: each code segment is fetched once
 // per call and reused for every tile of it, so calls are long (56x56x128 ran
 // 1.27x and 28x28x256 1.69x faster with whole-map calls than with one row
 // per call, Sapphire Rapids, docs/engine.md), as long as the threads still get
 // kJitTasksPerThread tasks each to balance.
 constexpr int64_t kJitTaskPositions = 1024;
+// ... but a segment reads its rows of every input plane it touches for each
+// tile of the call, and a 1x1 conv's segment touches ~200 planes: keep those
+// rows within this many bytes, so they stay in L2 across the segment (a
+// 56x56 1x1 256->64 layer ran 1.35x faster with 128 positions per call than
+// with 1024, AMD Zen 5, docs/engine.md section 15).
+constexpr int64_t kJitCallInputBytes = 128 << 10;
 constexpr int kJitTasksPerThread = 4;
 
 }  // namespace
 
 double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t dense_macs,
-                                 int64_t edge_elements) {
+                                 int64_t edge_elements, bool one_by_one) {
   // Executed-MAC efficiency of the pattern kernel relative to XNNPACK's dense
   // convolution (56x56x128->128, 8 patterns, 1 thread; bench/bench_ablation.py
   // and bench/bench_engine.py).  Static kernels (AVX2): about 0.28 when every
@@ -273,6 +280,11 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   double efficiency = st.max_group >= 4 ? 0.38 : st.max_group >= 2 ? 0.32 : 0.28;
   if (jit == JitIsa::kAvx512) efficiency = 0.60;
   if (jit == JitIsa::kAvx2) efficiency = 0.40;
+  // A 1x1 conv is a GEMM, XNNPACK's best kernel: in ResNet-50's residual
+  // blocks (AMD Zen 5, AVX-512, planar layout, no transposes) generated 1x1
+  // code ran 25-40 GMAC/s per executed MAC against XNNPACK's ~115 dense, so
+  // 3.6x connectivity-pruned 1x1 convs only tied (docs/engine.md section 15).
+  if (one_by_one) efficiency = std::min(efficiency, 0.28);
   const double density = std::max(st.Density(), 1e-6);
   if (dense_macs <= 0) return efficiency / density;
   // The layout change (NHWC <-> padded CHW) at the node's edges, in
@@ -285,6 +297,15 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   const double ours = double(dense_macs) * density / efficiency +
                       kEdgeMacsPerElement * double(edge_elements);
   return double(dense_macs) / ours;
+}
+
+bool JitRunsOnMap(JitIsa isa, const ConvShape& s) {
+  if (isa != JitIsa::kAvx512 && isa != JitIsa::kAvx2) return false;
+  const int64_t tile = JitLanes(isa);  // V = 1, the default tile
+  const int64_t wp = s.out_w + int64_t(s.k_w - 1) * s.dil_w;
+  const int64_t block = (wp + tile - 1) / tile * tile;
+  const int64_t blocks = (int64_t(s.out_h) * wp + block - 1) / block;
+  return blocks * block / tile >= kMinJitTiles;
 }
 
 bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
@@ -507,6 +528,82 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
                     PatternScratch* scratch, const float* input, float* output,
                     ThreadPool* pool, const PatternTuning& tuning, bool input_packed,
                     const PatternNext* next) {
+  PatternIo io;
+  io.input_packed = input_packed;
+  io.next = next;
+  RunPatternConv(set, s, plan, scratch, input, output, pool, tuning, io);
+}
+
+namespace {
+
+// Where the output rows of a pattern conv go when they stay in planes: the
+// next conv's padded input, or a plain CHW tensor (no halo).
+struct PlaneDest {
+  float* base = nullptr;
+  int64_t plane = 0;
+  int wp = 0, hp = 0, pad_top = 0, pad_left = 0;
+};
+
+// dst[i] = src[i] for n floats; returns the OR of the bits of x - x (+0
+// unless some x is Inf or NaN), as the transposes do, so no extra pass.
+inline uint32_t CopyRowCheckFinite(const float* src, float* dst, int n) {
+  uint32_t bad = 0;
+  for (int i = 0; i < n; ++i) {
+    const float v = src[i];
+    const float d = v - v;
+    uint32_t bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    bad |= bits;
+    dst[i] = v;
+  }
+  return bad;
+}
+
+}  // namespace
+
+bool NhwcToPlanar(const KernelSet* set, int h, int w, int c, const float* nhwc, float* chw,
+                  ThreadPool* pool) {
+  std::atomic<bool> bad{false};
+  const int64_t plane = static_cast<int64_t>(h) * w;
+  ParallelFor(pool, h, 4, [&](int64_t y0, int64_t y1) {
+    bool b = false;
+    for (int64_t y = y0; y < y1; ++y)
+      b |= set->transpose(nhwc + y * w * c, c, chw + y * w, plane, w, c);
+    if (b) bad.store(true, std::memory_order_relaxed);
+  });
+  return bad.load();
+}
+
+bool PlanarToNhwc(const KernelSet* set, int h, int w, int c, const float* chw, float* nhwc,
+                  ThreadPool* pool) {
+  std::atomic<bool> bad{false};
+  const int64_t plane = static_cast<int64_t>(h) * w;
+  ParallelFor(pool, h, 4, [&](int64_t y0, int64_t y1) {
+    bool b = false;
+    for (int64_t y = y0; y < y1; ++y)
+      b |= set->transpose(chw + y * w, plane, nhwc + y * w * c, c, c, w);
+    if (b) bad.store(true, std::memory_order_relaxed);
+  });
+  return bad.load();
+}
+
+void RunAdd(int64_t n, const float* a, const float* b, float lo, float hi, float* out,
+            ThreadPool* pool) {
+  constexpr int64_t kGrain = 1 << 14;  // floats per task: a few L1-sized chunks
+  const int64_t chunks = (n + kGrain - 1) / kGrain;
+  ParallelFor(pool, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t i1 = std::min(n, c1 * kGrain);
+    for (int64_t i = c0 * kGrain; i < i1; ++i) out[i] = std::min(std::max(a[i] + b[i], lo), hi);
+  });
+}
+
+void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                    PatternScratch* scratch, const float* input, float* output,
+                    ThreadPool* pool, const PatternTuning& tuning, const PatternIo& io) {
+  const bool input_packed = io.input_packed;
+  const PatternNext* next = io.next;
+  if ((io.planar_input != nullptr || io.planar_output != nullptr) && s.batch != 1)
+    std::abort();  // planar tensors exist at batch 1 only: a driver bug
   PreparePatternConv(set, s, plan, scratch, tuning);
   const PatternGeometry g = scratch->geometry;
   const int wp = g.wp, hp = g.hp, block_len = g.block_len, num_blocks = g.num_blocks;
@@ -533,7 +630,11 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   int64_t blocks_per_task = 1;
   if (jit != nullptr) {
     const int64_t fb = jit->num_blocks();
-    const int64_t want = tuning.jit_task_positions > 0 ? tuning.jit_task_positions : kJitTaskPositions;
+    int64_t want = tuning.jit_task_positions;
+    if (want <= 0) {
+      const int64_t planes = std::max<int64_t>(1, jit->layout().max_segment_planes);
+      want = std::min(kJitTaskPositions, kJitCallInputBytes / (planes * int64_t(sizeof(float))));
+    }
     blocks_per_task = std::max<int64_t>(1, std::min<int64_t>(num_blocks, want / block_len));
     const int threads = pool ? pool->num_threads() : 1;
     if (tuning.jit_task_positions <= 0 && threads > 1)
@@ -561,7 +662,22 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
     // The transpose finds out as it moves the data; a chained input was
     // checked by the layer that wrote it.
     std::atomic<bool> non_finite{input_packed && scratch->input_non_finite};
-    if (!input_packed)
+    if (io.planar_input != nullptr) {
+      // Plain CHW planes -> the padded planes: contiguous row copies.
+      const int nx = std::min(s.in_w, wp - s.pad_left);
+      const int64_t in_plane = static_cast<int64_t>(s.in_h) * s.in_w;
+      ParallelFor(pool, s.in_c, 8, [&](int64_t c0, int64_t c1) {
+        uint32_t bad = 0;
+        for (int64_t c = c0; c < c1; ++c)
+          for (int iy = 0; iy < s.in_h; ++iy) {
+            const int64_t py = iy + s.pad_top;
+            if (py >= hp) continue;
+            bad |= CopyRowCheckFinite(io.planar_input + c * in_plane + int64_t(iy) * s.in_w,
+                                      padded + c * plane + py * wp + s.pad_left, nx);
+          }
+        if (bad) non_finite.store(true, std::memory_order_relaxed);
+      });
+    } else if (!input_packed)
       ParallelFor(pool, s.in_h, 4, [&](int64_t y0, int64_t y1) {
         bool bad = false;
         for (int64_t iy = y0; iy < y1; ++iy) {
@@ -596,29 +712,37 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       });
     }
     const float* chw = scratch->output.data();
-    if (next != nullptr) {
-      // CHW -> the next layer's padded CHW, with bias and activation: rows
-      // stay contiguous, no transpose.
-      const ConvShape& ns = *next->shape;
-      float* dst_all = next->scratch->input.data();
+    if (next != nullptr || io.planar_output != nullptr) {
+      // CHW -> the next layer's padded CHW or a plain CHW tensor, with bias
+      // and activation: rows stay contiguous, no transpose.
+      PlaneDest d;
+      if (next != nullptr) {
+        d = PlaneDest{next->scratch->input.data(), ng.plane, ng.wp, ng.hp,
+                      next->shape->pad_top, next->shape->pad_left};
+      } else {
+        d = PlaneDest{io.planar_output, static_cast<int64_t>(s.out_h) * s.out_w, s.out_w,
+                      s.out_h, 0, 0};
+      }
       std::atomic<bool> next_non_finite{false};  // what the next layer can read
       ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
         uint32_t bad = 0;
+        const int n = std::min(s.out_w, d.wp - d.pad_left);
         for (int64_t o = o0; o < o1; ++o) {
-          // Generated code applied bias and activation already.
-          const float bias = jit ? 0.f : plan.bias[o];
-          const float lo = jit ? -INFINITY : s.act_min, hi = jit ? INFINITY : s.act_max;
+          const float bias = plan.bias[o];
           for (int oy = 0; oy < s.out_h; ++oy) {
-            const int py = oy + ns.pad_top;
-            if (py >= ng.hp) continue;
+            const int py = oy + d.pad_top;
+            if (py >= d.hp) continue;
             const float* src = chw + o * out_plane + static_cast<int64_t>(oy) * wp;
-            float* dst = dst_all + o * ng.plane + static_cast<int64_t>(py) * ng.wp + ns.pad_left;
-            const int n = std::min(s.out_w, ng.wp - ns.pad_left);
+            float* dst = d.base + o * d.plane + static_cast<int64_t>(py) * d.wp + d.pad_left;
+            if (jit) {  // generated code applied bias and activation already
+              bad |= CopyRowCheckFinite(src, dst, n);
+              continue;
+            }
             for (int ox = 0; ox < n; ++ox) {
-              const float v = std::min(std::max(src[ox] + bias, lo), hi);
-              const float d = v - v;  // +0 unless v is Inf or NaN (as in the transpose)
+              const float v = std::min(std::max(src[ox] + bias, s.act_min), s.act_max);
+              const float z = v - v;  // +0 unless v is Inf or NaN (as in the transpose)
               uint32_t bits;
-              std::memcpy(&bits, &d, sizeof bits);
+              std::memcpy(&bits, &z, sizeof bits);
               bad |= bits;
               dst[ox] = v;
             }
@@ -628,13 +752,13 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       });
       if (non_finite)
         PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {
-          const int py = oy + ns.pad_top, px = ox + ns.pad_left;
-          if (py < ng.hp && px < ng.wp) {
-            dst_all[o * ng.plane + static_cast<int64_t>(py) * ng.wp + px] = NAN;
+          const int py = oy + d.pad_top, px = ox + d.pad_left;
+          if (py < d.hp && px < d.wp) {
+            d.base[o * d.plane + static_cast<int64_t>(py) * d.wp + px] = NAN;
             next_non_finite.store(true, std::memory_order_relaxed);
           }
         });
-      next->scratch->input_non_finite = next_non_finite;
+      if (next != nullptr) next->scratch->input_non_finite = next_non_finite;
       continue;
     }
     // CHW -> NHWC with bias and the fused activation.

@@ -66,17 +66,53 @@ std::vector<std::string> JitChoices();
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                                PatternScratch* scratch, const PatternTuning& tuning);
 
-// Pattern-pruned convolution (stride 1, any dilation): NHWC in and out; the
-// kernels work on a zero-padded CHW copy held in `scratch`.  With
-// `input_packed`, that copy was already written by the previous layer (input
-// may be null); with `next`, the output goes to the next layer (output may
-// be null).  `set` must not
-// be null (the reference for a pattern layer is the dense reference kernel).
+// Where a pattern conv's input comes from and its result goes, besides
+// NHWC `input` / `output`.  At most one source and one destination apply.
+//   input_packed: the padded CHW copy in `scratch` was already written by
+//                 the previous layer (input may be null);
+//   planar_input: the input as plain CHW planes [in_c][in_h * in_w] (batch 1),
+//                 a partition's planar tensor (see PlanarLayout below);
+//   next:         the output goes to the next pattern conv's padded input;
+//   planar_output: the output, bias and activation applied, as plain CHW
+//                 planes [out_c][out_h * out_w] (batch 1).
+struct PatternIo {
+  bool input_packed = false;
+  const float* planar_input = nullptr;
+  const PatternNext* next = nullptr;
+  float* planar_output = nullptr;
+};
+
+// Pattern-pruned convolution (stride 1, any dilation): NHWC in and out unless
+// `io` says otherwise; the kernels work on a zero-padded CHW copy held in
+// `scratch`.  `set` must not be null (the reference for a pattern layer is the
+// dense reference kernel).
+void RunPatternConv(const KernelSet* set, const ConvShape& s,
+                    const PatternPlan& plan, PatternScratch* scratch,
+                    const float* input, float* output, ThreadPool* pool,
+                    const PatternTuning& tuning, const PatternIo& io);
+// NHWC in and out, or chained as the two flags say (the older form).
 void RunPatternConv(const KernelSet* set, const ConvShape& s,
                     const PatternPlan& plan, PatternScratch* scratch,
                     const float* input, float* output, ThreadPool* pool,
                     const PatternTuning& tuning = PatternTuning(), bool input_packed = false,
                     const PatternNext* next = nullptr);
+
+// Planar layout: inside a delegate partition, at batch 1, a tensor whose
+// producer and readers all work on channel planes is kept as plain CHW
+// [c][h * w] (same element count as NHWC), so a residual block's convs and
+// ADD never transpose.  These change layout at the partition's edges (per-ISA
+// transposes; `set` must not be null).  Both return true if a value moved
+// was Inf or NaN.
+bool NhwcToPlanar(const KernelSet* set, int h, int w, int c, const float* nhwc, float* chw,
+                  ThreadPool* pool);
+bool PlanarToNhwc(const KernelSet* set, int h, int w, int c, const float* chw, float* nhwc,
+                  ThreadPool* pool);
+
+// Elementwise out[i] = min(max(a[i] + b[i], lo), hi) over n floats (ADD with
+// its fused activation; NaN propagates).  Layout-free: both operands and the
+// output share one layout, NHWC or planar.
+void RunAdd(int64_t n, const float* a, const float* b, float lo, float hi, float* out,
+            ThreadPool* pool);
 
 // A strided conv's input (one image, NHWC, resolved strided shape `s`)
 // phase-split straight into the padded CHW buffer of `scratch`, prepared for
@@ -94,11 +130,16 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
 // XNNPACK-class efficiency, from per-MAC efficiencies measured on AVX2
 // (docs/benchmarks.md); > 1 means worth taking the node from TFLite.
 bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s);
+// Whether jit=auto generates code for a stride-1 conv of shape `s` (output
+// size, kernel width and dilation are read) on `isa`; false for maps too
+// small for generated code, which the static kernels run.
+bool JitRunsOnMap(JitIsa isa, const ConvShape& s);
 // `dense_macs` and `edge_elements` (input + output elements of the node,
 // which the engine transposes at a partition edge) make the prediction
 // include the layout change; 0 leaves it out.
 double PredictedSpeedupOverDense(const PatternStats& stats, JitIsa jit = JitIsa::kNone,
-                                 int64_t dense_macs = 0, int64_t edge_elements = 0);
+                                 int64_t dense_macs = 0, int64_t edge_elements = 0,
+                                 bool one_by_one = false);
 
 // "f32_<op>__<isa>" for reports.
 std::string KernelName(const KernelSet* set, const char* op);

@@ -238,6 +238,21 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
       in_segment += b.column_uses[c];
     }
     L.segments += static_cast<int64_t>(b.segment_begin.size());
+    // Input planes one segment reads (columns run channel-major, and a
+    // column's tap offset is less than a plane): the driver sizes its calls
+    // so that many planes' rows stay in L2.
+    for (size_t k = 0; k < b.segment_begin.size(); ++k) {
+      const size_t c0 = b.segment_begin[k];
+      const size_t c1 = k + 1 < b.segment_begin.size() ? b.segment_begin[k + 1]
+                                                        : b.column_offset.size();
+      int64_t planes = 0, last = -1;
+      for (size_t c = c0; c < c1; ++c) {
+        const int64_t ch = b.column_offset[c] / std::max<int64_t>(1, channel_stride);
+        planes += ch != last;
+        last = ch;
+      }
+      L.max_segment_planes = std::max(L.max_segment_planes, planes);
+    }
     for (int32_t o : b.out_channel) b.weights.push_back(p.bias[o]);
     b.weights.push_back(act_min);
     b.weights.push_back(act_max);

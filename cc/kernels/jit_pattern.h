@@ -84,6 +84,7 @@ struct JitLayout {
   float act_min = 0, act_max = 0;
   std::vector<JitBlock> blocks;
   int64_t uses = 0, columns = 0, segments = 0;  // totals, for reports
+  int64_t max_segment_planes = 0;  // most input planes one code segment reads
   int TileLen() const { return lanes * vectors; }
 };
 
