@@ -62,7 +62,17 @@ class Partition {
         }
         in_dims = Dims(t.dims);
       }
-      const std::string why = ResolveShapes(in_dims, &op);
+      std::string why = ResolveShapes(in_dims, &op);
+      if (why.empty() && op.kind == OpKind::kAdd) {
+        // The operands may have been resized apart since the node was claimed.
+        const auto it2 = internal_dims.find(op.input2);
+        const TfLiteTensor& t2 = ctx->tensors[op.input2];
+        const std::vector<int> dims2 = it2 != internal_dims.end() ? it2->second : Dims(t2.dims);
+        if (it2 == internal_dims.end() && t2.type != kTfLiteFloat32)
+          why = "second input is not a float32 tensor";
+        else if (dims2 != in_dims)
+          why = "operands have different shapes (broadcasting ADD)";
+      }
       if (!why.empty()) {
         ctx->ReportError(ctx, "cocopie: node %d (%s): %s", op.node_index,
                          OpKindName(op.kind), why.c_str());
@@ -107,10 +117,12 @@ class Partition {
       const char* kname = op.use_pattern                  ? "conv2d_pattern"
                           : op.kind == OpKind::kConv2D ? "conv2d_direct"
                           : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d_direct"
+                          : op.kind == OpKind::kAdd             ? "add"
                                                                 : "fc_direct";
       if (delegate_->kernels == nullptr)
         kname = op.kind == OpKind::kConv2D ? "conv2d"
-                : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d" : "fc";
+                : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d"
+                : op.kind == OpKind::kAdd             ? "add" : "fc";
       e.kernel = KernelName(delegate_->kernels, kname);
       if (op.use_pattern && op.pattern_scratch.jit) e.kernel = "f32_conv2d_pattern__" + e.engine;
       e.dense_macs = DenseMacs(op);
@@ -131,6 +143,7 @@ class Partition {
       if (!delegate_->gpu_fallback_reason.empty())
         for (auto& kv : entries) kv.second.gpu_device = "unavailable: " + delegate_->gpu_fallback_reason;
       ChainPatternConvs(&entries);
+      AssignPlanar(&entries);
     }
     if (cache_dirty_) {
       const std::string why = delegate_->tuning_cache->Save();
@@ -160,6 +173,59 @@ class Partition {
       if (other_reader) continue;
       a.chain_next = b.input_packed = true;
       (*entries)[a.node_index].keeps_layout = true;
+    }
+  }
+
+  // Planar tensors (dispatch.h): at batch 1, a tensor produced by a pattern
+  // conv (or by an ADD with a planar operand) whose readers in the partition
+  // are all non-split pattern convs or ADDs stays in plain CHW planes: a
+  // residual block's convs and ADD then never transpose.  Partition outputs
+  // and chained tensors (ChainPatternConvs) are not planar.
+  void AssignPlanar(std::map<int, ReportEntry>* entries) {
+    std::set<int> planar;
+    std::unordered_map<int, std::vector<const OpPlan*>> readers;
+    for (const OpPlan& op : ops_) {
+      readers[op.input].push_back(&op);
+      if (op.kind == OpKind::kAdd) readers[op.input2].push_back(&op);
+    }
+    for (OpPlan& op : ops_) {
+      op.planar_input = planar.count(op.input) != 0;
+      op.planar_input2 = op.kind == OpKind::kAdd && planar.count(op.input2) != 0;
+      op.planar_output = false;
+      if (delegate_->kernels == nullptr || op.chain_next || outputs_.count(op.output) ||
+          op.output_dims.size() != 4 || op.output_dims[0] != 1)
+        continue;
+      const bool produces = (op.kind == OpKind::kConv2D && op.use_pattern) ||
+                            (op.kind == OpKind::kAdd && (op.planar_input || op.planar_input2));
+      const auto r = readers.find(op.output);
+      if (!produces || r == readers.end()) continue;
+      bool all_planar = true;
+      for (const OpPlan* q : r->second)
+        all_planar = all_planar && ((q->kind == OpKind::kConv2D && q->use_pattern &&
+                                     !q->phase_split && !q->input_packed) ||
+                                    q->kind == OpKind::kAdd);
+      if (!all_planar) continue;
+      planar.insert(op.output);
+      op.planar_output = true;
+    }
+    for (OpPlan& op : ops_) {
+      ReportEntry& e = (*entries)[op.node_index];
+      if (op.planar_output) {
+        e.layout = "planar";
+        if (op.kind == OpKind::kConv2D) e.keeps_layout = true;
+      } else if (op.chain_next) {
+        e.layout = "chained";
+      }
+      const size_t n = op.planar_output || op.planar_input || op.planar_input2
+                           ? static_cast<size_t>(op.output_dims[0]) * op.output_dims[1] *
+                                 op.output_dims[2] * op.output_dims[3]
+                           : 0;
+      // An ADD whose operands' layouts differ converts one into a buffer.
+      const bool add = op.kind == OpKind::kAdd;
+      op.layout_tmp.assign(add && op.planar_input != op.planar_output ? n : 0, 0.f);
+      op.layout_tmp2.assign(add && op.planar_input2 != op.planar_output ? n : 0, 0.f);
+      // A split conv that meets Inf/NaN runs the dense kernel into NHWC.
+      if (op.phase_split && op.planar_output) op.layout_tmp.assign(n, 0.f);
     }
   }
 
@@ -258,15 +324,26 @@ class Partition {
               if (non_finite) {
                 // Inf or NaN in the input: the unsplit dense kernel keeps
                 // stock TFLite's 0 x Inf products window by window.
-                RunConv2D(set, op.strided_shape, op.conv, op.filter_data, in, out, pool);
+                const ConvShape& ss = op.strided_shape;
+                if (op.planar_output) {
+                  RunConv2D(set, ss, op.conv, op.filter_data, in, op.layout_tmp.data(), pool);
+                  NhwcToPlanar(set, ss.out_h, ss.out_w, ss.out_c, op.layout_tmp.data(), out, pool);
+                  break;
+                }
+                RunConv2D(set, ss, op.conv, op.filter_data, in, out, pool);
                 wrote_nhwc = true;
                 break;
               }
               if (into_planes) packed = true;
               else src = op.split_input.data();
             }
+            PatternIo io;
+            io.input_packed = packed;
+            io.next = op.chain_next ? &next : nullptr;
+            if (op.planar_input && !packed) io.planar_input = in;
+            if (op.planar_output) io.planar_output = out;
             RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, src, out, pool,
-                           op.tuning, packed, op.chain_next ? &next : nullptr);
+                           op.tuning, io);
           } else
             RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
           break;
@@ -276,7 +353,30 @@ class Partition {
         case OpKind::kFullyConnected:
           RunFullyConnected(set, op.fc_batch, op.fc, op.act_min, op.act_max, in, out, pool);
           break;
-        default:  // pooling and ADD are claimed by the GPU backend only
+        case OpKind::kAdd: {
+          const float* a = in;
+          const float* b = Data(ctx, op.input2);
+          if (b == nullptr) {
+            ctx->ReportError(ctx, "cocopie: node %d: tensor has no data", op.node_index);
+            return kTfLiteError;
+          }
+          // An operand in the other layout is converted first (the
+          // partition's first block: its shortcut comes in as NHWC).
+          const std::vector<int>& d = op.output_dims;
+          const auto convert = [&](const float* x, bool planar, std::vector<float>* tmp) {
+            if (planar == op.planar_output) return x;
+            if (op.planar_output) NhwcToPlanar(set, d[1], d[2], d[3], x, tmp->data(), pool);
+            else PlanarToNhwc(set, d[1], d[2], d[3], x, tmp->data(), pool);
+            return static_cast<const float*>(tmp->data());
+          };
+          a = convert(a, op.planar_input, &op.layout_tmp);
+          b = convert(b, op.planar_input2, &op.layout_tmp2);
+          int64_t n = 1;
+          for (int v : d) n *= v;
+          RunAdd(n, a, b, op.act_min, op.act_max, out, pool);
+          break;
+        }
+        default:  // pooling is claimed by the GPU backend only
           ctx->ReportError(ctx, "cocopie: node %d: %s has no CPU kernel", op.node_index,
                            OpKindName(op.kind));
           return kTfLiteError;
@@ -402,27 +502,37 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
   }
   TfLiteIntArray* plan = nullptr;
   if (ctx->GetExecutionPlan(ctx, &plan) != kTfLiteOk) return kTfLiteError;
-  std::vector<int> claimed;
+  std::vector<int> supported;
+  std::map<int, std::string> why_not;
+  std::map<int, int> builtin;  // node -> builtin code
   for (int node_index : Dims(plan)) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, node_index, &node, &reg) != kTfLiteOk) return kTfLiteError;
-    std::string why = d->gpu != nullptr ? CheckSupportedOnGpu(ctx, node, reg)
-                                         : CheckSupported(ctx, node, reg);
-    // The GPU backend takes every node it supports: the point is to run
-    // the model on the device, and each node left to TFLite's CPU kernels
-    // would cut the partition and cost two transfers.
-    if (why.empty() && !d->options.claim_all && d->gpu == nullptr)
-      why = CheckWorthClaiming(ctx, node, reg, d->options.pattern_kernels && d->kernels != nullptr,
-                               d->jit_isa());
-    if (why.empty()) {
-      claimed.push_back(node_index);
+    builtin[node_index] = reg->builtin_code;
+    const std::string why = d->gpu != nullptr ? CheckSupportedOnGpu(ctx, node, reg)
+                                               : CheckSupported(ctx, node, reg);
+    if (why.empty()) supported.push_back(node_index);
+    else why_not[node_index] = why;
+  }
+  // The GPU backend takes every node it supports: the point is to run the
+  // model on the device, and each node left to TFLite's CPU kernels would
+  // cut the partition and cost two transfers.  claim=auto on the CPU weighs
+  // the graph (ops.h: ChooseClaims).
+  const std::vector<int> claimed =
+      d->options.claim_all || d->gpu != nullptr
+          ? supported
+          : ChooseClaims(ctx, Dims(plan), supported,
+                         d->options.pattern_kernels && d->kernels != nullptr, d->jit_isa(),
+                         &why_not);
+  const std::set<int> claimed_set(claimed.begin(), claimed.end());
+  for (int node_index : Dims(plan)) {
+    const int code = builtin[node_index];
+    if (claimed_set.count(node_index))
       d->Log("claims node " + std::to_string(node_index));
-    } else if (reg->builtin_code == kTfLiteBuiltinConv2d ||
-               reg->builtin_code == kTfLiteBuiltinDepthwiseConv2d ||
-               reg->builtin_code == kTfLiteBuiltinFullyConnected) {
-      d->Log("leaves node " + std::to_string(node_index) + " to TFLite: " + why);
-    }
+    else if (code == kTfLiteBuiltinConv2d || code == kTfLiteBuiltinDepthwiseConv2d ||
+             code == kTfLiteBuiltinFullyConnected)
+      d->Log("leaves node " + std::to_string(node_index) + " to TFLite: " + why_not[node_index]);
   }
   d->Log("claimed " + std::to_string(claimed.size()) + " nodes, " +
          (d->gpu != nullptr ? "on " + d->gpu->info().ToString()
@@ -472,6 +582,7 @@ std::string Delegate::ReportJson() {
          ",\"executed_macs\":" + std::to_string(e.executed_macs) +
          ",\"patterns\":" + std::to_string(e.patterns) + ",\"metadata\":\"" +
          JsonEscape(e.metadata) + "\",\"device\":\"" + e.device + "\"";
+    if (e.device == "cpu") s += ",\"layout\":\"" + e.layout + "\"";
     if (!e.gpu_device.empty()) s += ",\"gpu_device\":\"" + JsonEscape(e.gpu_device) + "\"";
     if (e.device == "gpu") {
       char buf[64];

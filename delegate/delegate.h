@@ -30,7 +30,10 @@ struct ReportEntry {
   std::string metadata = "none";
   std::string tuning = "default";  // pattern kernel knobs: default | cached | tuned
   int chunk_channels = 0, tile_vectors = 0;
-  bool keeps_layout = false;  // output handed to the next pattern conv in CHW
+  bool keeps_layout = false;  // a pattern conv's output stays in channel planes
+  // The output's layout on the CPU: "nhwc", "chained" (written into the next
+  // pattern conv's padded input) or "planar" (plain CHW planes, dispatch.h).
+  std::string layout = "nhwc";
   // Pattern convs: what runs them ("jit_avx512", "jit_avx2_fma" or the static
   // set's ISA), and for generated code its size, generation time and tile.
   std::string engine;

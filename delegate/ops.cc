@@ -1,6 +1,8 @@
 #include "delegate/ops.h"
 
 #include <limits>
+#include <set>
+#include <unordered_map>
 
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/phase_split.h"
@@ -75,13 +77,36 @@ const char* OpKindName(OpKind kind) {
   return "?";
 }
 
+namespace {
+
+// float32 ADD of two same-shaped tensors (no broadcasting) with a fused
+// activation the kernels clamp to.
+std::string CheckAdd(const TfLiteContext* ctx, const TfLiteNode* node) {
+  std::string why = CheckIo(ctx, node, 2, 2);
+  if (!why.empty()) return why;
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  const TfLiteTensor& b = ctx->tensors[node->inputs->data[1]];
+  if (in.dims == nullptr) return "input has no shape";
+  if (b.type != kTfLiteFloat32) return "second input is not float32";
+  if (b.dims == nullptr || b.dims->size != in.dims->size) return "broadcasting ADD";
+  for (int i = 0; i < in.dims->size; ++i)
+    if (b.dims->data[i] != in.dims->data[i]) return "broadcasting ADD";
+  float lo, hi;
+  const auto* p = static_cast<const TfLiteAddParams*>(node->builtin_data);
+  if (!ActivationRange(p->activation, &lo, &hi)) return "unsupported fused activation";
+  return "";
+}
+
+}  // namespace
+
 std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
                            const TfLiteRegistration* reg) {
   const int code = reg->builtin_code;
   if (code != kTfLiteBuiltinConv2d && code != kTfLiteBuiltinDepthwiseConv2d &&
-      code != kTfLiteBuiltinFullyConnected)
+      code != kTfLiteBuiltinFullyConnected && code != kTfLiteBuiltinAdd)
     return "operator not handled by the delegate";
   if (node->builtin_data == nullptr) return "operator has no parameters";
+  if (code == kTfLiteBuiltinAdd) return CheckAdd(ctx, node);
   std::string why = CheckIo(ctx, node, 2, 3);
   if (!why.empty()) return why;
   const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
@@ -132,26 +157,14 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
 std::string CheckSupportedOnGpu(const TfLiteContext* ctx, const TfLiteNode* node,
                                 const TfLiteRegistration* reg) {
   const int code = reg->builtin_code;
-  if (code != kTfLiteBuiltinAdd && code != kTfLiteBuiltinMaxPool2d &&
-      code != kTfLiteBuiltinAveragePool2d)
+  if (code != kTfLiteBuiltinMaxPool2d && code != kTfLiteBuiltinAveragePool2d)
     return CheckSupported(ctx, node, reg);
   if (node->builtin_data == nullptr) return "operator has no parameters";
-  const int n_in = code == kTfLiteBuiltinAdd ? 2 : 1;
-  std::string why = CheckIo(ctx, node, n_in, n_in);
+  std::string why = CheckIo(ctx, node, 1, 1);
   if (!why.empty()) return why;
   const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
   if (in.dims == nullptr) return "input has no shape";
   float lo, hi;
-  if (code == kTfLiteBuiltinAdd) {
-    const TfLiteTensor& b = ctx->tensors[node->inputs->data[1]];
-    if (b.type != kTfLiteFloat32) return "second input is not float32";
-    if (b.dims == nullptr || b.dims->size != in.dims->size) return "broadcasting ADD";
-    for (int i = 0; i < in.dims->size; ++i)
-      if (b.dims->data[i] != in.dims->data[i]) return "broadcasting ADD";
-    const auto* p = static_cast<const TfLiteAddParams*>(node->builtin_data);
-    if (!ActivationRange(p->activation, &lo, &hi)) return "unsupported fused activation";
-    return "";
-  }
   if (in.dims->size != 4) return "input is not 4-D";
   const auto* p = static_cast<const TfLitePoolParams*>(node->builtin_data);
   if (p->padding != kTfLitePaddingSame && p->padding != kTfLitePaddingValid)
@@ -356,22 +369,34 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
   return "";
 }
 
-std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
-                               const TfLiteRegistration* reg, bool pattern_kernels,
-                               JitIsa jit) {
-  if (reg->builtin_code != kTfLiteBuiltinConv2d)
-    return "dense operator: TFLite's own kernel is faster (use claim=all to force)";
+namespace {
+
+// What claim=auto needs to know of one conv: the pattern statistics of the
+// layer as written (the executed MACs are its kept weights, split or not),
+// its dense MACs and the elements at its two edges.
+struct ConvCost {
+  PatternStats stats;
+  bool split = false;       // strided: runs phase-split (reads NHWC)
+  bool one_by_one = false;  // 1x1 kernel
+  int64_t dense = 0, in_elements = 0, out_elements = 0;
+  bool jit_runs = true;  // the map is large enough for generated code
+};
+
+// "" and *cost when the conv can run on the pattern engine, else why not.
+std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node, bool pattern_kernels,
+                        JitIsa jit, ConvCost* cost) {
   if (!pattern_kernels) return "pattern kernels are off and the dense kernel is slower than TFLite's";
   const TfLiteTensor& w = ctx->tensors[node->inputs->data[1]];
   const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
   PatternStats st = AnalyzePatterns(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2), Dim(w, 3));
-  const PatternStats unsplit_stats = st;
+  cost->stats = st;
+  cost->one_by_one = Dim(w, 1) * Dim(w, 2) == 1;
   ConvShape geometry;
   geometry.k_h = Dim(w, 1); geometry.k_w = Dim(w, 2);
   geometry.stride_h = p->stride_height; geometry.stride_w = p->stride_width;
-  const bool split = PhaseSplitApplies(p->stride_height, p->stride_width,
-                                       p->dilation_height_factor, p->dilation_width_factor);
-  if (split) {  // judged as the stride-1 conv it runs as
+  cost->split = PhaseSplitApplies(p->stride_height, p->stride_width,
+                                  p->dilation_height_factor, p->dilation_width_factor);
+  if (cost->split) {  // judged as the stride-1 conv it runs as
     // ... but only if the layer itself is pattern-pruned: the split alone
     // makes a dense 1x1 stride-2 filter look 75% sparse.
     ConvShape unsplit;
@@ -391,27 +416,141 @@ std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
     return "not pattern-pruned (or strided with dilation): TFLite's dense kernel is faster";
   const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
   const TfLiteTensor& out = ctx->tensors[node->outputs->data[0]];
-  int64_t dense = 0, edge = 0;
   if (in.dims != nullptr && out.dims != nullptr && in.dims->size == 4 && out.dims->size == 4) {
     const int64_t in_elems = NumElements(in), out_elems = NumElements(out);
     if (in_elems > 0 && out_elems > 0) {
-      dense = out_elems * Dim(w, 1) * Dim(w, 2) * Dim(w, 3);
-      edge = in_elems * (split ? 2 : 1) + out_elems;  // the split is one more pass
+      cost->dense = out_elems * Dim(w, 1) * Dim(w, 2) * Dim(w, 3);
+      cost->in_elements = in_elems * (cost->split ? 2 : 1);  // the split is one more pass
+      cost->out_elements = out_elems;
+    }
+    ConvShape run = geometry;  // the stride-1 conv the engine runs
+    run.out_h = Dim(out, 1); run.out_w = Dim(out, 2);
+    run.dil_w = cost->split ? 1 : p->dilation_width_factor;
+    cost->jit_runs = JitRunsOnMap(jit, run);
+  }
+  return "";
+}
+
+double Predicted(const ConvCost& c, JitIsa jit, bool in_edge, bool out_edge) {
+  const int64_t edge = (in_edge ? c.in_elements : 0) + (out_edge ? c.out_elements : 0);
+  // Maps too small for generated code run on the static kernels.
+  return PredictedSpeedupOverDense(c.stats, c.jit_runs ? jit : JitIsa::kNone, c.dense, edge,
+                                   c.one_by_one);
+}
+
+// The speed-up a conv must be predicted to claim it.  1x1 convs are
+// XNNPACK's most efficient kernel (a plain GEMM), and in MobileNet-class
+// models each sits alone between depthwise convs, so every one pays both
+// layout changes: measured on MobileNetV2 224 with 3.6x connectivity-pruned
+// 1x1 convs, the 14x14 and 7x7 ones predicted 1.1-1.3x ran slower than
+// XNNPACK.  Demand a clear margin there; a 1x1 conv with a claimed
+// neighbour (a residual block's) keeps the planar layout on that side, and
+// its lower efficiency is in PredictedSpeedupOverDense.
+double Needed(const ConvCost& c, bool in_edge, bool out_edge) {
+  return c.one_by_one && in_edge && out_edge ? 2.0 : 1.05;
+}
+
+std::string NotWorth(double speedup) {
+  return "pattern kernel predicted " + std::to_string(speedup).substr(0, 4) +
+         "x of TFLite's dense kernel: not worth claiming";
+}
+
+}  // namespace
+
+std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
+                               const TfLiteRegistration* reg, bool pattern_kernels,
+                               JitIsa jit) {
+  if (reg->builtin_code != kTfLiteBuiltinConv2d)
+    return "dense operator: TFLite's own kernel is faster (use claim=all to force)";
+  ConvCost c;
+  const std::string why = AnalyzeConv(ctx, node, pattern_kernels, jit, &c);
+  if (!why.empty()) return why;
+  const double speedup = Predicted(c, jit, true, true);
+  return speedup < Needed(c, true, true) ? NotWorth(speedup) : "";
+}
+
+std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execution_plan,
+                              const std::vector<int>& supported, bool pattern_kernels, JitIsa jit,
+                              std::map<int, std::string>* why_not) {
+  std::unordered_map<int, int> producer;                // tensor -> node
+  std::unordered_map<int, std::vector<int>> readers;    // tensor -> nodes
+  std::unordered_map<int, std::pair<int, int>> io;      // node -> (input, output)
+  for (int n : execution_plan) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk) continue;
+    if (node->inputs != nullptr)
+      for (int i = 0; i < node->inputs->size; ++i)
+        if (node->inputs->data[i] >= 0) readers[node->inputs->data[i]].push_back(n);
+    if (node->outputs != nullptr)
+      for (int i = 0; i < node->outputs->size; ++i) producer[node->outputs->data[i]] = n;
+  }
+  std::map<int, ConvCost> convs;  // candidates, by node
+  std::vector<std::pair<int, std::pair<int, int>>> adds;  // node, operands
+  for (int n : supported) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk) continue;
+    if (reg->builtin_code == kTfLiteBuiltinAdd) {
+      adds.push_back({n, {node->inputs->data[0], node->inputs->data[1]}});
+      continue;
+    }
+    if (reg->builtin_code != kTfLiteBuiltinConv2d) {
+      (*why_not)[n] = "dense operator: TFLite's own kernel is faster (use claim=all to force)";
+      continue;
+    }
+    ConvCost c;
+    std::string why = AnalyzeConv(ctx, node, pattern_kernels, jit, &c);
+    if (why.empty()) {  // optimistic first: no layout change at either edge
+      const double speedup = Predicted(c, jit, false, false);
+      if (speedup < Needed(c, false, false)) why = NotWorth(speedup);
+    }
+    if (!why.empty()) {
+      (*why_not)[n] = why;
+      continue;
+    }
+    convs[n] = c;
+    io[n] = {node->inputs->data[0], node->outputs->data[0]};
+  }
+  // Drop convs that do not pay for the layout changes their unclaimed
+  // neighbours force, until none does; an ADD is claimed when an operand
+  // comes from a claimed conv or ADD (it keeps a residual block planar).
+  std::set<int> claimed_adds;
+  for (bool changed = true; changed;) {
+    changed = false;
+    claimed_adds.clear();
+    for (const auto& a : adds)
+      for (int t : {a.second.first, a.second.second}) {
+        const auto p = producer.find(t);
+        if (p != producer.end() && (convs.count(p->second) || claimed_adds.count(p->second)))
+          claimed_adds.insert(a.first);
+      }
+    const auto claimed = [&](int n) { return convs.count(n) || claimed_adds.count(n); };
+    for (auto it = convs.begin(); it != convs.end();) {
+      const ConvCost& c = it->second;
+      const auto p = producer.find(io[it->first].first);
+      const bool in_edge = c.split || p == producer.end() || !claimed(p->second);
+      const std::vector<int>& r = readers[io[it->first].second];
+      bool out_edge = r.empty();  // a graph output
+      for (int n : r) {
+        const auto rc = convs.find(n);
+        out_edge = out_edge || !claimed(n) || (rc != convs.end() && rc->second.split);
+      }
+      const double speedup = Predicted(c, jit, in_edge, out_edge);
+      if (speedup < Needed(c, in_edge, out_edge)) {
+        (*why_not)[it->first] = NotWorth(speedup);
+        it = convs.erase(it);
+        changed = true;
+      } else {
+        ++it;
+      }
     }
   }
-  // The original layer's density: the executed MACs are its kept weights
-  // per output position, split or not.
-  const double speedup = PredictedSpeedupOverDense(unsplit_stats, jit, dense, edge);
-  // 1x1 convs are XNNPACK's most efficient kernel (a plain GEMM), and in
-  // MobileNet-class models each sits alone between depthwise convs, so every
-  // one pays both layout changes: measured on MobileNetV2 224 with 3.6x
-  // connectivity-pruned 1x1 convs, the 14x14 and 7x7 ones predicted 1.1-1.3x
-  // ran slower than XNNPACK.  Demand a clear margin there.
-  const double needed = Dim(w, 1) * Dim(w, 2) == 1 ? 2.0 : 1.05;
-  if (speedup < needed)
-    return "pattern kernel predicted " + std::to_string(speedup).substr(0, 4) +
-           "x of TFLite's dense kernel: not worth claiming";
-  return "";
+  std::vector<int> out;
+  for (int n : supported)
+    if (convs.count(n) || claimed_adds.count(n)) out.push_back(n);
+    else if (!why_not->count(n)) (*why_not)[n] = "no claimed conv next to it";
+  return out;
 }
 
 int64_t ExecutedMacs(const OpPlan& plan) {

@@ -3,6 +3,7 @@
 #define COCOPIE_DELEGATE_OPS_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,8 +13,9 @@
 
 namespace cocopie {
 
-// The pooling and add kinds are claimed by the GPU backend only (they keep a
-// partition, and its tensors, on the device).
+// Pooling is claimed by the GPU backend only (it keeps a partition, and its
+// tensors, on the device); ADD by both (on the CPU it keeps a residual
+// block's tensors planar).
 enum class OpKind { kConv2D, kDepthwiseConv2D, kFullyConnected, kMaxPool, kAvgPool, kAdd };
 const char* OpKindName(OpKind kind);
 
@@ -51,6 +53,10 @@ struct OpPlan {
   // Layout kept between consecutive pattern convs (set in Prepare): this op
   // writes into the next op's padded CHW input / reads its own from there.
   bool chain_next = false, input_packed = false;
+  // Planar tensors (dispatch.h, set in Prepare): the output, the input and
+  // ADD's second operand are plain CHW planes instead of NHWC.
+  bool planar_output = false, planar_input = false, planar_input2 = false;
+  std::vector<float> layout_tmp, layout_tmp2;  // an operand in the other layout
   // What became of the converter's metadata record for this node:
   // "none", "used" or "rejected: <why>" (then the plan comes from the weights).
   std::string metadata = "none";
@@ -65,8 +71,8 @@ struct OpPlan {
 std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
                            const TfLiteRegistration* reg);
 
-// The same for the GPU backend, which also takes float32 ADD (same shapes,
-// no broadcasting), MAX_POOL_2D and AVERAGE_POOL_2D.
+// The same for the GPU backend, which also takes MAX_POOL_2D and
+// AVERAGE_POOL_2D.
 std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* node,
                                 const TfLiteRegistration* reg);
 
@@ -76,6 +82,16 @@ std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* 
 std::string CheckWorthClaiming(const TfLiteContext* context, const TfLiteNode* node,
                                const TfLiteRegistration* reg, bool pattern_kernels,
                                JitIsa jit = JitIsa::kNone);
+
+// claim=auto on the CPU backend, for the whole graph at once: which of the
+// `supported` nodes (CheckSupported accepted them; in execution order) to
+// take.  Pattern convs are charged a layout change only at an edge whose
+// neighbour stays with TFLite (or reads NHWC: a phase-split conv), so convs
+// of a residual block are judged together; ADDs are taken next to claimed
+// convs.  `why_not` gets the reason for every supported node left out.
+std::vector<int> ChooseClaims(TfLiteContext* context, const std::vector<int>& execution_plan,
+                              const std::vector<int>& supported, bool pattern_kernels, JitIsa jit,
+                              std::map<int, std::string>* why_not);
 
 // Builds the plan of a node that CheckSupported accepted. `kernels` is the
 // delegate's kernel set (null: reference kernels only, no pattern kernels).

@@ -297,11 +297,19 @@ def test_consecutive_pattern_convs_keep_the_layout(batch):
     for _ in range(2):  # the second run reuses every scratch buffer
         out = run_tflite(it, [x])[0]
         assert rel_error(out, ref) <= 1e-5
-    report = it.delegate_report()
-    assert len(report) == 4 and all("pattern" in e["kernel"] for e in report)
-    # a -> b -> c are chained; c's output is also read by the Add, so c -> d is not.
-    keeps = [e["keeps_layout"] for e in sorted(report, key=lambda e: e["node_index"])]
-    assert keeps == ([True, True, False, False] if batch == 1 else [False] * 4)
+    report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+    convs = [e for e in report if e["op"] == "CONV_2D"]
+    assert len(convs) == 4 and all("pattern" in e["kernel"] for e in convs)
+    assert [e["op"] for e in report].count("ADD") == 1  # claimed next to c and d
+    # a -> b -> c are chained; c's output is also read by the Add, so c and
+    # d write plain CHW planes (test_residual.py); the Add's output is the
+    # model's.
+    layouts = [e["layout"] for e in report]
+    if batch == 1:
+        assert layouts == ["chained", "chained", "planar", "planar", "nhwc"]
+    else:
+        assert layouts == ["nhwc"] * 5
+    assert [e["keeps_layout"] for e in convs] == [batch == 1] * 4
 
 
 def test_delegate_reports_the_generated_engine():

@@ -1,0 +1,198 @@
+"""Residual blocks on the CPU engine: connectivity-pruned 1x1 convs, pattern
+3x3 convs and the ADD between them claimed together, their tensors kept in
+planar (CHW) layout inside the partition, every output checked against stock
+LiteRT and a float64 numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import convert, reference_outputs, rel_error, run_tflite
+from cocopie_tf import lite
+from cocopie_tf import patterns as P
+from test_kernels import np_conv2d
+from test_pattern_engine import JIT_ISAS
+
+
+def _prune_1x1(w, connectivity, rng):
+    """Keeps the 1/connectivity largest-magnitude weights of a 1x1 kernel."""
+    keep = max(1, int(round(w.size / connectivity)))
+    thresh = np.partition(np.abs(w).ravel(), w.size - keep)[w.size - keep]
+    return np.where(np.abs(w) >= thresh, w, 0).astype(np.float32)
+
+
+def _bottleneck_model(h=14, w=14, c=64, blocks=2, prune=True, seed=0, conn_1x1=5.0):
+    """A pattern-pruned 3x3 stem, then ResNet-50's bottleneck: 1x1 reduce,
+    3x3, 1x1 expand, ADD + ReLU; the first block projects its shortcut with
+    a 1x1 conv (as ResNet's conv blocks do), the others add their input.
+    The 1x1 convs keep 1/conn_1x1 of their weights: at 5x the cost model
+    claims them inside a block (not alone), at 3.6x nowhere."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((h, w, c), batch_size=None)
+    x = keras.layers.Conv2D(c, 3, padding="same", activation="relu", name="stem")(inp)
+    layers = ["stem"]
+    for b in range(blocks):
+        width = c // 4
+        y = keras.layers.Conv2D(width, 1, activation="relu", name=f"b{b}_1")(x)
+        y = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"b{b}_2")(y)
+        y = keras.layers.Conv2D(c, 1, name=f"b{b}_3")(y)
+        shortcut = x
+        if b == 0:
+            shortcut = keras.layers.Conv2D(c, 1, name=f"b{b}_0")(x)
+            layers.append(f"b{b}_0")
+        x = keras.layers.Activation("relu")(keras.layers.Add()([shortcut, y]))
+        layers += [f"b{b}_1", f"b{b}_2", f"b{b}_3"]
+    model = keras.Model(inp, x)
+    if prune:
+        for name in layers:
+            layer = model.get_layer(name)
+            wts = layer.get_weights()
+            wts[1] = rng.uniform(-0.5, 0.5, wts[1].shape).astype(np.float32)
+            if layer.kernel_size == (3, 3):
+                wts[0] = P.prune_kernel(wts[0], connectivity=3.6)
+            else:
+                wts[0] = _prune_1x1(wts[0], conn_1x1, rng)
+            layer.set_weights(wts)
+    return model
+
+
+def _numpy_forward(model, x):
+    """The Keras graph above in float64 numpy (the independent oracle)."""
+    import keras
+
+    def conv(name, v):
+        layer = model.get_layer(name)
+        k, b = layer.get_weights()
+        act = "relu" if layer.activation is keras.activations.relu else "none"
+        ohwi = np.ascontiguousarray(np.transpose(k, (3, 0, 1, 2)))
+        return np_conv2d(v, ohwi, b, (1, 1), (1, 1), layer.padding, act=act)
+
+    v = conv("stem", x.astype(np.float64))
+    b = 0
+    while True:
+        try:
+            model.get_layer(f"b{b}_1")
+        except ValueError:
+            return v
+        y = conv(f"b{b}_3", conv(f"b{b}_2", conv(f"b{b}_1", v)))
+        s = conv(f"b{b}_0", v) if b == 0 else v
+        v = np.maximum(s + y, 0)
+        b += 1
+
+
+# Generated code under claim=auto; the static kernels (which the cost model
+# would not pick for every 1x1 conv here) through claim=all.
+ENGINE_CLAIM = [("static", "all")] + ([("auto", "auto")] if JIT_ISAS else [])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("jit,claim", ENGINE_CLAIM)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_residual_blocks_run_planar_and_match(batch, jit, claim, threads):
+    model = _bottleneck_model()
+    tfl = convert(model)
+    x = np.random.default_rng(7).uniform(-1, 1, (batch, 14, 14, 64)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    oracle = _numpy_forward(model, x)
+    assert rel_error(ref, oracle) <= 1e-5  # stock LiteRT agrees with numpy first
+    it = lite.Interpreter(model_content=tfl, num_threads=threads, jit=jit, claim=claim,
+                          tune="off")
+    for _ in range(2):  # the second run reuses every buffer
+        out = run_tflite(it, [x])[0]
+        assert rel_error(out, oracle) <= 1e-5
+    report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+    ops = [e["op"] for e in report]
+    # 8 convs (the stem, the projection, 2 x (1x1, 3x3, 1x1)) and both ADDs.
+    assert ops.count("CONV_2D") == 8 and ops.count("ADD") == 2, ops
+    assert all("pattern" in e["kernel"] for e in report if e["op"] == "CONV_2D")
+    layouts = [e["layout"] for e in report]
+    if batch == 1:
+        # Only the model's output leaves the planes: the first ADD's output
+        # (read by the second block) and every conv output stay planar or
+        # chained.
+        assert layouts.count("nhwc") == 1 and report[-1]["layout"] == "nhwc", layouts
+        assert "planar" in layouts and "chained" in layouts
+    else:
+        assert all(layout == "nhwc" for layout in layouts), layouts
+
+
+def test_non_finite_input_through_residual_blocks():
+    """A NaN or Inf entering planar tensors reaches the same outputs as in
+    stock LiteRT (pruned weights skipped, the ADD adds the poisoned
+    shortcut)."""
+    model = _bottleneck_model(h=10, w=10, c=32)
+    tfl = convert(model)
+    rng = np.random.default_rng(11)
+    it = lite.Interpreter(model_content=tfl, num_threads=2, tune="off")
+    with np.errstate(invalid="ignore", over="ignore"):
+        for value in (np.nan, np.inf, -np.inf):
+            x = rng.uniform(-1, 1, (1, 10, 10, 32)).astype(np.float32)
+            x[0, int(rng.integers(10)), int(rng.integers(10)), int(rng.integers(32))] = value
+            ref = reference_outputs(tfl, [x])[0]
+            out = run_tflite(it, [x])[0]
+            assert np.array_equal(np.isnan(out), np.isnan(ref)), value
+            assert np.array_equal(np.isinf(out), np.isinf(ref)), value
+            fin = np.isfinite(ref)
+            assert np.all(np.abs(out[fin] - ref[fin]) <= 1e-4 * (1 + np.abs(ref[fin])))
+
+
+@pytest.mark.skipif(not JIT_ISAS, reason="no code generator in this build or CPU")
+def test_isolated_pruned_1x1_is_left_to_tflite_but_not_inside_a_block():
+    """The cost model charges a layout change only where a neighbour stays
+    with TFLite: a lone pruned 1x1 conv (both edges NHWC) needs a 2x
+    predicted margin and is left to XNNPACK, the same weights inside a
+    residual block are claimed with their neighbours."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    inp = keras.Input((14, 14, 64), batch_size=1)
+    out = keras.layers.Conv2D(64, 1, name="lone")(inp)
+    lone = keras.Model(inp, out)
+    wts = lone.get_layer("lone").get_weights()
+    wts[0] = _prune_1x1(wts[0], 5.0, rng)
+    lone.get_layer("lone").set_weights(wts)
+    it = lite.Interpreter(model_content=convert(lone), tune="off")
+    it.allocate_tensors()
+    assert it.delegate_report() == []
+
+    block = _bottleneck_model(blocks=1)
+    it = lite.Interpreter(model_content=convert(block), tune="off")
+    it.allocate_tensors()
+    ops = [e["op"] for e in it.delegate_report()]
+    assert ops.count("CONV_2D") == 5 and ops.count("ADD") == 1
+
+    # 1x1 convs pruned 3.6x tie with XNNPACK's GEMM: only the 3x3 convs are
+    # claimed, and no ADD (no claimed conv feeds one).
+    it = lite.Interpreter(model_content=convert(_bottleneck_model(blocks=1, conn_1x1=3.6)),
+                          tune="off")
+    it.allocate_tensors()
+    assert [e["op"] for e in it.delegate_report()] == ["CONV_2D", "CONV_2D"]
+
+
+def test_unpruned_residual_blocks_are_not_claimed():
+    """No pattern-pruned conv, so no ADD either: the model runs exactly as on
+    stock LiteRT."""
+    tfl = convert(_bottleneck_model(prune=False))
+    it = lite.Interpreter(model_content=tfl, tune="off")
+    it.allocate_tensors()
+    assert it.delegate_report() == []
+
+
+@pytest.mark.skipif(not JIT_ISAS, reason="no code generator in this build or CPU")
+def test_claim_all_runs_dense_adds_and_convs_correctly():
+    """claim=all takes the unpruned convs (dense kernel) and the ADDs (NHWC,
+    no pattern conv next to them to keep planes for)."""
+    model = _bottleneck_model(prune=False, h=9, w=11, c=32)
+    tfl = convert(model)
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 9, 11, 32)).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, claim="all", tune="off")
+    out = run_tflite(it, [x])[0]
+    assert rel_error(out, _numpy_forward(model, x)) <= 1e-5
+    report = it.delegate_report()
+    assert [e["op"] for e in report].count("ADD") == 2
+    assert all(e["layout"] == "nhwc" for e in report)
