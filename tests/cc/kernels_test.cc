@@ -324,6 +324,66 @@ TEST_CASE(ChainedPatternConvsKeepTheLayout) {
   }
 }
 
+TEST_CASE(PlanarTensorsMatchTheNhwcPath) {
+  // A residual block's tensors in plain CHW planes: conv A (1x1) writes a
+  // planar tensor, ADD adds a planar shortcut converted from NHWC, conv B
+  // (SAME 3x3) reads the sum; every buffer is exactly sized (ASan in CI) and
+  // the result equals the float64 reference through NHWC.
+  std::mt19937 rng(9);
+  ConvShape a, b;
+  a.in_h = 7; a.in_w = 13; a.in_c = 12; a.out_c = 12; a.k_h = a.k_w = 1;
+  CHECK(ResolveConvShape(Padding::kSame, &a).empty());
+  b.in_h = a.out_h; b.in_w = a.out_w; b.in_c = a.out_c; b.out_c = 9; b.k_h = b.k_w = 3;
+  b.act_min = 0.f;
+  CHECK(ResolveConvShape(Padding::kSame, &b).empty());
+  // A 1x1 filter connectivity-pruned: about 3 of 4 weights zero.
+  auto wa = Random(size_t(a.out_c) * a.in_c, &rng);
+  for (float& v : wa)
+    if (rng() % 4 != 0) v = 0.f;
+  const auto wb = PatternFilter(b.out_c, 3, b.in_c, true, &rng);
+  const auto ba = Random(a.out_c, &rng), bb = Random(b.out_c, &rng);
+  const size_t n = size_t(a.in_h) * a.in_w * a.in_c;
+  const auto in = Random(n, &rng);
+  std::vector<float> mid(n), sum(n), ref(size_t(b.out_h) * b.out_w * b.out_c);
+  Conv2DReference(a, in.data(), wa.data(), ba.data(), mid.data());
+  for (size_t i = 0; i < n; ++i) sum[i] = std::max(mid[i] + in[i], 0.f);
+  Conv2DReference(b, sum.data(), wb.data(), bb.data(), ref.data());
+  PatternPlan pa, pb;
+  CHECK(BuildPatternPlan(wa.data(), a.out_c, 1, 1, a.in_c, ba.data(), 4, &pa).empty());
+  CHECK(BuildPatternPlan(wb.data(), b.out_c, 3, 3, b.in_c, bb.data(), 4, &pb).empty());
+  std::vector<JitIsa> engines = {JitIsa::kNone};
+  for (JitIsa isa : {JitIsa::kAvx2, JitIsa::kAvx512}) {
+    std::string err, set_err;
+    if (ResolveJitIsa(SelectKernelSet("auto", &set_err), isa, &err) == isa) engines.push_back(isa);
+  }
+  for (const KernelSet* set : UsableSets())
+    for (JitIsa isa : engines) {
+      if (isa != JitIsa::kNone && std::string(set->isa) == "generic") continue;
+      ThreadPool pool(2);
+      PatternScratch sa, sb;
+      PatternTuning t;
+      t.jit = isa;
+      std::vector<float> planar_mid(n), planar_in(n), planar_sum(n), out(ref.size());
+      for (int rep = 0; rep < 2; ++rep) {
+        std::fill(out.begin(), out.end(), NAN);
+        PatternIo io_a;
+        io_a.planar_output = planar_mid.data();
+        RunPatternConv(set, a, pa, &sa, in.data(), nullptr, &pool, t, io_a);
+        CHECK(!NhwcToPlanar(set, a.in_h, a.in_w, a.in_c, in.data(), planar_in.data(), &pool));
+        RunAdd(int64_t(n), planar_mid.data(), planar_in.data(), 0.f, INFINITY,
+               planar_sum.data(), &pool);
+        PatternIo io_b;
+        io_b.planar_input = planar_sum.data();
+        RunPatternConv(set, b, pb, &sb, nullptr, out.data(), &pool, t, io_b);
+        CHECK(RelError(out, ref) <= 1e-5);
+      }
+      // And back: planar -> NHWC is the exact inverse.
+      std::vector<float> back(n);
+      CHECK(!PlanarToNhwc(set, a.in_h, a.in_w, a.in_c, planar_in.data(), back.data(), &pool));
+      CHECK(back == in);
+    }
+}
+
 // The ISAs of the code generator this build and CPU can run.
 std::vector<JitIsa> JitIsas() {
   std::vector<JitIsa> out;
