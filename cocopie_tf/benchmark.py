@@ -160,9 +160,11 @@ def format_bench(result: dict) -> str:
                       "including warm-up runs):",
                   "  node  op         kernel                          MAC red.  patterns  tuning     ms"]
         for e in r["nodes"]:
-            red = e["dense_macs"] / max(e["executed_macs"], 1)
+            # ADD has no multiply-accumulates to reduce.
+            red = (f"{e['dense_macs'] / max(e['executed_macs'], 1):7.2f}x" if e["dense_macs"]
+                   else "       -")
             tuning = e.get("tuning", "-")
-            lines.append(f"  {e['node_index']:>4}  {e['op']:<10} {e['kernel']:<31} {red:7.2f}x  "
+            lines.append(f"  {e['node_index']:>4}  {e['op']:<10} {e['kernel']:<31} {red}  "
                          f"{e['patterns']:>8}  {tuning:<8} {e.get('mean_ms', 0):7.3f}")
     if not any(r["claimed"] for r in result["rows"]):
         lines += ["", "0 nodes claimed: both runs execute the same kernels, so there is no "
