@@ -457,18 +457,6 @@ std::string NotWorth(double speedup) {
 
 }  // namespace
 
-std::string CheckWorthClaiming(const TfLiteContext* ctx, const TfLiteNode* node,
-                               const TfLiteRegistration* reg, bool pattern_kernels,
-                               JitIsa jit) {
-  if (reg->builtin_code != kTfLiteBuiltinConv2d)
-    return "dense operator: TFLite's own kernel is faster (use claim=all to force)";
-  ConvCost c;
-  const std::string why = AnalyzeConv(ctx, node, pattern_kernels, jit, &c);
-  if (!why.empty()) return why;
-  const double speedup = Predicted(c, jit, true, true);
-  return speedup < Needed(c, true, true) ? NotWorth(speedup) : "";
-}
-
 std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execution_plan,
                               const std::vector<int>& supported, bool pattern_kernels, JitIsa jit,
                               std::map<int, std::string>* why_not) {

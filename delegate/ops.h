@@ -76,13 +76,6 @@ std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
 std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* node,
                                 const TfLiteRegistration* reg);
 
-// With claim=auto: is the node worth taking from TFLite? Returns an empty
-// string if so, otherwise why not. Only pattern-pruned convolutions that the
-// cost model predicts faster than a dense XNNPACK kernel are.
-std::string CheckWorthClaiming(const TfLiteContext* context, const TfLiteNode* node,
-                               const TfLiteRegistration* reg, bool pattern_kernels,
-                               JitIsa jit = JitIsa::kNone);
-
 // claim=auto on the CPU backend, for the whole graph at once: which of the
 // `supported` nodes (CheckSupported accepted them; in execution order) to
 // take.  Pattern convs are charged a layout change only at an edge whose

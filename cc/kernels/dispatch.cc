@@ -561,30 +561,34 @@ inline uint32_t CopyRowCheckFinite(const float* src, float* dst, int n) {
 
 }  // namespace
 
-bool NhwcToPlanar(const KernelSet* set, int h, int w, int c, const float* nhwc, float* chw,
-                  ThreadPool* pool) {
+namespace {
+
+// One image between NHWC and plain CHW planes, an image row per transpose:
+// `to_planar` moves row y's [x][c] into column range y*w of every plane.
+bool TransposeImage(const KernelSet* set, int h, int w, int c, const float* src, float* dst,
+                    bool to_planar, ThreadPool* pool) {
   std::atomic<bool> bad{false};
   const int64_t plane = static_cast<int64_t>(h) * w;
   ParallelFor(pool, h, 4, [&](int64_t y0, int64_t y1) {
     bool b = false;
     for (int64_t y = y0; y < y1; ++y)
-      b |= set->transpose(nhwc + y * w * c, c, chw + y * w, plane, w, c);
+      b |= to_planar ? set->transpose(src + y * w * c, c, dst + y * w, plane, w, c)
+                     : set->transpose(src + y * w, plane, dst + y * w * c, c, c, w);
     if (b) bad.store(true, std::memory_order_relaxed);
   });
   return bad.load();
 }
 
+}  // namespace
+
+bool NhwcToPlanar(const KernelSet* set, int h, int w, int c, const float* nhwc, float* chw,
+                  ThreadPool* pool) {
+  return TransposeImage(set, h, w, c, nhwc, chw, true, pool);
+}
+
 bool PlanarToNhwc(const KernelSet* set, int h, int w, int c, const float* chw, float* nhwc,
                   ThreadPool* pool) {
-  std::atomic<bool> bad{false};
-  const int64_t plane = static_cast<int64_t>(h) * w;
-  ParallelFor(pool, h, 4, [&](int64_t y0, int64_t y1) {
-    bool b = false;
-    for (int64_t y = y0; y < y1; ++y)
-      b |= set->transpose(chw + y * w, plane, nhwc + y * w * c, c, c, w);
-    if (b) bad.store(true, std::memory_order_relaxed);
-  });
-  return bad.load();
+  return TransposeImage(set, h, w, c, chw, nhwc, false, pool);
 }
 
 void RunAdd(int64_t n, const float* a, const float* b, float lo, float hi, float* out,
