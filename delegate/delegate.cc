@@ -107,6 +107,7 @@ class Partition {
           e.jit_filters = k->layout().filters;
           e.jit_vectors = k->layout().vectors;
           e.jit_segments = k->layout().segments;
+          e.band_rows = op.pattern_scratch.band.rows;
         }
       }
       e.node_index = op.node_index;
@@ -163,7 +164,9 @@ class Partition {
     for (size_t i = 0; i + 1 < ops_.size(); ++i) {
       OpPlan &a = ops_[i], &b = ops_[i + 1];
       // A split conv reads its phase planes, not a padded CHW input.
-      if (!a.use_pattern || !b.use_pattern || b.phase_split ||
+      // A banded layer packs its own input (dispatch.h, PatternBand): its
+      // input becomes a planar tensor instead (AssignPlanar).
+      if (!a.use_pattern || !b.use_pattern || b.phase_split || b.pattern_scratch.band.rows > 0 ||
           b.input != a.output || outputs_.count(a.output) ||
           a.shape.batch != 1 || b.shape.batch != 1)
         continue;
@@ -232,6 +235,13 @@ class Partition {
   // The pattern kernel's knobs for this layer at its now-known geometry:
   // from the tuning cache, or tuned now (tune=on), or the built-in default.
   void ChooseTuning(OpPlan* op) {
+    ChooseTuningKnobs(op);
+    // A split conv's input is phase-split straight into the whole-image
+    // padded planes (PackPhaseSplitInput), not into row bands.
+    if (op->phase_split) op->tuning.jit_band_rows = -1;
+  }
+
+  void ChooseTuningKnobs(OpPlan* op) {
     const DelegateOptions& o = delegate_->options;
     op->tuning = PatternTuning();
     op->tuning.jit = delegate_->jit;
@@ -599,7 +609,8 @@ std::string Delegate::ReportJson() {
            ",\"generate_ms\":" + std::to_string(e.generate_ms) +
            ",\"jit_filters\":" + std::to_string(e.jit_filters) +
            ",\"jit_vectors\":" + std::to_string(e.jit_vectors) +
-           ",\"jit_segments\":" + std::to_string(e.jit_segments);
+           ",\"jit_segments\":" + std::to_string(e.jit_segments) +
+           ",\"band_rows\":" + std::to_string(e.band_rows);
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",

@@ -45,7 +45,7 @@ def test_tune_on_writes_cache_then_cached_reuses_it(pruned_tflite, tmp_path):
     assert len(entries) == 2 and all(e["tuning"] == "tuned" for e in entries)
     assert rel_error(out, ref) <= 1e-5
     lines = cache.read_text().splitlines()
-    assert len(lines) == 2 and all(l.startswith("v3\t") and l.count("\t") == 8 for l in lines)
+    assert len(lines) == 2 and all(l.startswith("v4\t") and l.count("\t") == 9 for l in lines)
     assert not list(cache.parent.glob("*.tmp.*"))  # written via rename, nothing left over
 
     out2, entries2 = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))

@@ -266,6 +266,11 @@ constexpr int64_t kJitTaskPositions = 1024;
 // with 1024, AMD Zen 5, docs/engine.md section 15).
 constexpr int64_t kJitCallInputBytes = 128 << 10;
 constexpr int kJitTasksPerThread = 4;
+// Row bands (PatternBand): a band's input rows and its output rows each stay
+// within this many bytes, together well inside the smallest L2 met so far
+// (1 MiB per core, AMD Zen 4); layers whose whole padded input and output
+// already fit run as one piece.
+constexpr int64_t kJitBandBytes = 256 << 10;
 
 }  // namespace
 
@@ -362,6 +367,53 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
   return g;
 }
 
+// Floats >= n, a multiple of 16 (one 64-byte line) and an odd number of
+// lines: a band buffer's channel stride.  A stride of a multiple of 2 KB put
+// the 28 output rows of a register tile on two L1 sets and cost 1.4x.
+int64_t OddLines(int64_t n) {
+  int64_t v = (n + 15) / 16 * 16;
+  if ((v / 16) % 2 == 0) v += 16;
+  return v;
+}
+
+// Row bands for generated code of `tile` positions per register tile at
+// geometry `g` (off: rows == 0).  Bands are at least twice the kernel's
+// vertical reach tall (the halo rows are packed twice), and an even number
+// of them keeps two threads equally busy.
+PatternBand BandFor(const ConvShape& s, const PatternGeometry& g, const PatternTuning& t,
+                    int tile) {
+  PatternBand b;
+  if (t.jit_band_rows < 0) return b;
+  const int halo = (s.k_h - 1) * s.dil_h;
+  const int64_t in_row = int64_t(s.in_c) * g.wp * int64_t(sizeof(float));
+  const int64_t out_row = int64_t(s.out_c) * g.wp * int64_t(sizeof(float));
+  int rows = t.jit_band_rows;
+  if (rows == 0) {
+    if (in_row * g.hp <= kJitBandBytes && out_row * s.out_h <= kJitBandBytes) return b;
+    const int64_t fit = std::min(kJitBandBytes / in_row - halo, kJitBandBytes / out_row);
+    rows = static_cast<int>(std::max<int64_t>({fit, 2 * halo, 1}));
+    int bands = (s.out_h + rows - 1) / rows;
+    if (bands > 1 && bands % 2) ++bands;
+    rows = (s.out_h + bands - 1) / bands;
+    // Rounding can make the count odd again (28 rows of 4 = 7 bands).
+    while (rows > 1 && ((s.out_h + rows - 1) / rows) % 2 == 1 && (s.out_h + rows - 1) / rows > 1)
+      --rows;
+  }
+  rows = std::min(rows, s.out_h);
+  b.num_bands = (s.out_h + rows - 1) / rows;
+  // One band is the whole image: the unbanded path splits it better (over
+  // filter blocks) between threads.
+  if (b.num_bands < 2) return PatternBand();
+  b.rows = rows;
+  b.in_rows = rows + halo;
+  b.plane = OddLines(int64_t(b.in_rows) * g.wp);
+  b.tiles = (int64_t(rows) * g.wp + tile - 1) / tile;
+  b.out_plane = OddLines(b.tiles * tile);
+  const int64_t slack = std::max<int64_t>(0, b.tiles * tile + g.max_offset - b.plane);
+  b.input_size = static_cast<size_t>(b.plane * s.in_c + slack);
+  return b;
+}
+
 // Element offset of each pattern tap in the padded CHW input of row pitch wp.
 std::vector<int32_t> TapOffsets(const ConvShape& s, const PatternPlan& plan, int wp) {
   std::vector<int32_t> offs(static_cast<size_t>(plan.num_patterns()) * kMaxTaps, 0);
@@ -425,11 +477,12 @@ void PropagateNonFinite(const ConvShape& s, const PatternPlan& plan, const Patte
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                                PatternScratch* scratch, const PatternTuning& tuning) {
   char key[320];
-  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d",
+  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d",
                 set ? set->isa : "-", s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w,
                 s.pad_top, s.pad_left, s.dil_h, s.dil_w, s.act_min, s.act_max, tuning.chunk_channels,
                 tuning.tile_vectors, static_cast<int>(tuning.jit), tuning.jit_filters,
-                tuning.jit_vectors, tuning.jit_reorder ? 1 : 0, tuning.jit_segment);
+                tuning.jit_vectors, tuning.jit_reorder ? 1 : 0, tuning.jit_segment,
+                tuning.jit_band_rows);
   if (scratch->prepared_key == key) return scratch->engine;
   scratch->jit.reset();
   scratch->jit_error.clear();
@@ -448,12 +501,17 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
       isa = JitIsa::kNone;
     }
   }
+  PatternBand band;
   if (isa != JitIsa::kNone) {
     const std::vector<int32_t> taps = TapOffsets(s, plan, g.wp);
+    // Banded code reads a band buffer: its channel stride and sizes.
+    band = BandFor(s, g, tuning, JitLanes(isa) * vectors);
+    const bool banded = band.rows > 0;
     JitLayout layout;
-    why = BuildJitLayout(plan, taps.data(), g.plane, static_cast<int64_t>(g.input_size),
-                         static_cast<int64_t>(g.num_blocks) * g.block_len, isa,
-                         tuning.jit_filters, vectors, tuning.jit_reorder, tuning.jit_segment,
+    why = BuildJitLayout(plan, taps.data(), banded ? band.plane : g.plane,
+                         static_cast<int64_t>(banded ? band.input_size : g.input_size),
+                         banded ? band.out_plane : static_cast<int64_t>(g.num_blocks) * g.block_len,
+                         isa, tuning.jit_filters, vectors, tuning.jit_reorder, tuning.jit_segment,
                          s.act_min, s.act_max, &layout);
     if (why.empty()) {
       std::unique_ptr<JitKernel> k = JitKernel::Generate(layout, &why);
@@ -470,10 +528,17 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
     }
   }
   scratch->geometry = g;
+  scratch->band = scratch->jit ? band : PatternBand();
   scratch->tap_offsets = TapOffsets(s, plan, g.wp);
-  // A new geometry may move the halo: start from zeros.
-  scratch->input.assign(g.input_size, 0.f);
-  scratch->output.resize(static_cast<size_t>(s.out_c) * g.num_blocks * g.block_len);
+  // A new geometry may move the halo: start from zeros.  Banded layers use
+  // the per-thread band buffers; the whole-image ones are made only if an
+  // Inf or NaN needs them (RunPatternConv).
+  const bool whole = scratch->band.rows == 0;
+  scratch->input.assign(whole ? g.input_size : 0, 0.f);
+  scratch->output.assign(whole ? static_cast<size_t>(s.out_c) * g.num_blocks * g.block_len : 0,
+                         0.f);
+  scratch->input.shrink_to_fit();
+  scratch->output.shrink_to_fit();
   scratch->engine = scratch->jit ? std::string("jit_") + JitIsaName(isa) : std::string(set->isa);
   scratch->prepared_key = key;
   return scratch->engine;
@@ -601,6 +666,121 @@ void RunAdd(int64_t n, const float* a, const float* b, float lo, float hi, float
   });
 }
 
+namespace {
+
+// Where a pattern conv's output rows go: an NHWC image, or planes (PlaneDest).
+struct OutputDest {
+  float* nhwc = nullptr;  // the image, when not planes
+  PlaneDest planes;
+};
+
+// Output rows [r0, r1) and channels [o0, o1) (all channels for NHWC) from the
+// engine's CHW buffer `chw` (channel stride `chw_plane`, row pitch wp, its
+// row 0 is output row `row_base`) to `d`, with bias and activation unless
+// the generated code's epilogue applied them.  Returns the OR of x - x over
+// the values written to planes (non-zero: an Inf or NaN), 0 for NHWC.
+uint32_t StoreOutputRows(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
+                         bool epilogue_done, const float* chw, int64_t chw_plane, int wp,
+                         int row_base, int r0, int r1, int o0, int o1, const OutputDest& d) {
+  uint32_t bad = 0;
+  if (d.nhwc != nullptr) {
+    for (int oy = r0; oy < r1; ++oy) {
+      float* dst = d.nhwc + static_cast<int64_t>(oy) * s.out_w * s.out_c;
+      // 16 pixels at a time: each call writes 16 whole pixels, one run of
+      // memory, so a cold output streams like a copy (the transpose's order,
+      // channel blocks outermost, wrote every pixel's line in 8 passes and
+      // cost 3-4x a copy's time on cold memory).
+      const float* src = chw + static_cast<int64_t>(oy - row_base) * wp;
+      for (int x0 = 0; x0 < s.out_w; x0 += 16)
+        set->transpose(src + x0, chw_plane, dst + static_cast<int64_t>(x0) * s.out_c, s.out_c,
+                       s.out_c, std::min(16, s.out_w - x0));
+      if (epilogue_done) continue;
+      const float* bias = plan.bias.data();
+      for (int ox = 0; ox < s.out_w; ++ox, dst += s.out_c)
+        for (int o = 0; o < s.out_c; ++o)
+          dst[o] = std::min(std::max(dst[o] + bias[o], s.act_min), s.act_max);
+    }
+    return 0;
+  }
+  const PlaneDest& p = d.planes;
+  const int n = std::min(s.out_w, p.wp - p.pad_left);
+  for (int o = o0; o < o1; ++o) {
+    const float bias = plan.bias[o];
+    for (int oy = r0; oy < r1; ++oy) {
+      const int py = oy + p.pad_top;
+      if (py >= p.hp) continue;
+      const float* src = chw + o * chw_plane + static_cast<int64_t>(oy - row_base) * wp;
+      float* dst = p.base + o * p.plane + static_cast<int64_t>(py) * p.wp + p.pad_left;
+      if (epilogue_done) {
+        bad |= CopyRowCheckFinite(src, dst, n);
+        continue;
+      }
+      for (int ox = 0; ox < n; ++ox) {
+        const float v = std::min(std::max(src[ox] + bias, s.act_min), s.act_max);
+        const float z = v - v;  // +0 unless v is Inf or NaN (as in the transpose)
+        uint32_t bits;
+        std::memcpy(&bits, &z, sizeof bits);
+        bad |= bits;
+        dst[ox] = v;
+      }
+    }
+  }
+  return bad;
+}
+
+// Input rows of one image into padded planes of channel stride `plane` and
+// row pitch wp: padded rows [py0, py1) land at local rows 0.. of `dst`;
+// rows and columns outside the image are written as zeros when `zero_halo`
+// (band buffers are shared, so their halo holds another band's values).
+// The source is NHWC `nhwc` or plain CHW `planar`.  Returns true if a value
+// moved was Inf or NaN.
+bool PackInputRows(const KernelSet* set, const ConvShape& s, int wp, int64_t plane,
+                   const float* nhwc, const float* planar, int py0, int py1, bool zero_halo,
+                   float* dst) {
+  const int nx = std::min(s.in_w, wp - s.pad_left);
+  const int64_t in_plane = static_cast<int64_t>(s.in_h) * s.in_w;
+  uint32_t bad = 0;
+  bool tbad = false;
+  for (int py = py0; py < py1; ++py) {
+    const int iy = py - s.pad_top;
+    float* row = dst + static_cast<int64_t>(py - py0) * wp;
+    if (iy < 0 || iy >= s.in_h) {
+      if (zero_halo)
+        for (int c = 0; c < s.in_c; ++c) std::fill(row + c * plane, row + c * plane + wp, 0.f);
+      continue;
+    }
+    if (zero_halo)
+      for (int c = 0; c < s.in_c; ++c) {
+        float* r = row + c * plane;
+        std::fill(r, r + s.pad_left, 0.f);
+        std::fill(r + s.pad_left + nx, r + wp, 0.f);
+      }
+    if (planar != nullptr) {
+      for (int c = 0; c < s.in_c; ++c)
+        bad |= CopyRowCheckFinite(planar + c * in_plane + static_cast<int64_t>(iy) * s.in_w,
+                                  row + c * plane + s.pad_left, nx);
+    } else {
+      // One input row [x][c] becomes column x of every channel row.
+      tbad |= set->transpose(nhwc + static_cast<int64_t>(iy) * s.in_w * s.in_c, s.in_c,
+                             row + s.pad_left, plane, nx, s.in_c);
+    }
+  }
+  return tbad || bad != 0;
+}
+
+// A thread's band buffers (0: input, 1: output), shared by every banded layer
+// the thread runs, so the previous band or layer left them in its L2.  They
+// only grow; what they held before is overwritten or never read into a
+// kept output (the halo is re-zeroed per band).
+float* BandBuffer(int which, size_t floats) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& b = buffers[which];
+  if (b.size() < floats) b.resize(floats, 0.f);
+  return b.data();
+}
+
+}  // namespace
+
 void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                     PatternScratch* scratch, const float* input, float* output,
                     ThreadPool* pool, const PatternTuning& tuning, const PatternIo& io) {
@@ -610,7 +790,11 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
     std::abort();  // planar tensors exist at batch 1 only: a driver bug
   PreparePatternConv(set, s, plan, scratch, tuning);
   const PatternGeometry g = scratch->geometry;
-  const int wp = g.wp, hp = g.hp, block_len = g.block_len, num_blocks = g.num_blocks;
+  const PatternBand band = scratch->band;
+  // Banded code reads band buffers only: a layer whose padded input someone
+  // else writes (chained, phase split) must be prepared unbanded.
+  if (band.rows > 0 && input_packed) std::abort();  // a driver bug
+  const int wp = g.wp, block_len = g.block_len, num_blocks = g.num_blocks;
   const int64_t plane = g.plane;
   const JitKernel* jit = scratch->jit.get();
 
@@ -630,8 +814,10 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len / args.unit_splits);
   const int64_t out_plane = static_cast<int64_t>(num_blocks) * block_len;
   // Generated code: tasks are (range of position blocks, filter block),
-  // range-major; a range is `blocks_per_task` consecutive blocks.
-  int64_t blocks_per_task = 1;
+  // range-major; a range is `blocks_per_task` consecutive blocks.  A call's
+  // rows of the planes one segment reads should stay within
+  // kJitCallInputBytes (`call_blocks`).
+  int64_t blocks_per_task = 1, call_blocks = 1;
   if (jit != nullptr) {
     const int64_t fb = jit->num_blocks();
     int64_t want = tuning.jit_task_positions;
@@ -639,7 +825,8 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       const int64_t planes = std::max<int64_t>(1, jit->layout().max_segment_planes);
       want = std::min(kJitTaskPositions, kJitCallInputBytes / (planes * int64_t(sizeof(float))));
     }
-    blocks_per_task = std::max<int64_t>(1, std::min<int64_t>(num_blocks, want / block_len));
+    call_blocks = std::max<int64_t>(1, want / block_len);
+    blocks_per_task = std::max<int64_t>(1, std::min<int64_t>(num_blocks, call_blocks));
     const int threads = pool ? pool->num_threads() : 1;
     if (tuning.jit_task_positions <= 0 && threads > 1)
       blocks_per_task = std::max<int64_t>(
@@ -653,135 +840,131 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   PatternGeometry ng;
   if (next != nullptr) {
     PreparePatternConv(set, *next->shape, *next->plan, next->scratch, *next->tuning);
+    if (next->scratch->band.rows > 0) std::abort();  // see above: a driver bug
     ng = next->scratch->geometry;
   }
+  OutputDest dest;
+  if (next != nullptr) {
+    dest.planes = PlaneDest{next->scratch->input.data(), ng.plane, ng.wp, ng.hp,
+                            next->shape->pad_top, next->shape->pad_left};
+  } else if (io.planar_output != nullptr) {
+    dest.planes = PlaneDest{io.planar_output, static_cast<int64_t>(s.out_h) * s.out_w, s.out_w,
+                            s.out_h, 0, 0};
+  }
+  const bool to_planes = dest.planes.base != nullptr;
 
   for (int b = 0; b < s.batch; ++b) {
     const float* in_b = input ? input + static_cast<int64_t>(b) * s.in_h * s.in_w * s.in_c : nullptr;
-    float* padded = scratch->input.data();
-    // NHWC -> zero-padded CHW (only rows/columns the kernels can read),
-    // unless the previous layer already wrote it there.
+    if (!to_planes) dest.nhwc = output + static_cast<int64_t>(b) * s.out_h * s.out_w * s.out_c;
     // Whether the input holds an Inf or NaN the kernels can read: rare, and
     // only then do the products they skip matter (see PropagateNonFinite).
-    // The transpose finds out as it moves the data; a chained input was
-    // checked by the layer that wrote it.
+    // Packing finds out as it moves the data; a chained input was checked
+    // by the layer that wrote it.
     std::atomic<bool> non_finite{input_packed && scratch->input_non_finite};
-    if (io.planar_input != nullptr) {
-      // Plain CHW planes -> the padded planes: contiguous row copies.
-      const int nx = std::min(s.in_w, wp - s.pad_left);
-      const int64_t in_plane = static_cast<int64_t>(s.in_h) * s.in_w;
-      ParallelFor(pool, s.in_c, 8, [&](int64_t c0, int64_t c1) {
-        uint32_t bad = 0;
-        for (int64_t c = c0; c < c1; ++c)
-          for (int iy = 0; iy < s.in_h; ++iy) {
-            const int64_t py = iy + s.pad_top;
-            if (py >= hp) continue;
-            bad |= CopyRowCheckFinite(io.planar_input + c * in_plane + int64_t(iy) * s.in_w,
-                                      padded + c * plane + py * wp + s.pad_left, nx);
-          }
-        if (bad) non_finite.store(true, std::memory_order_relaxed);
-      });
-    } else if (!input_packed)
+    std::atomic<bool> out_non_finite{false};  // what a planes destination got
+    // NHWC or planar -> the whole zero-padded CHW buffer (only rows and
+    // columns the kernels can read; the halo stays zero from Prepare).
+    const auto pack_whole = [&] {
+      if (scratch->input.size() < g.input_size) scratch->input.assign(g.input_size, 0.f);
       ParallelFor(pool, s.in_h, 4, [&](int64_t y0, int64_t y1) {
-        bool bad = false;
-        for (int64_t iy = y0; iy < y1; ++iy) {
-          const int64_t py = iy + s.pad_top;
-          if (py >= hp) continue;
-          // One input row [x][c] becomes column x of every channel row.
-          const int nx = std::min(s.in_w, wp - s.pad_left);
-          bad |= set->transpose(in_b + iy * s.in_w * s.in_c, s.in_c,
-                                padded + py * wp + s.pad_left, plane, nx, s.in_c);
-        }
-        if (bad) non_finite.store(true, std::memory_order_relaxed);
+        const int py0 = static_cast<int>(y0) + s.pad_top;
+        const int py1 = std::min(static_cast<int>(y1) + s.pad_top, g.hp);
+        if (py1 > py0 && PackInputRows(set, s, wp, plane, in_b, io.planar_input, py0, py1, false,
+                                       scratch->input.data() + static_cast<int64_t>(py0) * wp))
+          non_finite.store(true, std::memory_order_relaxed);
       });
-    if (jit != nullptr) {
+    };
+    if (band.rows > 0) {
+      // Bands: pack, run and store a band of rows at a time per thread, in
+      // buffers that stay in its L2 (PatternBand).
       const int fb = jit->num_blocks();
       const int64_t tile = jit->layout().TileLen();
-      const int64_t in_size = static_cast<int64_t>(scratch->input.size());
-      const int64_t out_size = static_cast<int64_t>(scratch->output.size());
-      ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t b0 = (t / fb) * blocks_per_task;
-          const int64_t b1 = std::min<int64_t>(num_blocks, b0 + blocks_per_task);
-          // Run() refuses arguments outside the validated buffers; the
-          // driver's geometry makes that impossible, so it is a hard bug.
-          if (!jit->Run(static_cast<int>(t % fb), args.input, in_size, args.output, out_size,
-                        b0 * block_len, (b1 - b0) * block_len / tile))
-            std::abort();
-        }
-      });
-    } else {
-      ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
-        set->pattern_conv2d(args, t0, t1);
-      });
-    }
-    const float* chw = scratch->output.data();
-    if (next != nullptr || io.planar_output != nullptr) {
-      // CHW -> the next layer's padded CHW or a plain CHW tensor, with bias
-      // and activation: rows stay contiguous, no transpose.
-      PlaneDest d;
-      if (next != nullptr) {
-        d = PlaneDest{next->scratch->input.data(), ng.plane, ng.wp, ng.hp,
-                      next->shape->pad_top, next->shape->pad_left};
-      } else {
-        d = PlaneDest{io.planar_output, static_cast<int64_t>(s.out_h) * s.out_w, s.out_w,
-                      s.out_h, 0, 0};
-      }
-      std::atomic<bool> next_non_finite{false};  // what the next layer can read
-      ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
-        uint32_t bad = 0;
-        const int n = std::min(s.out_w, d.wp - d.pad_left);
-        for (int64_t o = o0; o < o1; ++o) {
-          const float bias = plan.bias[o];
-          for (int oy = 0; oy < s.out_h; ++oy) {
-            const int py = oy + d.pad_top;
-            if (py >= d.hp) continue;
-            const float* src = chw + o * out_plane + static_cast<int64_t>(oy) * wp;
-            float* dst = d.base + o * d.plane + static_cast<int64_t>(py) * d.wp + d.pad_left;
-            if (jit) {  // generated code applied bias and activation already
-              bad |= CopyRowCheckFinite(src, dst, n);
-              continue;
-            }
-            for (int ox = 0; ox < n; ++ox) {
-              const float v = std::min(std::max(src[ox] + bias, s.act_min), s.act_max);
-              const float z = v - v;  // +0 unless v is Inf or NaN (as in the transpose)
-              uint32_t bits;
-              std::memcpy(&bits, &z, sizeof bits);
-              bad |= bits;
-              dst[ox] = v;
-            }
+      const int halo = (s.k_h - 1) * s.dil_h;
+      const int64_t out_floats = static_cast<int64_t>(s.out_c) * band.out_plane;
+      const int64_t call_tiles = std::max<int64_t>(1, call_blocks * block_len / tile);
+      ParallelFor(pool, band.num_bands, 1, [&](int64_t b0, int64_t b1) {
+        float* bin = BandBuffer(0, band.input_size);
+        float* bout = BandBuffer(1, static_cast<size_t>(out_floats));
+        bool bad_in = false;
+        uint32_t bad_out = 0;
+        for (int64_t k = b0; k < b1; ++k) {
+          const int r0 = static_cast<int>(k) * band.rows;
+          const int r1 = std::min(s.out_h, r0 + band.rows);
+          bad_in |= PackInputRows(set, s, wp, band.plane, in_b, io.planar_input, r0,
+                                  r1 + halo, true, bin);
+          const int64_t tiles = ((r1 - r0) * int64_t(wp) + tile - 1) / tile;
+          for (int64_t c0 = 0; c0 < tiles; c0 += call_tiles) {
+            const int64_t c1 = std::min(tiles, c0 + call_tiles);
+            for (int f = 0; f < fb; ++f)
+              if (!jit->Run(f, bin, static_cast<int64_t>(band.input_size), bout, out_floats,
+                            c0 * tile, c1 - c0))
+                std::abort();  // outside the validated buffers: a driver bug
           }
+          bad_out |= StoreOutputRows(set, s, plan, true, bout, band.out_plane, wp, r0, r0, r1, 0,
+                                     s.out_c, dest);
         }
-        if (bad) next_non_finite.store(true, std::memory_order_relaxed);
+        if (bad_in) non_finite.store(true, std::memory_order_relaxed);
+        if (bad_out) out_non_finite.store(true, std::memory_order_relaxed);
       });
-      if (non_finite)
+      // PropagateNonFinite reads the whole padded input.
+      if (non_finite) pack_whole();
+    } else {
+      if (!input_packed) pack_whole();
+      if (jit != nullptr) {
+        const int fb = jit->num_blocks();
+        const int64_t tile = jit->layout().TileLen();
+        const int64_t in_size = static_cast<int64_t>(scratch->input.size());
+        const int64_t out_size = static_cast<int64_t>(scratch->output.size());
+        ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t b0 = (t / fb) * blocks_per_task;
+            const int64_t b1 = std::min<int64_t>(num_blocks, b0 + blocks_per_task);
+            // Run() refuses arguments outside the validated buffers; the
+            // driver's geometry makes that impossible, so it is a hard bug.
+            if (!jit->Run(static_cast<int>(t % fb), args.input, in_size, args.output, out_size,
+                          b0 * block_len, (b1 - b0) * block_len / tile))
+              std::abort();
+          }
+        });
+      } else {
+        ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
+          set->pattern_conv2d(args, t0, t1);
+        });
+      }
+      const float* chw = scratch->output.data();
+      const bool done = jit != nullptr;  // the generated epilogue did bias and activation
+      if (to_planes) {
+        ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
+          if (StoreOutputRows(set, s, plan, done, chw, out_plane, wp, 0, 0, s.out_h,
+                              static_cast<int>(o0), static_cast<int>(o1), dest))
+            out_non_finite.store(true, std::memory_order_relaxed);
+        });
+      } else {
+        ParallelFor(pool, s.out_h, 1, [&](int64_t y0, int64_t y1) {
+          StoreOutputRows(set, s, plan, done, chw, out_plane, wp, 0, static_cast<int>(y0),
+                          static_cast<int>(y1), 0, s.out_c, dest);
+        });
+      }
+    }
+    if (non_finite) {
+      const float* padded = scratch->input.data();
+      if (to_planes) {
+        const PlaneDest& d = dest.planes;
         PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {
           const int py = oy + d.pad_top, px = ox + d.pad_left;
           if (py < d.hp && px < d.wp) {
             d.base[o * d.plane + static_cast<int64_t>(py) * d.wp + px] = NAN;
-            next_non_finite.store(true, std::memory_order_relaxed);
+            out_non_finite.store(true, std::memory_order_relaxed);
           }
         });
-      if (next != nullptr) next->scratch->input_non_finite = next_non_finite;
-      continue;
-    }
-    // CHW -> NHWC with bias and the fused activation.
-    float* out_b = output + static_cast<int64_t>(b) * s.out_h * s.out_w * s.out_c;
-    ParallelFor(pool, s.out_h, 1, [&](int64_t y0, int64_t y1) {
-      for (int64_t oy = y0; oy < y1; ++oy) {
-        float* dst = out_b + oy * s.out_w * s.out_c;
-        set->transpose(chw + oy * wp, out_plane, dst, s.out_c, s.out_c, s.out_w);
-        if (jit) continue;  // the generated code's epilogue did bias and activation
-        const float* bias = plan.bias.data();
-        for (int ox = 0; ox < s.out_w; ++ox, dst += s.out_c)
-          for (int o = 0; o < s.out_c; ++o)
-            dst[o] = std::min(std::max(dst[o] + bias[o], s.act_min), s.act_max);
+      } else {
+        float* out_b = dest.nhwc;
+        PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {
+          out_b[(static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c + o] = NAN;
+        });
       }
-    });
-    if (non_finite)
-      PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {
-        out_b[(static_cast<int64_t>(oy) * s.out_w + ox) * s.out_c + o] = NAN;
-      });
+    }
+    if (next != nullptr) next->scratch->input_non_finite = out_non_finite;
   }
 }
 

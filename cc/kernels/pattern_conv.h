@@ -134,6 +134,9 @@ struct PatternTuning {
   // generated: output positions per call of a block's code (0: about
   // kJitTaskPositions, fewer when the threads need more tasks)
   int jit_task_positions = 0;
+  // generated: output rows per band (0: chosen from the layer's size, < 0:
+  // the whole image at once); see PatternBand
+  int jit_band_rows = 0;
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the
@@ -145,6 +148,23 @@ struct PatternGeometry {
   int64_t positions = 0;       // out_h * wp, flattened (see PatternConvArgs)
   int tile_vectors = 1, block_len = 0, num_blocks = 0, max_offset = 0, chunk = 0;
   size_t input_size = 0;       // padded CHW input, with read slack
+};
+
+// Row bands (generated code, large layers): instead of moving the whole image
+// into padded planes, running the kernel, and moving the whole result out,
+// each thread takes a band of `rows` output rows at a time and packs its
+// input rows (plus the halo) into a small per-thread buffer, runs the code
+// on it, and writes the band's output rows to their destination.  The band
+// buffers are reused by every band and layer, so they stay in the core's L2
+// cache; the whole-image buffers were megabytes that came back from DRAM
+// after any pause (docs/engine.md, section 16).  rows == 0: off.
+struct PatternBand {
+  int rows = 0, num_bands = 0;
+  int in_rows = 0;          // rows + the kernel's vertical reach
+  int64_t plane = 0;        // floats per input channel in the band buffer
+  int64_t tiles = 0;        // register tiles covering a band's positions
+  int64_t out_plane = 0;    // floats per output channel in the band buffer
+  size_t input_size = 0;    // band input buffer, with read slack
 };
 
 class JitKernel;
@@ -159,6 +179,7 @@ struct PatternScratch {
   std::string jit_error;
   // What PreparePatternConv set up (geometry, engine) and for which key.
   PatternGeometry geometry;
+  PatternBand band;  // rows > 0: the code was generated for band buffers
   std::string engine, prepared_key;
   // Set by the previous layer when it wrote `input` itself (chained): whether
   // it wrote an Inf or NaN there.

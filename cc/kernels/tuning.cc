@@ -54,13 +54,16 @@ uint64_t HashVec(uint64_t h, const std::vector<T>& v) {
 
 // Longest code segment a cache entry may ask for (uses); -1 = whole blocks.
 constexpr int kMaxJitSegment = 1 << 24;
+// Tallest row band a cache entry may ask for; -1 = whole image.
+constexpr int kMaxJitBandRows = 1 << 16;
 
 bool Sane(const PatternTuning& t) {
   const int jit = static_cast<int>(t.jit);
   return t.chunk_channels >= 0 && t.chunk_channels <= (1 << 20) &&
          (t.tile_vectors == 0 || ValidTileVectors(t.tile_vectors)) && jit >= 0 && jit <= 3 &&
          t.jit_filters >= 0 && t.jit_filters <= 31 && t.jit_vectors >= 0 && t.jit_vectors <= 4 &&
-         t.jit_segment >= -1 && t.jit_segment <= kMaxJitSegment;
+         t.jit_segment >= -1 && t.jit_segment <= kMaxJitSegment && t.jit_band_rows >= -1 &&
+         t.jit_band_rows <= kMaxJitBandRows;
 }
 
 bool ParseInt(const std::string& f, long lo, long hi, int* v) {
@@ -128,6 +131,14 @@ TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const Patte
         t.jit_vectors = v;
         cands.push_back(t);
       }
+    // Row bands (PatternBand) twice as tall as the default, and none.
+    if (probe.band.rows > 0)
+      for (int rows : {-1, std::min(s.out_h, 2 * probe.band.rows)}) {
+        PatternTuning t = def;
+        t.jit = isa;
+        t.jit_band_rows = rows;
+        cands.push_back(t);
+      }
     PatternTuning st;
     st.jit = JitIsa::kNone;
     cands.push_back(st);
@@ -169,9 +180,9 @@ std::string TuningKey(const KernelSet* set, int threads, const ConvShape& s,
   h = HashVec(h, plan.stride);
   h = HashVec(h, plan.unit_size);
   std::ostringstream k;
-  // "g2": the generator with code segments; entries tuned before it (a
-  // different speed landscape) are not reused.
-  k << CpuModel() << "|" << (set ? set->isa : "reference") << "|jit-" << JitIsaName(jit) << "|g2|t"
+  // "g3": the generator with code segments and row bands; entries tuned
+  // before them (a different speed landscape) are not reused.
+  k << CpuModel() << "|" << (set ? set->isa : "reference") << "|jit-" << JitIsaName(jit) << "|g3|t"
     << threads << "|" << s.batch
     << "x" << s.in_h << "x" << s.in_w << "x" << s.in_c << ">" << s.out_c << "|k" << s.k_h << "x"
     << s.k_w << "d" << s.dil_h << "x" << s.dil_w << "p" << s.pad_top << "," << s.pad_left << "|"
@@ -231,11 +242,12 @@ void TuningCache::Load(const std::string& path, std::map<std::string, Entry>* en
     std::string field;
     while (std::getline(ss, field, '\t')) fields.push_back(field);
     // v1 <key> chunk tile ms  |  v2 <key> chunk tile jit jit_filters jit_vectors ms
-    // v3: v2 with jit_segment before ms
+    // v3: v2 with jit_segment before ms; v4: v3 with jit_band_rows before ms
     const bool v1 = fields.size() == 5 && fields[0] == "v1";
     const bool v2 = fields.size() == 8 && fields[0] == "v2";
     const bool v3 = fields.size() == 9 && fields[0] == "v3";
-    if ((!v1 && !v2 && !v3) || fields[1].empty()) continue;
+    const bool v4 = fields.size() == 10 && fields[0] == "v4";
+    if ((!v1 && !v2 && !v3 && !v4) || fields[1].empty()) continue;
     Entry e;
     int jit = 0;
     if (!ParseInt(fields[2], 0, 1 << 20, &e.tuning.chunk_channels) ||
@@ -246,7 +258,8 @@ void TuningCache::Load(const std::string& path, std::map<std::string, Entry>* en
     } else {
       if (!ParseInt(fields[4], 0, 3, &jit) || !ParseInt(fields[5], 0, 31, &e.tuning.jit_filters) ||
           !ParseInt(fields[6], 0, 4, &e.tuning.jit_vectors) ||
-          (v3 && !ParseInt(fields[7], -1, kMaxJitSegment, &e.tuning.jit_segment)))
+          ((v3 || v4) && !ParseInt(fields[7], -1, kMaxJitSegment, &e.tuning.jit_segment)) ||
+          (v4 && !ParseInt(fields[8], -1, kMaxJitBandRows, &e.tuning.jit_band_rows)))
         continue;
       e.tuning.jit = static_cast<JitIsa>(jit);
     }
@@ -282,10 +295,11 @@ std::string TuningCache::Save() const {
     std::ofstream f(tmp, std::ios::trunc);
     if (!f) return "cannot write " + tmp;
     for (const auto& kv : merged)
-      f << "v3\t" << kv.first << "\t" << kv.second.tuning.chunk_channels << "\t"
+      f << "v4\t" << kv.first << "\t" << kv.second.tuning.chunk_channels << "\t"
         << kv.second.tuning.tile_vectors << "\t" << static_cast<int>(kv.second.tuning.jit)
         << "\t" << kv.second.tuning.jit_filters << "\t" << kv.second.tuning.jit_vectors << "\t"
-        << kv.second.tuning.jit_segment << "\t" << kv.second.best_ms << "\n";
+        << kv.second.tuning.jit_segment << "\t" << kv.second.tuning.jit_band_rows << "\t"
+        << kv.second.best_ms << "\n";
     if (!f.flush()) return "cannot write " + tmp;
   }
   if (std::rename(tmp.c_str(), path_.c_str()) != 0) {

@@ -493,6 +493,128 @@ TEST_CASE(GeneratedSegmentsMatchWholeBlocks) {
     }
 }
 
+// Row bands (PatternBand): any band height, NHWC or planar input, NHWC,
+// planar or chained output, 1-3 threads, an Inf or NaN in the input: bit for
+// bit the unbanded generated result (same products in the same order), and
+// the float64 reference.  The band buffers are sized exactly (ASan in CI).
+bool SameOrBothNan(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(std::isnan(a[i]) && std::isnan(b[i])) &&
+        std::memcmp(&a[i], &b[i], sizeof(float)) != 0)
+      return false;
+  return true;
+}
+
+TEST_CASE(GeneratedRowBandsMatchTheWholeImage) {
+  if (!JitCompiled()) return;
+  std::string err;
+  const KernelSet* set = SelectKernelSet("auto", &err);
+  std::mt19937 rng(17);
+  // The last two are large enough for automatic bands (kJitBandBytes).
+  const PatternCase cases[] = {
+      {1, 9, 10, 6, 13, 3, 1, Padding::kSame, -INFINITY, INFINITY},
+      {2, 11, 9, 7, 9, 3, 1, Padding::kValid, -1.f, 1.f},
+      {1, 12, 12, 4, 8, 5, 2, Padding::kSame, 0.f, 6.f},
+      {1, 13, 7, 5, 6, 1, 1, Padding::kSame, -INFINITY, INFINITY},
+      {1, 40, 40, 48, 40, 3, 1, Padding::kSame, 0.f, INFINITY},
+      {1, 37, 45, 96, 33, 1, 1, Padding::kValid, -INFINITY, INFINITY},
+  };
+  for (const PatternCase& c : cases) {
+    PatternProblem prob;
+    if (c.k == 1) {  // no 4-tap patterns: connectivity pruning only
+      PatternCase c3 = c;
+      c3.k = 3;
+      prob = MakeProblem(c3, false, &rng);
+      prob.s.k_h = prob.s.k_w = 1;
+      CHECK(ResolveConvShape(c.pad, &prob.s).empty());
+      prob.w = Random(size_t(prob.s.out_c) * prob.s.in_c, &rng);
+      for (float& v : prob.w)
+        if (rng() % 3 != 0) v = 0.f;
+      prob.ref.assign(size_t(prob.s.out_h) * prob.s.out_w * prob.s.out_c, 0.f);
+      Conv2DReference(prob.s, prob.in.data(), prob.w.data(), prob.b.data(), prob.ref.data());
+    } else {
+      prob = MakeProblem(c, false, &rng);
+    }
+    const ConvShape& s = prob.s;
+    PatternPlan plan;
+    CHECK(BuildPatternPlan(prob.w.data(), s.out_c, c.k, c.k, s.in_c, prob.b.data(), 4, &plan)
+              .empty());
+    for (JitIsa isa : JitIsas()) {
+      PatternTuning whole;
+      whole.jit = isa;
+      whole.jit_band_rows = -1;
+      PatternScratch ws;
+      CHECK(PreparePatternConv(set, s, plan, &ws, whole) == std::string("jit_") + JitIsaName(isa));
+      CHECK(ws.band.rows == 0);
+      PatternTuning autob = whole;
+      autob.jit_band_rows = 0;
+      PatternScratch as;
+      PreparePatternConv(set, s, plan, &as, autob);
+      const bool large = s.in_c * (s.in_h + c.k) * (s.in_w + c.k) * 4 > (256 << 10);
+      CHECK((as.band.rows > 0) == large);
+      for (bool poison : {false, true}) {
+        std::vector<float> in = prob.in;
+        if (poison) {
+          in[in.size() / 3] = INFINITY;
+          in[in.size() / 2 + 1] = NAN;
+        }
+        std::vector<float> expect(prob.ref.size());
+        ThreadPool pool1(1);
+        RunPatternConv(set, s, plan, &ws, in.data(), expect.data(), &pool1, whole);
+        if (!poison) CHECK(RelError(expect, prob.ref) <= 1e-5);
+        for (int rows : {0, 1, 2, 3, s.out_h - 1, s.out_h})
+          for (int threads : {1, 2, 3}) {
+            if (rows < 0) continue;
+            ThreadPool pool(threads);
+            PatternTuning t = whole;
+            t.jit_band_rows = rows;
+            PatternScratch bs;
+            PreparePatternConv(set, s, plan, &bs, t);
+            CHECK(rows == 0 || rows >= s.out_h || bs.band.rows == rows);
+            std::vector<float> out(expect.size(), NAN);
+            for (int rep = 0; rep < 2; ++rep) {
+              RunPatternConv(set, s, plan, &bs, in.data(), out.data(), &pool, t);
+              CHECK(SameOrBothNan(out, expect));
+            }
+            if (s.batch != 1) continue;
+            // Planar in and out.
+            const size_t ni = size_t(s.in_h) * s.in_w * s.in_c;
+            const size_t no = size_t(s.out_h) * s.out_w * s.out_c;
+            std::vector<float> pin(ni), pout(no, NAN), back(no);
+            NhwcToPlanar(set, s.in_h, s.in_w, s.in_c, in.data(), pin.data(), &pool);
+            PatternIo io;
+            io.planar_input = pin.data();
+            io.planar_output = pout.data();
+            RunPatternConv(set, s, plan, &bs, nullptr, nullptr, &pool, t, io);
+            PlanarToNhwc(set, s.out_h, s.out_w, s.out_c, pout.data(), back.data(), &pool);
+            CHECK(SameOrBothNan(back, expect));
+            // Chained into an unbanded 1x1 conv.
+            ConvShape s2;
+            s2.in_h = s.out_h; s2.in_w = s.out_w; s2.in_c = s.out_c; s2.out_c = 5;
+            s2.k_h = s2.k_w = 1;
+            CHECK(ResolveConvShape(Padding::kValid, &s2).empty());
+            auto w2 = Random(size_t(s2.out_c) * s2.in_c, &rng);
+            for (float& v : w2)
+              if (rng() % 3 == 0) v = 0.f;
+            const auto b2 = Random(s2.out_c, &rng);
+            PatternPlan p2;
+            CHECK(BuildPatternPlan(w2.data(), s2.out_c, 1, 1, s2.in_c, b2.data(), 4, &p2).empty());
+            PatternScratch s2s;
+            const PatternNext next{&s2, &p2, &whole, &s2s};
+            std::vector<float> chained(size_t(s2.out_h) * s2.out_w * s2.out_c, NAN),
+                direct(chained.size());
+            RunPatternConv(set, s, plan, &bs, in.data(), nullptr, &pool, t, false, &next);
+            RunPatternConv(set, s2, p2, &s2s, nullptr, chained.data(), &pool, whole, true);
+            PatternScratch s2d;
+            RunPatternConv(set, s2, p2, &s2d, expect.data(), direct.data(), &pool, whole);
+            CHECK(SameOrBothNan(chained, direct));
+          }
+      }
+    }
+  }
+}
+
 TEST_CASE(GeneratorRefusesBadInput) {
   // A damaged plan, bad knobs or a too-small buffer: BuildJitLayout names the
   // problem before any code exists; Run() refuses arguments outside the
