@@ -92,6 +92,8 @@ def run(group, threads, runs):
              f"V {e.get('jit_vectors', '-')})", _Layer(tuned, x)),
             (f"generated {isa}, default tile (M {m_default} x V 1)",
              _Layer(layer(jit=isa), x)),
+            ("generated, no row bands (the whole image packed, run, stored at once)",
+             _Layer(layer(jit=isa, jit_band_rows=-1), x)),
             ("generated, no code segments (a block's code in one piece)",
              _Layer(layer(jit=isa, jit_segment=-1), x)),
             ("generated, one output row per call (code refetched every row)",

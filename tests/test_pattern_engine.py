@@ -312,6 +312,48 @@ def test_consecutive_pattern_convs_keep_the_layout(batch):
     assert [e["keeps_layout"] for e in convs] == [batch == 1] * 4
 
 
+@pytest.mark.skipif(not JIT_ISAS, reason="row bands are a generated-code feature")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_layers_run_in_row_bands(threads):
+    """Layers too large for L2 run in row bands (docs/engine.md section 16):
+    the report says so, a banded conv is not chained (its input becomes a
+    planar tensor), and the result equals stock LiteRT, also with an Inf and
+    a NaN in the input."""
+    import keras
+
+    keras.utils.set_random_seed(12)
+    inp = keras.Input((64, 64, 48))
+    a = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="a")(inp)
+    b = keras.layers.Conv2D(40, 3, padding="same", name="b")(a)
+    model = keras.Model(inp, b)
+    for name in "ab":
+        layer = model.get_layer(name)
+        w = layer.get_weights()
+        w[0] = P.prune_kernel(w[0], connectivity=2.0)
+        layer.set_weights(w)
+    tfl = convert(model)
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 64, 64, 48)).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off")
+    for poison in (False, True):
+        if poison:
+            x[0, 5, 7, 3], x[0, 40, 0, 11] = np.inf, np.nan
+        ref = reference_outputs(tfl, [x])[0]
+        out = run_tflite(it, [x])[0]
+        assert np.array_equal(np.isnan(out), np.isnan(ref))
+        keep = ~np.isnan(ref)
+        assert rel_error(out[keep], ref[keep]) <= 1e-5
+    report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+    assert [e["op"] for e in report] == ["CONV_2D", "CONV_2D"]
+    assert all(e["band_rows"] >= 2 and 64 // e["band_rows"] >= 4 for e in report)
+    assert [e["layout"] for e in report] == ["planar", "nhwc"]
+    # The static kernels have no bands: the same pair is chained.
+    it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off", jit="static")
+    assert rel_error(run_tflite(it, [x])[0][keep], ref[keep]) <= 1e-5
+    report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+    assert [e["layout"] for e in report] == ["chained", "nhwc"]
+    assert [e["band_rows"] for e in report] == [0, 0]
+
+
 def test_delegate_reports_the_generated_engine():
     """delegate_report() names the engine per node and, for generated code,
     its size and generation time; jit=static runs the static kernels; both
