@@ -117,6 +117,17 @@ def test_every_cached_generator_knob_gives_the_same_result(pruned_tflite, tmp_pa
         np.testing.assert_array_equal(outs[seg], outs[-1])
     assert all(a < b for a, b in zip(segments[-1], segments[1])), segments
     assert all(a <= b for a, b in zip(segments[768], segments[7])), segments
+    # v4 entries add the row-band height (-1 = whole image): bands of 3 or
+    # 7 rows on this 20-row map, and none, give the same output to the bit.
+    bands = {}
+    for rows in (-1, 3, 7):
+        cache.write_text("".join(f"v4\t{k}\t0\t0\t{code[isas[-1]]}\t0\t1\t0\t{rows}\t1.0\n"
+                                 for k in keys))
+        out, entries = _run(pruned_tflite, x, tune="cached", tune_cache=str(cache))
+        assert [e["tuning"] for e in entries] == ["cached", "cached"]
+        bands[rows] = [e["band_rows"] for e in entries]
+        np.testing.assert_array_equal(out, outs[-1])
+    assert bands == {-1: [0, 0], 3: [3, 3], 7: [7, 7]}, bands
 
 
 @pytest.mark.parametrize("junk", [
@@ -126,6 +137,8 @@ def test_every_cached_generator_knob_gives_the_same_result(pruned_tflite, tmp_pa
     b"v2\tk\t0\t0\t-1\t4\t1\t1\n", b"v2\tk\t0\t0\t3\t4\t1\tfast\n",
     b"v3\tk\t0\t0\t3\t4\t1\t-2\t1\n", b"v3\tk\t0\t0\t3\t4\t1\tx\t1\n",
     b"v3\tk\t0\t0\t3\t4\t1\t99999999999\t1\n", b"v3\tk\t0\t0\t3\t4\t1\t1\n",
+    b"v4\tk\t0\t0\t3\t4\t1\t0\t-2\t1\n", b"v4\tk\t0\t0\t3\t4\t1\t0\t99999999\t1\n",
+    b"v4\tk\t0\t0\t3\t4\t1\t0\t1\n",
 ])
 def test_damaged_cache_is_ignored(pruned_tflite, tmp_path, junk):
     cache = tmp_path / "tuning.tsv"
