@@ -411,11 +411,10 @@ PatternBand BandFor(const ConvShape& s, const PatternGeometry& g, const PatternT
   // filter blocks) between threads.
   if (b.num_bands < 2) return PatternBand();
   b.rows = rows;
-  b.in_rows = rows + halo;
-  b.plane = OddLines(int64_t(b.in_rows) * g.wp);
-  b.tiles = (int64_t(rows) * g.wp + tile - 1) / tile;
-  b.out_plane = OddLines(b.tiles * tile);
-  const int64_t slack = std::max<int64_t>(0, b.tiles * tile + g.max_offset - b.plane);
+  b.plane = OddLines(int64_t(rows + halo) * g.wp);
+  const int64_t tiles = (int64_t(rows) * g.wp + tile - 1) / tile;
+  b.out_plane = OddLines(tiles * tile);
+  const int64_t slack = std::max<int64_t>(0, tiles * tile + g.max_offset - b.plane);
   b.input_size = static_cast<size_t>(b.plane * s.in_c + slack);
   return b;
 }

@@ -160,9 +160,7 @@ struct PatternGeometry {
 // after any pause (docs/engine.md, section 16).  rows == 0: off.
 struct PatternBand {
   int rows = 0, num_bands = 0;
-  int in_rows = 0;          // rows + the kernel's vertical reach
-  int64_t plane = 0;        // floats per input channel in the band buffer
-  int64_t tiles = 0;        // register tiles covering a band's positions
+  int64_t plane = 0;        // floats per input channel (rows + the kernel's reach)
   int64_t out_plane = 0;    // floats per output channel in the band buffer
   size_t input_size = 0;    // band input buffer, with read slack
 };
