@@ -109,6 +109,7 @@ class Partition {
           e.jit_segments = k->layout().segments;
           e.band_rows = op.pattern_scratch.band.rows;
         }
+        e.small_map = op.pattern_scratch.geometry.small_map;
       }
       e.node_index = op.node_index;
       e.tuning = op.tuning_source;
@@ -164,9 +165,11 @@ class Partition {
     for (size_t i = 0; i + 1 < ops_.size(); ++i) {
       OpPlan &a = ops_[i], &b = ops_[i + 1];
       // A split conv reads its phase planes, not a padded CHW input.
-      // A banded layer packs its own input (dispatch.h, PatternBand): its
-      // input becomes a planar tensor instead (AssignPlanar).
+      // A banded layer packs its own input (dispatch.h, PatternBand), and
+      // so does a small map (PatternGeometry::small_map): its input becomes
+      // a planar tensor instead (AssignPlanar).
       if (!a.use_pattern || !b.use_pattern || b.phase_split || b.pattern_scratch.band.rows > 0 ||
+          b.pattern_scratch.geometry.small_map ||
           b.input != a.output || outputs_.count(a.output) ||
           a.shape.batch != 1 || b.shape.batch != 1)
         continue;
@@ -237,8 +240,12 @@ class Partition {
   void ChooseTuning(OpPlan* op) {
     ChooseTuningKnobs(op);
     // A split conv's input is phase-split straight into the whole-image
-    // padded planes (PackPhaseSplitInput), not into row bands.
-    if (op->phase_split) op->tuning.jit_band_rows = -1;
+    // padded planes (PackPhaseSplitInput), not into row bands or a small
+    // map's vectors.
+    if (op->phase_split) {
+      op->tuning.jit_band_rows = -1;
+      op->tuning.static_small_map = -1;
+    }
   }
 
   void ChooseTuningKnobs(OpPlan* op) {
@@ -533,7 +540,7 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
       d->options.claim_all || d->gpu != nullptr
           ? supported
           : ChooseClaims(ctx, Dims(plan), supported,
-                         d->options.pattern_kernels && d->kernels != nullptr, d->jit_isa(),
+                         d->options.pattern_kernels ? d->kernels : nullptr, d->jit_isa(),
                          &why_not);
   const std::set<int> claimed_set(claimed.begin(), claimed.end());
   for (int node_index : Dims(plan)) {
@@ -610,7 +617,8 @@ std::string Delegate::ReportJson() {
            ",\"jit_filters\":" + std::to_string(e.jit_filters) +
            ",\"jit_vectors\":" + std::to_string(e.jit_vectors) +
            ",\"jit_segments\":" + std::to_string(e.jit_segments) +
-           ",\"band_rows\":" + std::to_string(e.band_rows);
+           ",\"band_rows\":" + std::to_string(e.band_rows) +
+           ",\"small_map\":" + (e.small_map ? "true" : "false");
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",

@@ -43,6 +43,7 @@ struct ReportEntry {
   int jit_filters = 0, jit_vectors = 0;
   int64_t jit_segments = 0;  // code segments over all filter blocks
   int band_rows = 0;         // output rows per band (0: the whole image at once)
+  bool small_map = false;    // the static small-map kernel runs (maps of <= 16 positions)
   // Where the node ran: "cpu" or "gpu"; for the GPU backend the device, the
   // program cache's answer ("hit", "stored", "rebuilt (...)", "off"), the
   // build time and the generated source's size (code_bytes).

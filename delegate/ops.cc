@@ -383,8 +383,8 @@ struct ConvCost {
 };
 
 // "" and *cost when the conv can run on the pattern engine, else why not.
-std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node, bool pattern_kernels,
-                        JitIsa jit, ConvCost* cost) {
+std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
+                        const KernelSet* pattern_kernels, JitIsa jit, ConvCost* cost) {
   if (!pattern_kernels) return "pattern kernels are off and the dense kernel is slower than TFLite's";
   const TfLiteTensor& w = ctx->tensors[node->inputs->data[1]];
   const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
@@ -426,7 +426,7 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node, bool p
     ConvShape run = geometry;  // the stride-1 conv the engine runs
     run.out_h = Dim(out, 1); run.out_w = Dim(out, 2);
     run.dil_w = cost->split ? 1 : p->dilation_width_factor;
-    cost->jit_runs = JitRunsOnMap(jit, run);
+    cost->jit_runs = JitRunsOnMap(jit, run, pattern_kernels);
   }
   return "";
 }
@@ -458,8 +458,8 @@ std::string NotWorth(double speedup) {
 }  // namespace
 
 std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execution_plan,
-                              const std::vector<int>& supported, bool pattern_kernels, JitIsa jit,
-                              std::map<int, std::string>* why_not) {
+                              const std::vector<int>& supported, const KernelSet* pattern_kernels,
+                              JitIsa jit, std::map<int, std::string>* why_not) {
   std::unordered_map<int, int> producer;                // tensor -> node
   std::unordered_map<int, std::vector<int>> readers;    // tensor -> nodes
   std::unordered_map<int, std::pair<int, int>> io;      // node -> (input, output)

@@ -78,13 +78,14 @@ std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* 
 
 // claim=auto on the CPU backend, for the whole graph at once: which of the
 // `supported` nodes (CheckSupported accepted them; in execution order) to
-// take.  Pattern convs are charged a layout change only at an edge whose
+// take (`pattern_kernels`: the kernel set, null when pattern kernels are
+// off).  Pattern convs are charged a layout change only at an edge whose
 // neighbour stays with TFLite (or reads NHWC: a phase-split conv), so convs
 // of a residual block are judged together; ADDs are taken next to claimed
 // convs.  `why_not` gets the reason for every supported node left out.
 std::vector<int> ChooseClaims(TfLiteContext* context, const std::vector<int>& execution_plan,
-                              const std::vector<int>& supported, bool pattern_kernels, JitIsa jit,
-                              std::map<int, std::string>* why_not);
+                              const std::vector<int>& supported, const KernelSet* pattern_kernels,
+                              JitIsa jit, std::map<int, std::string>* why_not);
 
 // Builds the plan of a node that CheckSupported accepted. `kernels` is the
 // delegate's kernel set (null: reference kernels only, no pattern kernels).

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from conftest import convert, reference_outputs, rel_error, run_tflite
 from cocopie_tf import _cc, lite
 from cocopie_tf import patterns as P
-from test_kernels import np_conv2d
+from test_kernels import USABLE, np_conv2d
 
 
 def _pruned_filter(rng, oc, k, ic, connectivity=2.0, group=1, num_patterns=8):
@@ -29,9 +29,10 @@ def _pruned_filter(rng, oc, k, ic, connectivity=2.0, group=1, num_patterns=8):
        padding=st.sampled_from(["same", "valid"]), act=st.sampled_from(["none", "relu", "relu6"]),
        conn=st.sampled_from([1.0, 2.0, 3.6]), threads=st.integers(1, 3),
        seed=st.integers(0, 2**31 - 1), chunk=st.sampled_from([0, 0, 1, 3, 64]),
-       tile=st.sampled_from([0, 0, 1, 2, 3, 4, 6, 8]), reorder=st.booleans())
+       tile=st.sampled_from([0, 0, 1, 2, 3, 4, 6, 8]), reorder=st.booleans(),
+       kernel=st.sampled_from(["auto"] + [k for k in USABLE if k != "reference"]))
 def test_pattern_conv_matches_numpy(batch, h, w, ic, oc_groups, group, k, dil, padding, act,
-                                    conn, threads, seed, chunk, tile, reorder):
+                                    conn, threads, seed, chunk, tile, reorder, kernel):
     if padding == "valid" and (k - 1) * dil + 1 > min(h, w):
         return
     rng = np.random.default_rng(seed)
@@ -40,13 +41,14 @@ def test_pattern_conv_matches_numpy(batch, h, w, ic, oc_groups, group, k, dil, p
     x = rng.standard_normal((batch, h, w, ic)).astype(np.float32)
     b = rng.standard_normal(oc).astype(np.float32)
     ref = np_conv2d(x, filt, b, (1, 1), (dil, dil), padding, act=act)
-    if chunk == tile == 0 and reorder:
+    if chunk == tile == 0 and reorder and kernel == "auto":
         outs = [_cc.pattern_conv2d(x, filt, b, dilations=(dil, dil), padding=padding,
                                    activation=act, num_threads=threads, group=4)]
     else:  # the engine's knobs (channel chunk, register tile, filter reorder)
         layer = _cc.PatternConvLayer(filt, b, dilations=(dil, dil), padding=padding,
                                      activation=act, num_threads=threads, group=4,
-                                     reorder=reorder, chunk_channels=chunk, tile_vectors=tile)
+                                     reorder=reorder, chunk_channels=chunk, tile_vectors=tile,
+                                     kernel=kernel)
         outs = [layer(x), layer(x)]  # the second call reuses the scratch and its halo
     for out in outs:
         assert out.shape == ref.shape
@@ -352,6 +354,46 @@ def test_large_layers_run_in_row_bands(threads):
     report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
     assert [e["layout"] for e in report] == ["chained", "nhwc"]
     assert [e["band_rows"] for e in report] == [0, 0]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_maps_run_as_one_vector(threads):
+    """Maps of at most 16 positions (VGG-16 CIFAR's 4x4 and 2x2 stages) run
+    the small-map kernel where the kernel set has one (AVX-512: a channel is
+    one vector, each tap a permutation of it; docs/engine.md section 17).
+    The report says so, such a conv is not chained into (its input becomes
+    a planar tensor), and the result equals stock LiteRT, also with an Inf
+    and a NaN in the input; every other kernel set gives the same."""
+    import keras
+
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((4, 4, 40))
+    a = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="a")(inp)
+    b = keras.layers.Conv2D(24, 3, padding="valid", name="b")(a)  # 4x4 -> 2x2
+    model = keras.Model(inp, b)
+    for name in "ab":
+        layer = model.get_layer(name)
+        w = layer.get_weights()
+        w[0] = P.prune_kernel(w[0], connectivity=2.0)
+        layer.set_weights(w)
+    tfl = convert(model)
+    x = np.random.default_rng(5).uniform(-1, 1, (1, 4, 4, 40)).astype(np.float32)
+    small = _cc.default_kernel_set() == "avx512"
+    for kernel in [k for k in USABLE if k != "reference"] + ["auto"]:
+        it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off", kernel=kernel)
+        for poison in (False, True):
+            xp = x.copy()
+            if poison:
+                xp[0, 1, 2, 3], xp[0, 3, 0, 11] = np.inf, np.nan
+            ref = reference_outputs(tfl, [xp])[0]
+            out = run_tflite(it, [xp])[0]
+            assert np.array_equal(np.isnan(out), np.isnan(ref)), kernel
+            keep = ~np.isnan(ref)
+            assert rel_error(out[keep], ref[keep]) <= 1e-5, kernel
+        report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+        on = small and kernel in ("auto", "avx512")
+        assert [e["small_map"] for e in report] == [on, on], kernel
+        assert [e["layout"] for e in report] == (["planar", "nhwc"] if on else ["chained", "nhwc"])
 
 
 def test_delegate_reports_the_generated_engine():

@@ -28,6 +28,11 @@ namespace avx2_fma {
 extern const KernelSet kKernelSet;
 }
 #endif
+#if defined(COCOPIE_HAVE_AVX512_KERNELS)
+namespace avx512 {
+extern const KernelSet kKernelSet;
+}
+#endif
 
 const CpuFeatures& DetectCpu() {
   static const CpuFeatures features = [] {
@@ -62,6 +67,9 @@ std::string CpuFeatures::ToString() const {
 const std::vector<const KernelSet*>& CompiledKernelSets() {
   static const std::vector<const KernelSet*> sets = [] {
     std::vector<const KernelSet*> v;
+#if defined(COCOPIE_HAVE_AVX512_KERNELS)
+    v.push_back(&avx512::kKernelSet);
+#endif
 #if defined(COCOPIE_HAVE_AVX2_KERNELS)
     v.push_back(&avx2_fma::kKernelSet);
 #endif
@@ -81,6 +89,7 @@ namespace {
 bool Supported(const KernelSet* set) {
   const std::string isa = set->isa;
   if (isa == "avx2_fma") return DetectCpu().avx2 && DetectCpu().fma;
+  if (isa == "avx512") return DetectCpu().avx512f && DetectCpu().avx2 && DetectCpu().fma;
   if (isa == "neon") return DetectCpu().neon;
   return true;  // generic runs anywhere
 }
@@ -253,6 +262,15 @@ constexpr int kMinTasks = 8;
 // generated on AMD Zen 5; docs/engine.md).  kAuto only: an explicit ISA
 // always generates.
 constexpr int64_t kMinJitTiles = 5;
+// ... and where the static kernels have 16-float tiles (AVX-512 set): VGG-16
+// CIFAR's 8x8 layers (5 tiles) ran 1.6-1.8x faster static than generated,
+// ResNet-50's 14x14 ones (14 tiles) 1.3x faster generated (AMD Zen 5,
+// docs/engine.md section 17).
+constexpr int64_t kMinJitTilesOverWideStatic = 8;
+
+int64_t MinJitTiles(const KernelSet* set) {
+  return set != nullptr && set->pattern_lanes >= 16 ? kMinJitTilesOverWideStatic : kMinJitTiles;
+}
 // Positions per call of a generated block: each code segment is fetched once
 // per call and reused for every tile of it, so calls are long (56x56x128 ran
 // 1.27x and 28x28x256 1.69x faster with whole-map calls than with one row
@@ -305,13 +323,13 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   return double(dense_macs) / ours;
 }
 
-bool JitRunsOnMap(JitIsa isa, const ConvShape& s) {
+bool JitRunsOnMap(JitIsa isa, const ConvShape& s, const KernelSet* set) {
   if (isa != JitIsa::kAvx512 && isa != JitIsa::kAvx2) return false;
   const int64_t tile = JitLanes(isa);  // V = 1, the default tile
   const int64_t wp = s.out_w + int64_t(s.k_w - 1) * s.dil_w;
   const int64_t block = (wp + tile - 1) / tile * tile;
   const int64_t blocks = (int64_t(s.out_h) * wp + block - 1) / block;
-  return blocks * block / tile >= kMinJitTiles;
+  return blocks * block / tile >= MinJitTiles(set);
 }
 
 bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
@@ -326,9 +344,11 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
 namespace {
 
 // `jit_tile`: positions per register tile of the generated kernel (0: the
-// static kernels' geometry).
+// static kernels' geometry, with tile vectors of up to `max_lanes` floats,
+// and the small-map kernel where `small_map_kernel` and the map fits it).
 PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
-                            const PatternTuning& tuning, int jit_tile = 0) {
+                            const PatternTuning& tuning, int jit_tile = 0,
+                            int max_lanes = kVectorWidth, bool small_map_kernel = false) {
   PatternGeometry g;
   int max_group = 1;
   for (int u : plan.unit_size) max_group = std::max(max_group, u);
@@ -338,16 +358,20 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
   g.hp = s.out_h + (s.k_h - 1) * s.dil_h;
   g.plane = static_cast<int64_t>(g.hp) * g.wp;
   g.positions = static_cast<int64_t>(s.out_h) * g.wp;
+  // 16-float tile vectors where the map fills more than one 8-float vector
+  // (2x2 maps, 8 positions, ran 1.2x slower on 16 lanes).
+  g.tile_lanes = max_lanes >= 16 && g.positions > kVectorWidth ? 16 : kVectorWidth;
   g.tile_vectors = tuning.tile_vectors;
   if (!ValidTileVectors(g.tile_vectors)) {
     // The smallest compiled tile that covers the positions, up to t_max.
-    const int64_t need = std::min<int64_t>(t_max, (g.positions + kVectorWidth - 1) / kVectorWidth);
+    const int64_t need =
+        std::min<int64_t>(t_max, (g.positions + g.tile_lanes - 1) / g.tile_lanes);
     g.tile_vectors = 1;
     while (g.tile_vectors < need || !ValidTileVectors(g.tile_vectors)) ++g.tile_vectors;
   }
   // Tiles wider than 4 exist for single-filter units only (register file).
   if (max_group > 1) g.tile_vectors = std::min(g.tile_vectors, 4);
-  const int tile = jit_tile > 0 ? jit_tile : kVectorWidth * g.tile_vectors;
+  const int tile = jit_tile > 0 ? jit_tile : g.tile_lanes * g.tile_vectors;
   g.block_len = RoundUp(g.wp, tile);  // about one output row per task
   g.num_blocks = static_cast<int>((g.positions + g.block_len - 1) / g.block_len);
   g.max_offset = (s.k_h - 1) * s.dil_h * g.wp + (s.k_w - 1) * s.dil_w;
@@ -365,6 +389,20 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
   const int64_t slack =
       std::max<int64_t>(0, int64_t(g.num_blocks) * g.block_len + g.max_offset - g.plane);
   g.input_size = static_cast<size_t>(g.plane * s.in_c + slack);
+  g.out_pitch = g.wp;
+  if (jit_tile == 0 && small_map_kernel && tuning.static_small_map >= 0 &&
+      int64_t(s.in_h) * s.in_w <= kSmallMapLanes && int64_t(s.out_h) * s.out_w <= kSmallMapLanes) {
+    g.small_map = true;
+    g.tile_lanes = kSmallMapLanes;
+    g.tile_vectors = 1;
+    g.block_len = kSmallMapLanes;
+    g.num_blocks = 1;
+    g.chunk = s.in_c;
+    g.max_offset = 0;
+    g.out_pitch = s.out_w;
+    // [in_c][16], plus one vector of slack to start it on a 64-byte line.
+    g.input_size = static_cast<size_t>(s.in_c + 1) * kSmallMapLanes;
+  }
   return g;
 }
 
@@ -428,6 +466,49 @@ std::vector<int32_t> TapOffsets(const ConvShape& s, const PatternPlan& plan, int
       offs[q * kMaxTaps + t] = (tap / s.k_w) * s.dil_h * wp + (tap % s.k_w) * s.dil_w;
     }
   return offs;
+}
+
+// Small maps: for each tap of the kernel grid, the input lane each of the
+// 16 output positions reads, and the mask of positions whose tap lands
+// inside the image (the others read zero; lanes past out_h * out_w too).
+// Maps of <= 4 positions also get, per pattern of 4 taps, the permutation
+// whose lane p * 4 + t is tap t at position p (PatternConvArgs).
+void SmallMapPermutations(const ConvShape& s, const PatternPlan& plan, PatternScratch* scratch) {
+  const int taps = s.k_h * s.k_w;
+  std::vector<int32_t>& index = scratch->small_index;
+  std::vector<uint16_t>& mask = scratch->small_mask;
+  index.assign(static_cast<size_t>(taps) * kSmallMapLanes, 0);
+  mask.assign(taps, 0);
+  for (int t = 0; t < taps; ++t)
+    for (int p = 0; p < s.out_h * s.out_w; ++p) {
+      const int iy = p / s.out_w - s.pad_top + (t / s.k_w) * s.dil_h;
+      const int ix = p % s.out_w - s.pad_left + (t % s.k_w) * s.dil_w;
+      if (iy < 0 || iy >= s.in_h || ix < 0 || ix >= s.in_w) continue;
+      index[t * kSmallMapLanes + p] = iy * s.in_w + ix;
+      mask[t] = static_cast<uint16_t>(mask[t] | (1u << p));
+    }
+  scratch->small_quad_index.clear();
+  scratch->small_quad_mask.clear();
+  if (s.out_h * s.out_w > 4) return;
+  const int num_p = plan.num_patterns();
+  scratch->small_quad_index.assign(static_cast<size_t>(num_p) * kSmallMapLanes, 0);
+  scratch->small_quad_mask.assign(num_p, 0);
+  for (int q = 0; q < num_p; ++q) {
+    if (plan.pattern_taps[q].size() != 4) continue;
+    for (int t = 0; t < 4; ++t)
+      for (int p = 0; p < 4; ++p) {
+        const int tap = plan.pattern_taps[q][t];
+        if (!((mask[tap] >> p) & 1u)) continue;
+        scratch->small_quad_index[q * kSmallMapLanes + p * 4 + t] = index[tap * kSmallMapLanes + p];
+        scratch->small_quad_mask[q] = static_cast<uint16_t>(scratch->small_quad_mask[q] | (1u << (p * 4 + t)));
+      }
+  }
+}
+
+// The 64-byte aligned start of a small map's input in `scratch->input`.
+float* SmallMapInput(PatternScratch* scratch) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(scratch->input.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
 
 
@@ -500,7 +581,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
     g = GeometryFor(s, plan, tuning, JitLanes(isa) * vectors);
     const int64_t tiles =
         static_cast<int64_t>(g.num_blocks) * g.block_len / (JitLanes(isa) * vectors);
-    if (tuning.jit == JitIsa::kAuto && tiles < kMinJitTiles) {
+    if (tuning.jit == JitIsa::kAuto && tiles < MinJitTiles(set)) {
       why = "map too small for generated code (" + std::to_string(tiles) +
             " tiles per image): static kernels run";
       isa = JitIsa::kNone;
@@ -525,16 +606,18 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
   }
   if (scratch->jit == nullptr) {
     scratch->jit_error = why;
-    g = GeometryFor(s, plan, tuning);
-    const int64_t exec_key = (static_cast<int64_t>(std::min(g.chunk, s.in_c)) << 40) | g.plane;
+    g = GeometryFor(s, plan, tuning, 0, set->pattern_lanes, set->pattern_small_map != nullptr);
+    const int64_t stride = g.small_map ? kSmallMapLanes : g.plane;
+    const int64_t exec_key = (static_cast<int64_t>(std::min(g.chunk, s.in_c)) << 40) | stride;
     if (scratch->exec_key != exec_key) {
-      BuildPatternExec(plan, g.chunk, g.plane, &scratch->exec);
+      BuildPatternExec(plan, g.chunk, stride, &scratch->exec);
       scratch->exec_key = exec_key;
     }
   }
   scratch->geometry = g;
   scratch->band = scratch->jit ? band : PatternBand();
   scratch->tap_offsets = TapOffsets(s, plan, g.wp);
+  if (g.small_map) SmallMapPermutations(s, plan, scratch);
   // A new geometry may move the halo: start from zeros.  Banded layers use
   // the per-thread band buffers; the whole-image ones are made only if an
   // Inf or NaN needs them (RunPatternConv).
@@ -542,8 +625,10 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
   scratch->input.assign(whole ? g.input_size : 0, 0.f);
   scratch->output.assign(whole ? static_cast<size_t>(s.out_c) * g.num_blocks * g.block_len : 0,
                          0.f);
+  scratch->padded.clear();
   scratch->input.shrink_to_fit();
   scratch->output.shrink_to_fit();
+  scratch->padded.shrink_to_fit();
   scratch->engine = scratch->jit ? std::string("jit_") + JitIsaName(isa) : std::string(set->isa);
   scratch->prepared_key = key;
   return scratch->engine;
@@ -823,7 +908,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   const PatternBand band = scratch->band;
   // Banded code reads band buffers only: a layer whose padded input someone
   // else writes (chained, phase split) must be prepared unbanded.
-  if (band.rows > 0 && input_packed) std::abort();  // a driver bug
+  if ((band.rows > 0 || g.small_map) && input_packed) std::abort();  // a driver bug
   const int wp = g.wp, block_len = g.block_len, num_blocks = g.num_blocks;
   const int64_t plane = g.plane;
   const JitKernel* jit = scratch->jit.get();
@@ -835,6 +920,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   args.block_len = block_len;
   args.num_blocks = num_blocks;
   args.tile_vectors = g.tile_vectors;
+  args.tile_lanes = g.tile_lanes;
   args.tap_offsets = scratch->tap_offsets.data();
   args.output = scratch->output.data();
   // Enough tasks for the threads even when the map is one block (4x4, 2x2).
@@ -870,7 +956,8 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   PatternGeometry ng;
   if (next != nullptr) {
     PreparePatternConv(set, *next->shape, *next->plan, next->scratch, *next->tuning);
-    if (next->scratch->band.rows > 0) std::abort();  // see above: a driver bug
+    if (next->scratch->band.rows > 0 || next->scratch->geometry.small_map)
+      std::abort();  // see above: a driver bug
     ng = next->scratch->geometry;
   }
   OutputDest dest;
@@ -902,6 +989,25 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
         if (py1 > py0 && PackInputRows(set, s, wp, plane, in_b, io.planar_input, py0, py1, false,
                                        scratch->input.data() + static_cast<int64_t>(py0) * wp))
           non_finite.store(true, std::memory_order_relaxed);
+      });
+    };
+    // Small map: one unpadded 16-float vector per channel (the lanes past
+    // in_h * in_w stay zero from Prepare and are never selected).
+    const auto pack_small = [&] {
+      float* dst = SmallMapInput(scratch);
+      const int hw = s.in_h * s.in_w;
+      ParallelFor(pool, s.in_c, 64, [&](int64_t c0, int64_t c1) {
+        bool bad = false;
+        if (io.planar_input != nullptr) {
+          uint32_t bits = 0;
+          for (int64_t c = c0; c < c1; ++c)
+            bits |= CopyRowCheckFinite(io.planar_input + c * hw, dst + c * kSmallMapLanes, hw);
+          bad = bits != 0;
+        } else {
+          bad = set->transpose(in_b + c0, s.in_c, dst + c0 * kSmallMapLanes, kSmallMapLanes, hw,
+                               static_cast<int>(c1 - c0));
+        }
+        if (bad) non_finite.store(true, std::memory_order_relaxed);
       });
     };
     if (band.rows > 0) {
@@ -955,7 +1061,8 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       // PropagateNonFinite reads the whole padded input.
       if (non_finite) pack_whole();
     } else {
-      if (!input_packed) pack_whole();
+      if (g.small_map) pack_small();
+      else if (!input_packed) pack_whole();
       if (jit != nullptr) {
         const int fb = jit->num_blocks();
         const int64_t tile = jit->layout().TileLen();
@@ -973,27 +1080,43 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           }
         });
       } else {
+        if (g.small_map) {
+          args.input = SmallMapInput(scratch);
+          args.small_index = scratch->small_index.data();
+          args.small_mask = scratch->small_mask.data();
+          if (!scratch->small_quad_index.empty()) {
+            args.small_quad_index = scratch->small_quad_index.data();
+            args.small_quad_mask = scratch->small_quad_mask.data();
+          }
+        }
         ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
-          set->pattern_conv2d(args, t0, t1);
+          (g.small_map ? set->pattern_small_map : set->pattern_conv2d)(args, t0, t1);
         });
       }
       const float* chw = scratch->output.data();
       const bool done = jit != nullptr;  // the generated epilogue did bias and activation
       if (to_planes) {
         ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
-          if (StoreOutputRows(set, s, plan, done, chw, out_plane, wp, 0, 0, s.out_h,
+          if (StoreOutputRows(set, s, plan, done, chw, out_plane, g.out_pitch, 0, 0, s.out_h,
                               static_cast<int>(o0), static_cast<int>(o1), dest))
             out_non_finite.store(true, std::memory_order_relaxed);
         });
       } else {
         ParallelFor(pool, s.out_h, 1, [&](int64_t y0, int64_t y1) {
-          StoreOutputRows(set, s, plan, done, chw, out_plane, wp, 0, static_cast<int>(y0),
+          StoreOutputRows(set, s, plan, done, chw, out_plane, g.out_pitch, 0, static_cast<int>(y0),
                           static_cast<int>(y1), 0, s.out_c, dest);
         });
       }
     }
     if (non_finite) {
-      const float* padded = scratch->input.data();
+      // PropagateNonFinite reads padded planes: a small map makes them now.
+      if (g.small_map) {
+        scratch->padded.assign(static_cast<size_t>(plane * s.in_c), 0.f);
+        PackInputRows(set, s, wp, plane, in_b, io.planar_input, s.pad_top,
+                      std::min(s.pad_top + s.in_h, g.hp), false,
+                      scratch->padded.data() + static_cast<int64_t>(s.pad_top) * wp);
+      }
+      const float* padded = g.small_map ? scratch->padded.data() : scratch->input.data();
       if (to_planes) {
         const PlaneDest& d = dest.planes;
         PropagateNonFinite(s, plan, g, padded, pool, [&](int oy, int ox, int o) {

@@ -51,7 +51,9 @@ PackedFullyConnected PackFullyConnected(const float* weights, int out, int in,
 // Work is split into "rows" that threads take independently:
 //   conv/depthwise: batch * out_h output rows; fully connected: output units.
 struct KernelSet {
-  const char* isa;  // e.g. "generic", "avx2_fma"
+  const char* isa;  // e.g. "generic", "avx2_fma", "avx512"
+  // Widest tile vector (floats) its pattern kernels run: 8, or 16 (AVX-512).
+  int pattern_lanes;
   void (*conv2d)(const ConvShape& s, const PackedConv& w, const float* input,
                  float* output, int64_t row_begin, int64_t row_end);
   void (*depthwise)(const ConvShape& s, const PackedDepthwise& w,
@@ -63,6 +65,10 @@ struct KernelSet {
   // Pattern convolution over (unit, output row) tasks of one image.
   void (*pattern_conv2d)(const PatternConvArgs& args, int64_t task_begin,
                          int64_t task_end);
+  // The same for a small map (PatternGeometry::small_map): tasks are ranges
+  // of units.  Null where the set has no such kernel.
+  void (*pattern_small_map)(const PatternConvArgs& args, int64_t task_begin,
+                            int64_t task_end);
   // dst[j * dst_stride + i] = src[i * src_stride + j], i < rows, j < cols:
   // the layout changes at the pattern engine's edges (NHWC <-> CHW).
   // Returns true if any value moved was Inf or NaN.

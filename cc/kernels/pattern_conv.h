@@ -123,7 +123,7 @@ bool ParseJitIsa(const std::string& name, JitIsa* isa);
 // the ablation benchmark set them; results do not depend on them.
 struct PatternTuning {
   int chunk_channels = 0;  // static: input channels per cache block; >= in_c: no blocking
-  int tile_vectors = 0;    // static: 8-float vectors per register tile row: 1..4, 6 or 8
+  int tile_vectors = 0;    // static: tile vectors per register tile row: 1..4, 6 or 8
   JitIsa jit = JitIsa::kAuto;
   int jit_filters = 0;     // generated: filters per register tile (M)
   int jit_vectors = 0;     // generated: vectors of positions per tile (V)
@@ -137,17 +137,36 @@ struct PatternTuning {
   // generated: output rows per band (0: chosen from the layer's size, < 0:
   // the whole image at once); see PatternBand
   int jit_band_rows = 0;
+  // static: < 0 never runs the small-map kernel (PatternGeometry::small_map);
+  // set by the driver for layers whose padded planes another step writes
+  // (phase split), not tuned or cached.
+  int static_small_map = 0;
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the
 // execution layout, rebuilt only when the geometry or tuning changes.
 // Where the pattern kernel's buffers live for one layer geometry.
+// Floats per tile vector of the static pattern kernels; the AVX-512 set also
+// runs 16-float tile vectors (KernelSet::pattern_lanes).
+constexpr int kVectorWidth = 8;
+constexpr int kSmallMapLanes = 16;  // positions of a small map (one AVX-512 vector)
+
 struct PatternGeometry {
   int wp = 0, hp = 0;          // padded input width, height
   int64_t plane = 0;           // hp * wp
   int64_t positions = 0;       // out_h * wp, flattened (see PatternConvArgs)
   int tile_vectors = 1, block_len = 0, num_blocks = 0, max_offset = 0, chunk = 0;
-  size_t input_size = 0;       // padded CHW input, with read slack
+  int tile_lanes = kVectorWidth;  // static kernels: floats per tile vector (8 or 16)
+  size_t input_size = 0;       // the kernels' input buffer, with read slack
+  // Maps of at most kSmallMapLanes input and output positions (4x4, 2x2),
+  // where the kernel set has a small-map kernel (AVX-512): a channel's
+  // input is one unpadded 16-float vector ([in_c][16], 64-byte aligned) and
+  // each tap reads a permutation of it, the positions that fall outside the
+  // image zeroed.  A kernel then reads one line, and 512 channels (32 KB)
+  // stay in L1, where the padded planes cost two split vector loads per tap.
+  // Output positions are compact (pitch out_w), one vector per filter.
+  bool small_map = false;
+  int out_pitch = 0;  // positions per output row in the kernels' output: wp or out_w
 };
 
 // Row bands (generated code, large layers): instead of moving the whole image
@@ -168,6 +187,11 @@ struct PatternBand {
 class JitKernel;
 struct PatternScratch {
   std::vector<float> input, output;
+  // Small maps: padded CHW planes for PropagateNonFinite (made only then),
+  // and the permutations of each tap and 4-tap pattern (PatternConvArgs).
+  std::vector<float> padded;
+  std::vector<int32_t> small_index, small_quad_index;
+  std::vector<uint16_t> small_mask, small_quad_mask;
   std::vector<int32_t> tap_offsets;
   PatternExec exec;
   int64_t exec_key = -1;
@@ -185,7 +209,6 @@ struct PatternScratch {
 };
 
 constexpr int kMaxTaps = 32;  // kernel positions a pattern mask can hold
-constexpr int kVectorWidth = 8;  // floats per vector in the pattern kernels
 
 // One image's worth of work for the per-ISA kernels.  Output positions are
 // flattened with the padded input's row pitch: position p = oy * wp + ox
@@ -198,10 +221,22 @@ struct PatternConvArgs {
   const float* input = nullptr;  // zero-padded CHW: [in_c][hp * wp]; exec holds channel offsets
   int block_len = 0;             // positions per task, a multiple of the tile
   int num_blocks = 0;
-  int tile_vectors = 1;          // vectors per register tile
+  int tile_vectors = 1;          // tile vectors per register tile
+  int tile_lanes = kVectorWidth; // floats per tile vector: 8, or 16 (AVX-512 set)
   const int32_t* tap_offsets = nullptr;  // [pattern][kMaxTaps] element offsets
   float* output = nullptr;       // [out_c][num_blocks * block_len], original order
   int unit_splits = 1;           // tasks per block: units are cut into this many ranges
+  // Small maps (PatternGeometry::small_map): per tap of the kernel grid, the
+  // input lane each output position reads ([tap][16]) and which positions
+  // read inside the image ([tap], bit p).
+  const int32_t* small_index = nullptr;
+  const uint16_t* small_mask = nullptr;
+  // Maps of <= 4 positions (2x2): per pattern of 4 taps, lane p * 4 + t
+  // holds tap t at position p, so one vector does a whole kernel ([pattern]
+  // [16] and [pattern]; null when the map is larger, mask 0 for patterns of
+  // other sizes).
+  const int32_t* small_quad_index = nullptr;
+  const uint16_t* small_quad_mask = nullptr;
 };
 
 // Builds `exec` for `plan` with the given channel chunk (>= 1); kernels'
@@ -209,7 +244,7 @@ struct PatternConvArgs {
 void BuildPatternExec(const PatternPlan& plan, int chunk_channels, int64_t channel_stride,
                       PatternExec* exec);
 
-// Register-tile widths the kernels are compiled for (8-float vectors).
+// Register-tile widths the kernels are compiled for (in tile vectors).
 inline bool ValidTileVectors(int t) { return (t >= 1 && t <= 4) || t == 6 || t == 8; }
 
 }  // namespace cocopie

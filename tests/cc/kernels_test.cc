@@ -245,10 +245,17 @@ const PatternCase kPatternCases[] = {
     {1, 9, 10, 6, 130, 3, 2, Padding::kSame, -INFINITY, INFINITY},
     {1, 11, 9, 7, 9, 3, 1, Padding::kValid, -1.f, 1.f},
     {1, 12, 12, 4, 8, 5, 1, Padding::kSame, -INFINITY, INFINITY},
+    // Small maps (<= 16 positions): VALID, dilated, 5x5, odd sizes, 1x1.
+    {1, 4, 4, 9, 20, 3, 1, Padding::kValid, -INFINITY, INFINITY},
+    {2, 4, 4, 10, 17, 3, 2, Padding::kSame, 0.f, INFINITY},
+    {1, 3, 5, 6, 5, 3, 1, Padding::kSame, -1.f, 1.f},
+    {1, 4, 4, 4, 8, 5, 1, Padding::kSame, -INFINITY, INFINITY},
+    {1, 1, 1, 7, 9, 3, 1, Padding::kSame, -INFINITY, INFINITY},
 };
 
 TEST_CASE(PatternConvMatchesReference) {
   std::mt19937 rng(4);
+  int small_map_runs = 0;
   for (const PatternCase& c : kPatternCases)
     for (bool shared : {false, true}) {
       const PatternProblem prob = MakeProblem(c, shared, &rng);
@@ -266,19 +273,39 @@ TEST_CASE(PatternConvMatchesReference) {
               RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool);
               CHECK(RelError(out, ref) <= 1e-5);
             }
-            // Every tuning knob (channel chunk, register tile) gives the same
-            // result, including tiles the layer must clamp.
+            // The AVX-512 set runs 16-float tile vectors on maps of more
+            // than 8 flattened positions, and maps of <= 16 positions as
+            // one vector (small_map).
+            if (scratch.engine == set->isa) {
+              const bool wide = set->pattern_lanes == 16 &&
+                                (int64_t(s.out_h) * scratch.geometry.wp > 8 || scratch.geometry.small_map);
+              CHECK(scratch.geometry.tile_lanes == (wide ? 16 : 8));
+            }
+            // Every tuning knob (channel chunk, register tile, small-map
+            // kernel or not) gives the same result, including tiles the
+            // layer must clamp.
             if (threads == 2)
-              for (int chunk : {1, 3, 0, s.in_c})
-                for (int tile : {1, 2, 3, 4, 6, 8}) {
-                  std::fill(out.begin(), out.end(), NAN);
-                  RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool,
-                                 PatternTuning{chunk, tile, JitIsa::kNone});
-                  CHECK(RelError(out, ref) <= 1e-5);
-                }
+              for (int small : {0, -1})
+                for (int chunk : {1, 3, 0, s.in_c})
+                  for (int tile : {1, 2, 3, 4, 6, 8}) {
+                    std::fill(out.begin(), out.end(), NAN);
+                    PatternTuning t{chunk, tile, JitIsa::kNone};
+                    t.static_small_map = small;
+                    RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool, t);
+                    CHECK(RelError(out, ref) <= 1e-5);
+                    const bool fits = s.in_h * s.in_w <= 16 && s.out_h * s.out_w <= 16;
+                    CHECK(scratch.geometry.small_map ==
+                          (small == 0 && fits && set->pattern_small_map != nullptr));
+                    small_map_runs += scratch.geometry.small_map;
+                  }
           }
       }
     }
+  // The maps of <= 16 positions ran the small-map kernel where the set has
+  // one (AVX-512).
+  bool any_small_kernel = false;
+  for (const KernelSet* set : UsableSets()) any_small_kernel |= set->pattern_small_map != nullptr;
+  CHECK((small_map_runs > 0) == any_small_kernel);
 }
 
 TEST_CASE(ChainedPatternConvsKeepTheLayout) {
@@ -312,6 +339,7 @@ TEST_CASE(ChainedPatternConvsKeepTheLayout) {
         // A static layer feeding a generated one, and the other way round.
         PatternTuning ta{0, tile, JitIsa::kNone}, tb{3, 0};
         if (tile == 8) std::swap(ta.jit, tb.jit);
+        tb.static_small_map = -1;  // a chained layer reads the planes A writes
         const PatternNext next{&b, &pb, &tb, &sb};
         std::vector<float> out(ref.size());
         for (int rep = 0; rep < 2; ++rep) {
@@ -722,8 +750,8 @@ TEST_CASE(GeneratorRefusesBadInput) {
 }
 
 TEST_CASE(KernelSetForThisIsa) {
-  // The build compiles the set the ISA promises: NEON on AArch64, AVX2+FMA
-  // (next to the generic set) on x86-64.
+  // The build compiles the set the ISA promises: NEON on AArch64, AVX-512 and
+  // AVX2+FMA (next to the generic set) on x86-64, best first.
   std::string names;
   for (const KernelSet* set : CompiledKernelSets()) names += std::string(set->isa) + " ";
 #if defined(__aarch64__)
@@ -731,7 +759,15 @@ TEST_CASE(KernelSetForThisIsa) {
   std::string err;
   CHECK(SelectKernelSet("auto", &err) != nullptr && std::string(SelectKernelSet("auto", &err)->isa) == "neon");
 #elif defined(__x86_64__)
-  CHECK(names == "avx2_fma generic ");
+  CHECK(names == "avx512 avx2_fma generic ");
+  std::string err;
+  const KernelSet* best = SelectKernelSet("auto", &err);
+  const CpuFeatures& cpu = DetectCpu();
+  CHECK(best != nullptr &&
+        std::string(best->isa) == (cpu.avx512f && cpu.avx2 && cpu.fma ? "avx512"
+                                   : cpu.avx2 && cpu.fma             ? "avx2_fma"
+                                                                     : "generic"));
+  CHECK(best->pattern_lanes == (std::string(best->isa) == "avx512" ? 16 : 8));
 #endif
 }
 
