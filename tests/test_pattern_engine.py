@@ -358,27 +358,30 @@ def test_large_layers_run_in_row_bands(threads):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_small_maps_run_as_one_vector(threads):
-    """Maps of at most 16 positions (VGG-16 CIFAR's 4x4 and 2x2 stages) run
-    the small-map kernel where the kernel set has one (AVX-512: a channel is
-    one vector, each tap a permutation of it; docs/engine.md section 17).
-    The report says so, such a conv is not chained into (its input becomes
-    a planar tensor), and the result equals stock LiteRT, also with an Inf
-    and a NaN in the input; every other kernel set gives the same."""
+    """Small maps (VGG-16 CIFAR's 4x4 and 2x2 stages) run the small-map
+    kernel where the kernel set has one (a channel is one vector, each tap a
+    permutation of it; docs/engine.md section 17): AVX-512 up to 16
+    positions, AVX2 2x2 (<= 8 input, <= 4 output positions).  The report
+    says so, such a conv is not chained into (its input becomes a planar
+    tensor), and the result equals stock LiteRT, also with an Inf and a NaN
+    in the input, on every kernel set."""
     import keras
 
     keras.utils.set_random_seed(13)
     inp = keras.Input((4, 4, 40))
     a = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="a")(inp)
-    b = keras.layers.Conv2D(24, 3, padding="valid", name="b")(a)  # 4x4 -> 2x2
-    model = keras.Model(inp, b)
-    for name in "ab":
+    b = keras.layers.Conv2D(24, 3, padding="valid", activation="relu", name="b")(a)  # -> 2x2
+    c = keras.layers.Conv2D(16, 3, padding="same", name="c")(b)  # 2x2 -> 2x2
+    model = keras.Model(inp, c)
+    for name in "abc":
         layer = model.get_layer(name)
         w = layer.get_weights()
         w[0] = P.prune_kernel(w[0], connectivity=2.0)
         layer.set_weights(w)
     tfl = convert(model)
     x = np.random.default_rng(5).uniform(-1, 1, (1, 4, 4, 40)).astype(np.float32)
-    small = _cc.default_kernel_set() == "avx512"
+    # Which of a, b, c take the small-map kernel on each set.
+    small = {"avx512": [True, True, True], "avx2_fma": [False, False, True]}
     for kernel in [k for k in USABLE if k != "reference"] + ["auto"]:
         it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off", kernel=kernel)
         for poison in (False, True):
@@ -391,9 +394,11 @@ def test_small_maps_run_as_one_vector(threads):
             keep = ~np.isnan(ref)
             assert rel_error(out[keep], ref[keep]) <= 1e-5, kernel
         report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
-        on = small and kernel in ("auto", "avx512")
-        assert [e["small_map"] for e in report] == [on, on], kernel
-        assert [e["layout"] for e in report] == (["planar", "nhwc"] if on else ["chained", "nhwc"])
+        want = small.get(_cc.default_kernel_set() if kernel == "auto" else kernel, [False] * 3)
+        assert [e["small_map"] for e in report] == want, kernel
+        # A conv whose reader runs the small-map kernel writes a planar tensor.
+        assert [e["layout"] for e in report] == [
+            "planar" if want[1] else "chained", "planar" if want[2] else "chained", "nhwc"], kernel
 
 
 def test_delegate_reports_the_generated_engine():

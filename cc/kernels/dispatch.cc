@@ -344,11 +344,12 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
 namespace {
 
 // `jit_tile`: positions per register tile of the generated kernel (0: the
-// static kernels' geometry, with tile vectors of up to `max_lanes` floats,
-// and the small-map kernel where `small_map_kernel` and the map fits it).
+// static kernels' geometry of `set`: tile vectors of up to its
+// pattern_lanes floats, and its small-map kernel where the map fits it).
 PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
                             const PatternTuning& tuning, int jit_tile = 0,
-                            int max_lanes = kVectorWidth, bool small_map_kernel = false) {
+                            const KernelSet* set = nullptr) {
+  const int max_lanes = set != nullptr ? set->pattern_lanes : kVectorWidth;
   PatternGeometry g;
   int max_group = 1;
   for (int u : plan.unit_size) max_group = std::max(max_group, u);
@@ -390,8 +391,9 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
       std::max<int64_t>(0, int64_t(g.num_blocks) * g.block_len + g.max_offset - g.plane);
   g.input_size = static_cast<size_t>(g.plane * s.in_c + slack);
   g.out_pitch = g.wp;
-  if (jit_tile == 0 && small_map_kernel && tuning.static_small_map >= 0 &&
-      int64_t(s.in_h) * s.in_w <= kSmallMapLanes && int64_t(s.out_h) * s.out_w <= kSmallMapLanes) {
+  if (jit_tile == 0 && set != nullptr && set->pattern_small_map != nullptr &&
+      tuning.static_small_map >= 0 && int64_t(s.in_h) * s.in_w <= set->small_map_in &&
+      int64_t(s.out_h) * s.out_w <= set->small_map_out) {
     g.small_map = true;
     g.tile_lanes = kSmallMapLanes;
     g.tile_vectors = 1;
@@ -606,7 +608,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
   }
   if (scratch->jit == nullptr) {
     scratch->jit_error = why;
-    g = GeometryFor(s, plan, tuning, 0, set->pattern_lanes, set->pattern_small_map != nullptr);
+    g = GeometryFor(s, plan, tuning, 0, set);
     const int64_t stride = g.small_map ? kSmallMapLanes : g.plane;
     const int64_t exec_key = (static_cast<int64_t>(std::min(g.chunk, s.in_c)) << 40) | stride;
     if (scratch->exec_key != exec_key) {

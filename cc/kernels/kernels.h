@@ -66,9 +66,11 @@ struct KernelSet {
   void (*pattern_conv2d)(const PatternConvArgs& args, int64_t task_begin,
                          int64_t task_end);
   // The same for a small map (PatternGeometry::small_map): tasks are ranges
-  // of units.  Null where the set has no such kernel.
+  // of units.  Null where the set has no such kernel; it takes maps of at
+  // most `small_map_in` input and `small_map_out` output positions.
   void (*pattern_small_map)(const PatternConvArgs& args, int64_t task_begin,
                             int64_t task_end);
+  int small_map_in, small_map_out;
   // dst[j * dst_stride + i] = src[i * src_stride + j], i < rows, j < cols:
   // the layout changes at the pattern engine's edges (NHWC <-> CHW).
   // Returns true if any value moved was Inf or NaN.

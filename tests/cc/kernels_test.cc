@@ -274,11 +274,11 @@ TEST_CASE(PatternConvMatchesReference) {
               CHECK(RelError(out, ref) <= 1e-5);
             }
             // The AVX-512 set runs 16-float tile vectors on maps of more
-            // than 8 flattened positions, and maps of <= 16 positions as
-            // one vector (small_map).
+            // than 8 flattened positions; a small map keeps a channel in a
+            // 16-float slot on every set that has the kernel.
             if (scratch.engine == set->isa) {
-              const bool wide = set->pattern_lanes == 16 &&
-                                (int64_t(s.out_h) * scratch.geometry.wp > 8 || scratch.geometry.small_map);
+              const bool wide = scratch.geometry.small_map ||
+                                (set->pattern_lanes == 16 && int64_t(s.out_h) * scratch.geometry.wp > 8);
               CHECK(scratch.geometry.tile_lanes == (wide ? 16 : 8));
             }
             // Every tuning knob (channel chunk, register tile, small-map
@@ -293,7 +293,8 @@ TEST_CASE(PatternConvMatchesReference) {
                     t.static_small_map = small;
                     RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool, t);
                     CHECK(RelError(out, ref) <= 1e-5);
-                    const bool fits = s.in_h * s.in_w <= 16 && s.out_h * s.out_w <= 16;
+                    const bool fits = s.in_h * s.in_w <= set->small_map_in &&
+                                      s.out_h * s.out_w <= set->small_map_out;
                     CHECK(scratch.geometry.small_map ==
                           (small == 0 && fits && set->pattern_small_map != nullptr));
                     small_map_runs += scratch.geometry.small_map;
@@ -301,8 +302,8 @@ TEST_CASE(PatternConvMatchesReference) {
           }
       }
     }
-  // The maps of <= 16 positions ran the small-map kernel where the set has
-  // one (AVX-512).
+  // The small maps ran the small-map kernel where the set has one (AVX-512:
+  // <= 16 positions, AVX2: 2x2 and smaller).
   bool any_small_kernel = false;
   for (const KernelSet* set : UsableSets()) any_small_kernel |= set->pattern_small_map != nullptr;
   CHECK((small_map_runs > 0) == any_small_kernel);
