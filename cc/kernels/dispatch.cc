@@ -565,12 +565,12 @@ void PropagateNonFinite(const ConvShape& s, const PatternPlan& plan, const Patte
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                                PatternScratch* scratch, const PatternTuning& tuning) {
   char key[320];
-  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d",
+  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d,%d",
                 set ? set->isa : "-", s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w,
                 s.pad_top, s.pad_left, s.dil_h, s.dil_w, s.act_min, s.act_max, tuning.chunk_channels,
                 tuning.tile_vectors, static_cast<int>(tuning.jit), tuning.jit_filters,
                 tuning.jit_vectors, tuning.jit_reorder ? 1 : 0, tuning.jit_segment,
-                tuning.jit_band_rows);
+                tuning.jit_band_rows, tuning.static_small_map);
   if (scratch->prepared_key == key) return scratch->engine;
   scratch->jit.reset();
   scratch->jit_error.clear();
@@ -870,6 +870,51 @@ void PrefetchFloats(const float* p, int64_t n, bool write) {
     for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
 }
 
+// Cache lines to prefetch, issued a slice at a time between pieces of work,
+// so the requests do not queue up behind one another at a band's start.
+class PrefetchQueue {
+ public:
+  void Add(const void* p, int64_t bytes, bool write) {
+    if (bytes <= 0) return;
+    runs_.push_back({static_cast<const char*>(p), bytes, write});
+    lines_ += (bytes + 63) / 64;
+  }
+  void AddFloats(const float* p, int64_t n, bool write) { Add(p, n * int64_t(sizeof(float)), write); }
+  int64_t lines() const { return lines_; }
+  // Issues the next `n` lines.
+  void Issue(int64_t n) {
+    for (; n > 0 && run_ < runs_.size(); --n) {
+      const Run& r = runs_[run_];
+      if (r.write) __builtin_prefetch(r.p + off_, 1, 2);
+      else __builtin_prefetch(r.p + off_, 0, 2);
+      off_ += 64;
+      if (off_ >= r.bytes) ++run_, off_ = 0;
+    }
+  }
+
+ private:
+  struct Run { const char* p; int64_t bytes; bool write; };
+  std::vector<Run> runs_;
+  size_t run_ = 0;
+  int64_t off_ = 0, lines_ = 0;
+};
+
+// Queue the input rows that padded rows [py0, py1) hold (NHWC: one run;
+// planar: a run per channel).
+void QueueInputRows(const ConvShape& s, const float* nhwc, const float* planar, int py0,
+                    int py1, PrefetchQueue* q) {
+  const int iy0 = std::max(0, py0 - s.pad_top), iy1 = std::min(s.in_h, py1 - s.pad_top);
+  if (iy1 <= iy0) return;
+  const int64_t n = int64_t(iy1 - iy0) * s.in_w;
+  if (planar == nullptr) {
+    q->AddFloats(nhwc + int64_t(iy0) * s.in_w * s.in_c, n * s.in_c, false);
+    return;
+  }
+  const int64_t plane = int64_t(s.in_h) * s.in_w;
+  for (int c = 0; c < s.in_c; ++c)
+    q->AddFloats(planar + c * plane + iy0 * int64_t(s.in_w), n, false);
+}
+
 // Prefetch the input rows that padded rows [py0, py1) hold (NHWC: one run;
 // planar: a run per channel).
 void PrefetchInputRows(const ConvShape& s, const float* nhwc, const float* planar, int py0,
@@ -1040,19 +1085,31 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           // Ask for the next band's new input rows and this band's output
           // rows while this band computes: after a pause both come from DRAM,
           // and the transposes' short strided runs do not train the hardware
-          // prefetchers (a cold 56x56x128 layer ran about 1.05x faster).
+          // prefetchers.  The requests go out a slice before each call of
+          // the code, not all at once (56x56x128 after a 20 ms pause: 1.82
+          // -> 1.66 ms; docs/engine.md section 18).
+          PrefetchQueue queue;
+          // The first band of a run fetches the layer's code: ask for each
+          // filter block's code while the one before it runs.
+          if (k == b0)
+            for (int f = 1; f < fb; ++f)
+              queue.Add(jit->block_code(f), int64_t(jit->block_code_bytes(f)), false);
           if (k + 1 < b1)
-            PrefetchInputRows(s, in_b, io.planar_input, r1 + halo, r1 + halo + band.rows);
+            QueueInputRows(s, in_b, io.planar_input, r1 + halo, r1 + halo + band.rows, &queue);
           if (dest.nhwc != nullptr)
-            PrefetchFloats(dest.nhwc + int64_t(r0) * s.out_w * s.out_c,
-                           int64_t(r1 - r0) * s.out_w * s.out_c, true);
+            queue.AddFloats(dest.nhwc + int64_t(r0) * s.out_w * s.out_c,
+                            int64_t(r1 - r0) * s.out_w * s.out_c, true);
           const int64_t tiles = ((r1 - r0) * int64_t(wp) + tile - 1) / tile;
+          const int64_t pieces = ((tiles + call_tiles - 1) / call_tiles) * fb;
+          const int64_t slice = (queue.lines() + pieces - 1) / pieces;
           for (int64_t c0 = 0; c0 < tiles; c0 += call_tiles) {
             const int64_t c1 = std::min(tiles, c0 + call_tiles);
-            for (int f = 0; f < fb; ++f)
+            for (int f = 0; f < fb; ++f) {
+              queue.Issue(slice);
               if (!jit->Run(f, bin, static_cast<int64_t>(band.input_size), bout, out_floats,
                             c0 * tile, c1 - c0))
                 std::abort();  // outside the validated buffers: a driver bug
+            }
           }
           bad_out |= StoreOutputRows(set, s, plan, true, bout, band.out_plane, wp, r0, r0, r1, 0,
                                      s.out_c, dest);

@@ -118,6 +118,9 @@ class JitKernel {
            int64_t output_floats, int64_t start, int64_t tiles) const;
 
   int num_blocks() const { return static_cast<int>(entries_.size()); }
+  // Where block `block`'s code lies (for prefetching it as data).
+  const void* block_code(int block) const { return reinterpret_cast<const void*>(entries_[block]); }
+  size_t block_code_bytes(int block) const { return block_code_bytes_[block]; }
   size_t code_bytes() const { return code_bytes_; }
   double generate_ms() const { return generate_ms_; }
   const JitLayout& layout() const { return layout_; }
@@ -130,6 +133,7 @@ class JitKernel {
   using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles);
   std::vector<Fn> entries_;
   std::vector<int64_t> block_rows_;  // per block: 1 + its largest output channel
+  std::vector<size_t> block_code_bytes_;
   size_t code_bytes_ = 0;
   double generate_ms_ = 0;
 };

@@ -193,6 +193,9 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     k->code_->setProtectModeRE();
     for (const uint8_t* s : starts) k->entries_.push_back(reinterpret_cast<Fn>(const_cast<uint8_t*>(s)));
     k->code_bytes_ = k->code_->getSize();
+    const uint8_t* end = k->code_->getCode() + k->code_bytes_;
+    for (size_t i = 0; i < starts.size(); ++i)
+      k->block_code_bytes_.push_back(static_cast<size_t>((i + 1 < starts.size() ? starts[i + 1] : end) - starts[i]));
   } catch (const std::exception& e) {
     *error = std::string("code generation failed: ") + e.what();
     return nullptr;

@@ -309,6 +309,94 @@ TEST_CASE(PatternConvMatchesReference) {
   CHECK((small_map_runs > 0) == any_small_kernel);
 }
 
+TEST_CASE(SmallMapsMatchTheReference) {
+  // Random small maps (<= 16 positions) on every set with a small-map
+  // kernel: non-square kernels, patterns of 1-9 taps, dilation per axis,
+  // SAME/VALID, batch 2, planar input and output, Inf and NaN inputs; the
+  // same scratch re-prepared with the kernel off must switch it off.
+  std::mt19937 rng(17);
+  int runs = 0;
+  for (int trial = 0; trial < 150; ++trial) {
+    ConvShape s;
+    s.batch = 1 + int(rng() % 2);
+    s.in_h = 1 + int(rng() % 4);
+    s.in_w = 1 + int(rng() % (16 / s.in_h));
+    s.k_h = 1 + int(rng() % 3);
+    s.k_w = 1 + int(rng() % 3);
+    s.dil_h = 1 + int(rng() % 2);
+    s.dil_w = 1 + int(rng() % 2);
+    s.in_c = 1 + int(rng() % 20);
+    s.out_c = 1 + int(rng() % 13);
+    if (!ResolveConvShape(rng() % 3 ? Padding::kSame : Padding::kValid, &s).empty()) continue;
+    const int taps = s.k_h * s.k_w;
+    std::vector<uint32_t> masks;
+    for (int m = 0; m < 1 + int(rng() % 6); ++m) {
+      uint32_t mask = 0;
+      const int bits = 1 + int(rng() % taps);
+      while (__builtin_popcount(mask) < bits) mask |= 1u << (rng() % taps);
+      masks.push_back(mask);
+    }
+    auto w = Random(size_t(s.out_c) * taps * s.in_c, &rng);
+    for (int o = 0; o < s.out_c; ++o)
+      for (int c = 0; c < s.in_c; ++c) {
+        const uint32_t mask = rng() % 3 ? masks[rng() % masks.size()] : 0u;
+        for (int t = 0; t < taps; ++t)
+          if (!((mask >> t) & 1u)) w[(size_t(o) * taps + t) * s.in_c + c] = 0.f;
+      }
+    const auto b = Random(s.out_c, &rng);
+    auto in = Random(size_t(s.batch) * s.in_h * s.in_w * s.in_c, &rng);
+    if (trial % 4 == 0) in[rng() % in.size()] = NAN;
+    if (trial % 8 == 1) in[rng() % in.size()] = -INFINITY;
+    std::vector<float> ref(size_t(s.batch) * s.out_h * s.out_w * s.out_c), out(ref.size());
+    Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+    PatternPlan plan;
+    CHECK(BuildPatternPlan(w.data(), s.out_c, s.k_h, s.k_w, s.in_c, b.data(), 1 + int(rng() % 4),
+                           &plan).empty());
+    // Same NaN / infinity pattern, and the finite values within 1e-5.
+    auto same = [&](const std::vector<float>& got) {
+      double num = 0, den = 0;
+      bool ok = true;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        if (std::isnan(ref[i]) || std::isinf(ref[i])) {
+          ok = ok && (std::isnan(ref[i]) ? std::isnan(got[i]) : got[i] == ref[i]);
+          continue;
+        }
+        num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+        den += double(ref[i]) * ref[i];
+      }
+      return ok && std::sqrt(num / (den > 0 ? den : 1)) <= 1e-5;
+    };
+    for (const KernelSet* set : UsableSets()) {
+      if (set->pattern_small_map == nullptr) continue;
+      ThreadPool pool(1 + trial % 3);
+      PatternScratch scratch;
+      for (int small : {0, -1}) {
+        PatternTuning t{0, 0, JitIsa::kNone};
+        t.static_small_map = small;
+        std::fill(out.begin(), out.end(), 0.f);
+        RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool, t);
+        CHECK(same(out));
+        const bool fits = s.in_h * s.in_w <= set->small_map_in && s.out_h * s.out_w <= set->small_map_out;
+        CHECK(scratch.geometry.small_map == (small == 0 && fits));
+        runs += scratch.geometry.small_map;
+        if (s.batch != 1) continue;
+        // Planar in and out (batch 1).
+        std::vector<float> pin(in.size()), pout(out.size()), back(out.size());
+        NhwcToPlanar(set, s.in_h, s.in_w, s.in_c, in.data(), pin.data(), &pool);
+        PatternIo io;
+        io.planar_input = pin.data();
+        io.planar_output = pout.data();
+        RunPatternConv(set, s, plan, &scratch, nullptr, nullptr, &pool, t, io);
+        PlanarToNhwc(set, s.out_h, s.out_w, s.out_c, pout.data(), back.data(), &pool);
+        CHECK(same(back));
+      }
+    }
+  }
+  bool any = false;
+  for (const KernelSet* set : UsableSets()) any |= set->pattern_small_map != nullptr;
+  CHECK((runs > 0) == any);
+}
+
 TEST_CASE(ChainedPatternConvsKeepTheLayout) {
   // conv A (SAME 3x3) feeds conv B (VALID 3x3, then SAME dilated 5x5): A writes
   // straight into B's padded CHW input; the result equals running both
