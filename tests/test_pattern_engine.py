@@ -314,6 +314,25 @@ def test_consecutive_pattern_convs_keep_the_layout(batch):
     assert [e["keeps_layout"] for e in convs] == [batch == 1] * 4
 
 
+def _pruned_conv_chain(input_shape, convs, seed):
+    """A chain of Conv2D layers (keyword arguments each), every kernel
+    pattern-pruned (8 patterns, 2x connectivity), as a .tflite model."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    layers = [keras.layers.Conv2D(**c) for c in convs]
+    x = inp
+    for layer in layers:
+        x = layer(x)
+    model = keras.Model(inp, x)
+    for layer in layers:
+        w = layer.get_weights()
+        w[0] = P.prune_kernel(w[0], connectivity=2.0)
+        layer.set_weights(w)
+    return convert(model)
+
+
 @pytest.mark.skipif(not JIT_ISAS, reason="row bands are a generated-code feature")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_large_layers_run_in_row_bands(threads):
@@ -321,19 +340,9 @@ def test_large_layers_run_in_row_bands(threads):
     the report says so, a banded conv is not chained (its input becomes a
     planar tensor), and the result equals stock LiteRT, also with an Inf and
     a NaN in the input."""
-    import keras
-
-    keras.utils.set_random_seed(12)
-    inp = keras.Input((64, 64, 48))
-    a = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="a")(inp)
-    b = keras.layers.Conv2D(40, 3, padding="same", name="b")(a)
-    model = keras.Model(inp, b)
-    for name in "ab":
-        layer = model.get_layer(name)
-        w = layer.get_weights()
-        w[0] = P.prune_kernel(w[0], connectivity=2.0)
-        layer.set_weights(w)
-    tfl = convert(model)
+    tfl = _pruned_conv_chain((64, 64, 48), [dict(filters=48, kernel_size=3, padding="same",
+                                                 activation="relu"),
+                                            dict(filters=40, kernel_size=3, padding="same")], seed=12)
     x = np.random.default_rng(4).uniform(-1, 1, (1, 64, 64, 48)).astype(np.float32)
     it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off")
     for poison in (False, True):
@@ -365,20 +374,11 @@ def test_small_maps_run_as_one_vector(threads):
     says so, such a conv is not chained into (its input becomes a planar
     tensor), and the result equals stock LiteRT, also with an Inf and a NaN
     in the input, on every kernel set."""
-    import keras
-
-    keras.utils.set_random_seed(13)
-    inp = keras.Input((4, 4, 40))
-    a = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="a")(inp)
-    b = keras.layers.Conv2D(24, 3, padding="valid", activation="relu", name="b")(a)  # -> 2x2
-    c = keras.layers.Conv2D(16, 3, padding="same", name="c")(b)  # 2x2 -> 2x2
-    model = keras.Model(inp, c)
-    for name in "abc":
-        layer = model.get_layer(name)
-        w = layer.get_weights()
-        w[0] = P.prune_kernel(w[0], connectivity=2.0)
-        layer.set_weights(w)
-    tfl = convert(model)
+    tfl = _pruned_conv_chain((4, 4, 40), [
+        dict(filters=48, kernel_size=3, padding="same", activation="relu"),  # a: 4x4
+        dict(filters=24, kernel_size=3, padding="valid", activation="relu"),  # b: 4x4 -> 2x2
+        dict(filters=16, kernel_size=3, padding="same"),  # c: 2x2 -> 2x2
+    ], seed=13)
     x = np.random.default_rng(5).uniform(-1, 1, (1, 4, 4, 40)).astype(np.float32)
     # Which of a, b, c take the small-map kernel on each set.
     small = {"avx512": [True, True, True], "avx2_fma": [False, False, True]}

@@ -309,6 +309,23 @@ TEST_CASE(PatternConvMatchesReference) {
   CHECK((small_map_runs > 0) == any_small_kernel);
 }
 
+// Runs a batch-1 pattern conv with planar input and output; returns the
+// output as NHWC.
+std::vector<float> RunThroughPlanes(const KernelSet* set, const ConvShape& s,
+                                    const PatternPlan& plan, PatternScratch* scratch,
+                                    ThreadPool* pool, const PatternTuning& t,
+                                    const std::vector<float>& in) {
+  std::vector<float> pin(in.size()), pout(size_t(s.out_h) * s.out_w * s.out_c, NAN),
+      back(pout.size());
+  NhwcToPlanar(set, s.in_h, s.in_w, s.in_c, in.data(), pin.data(), pool);
+  PatternIo io;
+  io.planar_input = pin.data();
+  io.planar_output = pout.data();
+  RunPatternConv(set, s, plan, scratch, nullptr, nullptr, pool, t, io);
+  PlanarToNhwc(set, s.out_h, s.out_w, s.out_c, pout.data(), back.data(), pool);
+  return back;
+}
+
 TEST_CASE(SmallMapsMatchTheReference) {
   // Random small maps (<= 16 positions) on every set with a small-map
   // kernel: non-square kernels, patterns of 1-9 taps, dilation per axis,
@@ -380,15 +397,7 @@ TEST_CASE(SmallMapsMatchTheReference) {
         CHECK(scratch.geometry.small_map == (small == 0 && fits));
         runs += scratch.geometry.small_map;
         if (s.batch != 1) continue;
-        // Planar in and out (batch 1).
-        std::vector<float> pin(in.size()), pout(out.size()), back(out.size());
-        NhwcToPlanar(set, s.in_h, s.in_w, s.in_c, in.data(), pin.data(), &pool);
-        PatternIo io;
-        io.planar_input = pin.data();
-        io.planar_output = pout.data();
-        RunPatternConv(set, s, plan, &scratch, nullptr, nullptr, &pool, t, io);
-        PlanarToNhwc(set, s.out_h, s.out_w, s.out_c, pout.data(), back.data(), &pool);
-        CHECK(same(back));
+        CHECK(same(RunThroughPlanes(set, s, plan, &scratch, &pool, t, in)));
       }
     }
   }
@@ -699,16 +708,7 @@ TEST_CASE(GeneratedRowBandsMatchTheWholeImage) {
             }
             if (s.batch != 1) continue;
             // Planar in and out.
-            const size_t ni = size_t(s.in_h) * s.in_w * s.in_c;
-            const size_t no = size_t(s.out_h) * s.out_w * s.out_c;
-            std::vector<float> pin(ni), pout(no, NAN), back(no);
-            NhwcToPlanar(set, s.in_h, s.in_w, s.in_c, in.data(), pin.data(), &pool);
-            PatternIo io;
-            io.planar_input = pin.data();
-            io.planar_output = pout.data();
-            RunPatternConv(set, s, plan, &bs, nullptr, nullptr, &pool, t, io);
-            PlanarToNhwc(set, s.out_h, s.out_w, s.out_c, pout.data(), back.data(), &pool);
-            CHECK(SameOrBothNan(back, expect));
+            CHECK(SameOrBothNan(RunThroughPlanes(set, s, plan, &bs, &pool, t, in), expect));
             // Chained into an unbanded 1x1 conv.
             ConvShape s2;
             s2.in_h = s.out_h; s2.in_w = s.out_w; s2.in_c = s.out_c; s2.out_c = 5;
