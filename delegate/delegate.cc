@@ -110,6 +110,7 @@ class Partition {
           e.band_rows = op.pattern_scratch.band.rows;
         }
         e.small_map = op.pattern_scratch.geometry.small_map;
+        e.pair_map = op.pattern_scratch.geometry.pair_map;
       }
       e.node_index = op.node_index;
       e.tuning = op.tuning_source;
@@ -166,10 +167,10 @@ class Partition {
       OpPlan &a = ops_[i], &b = ops_[i + 1];
       // A split conv reads its phase planes, not a padded CHW input.
       // A banded layer packs its own input (dispatch.h, PatternBand), and
-      // so does a small map (PatternGeometry::small_map): its input becomes
-      // a planar tensor instead (AssignPlanar).
+      // so does a small or pair map (PatternGeometry): its input becomes a
+      // planar tensor instead (AssignPlanar).
       if (!a.use_pattern || !b.use_pattern || b.phase_split || b.pattern_scratch.band.rows > 0 ||
-          b.pattern_scratch.geometry.small_map ||
+          b.pattern_scratch.geometry.small_map || b.pattern_scratch.geometry.pair_map ||
           b.input != a.output || outputs_.count(a.output) ||
           a.shape.batch != 1 || b.shape.batch != 1)
         continue;
@@ -618,7 +619,8 @@ std::string Delegate::ReportJson() {
            ",\"jit_vectors\":" + std::to_string(e.jit_vectors) +
            ",\"jit_segments\":" + std::to_string(e.jit_segments) +
            ",\"band_rows\":" + std::to_string(e.band_rows) +
-           ",\"small_map\":" + (e.small_map ? "true" : "false");
+           ",\"small_map\":" + (e.small_map ? "true" : "false") +
+           ",\"pair_map\":" + (e.pair_map ? "true" : "false");
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",

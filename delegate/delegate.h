@@ -44,6 +44,7 @@ struct ReportEntry {
   int64_t jit_segments = 0;  // code segments over all filter blocks
   int band_rows = 0;         // output rows per band (0: the whole image at once)
   bool small_map = false;    // the static small-map kernel runs (maps of <= 16 positions)
+  bool pair_map = false;     // the static pair-map kernel runs (8-wide maps up to 8x8)
   // Where the node ran: "cpu" or "gpu"; for the GPU backend the device, the
   // program cache's answer ("hit", "stored", "rebuilt (...)", "off"), the
   // build time and the generated source's size (code_bytes).

@@ -367,21 +367,25 @@ def test_large_layers_run_in_row_bands(threads):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_small_maps_run_as_one_vector(threads):
-    """Small maps (VGG-16 CIFAR's 4x4 and 2x2 stages) run the small-map
-    kernel where the kernel set has one (a channel is one vector, each tap a
-    permutation of it; docs/engine.md section 17): AVX-512 up to 16
-    positions, AVX2 2x2 (<= 8 input, <= 4 output positions).  The report
+    """Small maps (VGG-16 CIFAR's 8x8, 4x4 and 2x2 stages) run the small-map
+    kernels where the kernel set has them (docs/engine.md section 17): one
+    vector per channel, each tap a permutation of it (AVX-512 up to 16
+    positions, AVX2 2x2), and 8x8 maps as row pairs (AVX-512).  The report
     says so, such a conv is not chained into (its input becomes a planar
     tensor), and the result equals stock LiteRT, also with an Inf and a NaN
     in the input, on every kernel set."""
-    tfl = _pruned_conv_chain((4, 4, 40), [
-        dict(filters=48, kernel_size=3, padding="same", activation="relu"),  # a: 4x4
+    tfl = _pruned_conv_chain((8, 8, 24), [
+        dict(filters=40, kernel_size=3, padding="same", activation="relu"),  # p: 8x8
+        # a: 8x8 -> 4x4, neither (64 input positions; a 5x5 window spans 3 row pairs)
+        dict(filters=40, kernel_size=5, padding="valid", activation="relu"),
         dict(filters=24, kernel_size=3, padding="valid", activation="relu"),  # b: 4x4 -> 2x2
         dict(filters=16, kernel_size=3, padding="same"),  # c: 2x2 -> 2x2
     ], seed=13)
-    x = np.random.default_rng(5).uniform(-1, 1, (1, 4, 4, 40)).astype(np.float32)
-    # Which of a, b, c take the small-map kernel on each set.
-    small = {"avx512": [True, True, True], "avx2_fma": [False, False, True]}
+    x = np.random.default_rng(5).uniform(-1, 1, (1, 8, 8, 24)).astype(np.float32)
+    # Which of p, a, b, c take the small-map kernel (one vector) or the row
+    # pairs (8x8 maps) on each set.
+    small = {"avx512": [False, False, True, True], "avx2_fma": [False, False, False, True]}
+    pairs = {"avx512": [True, False, False, False]}
     for kernel in [k for k in USABLE if k != "reference"] + ["auto"]:
         it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off", kernel=kernel)
         for poison in (False, True):
@@ -394,11 +398,14 @@ def test_small_maps_run_as_one_vector(threads):
             keep = ~np.isnan(ref)
             assert rel_error(out[keep], ref[keep]) <= 1e-5, kernel
         report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
-        want = small.get(_cc.default_kernel_set() if kernel == "auto" else kernel, [False] * 3)
+        name = _cc.default_kernel_set() if kernel == "auto" else kernel
+        want, want_pairs = small.get(name, [False] * 4), pairs.get(name, [False] * 4)
         assert [e["small_map"] for e in report] == want, kernel
-        # A conv whose reader runs the small-map kernel writes a planar tensor.
+        assert [e["pair_map"] for e in report] == want_pairs, kernel
+        # A conv whose reader runs either kernel writes a planar tensor.
+        packs = [s or q for s, q in zip(want, want_pairs)]
         assert [e["layout"] for e in report] == [
-            "planar" if want[1] else "chained", "planar" if want[2] else "chained", "nhwc"], kernel
+            "planar" if r else "chained" for r in packs[1:]] + ["nhwc"], kernel
 
 
 def test_delegate_reports_the_generated_engine():

@@ -71,6 +71,9 @@ struct KernelSet {
   void (*pattern_small_map)(const PatternConvArgs& args, int64_t task_begin,
                             int64_t task_end);
   int small_map_in, small_map_out;
+  // Maps of at most 8x8 as row pairs (PatternGeometry::pair_map); null
+  // where the set has no such kernel.
+  void (*pattern_pair_map)(const PatternConvArgs& args, int64_t task_begin, int64_t task_end);
   // dst[j * dst_stride + i] = src[i * src_stride + j], i < rows, j < cols:
   // the layout changes at the pattern engine's edges (NHWC <-> CHW).
   // Returns true if any value moved was Inf or NaN.

@@ -166,7 +166,14 @@ struct PatternGeometry {
   // stay in L1, where the padded planes cost two split vector loads per tap.
   // Output positions are compact (pitch out_w), one vector per filter.
   bool small_map = false;
-  int out_pitch = 0;  // positions per output row in the kernels' output: wp or out_w
+  // Maps of at most 8x8 (AVX-512): rows of 8 floats, two per vector
+  // ([in_c][vector -1 .. in_vectors + 1][16], the outer vectors and the
+  // unused rows and columns zero); each tap of an output vector is a
+  // two-source permutation (vpermt2ps) of two neighbouring input vectors.
+  bool pair_map = false;
+  int in_vectors = 0;        // pair map: ceil(in_h / 2)
+  int64_t map_stride = 0;    // pair map: floats per input channel
+  int out_pitch = 0;  // positions per output row in the kernels' output: wp, out_w or 8
 };
 
 // Row bands (generated code, large layers): instead of moving the whole image
@@ -192,6 +199,7 @@ struct PatternScratch {
   std::vector<float> padded;
   std::vector<int32_t> small_index, small_quad_index;
   std::vector<uint16_t> small_mask, small_quad_mask;
+  std::vector<int8_t> small_shift;
   std::vector<int32_t> tap_offsets;
   PatternExec exec;
   int64_t exec_key = -1;
@@ -237,6 +245,11 @@ struct PatternConvArgs {
   // other sizes).
   const int32_t* small_quad_index = nullptr;
   const uint16_t* small_quad_mask = nullptr;
+  // Pair maps (PatternGeometry::pair_map): per tap, the first of the two
+  // input vectors, relative to the output vector (-1, 0 or 1); small_index
+  // and small_mask then hold the two-source permutation and its mask.
+  const int8_t* small_shift = nullptr;
+  int out_vectors = 0;
 };
 
 // Builds `exec` for `plan` with the given channel chunk (>= 1); kernels'

@@ -245,6 +245,13 @@ const PatternCase kPatternCases[] = {
     {1, 9, 10, 6, 130, 3, 2, Padding::kSame, -INFINITY, INFINITY},
     {1, 11, 9, 7, 9, 3, 1, Padding::kValid, -1.f, 1.f},
     {1, 12, 12, 4, 8, 5, 1, Padding::kSame, -INFINITY, INFINITY},
+    // Maps up to 8x8 (row pairs on AVX-512 where they save vectors): SAME,
+    // VALID, dilated, 5x5.
+    {1, 8, 8, 12, 20, 3, 1, Padding::kSame, 0.f, INFINITY},
+    {2, 7, 8, 9, 14, 3, 1, Padding::kSame, -INFINITY, INFINITY},
+    {1, 8, 6, 5, 9, 3, 2, Padding::kSame, -1.f, 1.f},
+    {1, 8, 8, 4, 7, 5, 1, Padding::kSame, -INFINITY, INFINITY},
+    {1, 8, 8, 6, 10, 3, 1, Padding::kValid, -INFINITY, INFINITY},
     // Small maps (<= 16 positions): VALID, dilated, 5x5, odd sizes, 1x1.
     {1, 4, 4, 9, 20, 3, 1, Padding::kValid, -INFINITY, INFINITY},
     {2, 4, 4, 10, 17, 3, 2, Padding::kSame, 0.f, INFINITY},
@@ -327,17 +334,18 @@ std::vector<float> RunThroughPlanes(const KernelSet* set, const ConvShape& s,
 }
 
 TEST_CASE(SmallMapsMatchTheReference) {
-  // Random small maps (<= 16 positions) on every set with a small-map
-  // kernel: non-square kernels, patterns of 1-9 taps, dilation per axis,
-  // SAME/VALID, batch 2, planar input and output, Inf and NaN inputs; the
-  // same scratch re-prepared with the kernel off must switch it off.
+  // Random maps of up to 8x8 on every set with a small-map kernel (one
+  // vector up to 16 positions, row pairs up to 8x8): non-square kernels,
+  // patterns of 1-9 taps, dilation per axis, SAME/VALID, batch 2, planar
+  // input and output, Inf and NaN inputs; the same scratch re-prepared with
+  // the kernels off must switch them off.
   std::mt19937 rng(17);
-  int runs = 0;
-  for (int trial = 0; trial < 150; ++trial) {
+  int runs = 0, pair_runs = 0;
+  for (int trial = 0; trial < 250; ++trial) {
     ConvShape s;
     s.batch = 1 + int(rng() % 2);
-    s.in_h = 1 + int(rng() % 4);
-    s.in_w = 1 + int(rng() % (16 / s.in_h));
+    s.in_h = 1 + int(rng() % 8);
+    s.in_w = trial % 2 ? 1 + int(rng() % 8) : 1 + int(rng() % (16 / s.in_h));
     s.k_h = 1 + int(rng() % 3);
     s.k_w = 1 + int(rng() % 3);
     s.dil_h = 1 + int(rng() % 2);
@@ -396,14 +404,23 @@ TEST_CASE(SmallMapsMatchTheReference) {
         const bool fits = s.in_h * s.in_w <= set->small_map_in && s.out_h * s.out_w <= set->small_map_out;
         CHECK(scratch.geometry.small_map == (small == 0 && fits));
         runs += scratch.geometry.small_map;
+        // Row pairs: only maps up to 8x8 too large for one vector.
+        CHECK(!scratch.geometry.pair_map ||
+              (small == 0 && !fits && set->pattern_pair_map != nullptr && s.in_h <= 8 &&
+               s.in_w <= 8 && s.out_h <= 8 && s.out_w <= 8));
+        pair_runs += scratch.geometry.pair_map;
         if (s.batch != 1) continue;
         CHECK(same(RunThroughPlanes(set, s, plan, &scratch, &pool, t, in)));
       }
     }
   }
-  bool any = false;
-  for (const KernelSet* set : UsableSets()) any |= set->pattern_small_map != nullptr;
+  bool any = false, any_pairs = false;
+  for (const KernelSet* set : UsableSets()) {
+    any |= set->pattern_small_map != nullptr;
+    any_pairs |= set->pattern_pair_map != nullptr;
+  }
   CHECK((runs > 0) == any);
+  CHECK((pair_runs > 0) == any_pairs);
 }
 
 TEST_CASE(ChainedPatternConvsKeepTheLayout) {
