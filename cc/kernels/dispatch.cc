@@ -430,7 +430,6 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
   if (jit_tile == 0 && set != nullptr && set->pattern_pair_map != nullptr &&
       tuning.static_small_map >= 0 && PairMapFits(s) && (s.out_h + 1) / 2 < flat_vectors) {
     g.pair_map = true;
-    g.in_vectors = (s.in_h + 1) / 2;
     g.tile_lanes = kSmallMapLanes;
     g.tile_vectors = (s.out_h + 1) / 2;
     g.block_len = g.tile_vectors * kSmallMapLanes;
@@ -438,8 +437,9 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
     g.chunk = s.in_c;
     g.max_offset = 0;
     g.out_pitch = 8;
-    // Vectors -1 .. in_vectors + 1 per channel; one vector of alignment slack.
-    g.map_stride = int64_t(g.in_vectors + 3) * kSmallMapLanes;
+    // Vectors -1 .. ceil(in_h / 2) + 1 per channel; one vector of alignment
+    // slack.
+    g.map_stride = int64_t((s.in_h + 1) / 2 + 3) * kSmallMapLanes;
     g.input_size = static_cast<size_t>(s.in_c * g.map_stride + kSmallMapLanes);
   }
   return g;
@@ -924,16 +924,6 @@ bool PackInputRows(const KernelSet* set, const ConvShape& s, int wp, int64_t pla
   return tbad || bad != 0;
 }
 
-// Software prefetch of n floats into L2, for writing or reading.
-void PrefetchFloats(const float* p, int64_t n, bool write) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const int64_t bytes = n * int64_t(sizeof(float));
-  if (write)
-    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 2);
-  else
-    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
-}
-
 // Cache lines to prefetch, issued a slice at a time between pieces of work,
 // so the requests do not queue up behind one another at a band's start.
 class PrefetchQueue {
@@ -979,20 +969,6 @@ void QueueInputRows(const ConvShape& s, const float* nhwc, const float* planar, 
     q->AddFloats(planar + c * plane + iy0 * int64_t(s.in_w), n, false);
 }
 
-// Prefetch the input rows that padded rows [py0, py1) hold (NHWC: one run;
-// planar: a run per channel).
-void PrefetchInputRows(const ConvShape& s, const float* nhwc, const float* planar, int py0,
-                       int py1) {
-  const int iy0 = std::max(0, py0 - s.pad_top), iy1 = std::min(s.in_h, py1 - s.pad_top);
-  if (iy1 <= iy0) return;
-  const int64_t n = int64_t(iy1 - iy0) * s.in_w;
-  if (planar == nullptr) {
-    PrefetchFloats(nhwc + int64_t(iy0) * s.in_w * s.in_c, n * s.in_c, false);
-    return;
-  }
-  const int64_t plane = int64_t(s.in_h) * s.in_w;
-  for (int c = 0; c < s.in_c; ++c) PrefetchFloats(planar + c * plane + iy0 * int64_t(s.in_w), n, false);
-}
 
 // A thread's band buffers (0: input, 1: output), shared by every banded layer
 // the thread runs, so the previous band or layer left them in its L2.  They
@@ -1162,8 +1138,12 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
         float* bout = BandBuffer(1, static_cast<size_t>(out_floats));
         bool bad_in = false;
         uint32_t bad_out = 0;
-        PrefetchInputRows(s, in_b, io.planar_input, int(b0) * band.rows,
-                          std::min(s.out_h, int(b0 + 1) * band.rows) + halo);
+        {  // the run's first band, before packing it
+          PrefetchQueue first;
+          QueueInputRows(s, in_b, io.planar_input, int(b0) * band.rows,
+                         std::min(s.out_h, int(b0 + 1) * band.rows) + halo, &first);
+          first.Issue(first.lines());
+        }
         for (int64_t k = b0; k < b1; ++k) {
           const int r0 = static_cast<int>(k) * band.rows;
           const int r1 = std::min(s.out_h, r0 + band.rows);

@@ -167,11 +167,10 @@ struct PatternGeometry {
   // Output positions are compact (pitch out_w), one vector per filter.
   bool small_map = false;
   // Maps of at most 8x8 (AVX-512): rows of 8 floats, two per vector
-  // ([in_c][vector -1 .. in_vectors + 1][16], the outer vectors and the
+  // ([in_c][vector -1 .. ceil(in_h / 2) + 1][16], the outer vectors and the
   // unused rows and columns zero); each tap of an output vector is a
   // two-source permutation (vpermt2ps) of two neighbouring input vectors.
   bool pair_map = false;
-  int in_vectors = 0;        // pair map: ceil(in_h / 2)
   int64_t map_stride = 0;    // pair map: floats per input channel
   int out_pitch = 0;  // positions per output row in the kernels' output: wp, out_w or 8
 };
