@@ -166,7 +166,7 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
     } else if (key == "jit") {
       JitIsa isa;
       if (!ParseJitIsa(value, &isa)) {
-        *error = "option 'jit': expected 'auto', 'static', 'avx2_fma' or 'avx512', got " +
+        *error = "option 'jit': expected 'auto', 'static', 'avx2_fma', 'avx512' or 'neon', got " +
                  Quote(value);
         return false;
       }

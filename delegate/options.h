@@ -18,7 +18,7 @@ struct DelegateOptions {
   std::string kernel = "auto";  // auto | reference | <isa>, see dispatch.h
   // Pattern convs: code generated per layer (auto: the best ISA this CPU and
   // build have), or static (the kernel set's fixed kernels), or one ISA.
-  std::string jit = "auto";  // auto | static | avx2_fma | avx512
+  std::string jit = "auto";  // auto | static | avx2_fma | avx512 | neon
   bool pattern_kernels = true;  // use pattern kernels for pattern-pruned convs
   // auto: claim only nodes the cost model predicts faster than TFLite's own
   // (XNNPACK) kernels; all: every supported node (tests, runtimes without XNNPACK).

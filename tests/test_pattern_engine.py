@@ -55,7 +55,7 @@ def test_pattern_conv_matches_numpy(batch, h, w, ic, oc_groups, group, k, dil, p
         assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
 
 
-JIT_ISAS = [i for i in ("avx2_fma", "avx512") if i in _cc.jit_choices()]
+JIT_ISAS = [i for i in ("avx2_fma", "avx512", "neon") if i in _cc.jit_choices()]
 # Largest M per V, as the generator's register budget allows.
 JIT_MAX_M = {"avx512": {1: 31, 2: 14, 3: 9, 4: 6}, "avx2_fma": {1: 14, 2: 6, 3: 4, 4: 2}}
 
@@ -436,7 +436,7 @@ def test_bad_jit_option_is_refused(value, match):
 
 
 def test_jit_isa_the_cpu_lacks_is_refused():
-    missing = [i for i in ("avx2_fma", "avx512") if i not in _cc.jit_choices()]
+    missing = [i for i in ("avx2_fma", "avx512", "neon") if i not in _cc.jit_choices()]
     if not missing:
         pytest.skip("this CPU and build run every generator ISA")
     with pytest.raises(ValueError, match="jit"):

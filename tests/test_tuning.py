@@ -81,7 +81,7 @@ def test_every_cached_generator_knob_gives_the_same_result(pruned_tflite, tmp_pa
     # vectors), for every ISA this CPU runs, and the static kernels (jit=1).
     from cocopie_tf import _cc
 
-    isas = [i for i in ("avx2_fma", "avx512") if i in _cc.jit_choices()]
+    isas = [i for i in ("avx2_fma", "avx512", "neon") if i in _cc.jit_choices()]
     if not isas:
         pytest.skip("no code generator in this build or CPU: " + str(_cc.jit_choices()))
     cache = tmp_path / "tuning.tsv"

@@ -191,7 +191,7 @@ class PatternConvLayer {
     tuning_.chunk_channels = chunk_channels;
     tuning_.tile_vectors = tile_vectors;
     if (!ParseJitIsa(jit, &tuning_.jit))
-      throw py::value_error("jit must be one of 'auto', 'static', 'avx2_fma', 'avx512', got '" +
+      throw py::value_error("jit must be one of 'auto', 'static', 'avx2_fma', 'avx512', 'neon', got '" +
                             jit + "'");
     std::string err;
     ResolveJitIsa(set_, tuning_.jit, &err);

@@ -132,14 +132,22 @@ JitIsa ResolveJitIsa(const KernelSet* set, JitIsa requested, std::string* error)
       if (!JitCompiled() || set == nullptr || std::string(set->isa) == "generic")
         return JitIsa::kNone;
       if (cpu.avx512f) return JitIsa::kAvx512;
-      return avx2 ? JitIsa::kAvx2 : JitIsa::kNone;
+      if (avx2) return JitIsa::kAvx2;
+      return cpu.neon ? JitIsa::kNeon : JitIsa::kNone;
     case JitIsa::kAvx2:
-    case JitIsa::kAvx512: {
+    case JitIsa::kAvx512:
+    case JitIsa::kNeon: {
       if (!JitCompiled()) {
+#if defined(__aarch64__)
+        *error = "jit: this build has no code generator (built with COCOPIE_JIT=OFF)";
+#else
         *error = "jit: this build has no code generator (install libxbyak-dev and rebuild)";
+#endif
         return JitIsa::kNone;
       }
-      const bool ok = requested == JitIsa::kAvx512 ? cpu.avx512f : avx2;
+      const bool ok = requested == JitIsa::kAvx512 ? cpu.avx512f
+                      : requested == JitIsa::kAvx2 ? avx2
+                                                   : cpu.neon;
       if (!ok) {
         *error = std::string("jit: '") + JitIsaName(requested) +
                  "' is not supported by this CPU (" + cpu.ToString() + ")";
@@ -156,6 +164,7 @@ std::vector<std::string> JitChoices() {
   if (JitCompiled()) {
     if (DetectCpu().avx2 && DetectCpu().fma) v.push_back(JitIsaName(JitIsa::kAvx2));
     if (DetectCpu().avx512f) v.push_back(JitIsaName(JitIsa::kAvx512));
+    if (DetectCpu().neon) v.push_back(JitIsaName(JitIsa::kNeon));
   }
   return v;
 }
@@ -304,6 +313,8 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   double efficiency = st.max_group >= 4 ? 0.38 : st.max_group >= 2 ? 0.32 : 0.28;
   if (jit == JitIsa::kAvx512) efficiency = 0.60;
   if (jit == JitIsa::kAvx2) efficiency = 0.40;
+  // NEON generated code has not been timed on ARM hardware (qemu here runs
+  // it for correctness only): it is judged like the static kernels.
   // A 1x1 conv is a GEMM, XNNPACK's best kernel: in ResNet-50's residual
   // blocks (AMD Zen 5, AVX-512, planar layout, no transposes) generated 1x1
   // code ran 25-40 GMAC/s per executed MAC against XNNPACK's ~115 dense, so
@@ -324,7 +335,7 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
 }
 
 bool JitRunsOnMap(JitIsa isa, const ConvShape& s, const KernelSet* set) {
-  if (isa != JitIsa::kAvx512 && isa != JitIsa::kAvx2) return false;
+  if (isa == JitIsa::kNone || isa == JitIsa::kAuto) return false;
   const int64_t tile = JitLanes(isa);  // V = 1, the default tile
   const int64_t wp = s.out_w + int64_t(s.k_w - 1) * s.dil_w;
   const int64_t block = (wp + tile - 1) / tile * tile;

@@ -15,12 +15,13 @@ const char* JitIsaName(JitIsa isa) {
     case JitIsa::kNone: return "static";
     case JitIsa::kAvx2: return "avx2_fma";
     case JitIsa::kAvx512: return "avx512";
+    case JitIsa::kNeon: return "neon";
   }
   return "?";
 }
 
 bool ParseJitIsa(const std::string& name, JitIsa* isa) {
-  for (JitIsa v : {JitIsa::kAuto, JitIsa::kNone, JitIsa::kAvx2, JitIsa::kAvx512})
+  for (JitIsa v : {JitIsa::kAuto, JitIsa::kNone, JitIsa::kAvx2, JitIsa::kAvx512, JitIsa::kNeon})
     if (name == JitIsaName(v)) {
       *isa = v;
       return true;
@@ -33,15 +34,22 @@ bool ParseJitIsa(const std::string& name, JitIsa* isa) {
 }
 
 int JitLanes(JitIsa isa) {
-  return isa == JitIsa::kAvx512 ? 16 : isa == JitIsa::kAvx2 ? 8 : 0;
+  switch (isa) {
+    case JitIsa::kAvx512: return 16;
+    case JitIsa::kAvx2: return 8;
+    case JitIsa::kNeon: return 4;
+    default: return 0;
+  }
 }
 
 int JitMaxFilters(JitIsa isa, int vectors) {
   if (vectors < 1 || vectors > 4) return 0;
   // Registers: M*V accumulators + V inputs + one broadcast register, except
   // AVX-512 with V = 1, whose FMAs take the weight as an embedded broadcast.
+  // NEON: the register is a quad of 4 weights, FMLA by element picks one.
   if (isa == JitIsa::kAvx512) return vectors == 1 ? 31 : (31 - vectors) / vectors;
   if (isa == JitIsa::kAvx2) return (15 - vectors) / vectors;
+  if (isa == JitIsa::kNeon) return (31 - vectors) / vectors;
   return 0;
 }
 
@@ -113,7 +121,7 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
                            int segment_uses, float act_min, float act_max, JitLayout* layout) {
-  if (isa != JitIsa::kAvx2 && isa != JitIsa::kAvx512) return "no code generator for this ISA";
+  if (JitLanes(isa) == 0) return "no code generator for this ISA";
   if (vectors == 0) vectors = 1;
   const int max_m = JitMaxFilters(isa, vectors);
   if (max_m == 0) return "jit_vectors must be 1..4";

@@ -26,8 +26,9 @@
 //                and validated by BuildJitLayout (every offset the code will
 //                use is proved inside the buffers it will be given);
 //   JitKernel    the machine code for one ISA (x86-64 AVX-512 or AVX2+FMA via
-//                Xbyak), mapped write-xor-execute; Run() checks its buffer
-//                arguments against the layout's bounds on every call.
+//                Xbyak, AArch64 NEON via a64_asm.h), mapped write-xor-execute;
+//                Run() checks its buffer arguments against the layout's
+//                bounds on every call.
 #ifndef COCOPIE_CC_KERNELS_JIT_PATTERN_H_
 #define COCOPIE_CC_KERNELS_JIT_PATTERN_H_
 
@@ -38,9 +39,18 @@
 
 #include "cc/kernels/pattern_conv.h"
 
+// The generator this build has, at most one: x86-64 (jit_x86.cc) with Xbyak's
+// headers, or AArch64 (jit_a64.cc, its own encoder: a64_asm.h).
+#if defined(COCOPIE_HAVE_XBYAK) && (defined(__x86_64__) || defined(_M_X64))
+#define COCOPIE_JIT_X86 1
+#elif defined(__aarch64__) && !defined(COCOPIE_NO_JIT)
+#define COCOPIE_JIT_A64 1
+#endif
+
 namespace cocopie {
 
-// True when this build contains a code generator (built with Xbyak).
+// True when this build contains a code generator (x86-64 built with Xbyak,
+// or AArch64 without COCOPIE_NO_JIT).
 bool JitCompiled();
 
 // Register-file limits per ISA: lanes per vector and the tile sizes allowed.
@@ -105,8 +115,8 @@ std::string BuildJitLayout(const PatternPlan& plan, const int32_t* tap_offsets,
 class JitKernel {
  public:
   // Emits the code for every block of `layout`.  Returns null and sets
-  // *error if this build has no generator, the ISA is not x86, or an
-  // instruction cannot encode an offset.
+  // *error if this build has no generator, the ISA is not this build's, or
+  // an instruction cannot encode an offset.
   static std::unique_ptr<JitKernel> Generate(const JitLayout& layout, std::string* error);
   ~JitKernel();
 
@@ -128,6 +138,7 @@ class JitKernel {
  private:
   struct Code;
   JitKernel() = default;
+  void SetLayout(const JitLayout& layout);  // and the rows each block writes
   JitLayout layout_;
   std::unique_ptr<Code> code_;
   using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles);

@@ -24,10 +24,9 @@
 
 #include "cc/kernels/jit_pattern.h"
 
-#if defined(COCOPIE_HAVE_XBYAK) && (defined(__x86_64__) || defined(_M_X64))
+#if defined(COCOPIE_JIT_X86)
 #define XBYAK_NO_OP_NAMES
 #include <xbyak/xbyak.h>
-#define COCOPIE_JIT_X86 1
 #endif
 
 namespace cocopie {
@@ -200,12 +199,7 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     *error = std::string("code generation failed: ") + e.what();
     return nullptr;
   }
-  k->layout_ = layout;
-  for (const JitBlock& b : layout.blocks) {
-    int64_t rows = 0;
-    for (int32_t o : b.out_channel) rows = std::max<int64_t>(rows, o + 1);
-    k->block_rows_.push_back(rows);
-  }
+  k->SetLayout(layout);
   k->generate_ms_ =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return k;
@@ -213,32 +207,8 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
 
 bool JitCompiled() { return true; }
 
-#else  // no generator in this build
-
-struct JitKernel::Code {};
-
-std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout&, std::string* error) {
-  *error = "built without a JIT assembler (install libxbyak-dev and rebuild)";
-  return nullptr;
-}
-
-bool JitCompiled() { return false; }
-
-#endif
-
 JitKernel::~JitKernel() = default;
 
-bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* output,
-                    int64_t output_floats, int64_t start, int64_t tiles) const {
-  const JitLayout& L = layout_;
-  if (block < 0 || block >= num_blocks() || start < 0 || tiles < 0) return false;
-  const int64_t end = start + tiles * L.TileLen();
-  if (input_floats < L.input_floats || end + L.max_column_offset > L.input_floats ||
-      end > L.out_plane || block_rows_[block] * L.out_plane > output_floats)
-    return false;
-  if (tiles == 0) return true;
-  entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles);
-  return true;
-}
+#endif  // COCOPIE_JIT_X86
 
 }  // namespace cocopie

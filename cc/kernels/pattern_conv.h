@@ -114,8 +114,9 @@ struct PatternExec {
 // Which engine runs a pattern convolution: code generated for the layer
 // (jit_pattern.h) for one ISA, or the static kernels of the kernel set.
 // kAuto picks the best generator the CPU and the build have (dispatch.cc).
-enum class JitIsa { kAuto = 0, kNone = 1, kAvx2 = 2, kAvx512 = 3 };
-// "auto", "static", "avx2_fma", "avx512"; ParseJitIsa returns false for others.
+enum class JitIsa { kAuto = 0, kNone = 1, kAvx2 = 2, kAvx512 = 3, kNeon = 4 };
+// "auto", "static", "avx2_fma", "avx512", "neon"; ParseJitIsa returns false for
+// others.
 const char* JitIsaName(JitIsa isa);
 bool ParseJitIsa(const std::string& name, JitIsa* isa);
 

@@ -495,7 +495,7 @@ TEST_CASE(PlanarTensorsMatchTheNhwcPath) {
   CHECK(BuildPatternPlan(wa.data(), a.out_c, 1, 1, a.in_c, ba.data(), 4, &pa).empty());
   CHECK(BuildPatternPlan(wb.data(), b.out_c, 3, 3, b.in_c, bb.data(), 4, &pb).empty());
   std::vector<JitIsa> engines = {JitIsa::kNone};
-  for (JitIsa isa : {JitIsa::kAvx2, JitIsa::kAvx512}) {
+  for (JitIsa isa : {JitIsa::kAvx2, JitIsa::kAvx512, JitIsa::kNeon}) {
     std::string err, set_err;
     if (ResolveJitIsa(SelectKernelSet("auto", &set_err), isa, &err) == isa) engines.push_back(isa);
   }
@@ -530,7 +530,7 @@ TEST_CASE(PlanarTensorsMatchTheNhwcPath) {
 // The ISAs of the code generator this build and CPU can run.
 std::vector<JitIsa> JitIsas() {
   std::vector<JitIsa> out;
-  for (JitIsa isa : {JitIsa::kAvx2, JitIsa::kAvx512}) {
+  for (JitIsa isa : {JitIsa::kAvx2, JitIsa::kAvx512, JitIsa::kNeon}) {
     std::string err;
     std::string set_err;
     if (ResolveJitIsa(SelectKernelSet("auto", &set_err), isa, &err) == isa) out.push_back(isa);
@@ -752,6 +752,48 @@ TEST_CASE(GeneratedRowBandsMatchTheWholeImage) {
   }
 }
 
+// Column offsets beyond every immediate form: input planes 24 MB apart (odd
+// float strides, so no offset is vector-aligned) make the generators build
+// wide addresses (x86: 32-bit displacements; AArch64: MOVZ/MOVK + ADD).  A
+// 1x1 layer checked against a float64 sum.
+TEST_CASE(GeneratedCodeReachesFarColumns) {
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int oc = 5, ic = 3;
+  const int64_t stride = 6000003, out_plane = 67;
+  std::vector<float> w(oc * ic), bias(oc);
+  for (float& v : w) v = u(rng);
+  for (float& v : bias) v = u(rng);
+  PatternPlan plan;
+  CHECK(BuildPatternPlan(w.data(), oc, 1, 1, ic, bias.data(), 1, &plan).empty());
+  std::vector<int32_t> taps(size_t(plan.num_patterns()) * kMaxTaps, 0);
+  const int64_t in_floats = (ic - 1) * stride + out_plane + 64;
+  std::vector<float> in(in_floats, 0.f);
+  for (int c = 0; c < ic; ++c)
+    for (int64_t p = 0; p < out_plane + 64; ++p) in[c * stride + p] = u(rng);
+  for (JitIsa isa : JitIsas()) {
+    JitLayout layout;
+    CHECK(BuildJitLayout(plan, taps.data(), stride, in_floats, out_plane, isa, 2, 1, true, 0,
+                         -INFINITY, INFINITY, &layout).empty());
+    std::string err;
+    auto k = JitKernel::Generate(layout, &err);
+    CHECK(k != nullptr);
+    if (!k) continue;
+    const int64_t tiles = out_plane / layout.TileLen();
+    std::vector<float> out(size_t(oc) * out_plane, NAN);
+    for (int b = 0; b < k->num_blocks(); ++b)
+      CHECK(k->Run(b, in.data(), in_floats, out.data(), out.size(), 0, tiles));
+    double worst = 0;
+    for (int o = 0; o < oc; ++o)
+      for (int64_t p = 0; p < tiles * layout.TileLen(); ++p) {
+        double ref = bias[o];
+        for (int c = 0; c < ic; ++c) ref += double(w[o * ic + c]) * in[c * stride + p];
+        worst = std::max(worst, std::fabs(out[o * out_plane + p] - ref));
+      }
+    CHECK(worst <= 1e-5);
+  }
+}
+
 TEST_CASE(GeneratorRefusesBadInput) {
   // A damaged plan, bad knobs or a too-small buffer: BuildJitLayout names the
   // problem before any code exists; Run() refuses arguments outside the
@@ -768,6 +810,10 @@ TEST_CASE(GeneratorRefusesBadInput) {
     for (size_t t = 0; t < plan.pattern_taps[q].size(); ++t)
       taps[q * kMaxTaps + t] = plan.pattern_taps[q][t] / 3 * wp + plan.pattern_taps[q][t] % 3;
   JitLayout layout;
+  // The generator this build and CPU run (AVX-512 when there is none: the
+  // layout checks need no code).
+  const std::vector<JitIsa> runnable = JitIsas();
+  const JitIsa native = runnable.empty() ? JitIsa::kAvx512 : runnable.back();
   auto build = [&](const PatternPlan& p, JitIsa isa, int m, int v, int64_t in_size) {
     return BuildJitLayout(p, taps.data(), plane, in_size, out_plane, isa, m, v, true, 0, -INFINITY,
                           INFINITY, &layout);
@@ -819,16 +865,16 @@ TEST_CASE(GeneratorRefusesBadInput) {
       std::vector<int>& pt = p.pattern_taps[rng() % p.pattern_taps.size()];
       pt[rng() % pt.size()] = vals[rng() % 7];
     }
-    const std::string why = build(p, JitIsa::kAvx512, 0, 0, in_floats);
+    const std::string why = build(p, native, 0, 0, in_floats);
     if (!why.empty()) { ++refused; continue; }
     std::string gen_err;
     auto k = JitKernel::Generate(layout, &gen_err);
-    if (!k) continue;  // no AVX-512 generator in this build
+    if (!k) continue;  // no generator for this ISA in this build
     std::vector<float> in(in_floats, 1.f), out(size_t(oc) * out_plane);
     std::string cpu_err;
-    if (ResolveJitIsa(SelectKernelSet("auto", &cpu_err), JitIsa::kAvx512, &cpu_err) != JitIsa::kAvx512)
+    if (ResolveJitIsa(SelectKernelSet("auto", &cpu_err), native, &cpu_err) != native)
       continue;  // generated, but this CPU cannot run it
-    const int64_t tiles = (out_plane - 16) / 16;
+    const int64_t tiles = (out_plane - JitLanes(native)) / JitLanes(native);
     for (int blk = 0; blk < k->num_blocks(); ++blk)
       CHECK(k->Run(blk, in.data(), in_floats, out.data(), out.size(), 0, tiles));
     ++ran;
@@ -836,7 +882,11 @@ TEST_CASE(GeneratorRefusesBadInput) {
   CHECK(refused > 0);
   std::printf("damaged plans: %d refused, %d generated and ran in bounds\n", refused, ran);
   // Run() bounds.
+#if defined(__aarch64__)
+  CHECK(build(plan, JitIsa::kNeon, 0, 0, in_floats).empty());
+#else
   CHECK(build(plan, JitIsa::kAvx2, 0, 0, in_floats).empty());
+#endif
   std::string gen_err;
   auto k = JitKernel::Generate(layout, &gen_err);
   CHECK(JitCompiled() == (k != nullptr));
@@ -845,7 +895,10 @@ TEST_CASE(GeneratorRefusesBadInput) {
     CHECK(!k->Run(-1, in.data(), in_floats, out.data(), out.size(), 0, 1));
     CHECK(!k->Run(k->num_blocks(), in.data(), in_floats, out.data(), out.size(), 0, 1));
     CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size(), -8, 1));
-    CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size(), 0, out_plane / 8 + 1));
+    CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size(), 0, out_plane / k->layout().TileLen() + 1));
+    // Counts whose products would wrap a signed 64-bit end position.
+    CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size(), 0, INT64_MAX / 2));
+    CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size(), INT64_MAX - 4, 1));
     CHECK(!k->Run(0, in.data(), in_floats - 1, out.data(), out.size(), 0, 1));
     CHECK(!k->Run(0, in.data(), in_floats, out.data(), out.size() - 1, 0, 1) ||
           k->layout().blocks[0].out_channel.size() < size_t(oc));

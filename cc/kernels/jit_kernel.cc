@@ -1,0 +1,53 @@
+// The ISA-neutral half of JitKernel: the bounds check on every call, and the
+// stand-in for builds without a generator (then the static kernels run).
+#include <algorithm>
+
+#include "cc/kernels/jit_pattern.h"
+
+namespace cocopie {
+
+#if !defined(COCOPIE_JIT_X86) && !defined(COCOPIE_JIT_A64)
+
+struct JitKernel::Code {};
+
+std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout&, std::string* error) {
+#if defined(__aarch64__)
+  *error = "built without the code generator (COCOPIE_JIT=OFF)";
+#else
+  *error = "built without a JIT assembler (install libxbyak-dev and rebuild)";
+#endif
+  return nullptr;
+}
+
+bool JitCompiled() { return false; }
+
+JitKernel::~JitKernel() = default;
+
+#endif
+
+void JitKernel::SetLayout(const JitLayout& layout) {
+  layout_ = layout;
+  block_rows_.clear();
+  for (const JitBlock& b : layout.blocks) {
+    int64_t rows = 0;
+    for (int32_t o : b.out_channel) rows = std::max<int64_t>(rows, o + 1);
+    block_rows_.push_back(rows);
+  }
+}
+
+bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* output,
+                    int64_t output_floats, int64_t start, int64_t tiles) const {
+  const JitLayout& L = layout_;
+  if (block < 0 || block >= num_blocks() || start < 0 || tiles < 0) return false;
+  // No product can wrap: start and tiles are first bounded by the plane.
+  if (start > L.out_plane || tiles > (L.out_plane - start) / L.TileLen()) return false;
+  const int64_t end = start + tiles * L.TileLen();
+  if (input_floats < L.input_floats || end + L.max_column_offset > L.input_floats ||
+      end > L.out_plane || block_rows_[block] * L.out_plane > output_floats)
+    return false;
+  if (tiles == 0) return true;
+  entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles);
+  return true;
+}
+
+}  // namespace cocopie
