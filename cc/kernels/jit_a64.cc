@@ -130,17 +130,10 @@ std::string EmitBlock(const JitLayout& lay, const JitBlock& b, Emitter* e) {
   e->Emit(a64::Nop());  // patched: B done
 
   Cursor col{kIn, kCol}, out_row{kOut, kRow};
-  const size_t num_segments = b.segment_begin.size();
-  const size_t num_columns = b.column_offset.size();
-  size_t u0 = 0;
-  for (size_t g = 0; g < num_segments; ++g) {
-    const bool first = g == 0, last = g + 1 == num_segments;
-    const size_t c0 = b.segment_begin[g];
-    const size_t c1 = last ? num_columns : b.segment_begin[g + 1];
-    size_t u1 = u0;
-    for (size_t c = c0; c < c1; ++c) u1 += b.column_uses[c];
-    std::vector<char> moved(slots, first || last ? 1 : 0);
-    for (size_t u = u0; u < u1; ++u) moved[b.use_slot[u]] = 1;
+  for (const JitSegment& sg : JitSegments(b)) {
+    const bool first = sg.first, last = sg.last;
+    const size_t c0 = sg.c0, c1 = sg.c1, u0 = sg.u0;
+    const std::vector<char>& moved = sg.moved;
 
     e->Emit(a64::MovReg(kLeft, 3));
     e->Emit(a64::MovReg(kIn, 0));
@@ -224,7 +217,6 @@ std::string EmitBlock(const JitLayout& lay, const JitBlock& b, Emitter* e) {
     } else {
       return "code segment too long for a branch";
     }
-    u0 = u1;
   }
   const int64_t done = e->Here();
   if (!a64::FitsBranch26(done - to_done)) return "block too long for a branch";
@@ -302,15 +294,8 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     return nullptr;
   }
   __builtin___clear_cache(code, code + used);
-  for (size_t i = 0; i < starts.size(); ++i) {
-    k->entries_.push_back(reinterpret_cast<Fn>(code + starts[i] * 4));
-    const size_t end = i + 1 < starts.size() ? starts[i + 1] : e.code.size();
-    k->block_code_bytes_.push_back((end - starts[i]) * 4);
-  }
-  k->code_bytes_ = used;
-  k->SetLayout(layout);
-  k->generate_ms_ =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  for (size_t& s : starts) s *= 4;  // instructions -> bytes
+  k->Adopt(layout, reinterpret_cast<const uint8_t*>(code), used, starts, t0);
   return k;
 }
 

@@ -25,7 +25,15 @@ JitKernel::~JitKernel() = default;
 
 #endif
 
-void JitKernel::SetLayout(const JitLayout& layout) {
+void JitKernel::Adopt(const JitLayout& layout, const uint8_t* code, size_t code_bytes,
+                      const std::vector<size_t>& block_starts,
+                      std::chrono::steady_clock::time_point t0) {
+  for (size_t i = 0; i < block_starts.size(); ++i) {
+    entries_.push_back(reinterpret_cast<Fn>(const_cast<uint8_t*>(code + block_starts[i])));
+    const size_t end = i + 1 < block_starts.size() ? block_starts[i + 1] : code_bytes;
+    block_code_bytes_.push_back(end - block_starts[i]);
+  }
+  code_bytes_ = code_bytes;
   layout_ = layout;
   block_rows_.clear();
   for (const JitBlock& b : layout.blocks) {
@@ -33,6 +41,8 @@ void JitKernel::SetLayout(const JitLayout& layout) {
     for (int32_t o : b.out_channel) rows = std::max<int64_t>(rows, o + 1);
     block_rows_.push_back(rows);
   }
+  generate_ms_ =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* output,

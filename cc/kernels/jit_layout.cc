@@ -117,6 +117,25 @@ std::vector<std::vector<int>> BlockFilters(const std::vector<std::vector<int32_t
 
 }  // namespace
 
+std::vector<JitSegment> JitSegments(const JitBlock& b) {
+  std::vector<JitSegment> out(b.segment_begin.size());
+  const size_t slots = b.out_channel.size();
+  size_t u = 0;
+  for (size_t g = 0; g < out.size(); ++g) {
+    JitSegment& sg = out[g];
+    sg.first = g == 0;
+    sg.last = g + 1 == out.size();
+    sg.c0 = b.segment_begin[g];
+    sg.c1 = sg.last ? b.column_offset.size() : b.segment_begin[g + 1];
+    sg.u0 = u;
+    for (size_t c = sg.c0; c < sg.c1; ++c) u += b.column_uses[c];
+    sg.u1 = u;
+    sg.moved.assign(slots, sg.first || sg.last ? 1 : 0);
+    for (size_t k = sg.u0; k < sg.u1; ++k) sg.moved[b.use_slot[k]] = 1;
+  }
+  return out;
+}
+
 std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,

@@ -32,6 +32,7 @@
 #ifndef COCOPIE_CC_KERNELS_JIT_PATTERN_H_
 #define COCOPIE_CC_KERNELS_JIT_PATTERN_H_
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -75,6 +76,17 @@ struct JitBlock {
   // starting at column 0, even for a block without columns).
   std::vector<int32_t> segment_begin;
 };
+
+// One code segment of a block as both generators walk it: columns [c0, c1),
+// uses [u0, u1), and the slots it moves through the output buffer (all in
+// the first and last segment, else the ones it feeds: the others' partial
+// sums wait there).
+struct JitSegment {
+  size_t c0 = 0, c1 = 0, u0 = 0, u1 = 0;
+  bool first = false, last = false;
+  std::vector<char> moved;
+};
+std::vector<JitSegment> JitSegments(const JitBlock& b);
 
 // Default FMAs per code segment: about 11 KB of AVX-512 code, a third of the
 // L1 instruction cache (measured on Sapphire Rapids, docs/engine.md).
@@ -138,7 +150,10 @@ class JitKernel {
  private:
   struct Code;
   JitKernel() = default;
-  void SetLayout(const JitLayout& layout);  // and the rows each block writes
+  // After emitting: entry points and sizes from the blocks' byte offsets in
+  // `code`, the layout, the rows each block writes, the generation time.
+  void Adopt(const JitLayout& layout, const uint8_t* code, size_t code_bytes,
+             const std::vector<size_t>& block_starts, std::chrono::steady_clock::time_point t0);
   JitLayout layout_;
   std::unique_ptr<Code> code_;
   using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles);

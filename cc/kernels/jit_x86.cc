@@ -62,19 +62,10 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     Label done;
     test(tiles, tiles);
     jz(done, T_NEAR);
-    const size_t num_segments = b.segment_begin.size();
-    const size_t num_columns = b.column_offset.size();
-    size_t u0 = 0;  // the segment's first use
-    for (size_t g = 0; g < num_segments; ++g) {
-      const bool first = g == 0, last = g + 1 == num_segments;
-      const size_t c0 = b.segment_begin[g];
-      const size_t c1 = last ? num_columns : b.segment_begin[g + 1];
-      size_t u1 = u0;
-      for (size_t c = c0; c < c1; ++c) u1 += b.column_uses[c];
-      // Slots this segment moves through memory: all at the ends, else the
-      // ones it feeds (the others' partial sums wait in the output buffer).
-      std::vector<char> moved(slots, first || last ? 1 : 0);
-      for (size_t u = u0; u < u1; ++u) moved[b.use_slot[u]] = 1;
+    for (const JitSegment& sg : JitSegments(b)) {
+      const bool first = sg.first, last = sg.last;
+      const size_t c0 = sg.c0, c1 = sg.c1, u0 = sg.u0;
+      const std::vector<char>& moved = sg.moved;
 
       mov(left, tiles);
       mov(in, in0);
@@ -123,7 +114,6 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       add(out, V * vec_bytes);
       dec(left);
       jnz(loop, T_NEAR);
-      u0 = u1;
     }
     L(done);
     vzeroupper();
@@ -180,28 +170,21 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     return nullptr;
   }
   std::unique_ptr<JitKernel> k(new JitKernel());
+  std::vector<size_t> starts;  // byte offsets of the blocks
   try {
     k->code_.reset(new Code(instructions * 15 + 4096));
-    std::vector<const uint8_t*> starts;
     for (const JitBlock& b : layout.blocks) {
       k->code_->align(16);
-      starts.push_back(k->code_->getCurr());
+      starts.push_back(k->code_->getSize());
       k->code_->EmitBlock(layout, b);
     }
     // Write xor execute: the buffer was read-write while emitting.
     k->code_->setProtectModeRE();
-    for (const uint8_t* s : starts) k->entries_.push_back(reinterpret_cast<Fn>(const_cast<uint8_t*>(s)));
-    k->code_bytes_ = k->code_->getSize();
-    const uint8_t* end = k->code_->getCode() + k->code_bytes_;
-    for (size_t i = 0; i < starts.size(); ++i)
-      k->block_code_bytes_.push_back(static_cast<size_t>((i + 1 < starts.size() ? starts[i + 1] : end) - starts[i]));
   } catch (const std::exception& e) {
     *error = std::string("code generation failed: ") + e.what();
     return nullptr;
   }
-  k->SetLayout(layout);
-  k->generate_ms_ =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  k->Adopt(layout, k->code_->getCode(), k->code_->getSize(), starts, t0);
   return k;
 }
 
