@@ -985,15 +985,13 @@ void QueueInputRows(const ConvShape& s, const float* nhwc, const float* planar, 
 // the thread runs, so the previous band or layer left them in its L2.  They
 // only grow; what they held before is overwritten or never read into a
 // kept output (the halo is re-zeroed per band).
-// 64-byte aligned: malloc's large blocks start 16 bytes into a page, which
-// put every output-row access of the generated code across two cache lines
-// (aligned: the 56x56x128 layer 2-4% faster, AMD Zen 5, docs/engine.md).
+// Line-aligned, as the generated code's loads and stores assume for speed
+// (docs/engine.md section 20).
 float* BandBuffer(int which, size_t floats) {
-  thread_local std::vector<float> buffers[2];
-  std::vector<float>& b = buffers[which];
-  if (b.size() < floats + 16) b.resize(floats + 16, 0.f);
-  const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
-  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+  thread_local LineFloats buffers[2];
+  LineFloats& b = buffers[which];
+  if (b.size() < floats) b.resize(floats, 0.f);
+  return b.data();
 }
 
 }  // namespace

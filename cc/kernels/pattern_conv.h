@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -191,9 +192,28 @@ struct PatternBand {
   size_t input_size = 0;    // band input buffer, with read slack
 };
 
+// Allocator of 64-byte aligned (cache-line) storage: glibc puts large blocks
+// 16 bytes into a page, and the kernels' planes are laid out in whole lines.
+template <typename T>
+struct LineAllocator {
+  using value_type = T;
+  LineAllocator() = default;
+  template <typename U>
+  LineAllocator(const LineAllocator<U>&) {}
+  T* allocate(size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const LineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAllocator<U>&) const { return false; }
+};
+using LineFloats = std::vector<float, LineAllocator<float>>;
+
 class JitKernel;
 struct PatternScratch {
-  std::vector<float> input, output;
+  LineFloats input, output;
   // Small maps: padded CHW planes for PropagateNonFinite (made only then),
   // and the permutations of each tap and 4-tap pattern (PatternConvArgs).
   std::vector<float> padded;
