@@ -53,6 +53,11 @@ int JitMaxFilters(JitIsa isa, int vectors) {
   return 0;
 }
 
+int JitTunedMaxFilters(JitIsa isa, int vectors) {
+  const int m = JitMaxFilters(isa, vectors);
+  return isa == JitIsa::kAvx512 && vectors == 1 ? std::min(m, 29) : m;
+}
+
 namespace {
 
 constexpr int64_t kMaxDisp = std::numeric_limits<int32_t>::max();

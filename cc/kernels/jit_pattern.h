@@ -59,6 +59,10 @@ int JitLanes(JitIsa isa);
 // Largest M for a given V (accumulators + inputs + a broadcast register must
 // fit the register file); 0 when V itself is not allowed.
 int JitMaxFilters(JitIsa isa, int vectors);
+// The largest M the tuner tries: on AVX-512 with V = 1, 29, which leaves
+// zmm30-31 to the shifted column loads (jit_x86.cc; worth more than two more
+// filters per block).
+int JitTunedMaxFilters(JitIsa isa, int vectors);
 
 // The backend-neutral layout of a generated layer.
 struct JitBlock {

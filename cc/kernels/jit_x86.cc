@@ -46,7 +46,7 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     const bool embedded = avx512 && V == 1;
     const int acc_base = V + (embedded ? 0 : 1);
     const int slots = static_cast<int>(b.out_channel.size());
-    // AVX-512, V = 1, zmm30-31 free: a column whose window crosses a cache
+    // AVX-512, V = 1, M <= 29 (zmm30-31 free): a column whose window crosses a cache
     // line is shifted (valignd) out of two line-aligned loads shared with its
     // row neighbours (taps kx, kx+1, ...) instead of one split load: 1.15-1.2x
     // on 56x56 to 14x14 layers (docs/engine.md section 20).  The second line

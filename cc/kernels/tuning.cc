@@ -105,7 +105,7 @@ TuneResult TunePatternConv(const KernelSet* set, const ConvShape& s, const Patte
     // Generated code: register tiles M x V (the default M x 1 is cands[0]),
     // and the static kernels' default, so tuning can never lose to them.
     for (int v = 1; v <= 4; ++v)
-      for (int m : {JitMaxFilters(isa, v), JitMaxFilters(isa, v) * 2 / 3}) {
+      for (int m : {JitTunedMaxFilters(isa, v), JitTunedMaxFilters(isa, v) * 2 / 3}) {
         PatternTuning t = def;
         t.jit = isa;
         t.jit_filters = m;
