@@ -430,8 +430,8 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
     g.chunk = s.in_c;
     g.max_offset = 0;
     g.out_pitch = s.out_w;
-    // [in_c][16], plus one vector of slack to start it on a 64-byte line.
-    g.input_size = static_cast<size_t>(s.in_c + 1) * kSmallMapLanes;
+    // [in_c][16], each vector one line (the scratch is line-aligned).
+    g.input_size = static_cast<size_t>(s.in_c) * kSmallMapLanes;
     return g;
   }
   // Row pairs only where they compute fewer vectors than the padded planes
@@ -448,10 +448,9 @@ PatternGeometry GeometryFor(const ConvShape& s, const PatternPlan& plan,
     g.chunk = s.in_c;
     g.max_offset = 0;
     g.out_pitch = 8;
-    // Vectors -1 .. ceil(in_h / 2) + 1 per channel; one vector of alignment
-    // slack.
+    // Vectors -1 .. ceil(in_h / 2) + 1 per channel.
     g.map_stride = int64_t((s.in_h + 1) / 2 + 3) * kSmallMapLanes;
-    g.input_size = static_cast<size_t>(s.in_c * g.map_stride + kSmallMapLanes);
+    g.input_size = static_cast<size_t>(s.in_c * g.map_stride);
   }
   return g;
 }
@@ -581,11 +580,6 @@ void PairMapPermutations(const ConvShape& s, PatternScratch* scratch) {
   }
 }
 
-// The 64-byte aligned start of a small map's input in `scratch->input`.
-float* SmallMapInput(PatternScratch* scratch) {
-  const uintptr_t p = reinterpret_cast<uintptr_t>(scratch->input.data());
-  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
-}
 
 
 // Stock TFLite multiplies every weight, the pruned zeros included, so an Inf
@@ -1095,7 +1089,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
     // Small map: one unpadded 16-float vector per channel (the lanes past
     // in_h * in_w stay zero from Prepare and are never selected).
     const auto pack_small = [&] {
-      float* dst = SmallMapInput(scratch);
+      float* dst = scratch->input.data();
       const int hw = s.in_h * s.in_w;
       ParallelFor(pool, s.in_c, 64, [&](int64_t c0, int64_t c1) {
         bool bad = false;
@@ -1114,7 +1108,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
     // Pair map: rows of 8 floats from vector 0 on (vector -1, the columns
     // and rows past the image and the last two vectors stay zero).
     const auto pack_pairs = [&] {
-      float* dst = SmallMapInput(scratch) + kSmallMapLanes;
+      float* dst = scratch->input.data() + kSmallMapLanes;
       ParallelFor(pool, s.in_c, 64, [&](int64_t c0, int64_t c1) {
         bool bad = false;
         uint32_t bits = 0;
@@ -1221,14 +1215,14 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
         });
       } else {
         if (g.pair_map) {
-          args.input = SmallMapInput(scratch) + kSmallMapLanes;
+          args.input = scratch->input.data() + kSmallMapLanes;
           args.small_index = scratch->small_index.data();
           args.small_mask = scratch->small_mask.data();
           args.small_shift = scratch->small_shift.data();
           args.out_vectors = g.tile_vectors;
         }
         if (g.small_map) {
-          args.input = SmallMapInput(scratch);
+          args.input = scratch->input.data();
           args.small_index = scratch->small_index.data();
           args.small_mask = scratch->small_mask.data();
           if (!scratch->small_quad_index.empty()) {
