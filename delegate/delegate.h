@@ -45,6 +45,9 @@ struct ReportEntry {
   int band_rows = 0;         // output rows per band (0: the whole image at once)
   bool small_map = false;    // the static small-map kernel runs (maps of <= 16 positions)
   bool pair_map = false;     // the static pair-map kernel runs (8-wide maps up to 8x8)
+  // A 1x1 conv's generated code reads its planar input and writes its
+  // planar output in place, no copies (PatternGeometry::direct).
+  bool in_place = false;
   // Where the node ran: "cpu" or "gpu"; for the GPU backend the device, the
   // program cache's answer ("hit", "stored", "rebuilt (...)", "off"), the
   // build time and the generated source's size (code_bytes).

@@ -633,12 +633,12 @@ void PropagateNonFinite(const ConvShape& s, const PatternPlan& plan, const Patte
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                                PatternScratch* scratch, const PatternTuning& tuning) {
   char key[320];
-  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d,%d",
+  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d",
                 set ? set->isa : "-", s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w,
                 s.pad_top, s.pad_left, s.dil_h, s.dil_w, s.act_min, s.act_max, tuning.chunk_channels,
                 tuning.tile_vectors, static_cast<int>(tuning.jit), tuning.jit_filters,
                 tuning.jit_vectors, tuning.jit_reorder ? 1 : 0, tuning.jit_segment,
-                tuning.jit_band_rows, tuning.static_small_map);
+                tuning.jit_band_rows, tuning.static_small_map, tuning.planar_direct ? 1 : 0);
   if (scratch->prepared_key == key) return scratch->engine;
   scratch->jit.reset();
   scratch->jit_error.clear();
@@ -656,17 +656,32 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
             " tiles per image): static kernels run";
       isa = JitIsa::kNone;
     }
+    // A 1x1 conv's padded planes are the plain CHW planes: the code then
+    // works on the planar tensors themselves (PatternGeometry::direct).
+    const int tile = isa != JitIsa::kNone ? JitLanes(isa) * vectors : 0;
+    const int64_t hw = static_cast<int64_t>(s.out_h) * s.out_w;
+    if (tile > 0 && tuning.planar_direct && s.k_h == 1 && s.k_w == 1 && s.pad_top == 0 &&
+        s.pad_left == 0 && s.in_h == s.out_h && s.in_w == s.out_w && g.plane == hw &&
+        hw >= tile) {
+      g.block_len = tile;
+      g.num_blocks = static_cast<int>(hw / tile);
+      g.direct_tail = static_cast<int>(hw % tile);
+      g.input_size = static_cast<size_t>(hw * s.in_c);
+      g.direct = true;
+    }
   }
   PatternBand band;
   if (isa != JitIsa::kNone) {
     const std::vector<int32_t> taps = TapOffsets(s, plan, g.wp);
     // Banded code reads a band buffer: its channel stride and sizes.
-    band = BandFor(s, g, tuning, JitLanes(isa) * vectors);
+    if (!g.direct) band = BandFor(s, g, tuning, JitLanes(isa) * vectors);
     const bool banded = band.rows > 0;
     JitLayout layout;
     why = BuildJitLayout(plan, taps.data(), banded ? band.plane : g.plane,
                          static_cast<int64_t>(banded ? band.input_size : g.input_size),
-                         banded ? band.out_plane : static_cast<int64_t>(g.num_blocks) * g.block_len,
+                         banded     ? band.out_plane
+                         : g.direct ? g.plane
+                                    : static_cast<int64_t>(g.num_blocks) * g.block_len,
                          isa, tuning.jit_filters, vectors, tuning.jit_reorder, tuning.jit_segment,
                          s.act_min, s.act_max, &layout);
     if (why.empty()) {
@@ -692,7 +707,9 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
   // A new geometry may move the halo: start from zeros.  Banded layers use
   // the per-thread band buffers; the whole-image ones are made only if an
   // Inf or NaN needs them (RunPatternConv).
-  const bool whole = scratch->band.rows == 0;
+  // A direct 1x1 conv makes its buffers only when a side is not planar
+  // (RunPatternConv).
+  const bool whole = scratch->band.rows == 0 && !g.direct;
   scratch->input.assign(whole ? g.input_size : 0, 0.f);
   scratch->output.assign(whole ? static_cast<size_t>(s.out_c) * g.num_blocks * g.block_len : 0,
                          0.f);
@@ -769,6 +786,30 @@ struct PlaneDest {
   int64_t plane = 0;
   int wp = 0, hp = 0, pad_top = 0, pad_left = 0;
 };
+
+// Reads one byte of every 64-byte line of [p, p + bytes) as data.  Used on
+// generated code about to run from L3 or DRAM: the instruction fetcher
+// brings code in one miss after another, while these independent loads
+// (which, unlike prefetch hints, are not dropped) bring it into L2 in
+// parallel (docs/engine.md section 21).
+inline void TouchLines(const void* p, size_t bytes) {
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  unsigned acc = 0;
+  for (size_t k = 0; k < bytes; k += 64) acc += c[k];
+  asm volatile("" : : "r"(acc));  // keep the loads
+}
+
+// The OR of the bits of x - x over n floats: +0 unless some x is Inf or NaN.
+inline uint32_t CheckFinite(const float* p, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float z = p[i] - p[i];
+    uint32_t bits;
+    std::memcpy(&bits, &z, sizeof bits);
+    bad |= bits;
+  }
+  return bad;
+}
 
 // dst[i] = src[i] for n floats; returns the OR of the bits of x - x (+0
 // unless some x is Inf or NaN), as the transposes do, so no extra pass.
@@ -1002,7 +1043,8 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   const PatternBand band = scratch->band;
   // Banded code reads band buffers only: a layer whose padded input someone
   // else writes (chained, phase split) must be prepared unbanded.
-  if ((band.rows > 0 || g.small_map || g.pair_map) && input_packed) std::abort();  // a driver bug
+  if ((band.rows > 0 || g.small_map || g.pair_map || g.direct) && input_packed)
+    std::abort();  // a driver bug
   const int wp = g.wp, block_len = g.block_len, num_blocks = g.num_blocks;
   const int64_t plane = g.plane;
   const JitKernel* jit = scratch->jit.get();
@@ -1022,7 +1064,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   args.unit_splits = std::max(1, std::min(units, (kMinTasks + num_blocks - 1) / num_blocks));
   int64_t tasks = static_cast<int64_t>(num_blocks) * args.unit_splits;
   int64_t macs_task = std::max<int64_t>(1, plan.kept_weights * block_len / args.unit_splits);
-  const int64_t out_plane = static_cast<int64_t>(num_blocks) * block_len;
+  const int64_t out_plane = g.direct ? g.plane : static_cast<int64_t>(num_blocks) * block_len;
   // Generated code: tasks are (range of position blocks, filter block),
   // range-major; a range is `blocks_per_task` consecutive blocks.  A call's
   // rows of the planes one segment reads should stay within
@@ -1051,7 +1093,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   if (next != nullptr) {
     PreparePatternConv(set, *next->shape, *next->plan, next->scratch, *next->tuning);
     if (next->scratch->band.rows > 0 || next->scratch->geometry.small_map ||
-        next->scratch->geometry.pair_map)
+        next->scratch->geometry.pair_map || next->scratch->geometry.direct)
       std::abort();  // see above: a driver bug
     ng = next->scratch->geometry;
   }
@@ -1163,11 +1205,6 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           // the code, not all at once (56x56x128 after a 20 ms pause: 1.82
           // -> 1.66 ms; docs/engine.md section 18).
           PrefetchQueue queue;
-          // The first band of a run fetches the layer's code: ask for each
-          // filter block's code while the one before it runs.
-          if (k == b0)
-            for (int f = 1; f < fb; ++f)
-              queue.Add(jit->block_code(f), int64_t(jit->block_code_bytes(f)), false);
           if (k + 1 < b1)
             QueueInputRows(s, in_b, io.planar_input, r1 + halo, r1 + halo + band.rows, &queue);
           if (dest.nhwc != nullptr)
@@ -1179,6 +1216,9 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           for (int64_t c0 = 0; c0 < tiles; c0 += call_tiles) {
             const int64_t c1 = std::min(tiles, c0 + call_tiles);
             for (int f = 0; f < fb; ++f) {
+              // The first band of a run fetches the layer's code (2 threads:
+              // 0.754-0.766 -> 0.737-0.761 ms against prefetch hints for it).
+              if (k == b0 && c0 == 0) TouchLines(jit->block_code(f), jit->block_code_bytes(f));
               queue.Issue(slice);
               if (!jit->Run(f, bin, static_cast<int64_t>(band.input_size), bout, out_floats,
                             c0 * tile, c1 - c0))
@@ -1194,25 +1234,57 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       // PropagateNonFinite reads the whole padded input.
       if (non_finite) pack_whole();
     } else {
+      // A direct 1x1 conv's code reads a planar input and writes a planar
+      // output where they are (PatternGeometry::direct).
+      const bool direct_in = g.direct && io.planar_input != nullptr && !input_packed;
+      const bool direct_out = g.direct && io.planar_output != nullptr && next == nullptr;
       if (g.small_map) pack_small();
       else if (g.pair_map) pack_pairs();
-      else if (!input_packed) pack_whole();
+      else if (!input_packed && !direct_in) pack_whole();
       if (jit != nullptr) {
         const int fb = jit->num_blocks();
         const int64_t tile = jit->layout().TileLen();
-        const int64_t in_size = static_cast<int64_t>(scratch->input.size());
-        const int64_t out_size = static_cast<int64_t>(scratch->output.size());
+        if (!direct_out && scratch->output.size() < static_cast<size_t>(s.out_c * out_plane))
+          scratch->output.assign(static_cast<size_t>(s.out_c * out_plane), 0.f);
+        const float* jit_in = direct_in ? io.planar_input : scratch->input.data();
+        const int64_t in_size = direct_in ? static_cast<int64_t>(g.input_size)
+                                          : static_cast<int64_t>(scratch->input.size());
+        float* jit_out = direct_out ? io.planar_output : scratch->output.data();
+        const int64_t out_size = direct_out ? s.out_c * out_plane
+                                            : static_cast<int64_t>(scratch->output.size());
         ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) {
+            // This thread's first pass over the filter blocks: their code
+            // comes from L3 or DRAM, so each block's lines are read in
+            // ahead of running it (TouchLines).
+            if (t == t0) TouchLines(jit->block_code(int(t % fb)), jit->block_code_bytes(int(t % fb)));
+            if (t + 1 < t0 + fb && t + 1 < t1)
+              TouchLines(jit->block_code(int((t + 1) % fb)),
+                         jit->block_code_bytes(int((t + 1) % fb)));
             const int64_t b0 = (t / fb) * blocks_per_task;
             const int64_t b1 = std::min<int64_t>(num_blocks, b0 + blocks_per_task);
+            // Nothing packed the input, so nothing checked it yet: the task
+            // of a range's first filter block scans the range's columns (and
+            // so brings them into this core's caches for the code).
+            const bool tail = g.direct_tail > 0 && b1 == num_blocks;
+            if (direct_in && t % fb == 0) {
+              const int64_t end = tail ? plane : b1 * block_len;
+              uint32_t bad = 0;
+              for (int c = 0; c < s.in_c; ++c)
+                bad |= CheckFinite(jit_in + c * plane + b0 * block_len, end - b0 * block_len);
+              if (bad != 0) non_finite.store(true, std::memory_order_relaxed);
+            }
             // Run() refuses arguments outside the validated buffers; the
             // driver's geometry makes that impossible, so it is a hard bug.
-            if (!jit->Run(static_cast<int>(t % fb), args.input, in_size, args.output, out_size,
-                          b0 * block_len, (b1 - b0) * block_len / tile))
+            if (!jit->Run(static_cast<int>(t % fb), jit_in, in_size, jit_out, out_size,
+                          b0 * block_len, (b1 - b0) * block_len / tile) ||
+                (tail && !jit->Run(static_cast<int>(t % fb), jit_in, in_size, jit_out, out_size,
+                                   plane - tile, 1)))
               std::abort();
           }
         });
+        // PropagateNonFinite reads the padded input.
+        if (direct_in && non_finite) pack_whole();
       } else {
         if (g.pair_map) {
           args.input = scratch->input.data() + kSmallMapLanes;
@@ -1238,7 +1310,9 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       }
       const float* chw = scratch->output.data();
       const bool done = jit != nullptr;  // the generated epilogue did bias and activation
-      if (to_planes) {
+      if (direct_out) {
+        // the code wrote the planar output, bias and activation applied
+      } else if (to_planes) {
         ParallelFor(pool, s.out_c, 8, [&](int64_t o0, int64_t o1) {
           if (StoreOutputRows(set, s, plan, done, chw, out_plane, g.out_pitch, 0, 0, s.out_h,
                               static_cast<int>(o0), static_cast<int>(o1), dest))

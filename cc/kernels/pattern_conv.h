@@ -143,6 +143,10 @@ struct PatternTuning {
   // set by the driver for layers whose padded planes another step writes
   // (phase split), not tuned or cached.
   int static_small_map = 0;
+  // generated, 1x1 convs: set by the driver when the input or the output is
+  // a planar tensor (dispatch.h): the code then reads and writes those
+  // tensors in place (PatternGeometry::direct); not tuned or cached.
+  bool planar_direct = false;
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the
@@ -175,6 +179,14 @@ struct PatternGeometry {
   bool pair_map = false;
   int64_t map_stride = 0;    // pair map: floats per input channel
   int out_pitch = 0;  // positions per output row in the kernels' output: wp, out_w or 8
+  // Generated 1x1 conv (PatternTuning::planar_direct): its padded planes are
+  // exactly plain CHW planes (no padding; channel stride h * w), blocks are
+  // one register tile, and the code reads a planar input tensor and writes a
+  // planar output tensor in place, no copies.  The `direct_tail` positions
+  // past the last whole tile are computed by one more tile that ends at
+  // h * w (it overlaps the one before, run after it by the same task).
+  bool direct = false;
+  int direct_tail = 0;
 };
 
 // Row bands (generated code, large layers): instead of moving the whole image

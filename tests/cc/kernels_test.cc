@@ -752,6 +752,82 @@ TEST_CASE(GeneratedRowBandsMatchTheWholeImage) {
   }
 }
 
+// 1x1 convs on planar tensors in place (PatternTuning::planar_direct): maps
+// of whole tiles, of a tail (one more tile that overlaps the one before),
+// of exactly one tile and of less than one (then copies as before); planar
+// input, output or both, every M, V, segment length and thread count, an
+// Inf and a NaN in the input.  Bit for bit the result through copies (same
+// products, same order; that one is checked against the float64 reference
+// where the input is finite, and against stock LiteRT's NaNs in
+// tests/test_residual.py); the planar buffers are
+// exactly sized, so ASan sees any read or write past them.
+TEST_CASE(GeneratedOneByOneRunsInPlace) {
+  if (!JitCompiled()) return;
+  std::string err;
+  const KernelSet* set = SelectKernelSet("auto", &err);
+  std::mt19937 rng(23);
+  const int maps[][2] = {{8, 8}, {9, 9}, {4, 4}, {5, 7}, {3, 5}, {14, 14}};
+  int in_place_runs = 0;
+  for (const auto& hw : maps) {
+    ConvShape s;
+    s.in_h = hw[0]; s.in_w = hw[1]; s.in_c = 37; s.out_c = 19; s.k_h = s.k_w = 1;
+    s.act_min = 0.f; s.act_max = 6.f;
+    CHECK(ResolveConvShape(Padding::kSame, &s).empty());
+    auto w = Random(size_t(s.out_c) * s.in_c, &rng);
+    for (float& v : w)
+      if (rng() % 3 != 0) v = 0.f;
+    const auto b = Random(s.out_c, &rng);
+    PatternPlan plan;
+    CHECK(BuildPatternPlan(w.data(), s.out_c, 1, 1, s.in_c, b.data(), 4, &plan).empty());
+    const int64_t n_in = int64_t(s.in_h) * s.in_w * s.in_c, n_out = int64_t(s.out_h) * s.out_w * s.out_c;
+    for (bool poison : {false, true}) {
+      auto in = Random(size_t(n_in), &rng);
+      if (poison) {
+        in[size_t(n_in / 3)] = INFINITY;
+        in[size_t(n_in / 2 + 1)] = NAN;
+      }
+      std::vector<float> ref(static_cast<size_t>(n_out));
+      Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+      for (JitIsa isa : JitIsas())
+        for (int v : {1, 2})
+          for (int m : {1, JitMaxFilters(isa, v)})
+            for (int segment : {0, 5})
+              for (int threads : {1, 2, 3}) {
+                ThreadPool pool(threads);
+                PatternTuning copies;
+                copies.jit = isa; copies.jit_vectors = v; copies.jit_filters = m;
+                copies.jit_segment = segment;
+                PatternTuning direct = copies;
+                direct.planar_direct = true;
+                PatternScratch cs, ds;
+                PreparePatternConv(set, s, plan, &cs, copies);
+                PreparePatternConv(set, s, plan, &ds, direct);
+                const bool fits = int64_t(s.out_h) * s.out_w >= int64_t(JitLanes(isa)) * v;
+                CHECK(ds.geometry.direct == fits && !cs.geometry.direct);
+                CHECK(ds.band.rows == 0);
+                const std::vector<float> expect = RunThroughPlanes(set, s, plan, &cs, &pool, copies, in);
+                if (!poison) CHECK(RelError(expect, ref) <= 1e-5);
+                for (int sides : {1, 2, 3}) {  // planar input, output, both
+                  std::vector<float> pin(static_cast<size_t>(n_in)), pout(static_cast<size_t>(n_out), NAN),
+                      nhwc(static_cast<size_t>(n_out), NAN), back(static_cast<size_t>(n_out));
+                  NhwcToPlanar(set, s.in_h, s.in_w, s.in_c, in.data(), pin.data(), &pool);
+                  PatternIo io;
+                  if (sides & 1) io.planar_input = pin.data();
+                  if (sides & 2) io.planar_output = pout.data();
+                  for (int rep = 0; rep < 2; ++rep) {
+                    RunPatternConv(set, s, plan, &ds, in.data(), nhwc.data(), &pool, direct, io);
+                    if (sides & 2) PlanarToNhwc(set, s.out_h, s.out_w, s.out_c, pout.data(), back.data(), &pool);
+                    else back = nhwc;
+                    CHECK(SameOrBothNan(back, expect));
+                  }
+                  in_place_runs += ds.geometry.direct;
+                }
+              }
+    }
+  }
+  CHECK(JitIsas().empty() || in_place_runs > 0);
+}
+
 // Column offsets beyond every immediate form: input planes 24 MB apart (odd
 // float strides, so no offset is vector-aligned) make the generators build
 // wide addresses (x86: 32-bit displacements; AArch64: MOVZ/MOVK + ADD).  A
