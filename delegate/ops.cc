@@ -433,9 +433,12 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
 
 double Predicted(const ConvCost& c, JitIsa jit, bool in_edge, bool out_edge) {
   const int64_t edge = (in_edge ? c.in_elements : 0) + (out_edge ? c.out_elements : 0);
-  // Maps too small for generated code run on the static kernels.
-  return PredictedSpeedupOverDense(c.stats, c.jit_runs ? jit : JitIsa::kNone, c.dense, edge,
-                                   c.one_by_one);
+  // Maps too small for generated code run on the static kernels.  A 1x1
+  // conv with a claimed neighbour keeps a planar tensor on that side, which
+  // generated code reads or writes in place (RunInPlace in delegate.cc).
+  const JitIsa isa = c.jit_runs ? jit : JitIsa::kNone;
+  return PredictedSpeedupOverDense(c.stats, isa, c.dense, edge, c.one_by_one,
+                                   c.one_by_one && !c.split && !(in_edge && out_edge));
 }
 
 // The speed-up a conv must be predicted to claim it.  1x1 convs are

@@ -303,7 +303,7 @@ constexpr int kJitMinBands = 4;
 }  // namespace
 
 double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t dense_macs,
-                                 int64_t edge_elements, bool one_by_one) {
+                                 int64_t edge_elements, bool one_by_one, bool in_place) {
   // Executed-MAC efficiency of the pattern kernel relative to XNNPACK's dense
   // convolution (56x56x128->128, 8 patterns, 1 thread; bench/bench_ablation.py
   // and bench/bench_engine.py).  Static kernels (AVX2): about 0.28 when every
@@ -316,10 +316,16 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   // NEON generated code has not been timed on ARM hardware (qemu here runs
   // it for correctness only): it is judged like the static kernels.
   // A 1x1 conv is a GEMM, XNNPACK's best kernel: in ResNet-50's residual
-  // blocks (AMD Zen 5, AVX-512, planar layout, no transposes) generated 1x1
-  // code ran 25-40 GMAC/s per executed MAC against XNNPACK's ~115 dense, so
-  // 3.6x connectivity-pruned 1x1 convs only tied (docs/engine.md section 15).
-  if (one_by_one) efficiency = std::min(efficiency, 0.28);
+  // blocks (AMD Zen 5, AVX-512) generated 1x1 code that copied its planar
+  // tensors into and out of padded planes ran 25-40 GMAC/s per executed MAC
+  // against XNNPACK's ~115 dense, so 3.6x connectivity-pruned 1x1 convs only
+  // tied (docs/engine.md section 15).  Reading and writing the planar
+  // tensors in place (PatternGeometry::direct), the same layers ran 35-60
+  // GMAC/s and the whole model 4-6% faster with them claimed (section 21):
+  // two thirds of the ISA's 3x3 efficiency.
+  if (one_by_one)
+    efficiency = in_place && jit != JitIsa::kNone ? std::max(0.28, efficiency * 2 / 3)
+                                                  : std::min(efficiency, 0.28);
   const double density = std::max(st.Density(), 1e-6);
   if (dense_macs <= 0) return efficiency / density;
   // The layout change (NHWC <-> padded CHW) at the node's edges, in
@@ -799,6 +805,23 @@ inline void TouchLines(const void* p, size_t bytes) {
   asm volatile("" : : "r"(acc));  // keep the loads
 }
 
+// A number for each run of a generated layer (TouchBlockOnce).
+uint64_t NextCall() {
+  static std::atomic<uint64_t> calls{0};
+  return calls.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+// TouchLines on filter block f's code, unless this thread did so already
+// during run `call`: a thread runs several chunks of a layer's tasks, and
+// reading the code again for each cost more than it saved on small layers.
+void TouchBlockOnce(const JitKernel* jit, int f, uint64_t call) {
+  thread_local std::vector<uint64_t> touched;  // per block: the run it was read in
+  if (touched.size() < static_cast<size_t>(jit->num_blocks())) touched.resize(jit->num_blocks(), 0);
+  if (touched[f] == call) return;
+  touched[f] = call;
+  TouchLines(jit->block_code(f), jit->block_code_bytes(f));
+}
+
 // The OR of the bits of x - x over n floats: +0 unless some x is Inf or NaN.
 inline uint32_t CheckFinite(const float* p, int64_t n) {
   uint32_t bad = 0;
@@ -1252,15 +1275,14 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
         float* jit_out = direct_out ? io.planar_output : scratch->output.data();
         const int64_t out_size = direct_out ? s.out_c * out_plane
                                             : static_cast<int64_t>(scratch->output.size());
+        const uint64_t call = NextCall();
         ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) {
-            // This thread's first pass over the filter blocks: their code
-            // comes from L3 or DRAM, so each block's lines are read in
-            // ahead of running it (TouchLines).
-            if (t == t0) TouchLines(jit->block_code(int(t % fb)), jit->block_code_bytes(int(t % fb)));
-            if (t + 1 < t0 + fb && t + 1 < t1)
-              TouchLines(jit->block_code(int((t + 1) % fb)),
-                         jit->block_code_bytes(int((t + 1) % fb)));
+            // A block's code comes from L3 or DRAM the first time this
+            // thread runs it in this call: read it, and the next block's,
+            // in ahead (TouchLines).
+            if (t == t0) TouchBlockOnce(jit, int(t % fb), call);
+            if (t + 1 < t1) TouchBlockOnce(jit, int((t + 1) % fb), call);
             const int64_t b0 = (t / fb) * blocks_per_task;
             const int64_t b1 = std::min<int64_t>(num_blocks, b0 + blocks_per_task);
             // Nothing packed the input, so nothing checked it yet: the task
