@@ -459,7 +459,9 @@ class Partition {
   Delegate* delegate_;
   std::vector<OpPlan> ops_;
   std::set<int> outputs_;
-  std::unordered_map<int, std::vector<float>> scratch_;
+  // Line-aligned: generated 1x1 code reads and writes planar tensors here in
+  // place, in whole 64-byte lines (docs/engine.md section 21).
+  std::unordered_map<int, LineFloats> scratch_;
   bool cache_dirty_ = false;
   std::unique_ptr<GpuPartition> gpu_;  // backend=gpu
 };
