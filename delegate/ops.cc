@@ -426,7 +426,7 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
     ConvShape run = geometry;  // the stride-1 conv the engine runs
     run.out_h = Dim(out, 1); run.out_w = Dim(out, 2);
     run.dil_w = cost->split ? 1 : p->dilation_width_factor;
-    cost->jit_runs = JitRunsOnMap(jit, run, pattern_kernels);
+    cost->jit_runs = JitRunsOnMap(jit, run);
   }
   return "";
 }

@@ -265,21 +265,15 @@ int RoundUp(int v, int m) { return (v + m - 1) / m * m; }
 constexpr size_t kL1BlockBytes = 16 * 1024;
 constexpr int kMinTasks = 8;
 // Below this many register tiles per image the generated code runs about
-// once per inference, so fetching it from L3 costs more than the FMAs it
-// saves (VGG-16 CIFAR: 4x4 and 2x2 maps ran 1.3-1.5x slower generated than
-// static, 8x8 1.45x faster; ResNet-50's 7x7 layers, 4 tiles, 2.2x slower
-// generated on AMD Zen 5; docs/engine.md).  kAuto only: an explicit ISA
-// always generates.
-constexpr int64_t kMinJitTiles = 5;
-// ... and where the static kernels have 16-float tiles (AVX-512 set): VGG-16
-// CIFAR's 8x8 layers (5 tiles) ran 1.6-1.8x faster static than generated,
-// ResNet-50's 14x14 ones (14 tiles) 1.3x faster generated (AMD Zen 5,
-// docs/engine.md section 17).
-constexpr int64_t kMinJitTilesOverWideStatic = 8;
-
-int64_t MinJitTiles(const KernelSet* set) {
-  return set != nullptr && set->pattern_lanes >= 16 ? kMinJitTilesOverWideStatic : kMinJitTiles;
-}
+// once per inference, and fetching it costs more than the FMAs it saves
+// (VGG-16 CIFAR's 4x4 and 2x2 maps, 2 and 1 tiles, ran 1.5-2x slower
+// generated than on the static small-map kernels).  Since the driver reads
+// code in ahead (TouchLines), 7x7 and 8x8 maps (4 and 5 tiles) run faster
+// generated: ResNet-50's 7x7 3x3 convs 0.41-0.44 ms against 0.50-0.52 static,
+// VGG-16 CIFAR's 8x8 ones 0.07-0.12 against 0.09-0.16 ms (AMD Zen 5, caches
+// evicted; they needed 5 and 8 tiles before, docs/engine.md section 21).
+// kAuto only: an explicit ISA always generates.
+constexpr int64_t kMinJitTiles = 4;
 // Positions per call of a generated block: each code segment is fetched once
 // per call and reused for every tile of it, so calls are long (56x56x128 ran
 // 1.27x and 28x28x256 1.69x faster with whole-map calls than with one row
@@ -340,13 +334,13 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   return double(dense_macs) / ours;
 }
 
-bool JitRunsOnMap(JitIsa isa, const ConvShape& s, const KernelSet* set) {
+bool JitRunsOnMap(JitIsa isa, const ConvShape& s) {
   if (isa == JitIsa::kNone || isa == JitIsa::kAuto) return false;
   const int64_t tile = JitLanes(isa);  // V = 1, the default tile
   const int64_t wp = s.out_w + int64_t(s.k_w - 1) * s.dil_w;
   const int64_t block = (wp + tile - 1) / tile * tile;
   const int64_t blocks = (int64_t(s.out_h) * wp + block - 1) / block;
-  return blocks * block / tile >= MinJitTiles(set);
+  return blocks * block / tile >= kMinJitTiles;
 }
 
 bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
@@ -657,7 +651,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
     g = GeometryFor(s, plan, tuning, JitLanes(isa) * vectors);
     const int64_t tiles =
         static_cast<int64_t>(g.num_blocks) * g.block_len / (JitLanes(isa) * vectors);
-    if (tuning.jit == JitIsa::kAuto && tiles < MinJitTiles(set)) {
+    if (tuning.jit == JitIsa::kAuto && tiles < kMinJitTiles) {
       why = "map too small for generated code (" + std::to_string(tiles) +
             " tiles per image): static kernels run";
       isa = JitIsa::kNone;

@@ -132,9 +132,8 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
 bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s);
 // Whether jit=auto generates code for a stride-1 conv of shape `s` (output
 // size, kernel width and dilation are read) on `isa`; false for maps too
-// small for generated code, which the static kernels of `set` run (the
-// threshold depends on their tile width).
-bool JitRunsOnMap(JitIsa isa, const ConvShape& s, const KernelSet* set);
+// small for generated code, which the static kernels run.
+bool JitRunsOnMap(JitIsa isa, const ConvShape& s);
 // `dense_macs` and `edge_elements` (input + output elements of the node,
 // which the engine transposes at a partition edge) make the prediction
 // include the layout change; 0 leaves it out.  `in_place`: a 1x1 conv whose
