@@ -1,8 +1,10 @@
 #include "delegate/ops.h"
 
+#include <cstdint>
 #include <limits>
 #include <set>
 #include <unordered_map>
+#include <vector>
 
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/phase_split.h"
@@ -380,6 +382,7 @@ struct ConvCost {
   bool one_by_one = false;  // 1x1 kernel
   int64_t dense = 0, in_elements = 0, out_elements = 0;
   bool jit_runs = true;  // the map is large enough for generated code
+  bool in_place_pays = false;  // ... and, for a 1x1 conv, to run in place
 };
 
 // "" and *cost when the conv can run on the pattern engine, else why not.
@@ -427,6 +430,7 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
     run.out_h = Dim(out, 1); run.out_w = Dim(out, 2);
     run.dil_w = cost->split ? 1 : p->dilation_width_factor;
     cost->jit_runs = JitRunsOnMap(jit, run);
+    cost->in_place_pays = cost->one_by_one && !cost->split && JitInPlacePays(jit, run);
   }
   return "";
 }
@@ -438,7 +442,7 @@ double Predicted(const ConvCost& c, JitIsa jit, bool in_edge, bool out_edge) {
   // generated code reads or writes in place (RunInPlace in delegate.cc).
   const JitIsa isa = c.jit_runs ? jit : JitIsa::kNone;
   return PredictedSpeedupOverDense(c.stats, isa, c.dense, edge, c.one_by_one,
-                                   c.one_by_one && !c.split && !(in_edge && out_edge));
+                                   c.in_place_pays && !(in_edge && out_edge));
 }
 
 // The speed-up a conv must be predicted to claim it.  1x1 convs are
@@ -475,6 +479,32 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
         if (node->inputs->data[i] >= 0) readers[node->inputs->data[i]].push_back(n);
     if (node->outputs != nullptr)
       for (int i = 0; i < node->outputs->size; ++i) producer[node->outputs->data[i]] = n;
+  }
+  // Descendants of every node (bit sets over execution order): a tensor
+  // between two claimed nodes still changes layout when an unclaimed node
+  // lies on a path between them, because the runtime then puts them in
+  // different partitions (MobileNetV2: a block's projection conv, its
+  // depthwise conv left to TFLite, and the ADD that reads both).
+  std::unordered_map<int, size_t> position;
+  for (size_t i = 0; i < execution_plan.size(); ++i) position[execution_plan[i]] = i;
+  const size_t words = (execution_plan.size() + 63) / 64;
+  std::vector<std::vector<uint64_t>> below(execution_plan.size(), std::vector<uint64_t>(words, 0));
+  for (size_t i = execution_plan.size(); i-- > 0;) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (ctx->GetNodeAndRegistration(ctx, execution_plan[i], &node, &reg) != kTfLiteOk ||
+        node->outputs == nullptr)
+      continue;
+    for (int o = 0; o < node->outputs->size; ++o) {
+      const auto r = readers.find(node->outputs->data[o]);
+      if (r == readers.end()) continue;
+      for (int n : r->second) {
+        const auto pn = position.find(n);
+        if (pn == position.end() || pn->second <= i) continue;
+        below[i][pn->second / 64] |= uint64_t(1) << (pn->second % 64);
+        for (size_t w = 0; w < words; ++w) below[i][w] |= below[pn->second][w];
+      }
+    }
   }
   std::map<int, ConvCost> convs;  // candidates, by node
   std::vector<std::pair<int, std::pair<int, int>>> adds;  // node, operands
@@ -517,15 +547,29 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
           claimed_adds.insert(a.first);
       }
     const auto claimed = [&](int n) { return convs.count(n) || claimed_adds.count(n); };
+    // Whether an unclaimed node lies on a path from node a to node b.
+    const auto cut = [&](int a, int b) {
+      const auto pa = position.find(a), pb = position.find(b);
+      if (pa == position.end() || pb == position.end()) return true;
+      const size_t ib = pb->second;
+      const std::vector<uint64_t>& from = below[pa->second];
+      for (size_t u = pa->second + 1; u < ib; ++u)
+        if ((from[u / 64] >> (u % 64) & 1) && !claimed(execution_plan[u]) &&
+            (below[u][ib / 64] >> (ib % 64) & 1))
+          return true;
+      return false;
+    };
     for (auto it = convs.begin(); it != convs.end();) {
       const ConvCost& c = it->second;
       const auto p = producer.find(io[it->first].first);
-      const bool in_edge = c.split || p == producer.end() || !claimed(p->second);
+      const bool in_edge =
+          c.split || p == producer.end() || !claimed(p->second) || cut(p->second, it->first);
       const std::vector<int>& r = readers[io[it->first].second];
       bool out_edge = r.empty();  // a graph output
       for (int n : r) {
         const auto rc = convs.find(n);
-        out_edge = out_edge || !claimed(n) || (rc != convs.end() && rc->second.split);
+        out_edge = out_edge || !claimed(n) || (rc != convs.end() && rc->second.split) ||
+                   cut(it->first, n);
       }
       const double speedup = Predicted(c, jit, in_edge, out_edge);
       if (speedup < Needed(c, in_edge, out_edge)) {

@@ -220,3 +220,27 @@ def test_claim_all_runs_dense_adds_and_convs_correctly():
     report = it.delegate_report()
     assert [e["op"] for e in report].count("ADD") == 2
     assert all(e["layout"] == "nhwc" for e in report)
+
+
+@pytest.mark.slow
+def test_mobilenetv2_pruned_1x1_convs_stay_with_tflite():
+    """MobileNetV2 224 with its 1x1 convs pruned 3.6x: claiming any of them
+    measured slower than XNNPACK (0.91-0.94x with its 7x7 blocks claimed,
+    docs/engine.md section 21), so claim=auto leaves the whole model to
+    TFLite.  Guards two cost-model facts: a 7x7 map (4 tiles) is too small
+    for in-place 1x1 code to pay, and a block's ADD behind a depthwise conv
+    that TFLite runs is in another partition (the tensor between them
+    changes layout even though both ends are claimed)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if type(layer) is keras.layers.Conv2D and layer.kernel_size == (1, 1):
+            wts = layer.get_weights()
+            wts[0] = _prune_1x1(wts[0], 3.6, rng)
+            layer.set_weights(wts)
+    it = lite.Interpreter(model_content=convert(model), tune="off")
+    it.allocate_tensors()
+    assert it.delegate_report() == []

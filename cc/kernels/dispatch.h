@@ -134,6 +134,10 @@ bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s);
 // size, kernel width and dilation are read) on `isa`; false for maps too
 // small for generated code, which the static kernels run.
 bool JitRunsOnMap(JitIsa isa, const ConvShape& s);
+// Whether generated code for a 1x1 conv of shape `s` that reads or writes a
+// planar tensor in place is judged at the in-place efficiency
+// (PredictedSpeedupOverDense): maps of enough register tiles.
+bool JitInPlacePays(JitIsa isa, const ConvShape& s);
 // `dense_macs` and `edge_elements` (input + output elements of the node,
 // which the engine transposes at a partition edge) make the prediction
 // include the layout change; 0 leaves it out.  `in_place`: a 1x1 conv whose
