@@ -199,15 +199,8 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache):
     for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
         for _ in range(8):
             r.invoke()
-    # The order rotates every round, so each runtime follows every other one
-    # equally often: a runtime whose pool spins after a run (XNNPACK's
-    # pthreadpool) takes a core from whichever runs next, and with a fixed
-    # order that was always cocopie (VGG-16 at 2 threads: 3.08-3.22 ms with
-    # the fixed order, docs/benchmarks.md).
-    keys = list(runners)
-    for i in range(runs):
-        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
-            r = runners[k]
+    for _ in range(runs):
+        for k, r in runners.items():
             t = time.perf_counter()
             r.invoke()
             ms = (time.perf_counter() - t) * 1e3
