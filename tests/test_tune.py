@@ -560,3 +560,27 @@ def test_cli(trained, tmp_path, capsys):
     assert (tmp_path / "ok" / "report.txt").exists() and (tmp_path / "ok" / "tune.png").exists()
     manifest = json.loads((tmp_path / "ok" / "manifest.json").read_text())
     assert len(manifest["candidates"]) == 4
+
+
+def test_workers_starting_together_share_the_directory(tmp_path):
+    """The second worker of a sharded search may look at the directory while
+    the first is still creating it (blocks/ and results/ made, the manifest
+    being written): that is not someone else's data.  A foreign file still
+    is, and a different search is refused."""
+    from cocopie_tf.tune import explore
+
+    d = tmp_path / "shared"
+    (d / "blocks").mkdir(parents=True)
+    (d / "results").mkdir()
+    (d / ".manifest.json.cocopie-1-abcd.tmp").write_bytes(b"{")
+    manifest = {"format": 1, "x": [1, 2]}
+    assert explore._open_directory(d, manifest) == d
+    assert json.loads((d / "manifest.json").read_text()) == manifest
+    assert explore._open_directory(d, manifest) == d  # the next worker
+    with pytest.raises(ValueError, match="different search"):
+        explore._open_directory(d, {"format": 1, "x": [3]})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        explore._open_directory(other, manifest)

@@ -509,23 +509,35 @@ def _fingerprint(tm, candidates, settings, data):
 
 
 def _open_directory(directory, manifest):
+    from cocopie_tf._files import write_file
+
     d = pathlib.Path(directory)
     path = d / "manifest.json"
     if d.exists() and not d.is_dir():
         raise ValueError(f"directory: {d} exists and is not a directory")
-    if d.is_dir() and any(d.iterdir()) and not path.exists():
+    # The workers of a sharded search start together on one directory: what
+    # a starting search creates (its manifest, being written, and blocks/,
+    # results/) is not someone else's data.
+    def foreign(name):
+        return name not in ("manifest.json", "blocks", "results") and \
+            not name.startswith(".manifest.json.")
+
+    if d.is_dir() and not path.exists() and any(foreign(p.name) for p in d.iterdir()):
         raise ValueError(f"directory: {d} is not empty and holds no CoCo-Tune search "
                          "(manifest.json); give a new or empty directory")
-    (d / "blocks").mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
+    # The first worker's manifest stands (an exclusive create); the others
+    # check theirs against it.
+    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    with contextlib.suppress(FileExistsError):
+        write_file(path, data, replace=False)
+    old = json.loads(path.read_text())
+    if old != manifest:
+        diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+        raise ValueError(f"directory: {d} holds a different search (differs in {diff}); "
+                         "use a new directory to start another")
+    (d / "blocks").mkdir(exist_ok=True)
     (d / "results").mkdir(exist_ok=True)
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != manifest:
-            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            raise ValueError(f"directory: {d} holds a different search (differs in {diff}); "
-                             "use a new directory to start another")
-    else:
-        _write_json(path, manifest)
     return d
 
 
