@@ -3,15 +3,16 @@ weights on LiteRT + XNNPACK (dense), ONNX Runtime (dense), DeepSparse 1.8
 (sparse, in its own process) and the cocopie delegate (generated code, and
 its static kernels for comparison), at 1 and 2 threads.
 
-    python bench/bench_peers.py [--runs 21] [--resnet50] \\
+    python bench/bench_peers.py [--runs 21] [--resnet50] [--settle-ms 3] \\
         [--deepsparse /path/to/venv-with-deepsparse/bin/python] \\
         [--json out.json] [--chart out.png] [--out table.md]
 
 Every runtime's output is checked against stock LiteRT before timing.  All
 runtimes alternate round by round in one session (A B C D A B C D ...), ONNX
 Runtime with intra-op spinning off (otherwise its idle threads take the core
-the next runtime needs), all 1-thread blocks before all 2-thread blocks, 8
-warm-up runs per runtime and block.  DeepSparse runs in a worker process that
+the next runtime needs), an untimed 3 ms busy wait before every timed run
+(XNNPACK's pool spins after its runs; --settle-ms), all 1-thread blocks
+before all 2-thread blocks, 8 warm-up runs per runtime and block.  DeepSparse runs in a worker process that
 the main process waits on, so the two never share cores.
 
 DeepSparse needs Python <= 3.11 and numpy < 2:
@@ -162,7 +163,7 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
 
 
-def measure(name, tfl, threads, runs, ds_python, tune_cache):
+def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0):
     from ai_edge_litert.interpreter import Interpreter
 
     from cocopie_tf import lite
@@ -201,6 +202,14 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache):
             r.invoke()
     for _ in range(runs):
         for k, r in runners.items():
+            # Untimed busy wait first: a runtime whose pool spins after a run
+            # (XNNPACK's) took a core from whichever runtime came next, and
+            # at 2 threads that cost VGG-16 0.3 ms whatever ran there.  Busy,
+            # not asleep: a sleeping main thread let the vCPUs idle, and every
+            # runtime's 2-thread rows got slower (docs/benchmarks.md).
+            end = time.perf_counter() + settle_ms / 1e3
+            while time.perf_counter() < end:
+                pass
             t = time.perf_counter()
             r.invoke()
             ms = (time.perf_counter() - t) * 1e3
@@ -264,6 +273,8 @@ def table(rows, peers):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=21)
+    ap.add_argument("--settle-ms", type=float, default=3.0,
+                    help="untimed busy wait before each timed run (lets spinning pools go idle)")
     ap.add_argument("--deepsparse", default=None, help="python of a venv with deepsparse==1.8.0")
     ap.add_argument("--resnet50", action="store_true", help="also ResNet-50 224 (slow)")
     ap.add_argument("--models", nargs="*", default=None, help="only these model names")
@@ -300,7 +311,7 @@ def main():
     rows = []
     for threads in (1, 2):
         for name, tfl in models:
-            row = measure(name, tfl, threads, args.runs, args.deepsparse, cache)
+            row = measure(name, tfl, threads, args.runs, args.deepsparse, cache, args.settle_ms)
             rows.append(row)
             print(json.dumps(row), flush=True)
     info = machine_info()
