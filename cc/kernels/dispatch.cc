@@ -836,15 +836,19 @@ void TouchBlockOnce(const JitKernel* jit, int f, uint64_t call) {
   TouchLines(jit->block_code(f), jit->block_code_bytes(f));
 }
 
-// The OR of the bits of x - x over n floats: +0 unless some x is Inf or NaN.
+// The bits of v - v: +0 unless v is Inf or NaN (the transposes' test, so an
+// OR over many values needs no branch).
+inline uint32_t NonFiniteBits(float v) {
+  const float z = v - v;
+  uint32_t bits;
+  std::memcpy(&bits, &z, sizeof bits);
+  return bits;
+}
+
+// The OR of NonFiniteBits over n floats.
 inline uint32_t CheckFinite(const float* p, int64_t n) {
   uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float z = p[i] - p[i];
-    uint32_t bits;
-    std::memcpy(&bits, &z, sizeof bits);
-    bad |= bits;
-  }
+  for (int64_t i = 0; i < n; ++i) bad |= NonFiniteBits(p[i]);
   return bad;
 }
 
@@ -854,10 +858,7 @@ inline uint32_t CopyRowCheckFinite(const float* src, float* dst, int n) {
   uint32_t bad = 0;
   for (int i = 0; i < n; ++i) {
     const float v = src[i];
-    const float d = v - v;
-    uint32_t bits;
-    std::memcpy(&bits, &d, sizeof bits);
-    bad |= bits;
+    bad |= NonFiniteBits(v);
     dst[i] = v;
   }
   return bad;
@@ -956,10 +957,7 @@ uint32_t StoreOutputRows(const KernelSet* set, const ConvShape& s, const Pattern
       }
       for (int ox = 0; ox < n; ++ox) {
         const float v = std::min(std::max(src[ox] + bias, s.act_min), s.act_max);
-        const float z = v - v;  // +0 unless v is Inf or NaN (as in the transpose)
-        uint32_t bits;
-        std::memcpy(&bits, &z, sizeof bits);
-        bad |= bits;
+        bad |= NonFiniteBits(v);
         dst[ox] = v;
       }
     }
