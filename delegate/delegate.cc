@@ -240,10 +240,10 @@ class Partition {
   }
 
   // A 1x1 conv whose input or output is a planar tensor runs its generated
-  // code on that tensor in place, where its map is whole register tiles
-  // (PatternTuning::planar_direct): the copies into and out of the padded
-  // planes are most of such a layer's time.  Not for a conv whose input
-  // another step writes (chained, phase split).
+  // code on that tensor in place, where its map holds at least one register
+  // tile (PatternTuning::planar_direct): the copies into and out of the
+  // padded planes are most of such a layer's time.  Not for a conv whose
+  // input another step writes (chained, phase split).
   void RunInPlace(std::map<int, ReportEntry>* entries) {
     for (OpPlan& op : ops_) {
       if (op.kind != OpKind::kConv2D || !op.use_pattern || op.phase_split || op.input_packed ||

@@ -485,11 +485,16 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   // lies on a path between them, because the runtime then puts them in
   // different partitions (MobileNetV2: a block's projection conv, its
   // depthwise conv left to TFLite, and the ADD that reads both).
+  // Graphs beyond kMaxTrackedNodes (8 MB of bit sets) are not tracked: every
+  // such tensor then counts as an edge, the cautious answer.
+  constexpr size_t kMaxTrackedNodes = 8192;
+  const bool tracked = execution_plan.size() <= kMaxTrackedNodes;
   std::unordered_map<int, size_t> position;
-  for (size_t i = 0; i < execution_plan.size(); ++i) position[execution_plan[i]] = i;
+  for (size_t i = 0; tracked && i < execution_plan.size(); ++i) position[execution_plan[i]] = i;
   const size_t words = (execution_plan.size() + 63) / 64;
-  std::vector<std::vector<uint64_t>> below(execution_plan.size(), std::vector<uint64_t>(words, 0));
-  for (size_t i = execution_plan.size(); i-- > 0;) {
+  std::vector<std::vector<uint64_t>> below(tracked ? execution_plan.size() : 0,
+                                           std::vector<uint64_t>(words, 0));
+  for (size_t i = below.size(); i-- > 0;) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, execution_plan[i], &node, &reg) != kTfLiteOk ||
