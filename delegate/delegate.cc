@@ -93,6 +93,8 @@ class Partition {
         internal_dims[op.output] = op.output_dims;
         scratch_[op.output].resize(static_cast<size_t>(n));
       }
+      op.dw_planar = op.kind == OpKind::kDepthwiseConv2D && delegate_->gpu == nullptr &&
+                     DepthwisePlanarApplies(delegate_->kernels, op.shape, op.depthwise);
       ReportEntry e;
       if (op.use_pattern && delegate_->gpu == nullptr) {
         ChooseTuning(&op);
@@ -185,10 +187,12 @@ class Partition {
   }
 
   // Planar tensors (dispatch.h): at batch 1, a tensor produced by a pattern
-  // conv (or by an ADD with a planar operand) whose readers in the partition
-  // are all non-split pattern convs or ADDs stays in plain CHW planes: a
-  // residual block's convs and ADD then never transpose.  Partition outputs
-  // and chained tensors (ChainPatternConvs) are not planar.
+  // conv (or by an ADD or depthwise conv with a planar input) whose readers
+  // in the partition are all non-split pattern convs, ADDs or depthwise
+  // convs the planar kernel takes stays in plain CHW planes: a residual
+  // block's convs and ADD, or an inverted-residual block's 1x1 -> depthwise
+  // -> 1x1, then never transpose.  Partition outputs and chained tensors
+  // (ChainPatternConvs) are not planar.
   void AssignPlanar(std::map<int, ReportEntry>* entries) {
     std::set<int> planar;
     std::unordered_map<int, std::vector<const OpPlan*>> readers;
@@ -203,15 +207,19 @@ class Partition {
       if (delegate_->kernels == nullptr || op.chain_next || outputs_.count(op.output) ||
           op.output_dims.size() != 4 || op.output_dims[0] != 1)
         continue;
+      // A depthwise conv keeps the layout it is given: planar out only from
+      // planar in (its NHWC kernel is the faster one between NHWC tensors).
       const bool produces = (op.kind == OpKind::kConv2D && op.use_pattern) ||
-                            (op.kind == OpKind::kAdd && (op.planar_input || op.planar_input2));
+                            (op.kind == OpKind::kAdd && (op.planar_input || op.planar_input2)) ||
+                            (op.kind == OpKind::kDepthwiseConv2D && op.planar_input);
       const auto r = readers.find(op.output);
       if (!produces || r == readers.end()) continue;
       bool all_planar = true;
       for (const OpPlan* q : r->second)
         all_planar = all_planar && ((q->kind == OpKind::kConv2D && q->use_pattern &&
                                      !q->phase_split && !q->input_packed) ||
-                                    q->kind == OpKind::kAdd);
+                                    q->kind == OpKind::kAdd ||
+                                    (q->kind == OpKind::kDepthwiseConv2D && q->dw_planar));
       if (!all_planar) continue;
       planar.insert(op.output);
       op.planar_output = true;
@@ -230,7 +238,11 @@ class Partition {
                            : 0;
       // An ADD whose operands' layouts differ converts one into a buffer.
       const bool add = op.kind == OpKind::kAdd;
-      op.layout_tmp.assign(add && op.planar_input != op.planar_output ? n : 0, 0.f);
+      // ... and so does a depthwise conv's planar result bound for NHWC.
+      const bool dw_out = op.kind == OpKind::kDepthwiseConv2D && op.planar_input && !op.planar_output;
+      if (op.kind == OpKind::kDepthwiseConv2D && op.planar_input)
+        e.kernel = KernelName(delegate_->kernels, "dwconv2d_planar");
+      op.layout_tmp.assign((add && op.planar_input != op.planar_output) || dw_out ? n : 0, 0.f);
       // (Both operands planar into an NHWC output: one buffer, the sum.)
       const bool sum_first = add && op.planar_input && op.planar_input2 && !op.planar_output;
       op.layout_tmp2.assign(add && !sum_first && op.planar_input2 != op.planar_output ? n : 0, 0.f);
@@ -394,7 +406,14 @@ class Partition {
             RunConv2D(set, op.shape, op.conv, op.filter_data, in, out, pool);
           break;
         case OpKind::kDepthwiseConv2D:
-          RunDepthwise(set, op.shape, op.depthwise, in, out, pool);
+          if (op.planar_input) {  // between planar neighbours (AssignPlanar)
+            float* dst = op.planar_output ? out : op.layout_tmp.data();
+            RunDepthwisePlanar(set, op.shape, op.depthwise, in, dst, pool);
+            if (!op.planar_output)
+              PlanarToNhwc(set, op.shape.out_h, op.shape.out_w, op.shape.out_c, dst, out, pool);
+          } else {
+            RunDepthwise(set, op.shape, op.depthwise, in, out, pool);
+          }
           break;
         case OpKind::kFullyConnected:
           RunFullyConnected(set, op.fc_batch, op.fc, op.act_min, op.act_max, in, out, pool);

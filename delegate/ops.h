@@ -56,6 +56,8 @@ struct OpPlan {
   // Planar tensors (dispatch.h, set in Prepare): the output, the input and
   // ADD's second operand are plain CHW planes instead of NHWC.
   bool planar_output = false, planar_input = false, planar_input2 = false;
+  // A depthwise conv the planar kernel can run (DepthwisePlanarApplies).
+  bool dw_planar = false;
   std::vector<float> layout_tmp, layout_tmp2;  // an operand in the other layout
   // What became of the converter's metadata record for this node:
   // "none", "used" or "rejected: <why>" (then the plan comes from the weights).

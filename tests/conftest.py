@@ -18,6 +18,16 @@ def rel_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out - ref) / (denom if denom > 0 else 1.0))
 
 
+def assert_same_non_finite(out: np.ndarray, ref: np.ndarray, tol: float = 1e-4, what=None):
+    """NaN and Inf exactly where stock LiteRT has them, the rest within tol
+    (relative, plus tol absolute)."""
+    assert np.array_equal(np.isnan(out), np.isnan(ref)), what
+    assert np.array_equal(np.isinf(out), np.isinf(ref)), what
+    fin = np.isfinite(ref)
+    assert np.all(out[np.isinf(ref)] == ref[np.isinf(ref)]), what
+    assert np.all(np.abs(out[fin] - ref[fin]) <= tol * (1 + np.abs(ref[fin]))), what
+
+
 def convert(model) -> bytes:
     import tensorflow as tf
 

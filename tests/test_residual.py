@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import convert, reference_outputs, rel_error, run_tflite
+from conftest import (assert_same_non_finite, convert, reference_outputs, rel_error,
+                      run_tflite)
 from cocopie_tf import lite
 from cocopie_tf import patterns as P
 from test_kernels import np_conv2d
@@ -148,11 +149,7 @@ def test_non_finite_input_through_residual_blocks(size):
             x = rng.uniform(-1, 1, (1, size, size, 32)).astype(np.float32)
             x[0, int(rng.integers(size)), int(rng.integers(size)), int(rng.integers(32))] = value
             ref = reference_outputs(tfl, [x])[0]
-            out = run_tflite(it, [x])[0]
-            assert np.array_equal(np.isnan(out), np.isnan(ref)), value
-            assert np.array_equal(np.isinf(out), np.isinf(ref)), value
-            fin = np.isfinite(ref)
-            assert np.all(np.abs(out[fin] - ref[fin]) <= 1e-4 * (1 + np.abs(ref[fin])))
+            assert_same_non_finite(run_tflite(it, [x])[0], ref, what=value)
 
 
 @pytest.mark.skipif(not JIT_ISAS, reason="no code generator in this build or CPU")

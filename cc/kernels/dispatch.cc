@@ -243,6 +243,36 @@ void RunDepthwise(const KernelSet* set, const ConvShape& s,
   if (!w.nonfinite_taps.empty()) PoisonPaddedTaps(s, w.nonfinite_taps, output, pool);
 }
 
+bool DepthwisePlanarApplies(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w) {
+  // Inf/NaN weights keep the NHWC kernel, whose PoisonPaddedTaps gives
+  // stock TFLite's products with the padding.
+  return set != nullptr && set->depthwise_planar != nullptr && s.batch == 1 &&
+         s.k_h * s.k_w <= kDepthwisePlanarMaxTaps &&
+         w.nonfinite_taps.empty() && w.tap_begin.size() == static_cast<size_t>(s.out_c) + 1 &&
+         s.out_c == w.out_c && s.k_h == w.k_h && s.k_w == w.k_w;
+}
+
+void RunDepthwisePlanar(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w,
+                        const float* input, float* output, ThreadPool* pool) {
+  DepthwisePlanarArgs a;
+  a.s = &s;
+  a.w = &w;
+  a.input = input;
+  a.output = output;
+  // Whole planes per task while there are channels enough to keep every
+  // thread busy; otherwise bands of rows.
+  const int threads = pool == nullptr ? 1 : pool->num_threads();
+  const int want_tasks = 4 * threads;
+  const int bands = s.out_c >= want_tasks ? 1 : std::min(s.out_h, (want_tasks + s.out_c - 1) / s.out_c);
+  a.band_rows = (s.out_h + bands - 1) / bands;
+  const int64_t tasks = static_cast<int64_t>(s.out_c) * ((s.out_h + a.band_rows - 1) / a.band_rows);
+  const int64_t taps = w.tap_begin.empty() ? 0 : w.tap_begin.back() / std::max(1, s.out_c);
+  const int64_t macs_task = static_cast<int64_t>(a.band_rows) * s.out_w * std::max<int64_t>(1, taps);
+  ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t b, int64_t e) {
+    set->depthwise_planar(a, b, e);
+  });
+}
+
 void RunFullyConnected(const KernelSet* set, int batch,
                        const PackedFullyConnected& w, float act_min,
                        float act_max, const float* input, float* output,

@@ -34,6 +34,13 @@ void RunConv2D(const KernelSet* set, const ConvShape& s, const PackedConv& w,
 void RunDepthwise(const KernelSet* set, const ConvShape& s,
                   const PackedDepthwise& w, const float* input, float* output,
                   ThreadPool* pool);
+// Depthwise conv on planar tensors (batch 1: input [in_c][in_h * in_w],
+// output [out_c][out_h * out_w]); only the filter's non-zero taps run.
+// Applies when the set has the kernel and every weight is finite (Inf/NaN
+// weights keep RunDepthwise); Inf/NaN inputs give stock TFLite's results.
+bool DepthwisePlanarApplies(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w);
+void RunDepthwisePlanar(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w,
+                        const float* input, float* output, ThreadPool* pool);
 void RunFullyConnected(const KernelSet* set, int batch,
                        const PackedFullyConnected& w, float act_min,
                        float act_max, const float* input, float* output,

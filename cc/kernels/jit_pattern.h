@@ -144,7 +144,8 @@ class JitKernel {
            int64_t output_floats, int64_t start, int64_t tiles) const;
 
   int num_blocks() const { return static_cast<int>(entries_.size()); }
-  // Where block `block`'s code lies (for prefetching it as data).
+  // Where block `block`'s code lies (each thread reads it in as data before
+  // running it first: TouchBlockOnce).
   const void* block_code(int block) const { return reinterpret_cast<const void*>(entries_[block]); }
   size_t block_code_bytes(int block) const { return block_code_bytes_[block]; }
   size_t code_bytes() const { return code_bytes_; }

@@ -36,6 +36,15 @@ struct PackedDepthwise {
   std::vector<float> hwc;
   std::vector<float> bias;
   std::vector<uint8_t> nonfinite_taps;  // as PackedConv's
+  // Per output channel o, its non-zero taps for the planar kernel:
+  // tap_index/tap_weight[tap_begin[o] .. tap_begin[o + 1]), index ky * k_w +
+  // kx.  A pattern-pruned channel keeps 4 of 9, a connectivity-pruned one
+  // none.  has_zero_tap[o]: some tap was dropped, so an Inf/NaN input under
+  // it must still reach the output (stock TFLite multiplies it by 0).
+  std::vector<int32_t> tap_begin;
+  std::vector<int32_t> tap_index;
+  std::vector<float> tap_weight;
+  std::vector<uint8_t> has_zero_tap;
 };
 PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
                               const float* bias);
@@ -47,6 +56,20 @@ struct PackedFullyConnected {
 };
 PackedFullyConnected PackFullyConnected(const float* weights, int out, int in,
                                         const float* bias);
+
+// Largest depthwise kernel (k_h * k_w taps) the planar kernel takes.
+constexpr int kDepthwisePlanarMaxTaps = 64;
+
+// One planar depthwise conv (batch 1): input [in_c][in_h * in_w], output
+// [out_c][out_h * out_w], both unpadded.  Tasks are (output channel, band of
+// band_rows output rows), channel-major.
+struct DepthwisePlanarArgs {
+  const ConvShape* s = nullptr;
+  const PackedDepthwise* w = nullptr;
+  const float* input = nullptr;
+  float* output = nullptr;
+  int band_rows = 1;
+};
 
 // Work is split into "rows" that threads take independently:
 //   conv/depthwise: batch * out_h output rows; fully connected: output units.
@@ -79,6 +102,10 @@ struct KernelSet {
   // Returns true if any value moved was Inf or NaN.
   bool (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
                     int rows, int cols);
+  // Depthwise conv on planar tensors (DepthwisePlanarArgs): only the
+  // non-zero taps run, so pattern-pruned depthwise filters do 4 of 9.
+  void (*depthwise_planar)(const DepthwisePlanarArgs& args, int64_t task_begin,
+                           int64_t task_end);
 };
 
 // Per-ISA sets (defined in direct_<isa>.cc). AvailableKernelSets() lists the

@@ -67,6 +67,20 @@ PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
   p.hwc.assign(filter, filter + static_cast<size_t>(k_h) * k_w * out_c);
   p.bias = BiasOrZeros(bias, out_c);
   p.nonfinite_taps = NonFiniteTaps(p.hwc.data(), k_h * k_w, 1, out_c);
+  p.tap_begin.assign(static_cast<size_t>(out_c) + 1, 0);
+  p.has_zero_tap.assign(out_c, 0);
+  for (int o = 0; o < out_c; ++o) {
+    for (int t = 0; t < k_h * k_w; ++t) {
+      const float w = p.hwc[static_cast<size_t>(t) * out_c + o];
+      if (w == 0.f) {
+        p.has_zero_tap[o] = 1;
+        continue;
+      }
+      p.tap_index.push_back(t);
+      p.tap_weight.push_back(w);
+    }
+    p.tap_begin[o + 1] = static_cast<int32_t>(p.tap_index.size());
+  }
   return p;
 }
 

@@ -165,6 +165,88 @@ TEST_CASE(DepthwiseMatchesReference) {
   }
 }
 
+// The planar depthwise kernel against the float64 reference through NHWC:
+// random geometries (kernel 1-5, stride 1-3, dilation 1-2, SAME and VALID,
+// depth multiplier 1-2, maps down to 1x1), filters pattern-pruned (4 of 9
+// taps), connectivity-pruned (a channel with no tap) or dense, 1-3 threads,
+// and inputs holding Inf or NaN (which must meet the dropped zero taps as
+// stock TFLite's dense products do).  Buffers are exactly sized (ASan).
+TEST_CASE(DepthwisePlanarMatchesReference) {
+  std::mt19937 rng(21);
+  const auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
+  int runs = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    ConvShape s;
+    s.in_h = pick(1, 19); s.in_w = pick(1, 37); s.in_c = pick(1, 11);
+    s.depth_multiplier = trial % 5 == 4 ? 2 : 1;
+    s.out_c = s.in_c * s.depth_multiplier;
+    s.k_h = s.k_w = trial % 7 == 6 ? 5 : trial % 11 == 10 ? 1 : 3;
+    s.k_h = trial % 13 == 12 ? 2 : s.k_h;
+    s.stride_h = pick(1, 3); s.stride_w = trial % 3 == 0 ? s.stride_h : pick(1, 2);
+    s.dil_h = s.dil_w = trial % 4 == 3 ? 2 : 1;
+    s.act_min = trial % 2 ? 0.f : -INFINITY;
+    s.act_max = trial % 3 == 1 ? 6.f : INFINITY;
+    if (!ResolveConvShape(trial % 6 == 5 ? Padding::kValid : Padding::kSame, &s).empty()) continue;
+    const int taps = s.k_h * s.k_w;
+    auto w = Random(size_t(taps) * s.out_c, &rng);
+    const int style = trial % 3;  // 0 pattern (4 taps), 1 some channels empty, 2 dense
+    for (int o = 0; o < s.out_c; ++o) {
+      const bool empty = style == 1 && rng() % 3 == 0;
+      for (int t = 0; t < taps; ++t)
+        if (empty || (style == 0 && taps > 4 && rng() % taps >= 4)) w[size_t(t) * s.out_c + o] = 0.f;
+    }
+    const auto bias = Random(s.out_c, &rng);
+    const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, s.k_h, s.k_w, bias.data());
+    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c, out_n = size_t(s.out_h) * s.out_w * s.out_c;
+    for (int nonfinite = 0; nonfinite < 3; ++nonfinite) {
+      auto in = Random(in_n, &rng);
+      if (nonfinite)
+        for (int k = 0; k < 2; ++k)
+          in[rng() % in_n] = nonfinite == 1 ? NAN : (k ? -INFINITY : INFINITY);
+      std::vector<float> ref(out_n);
+      DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
+      // Planar by index, independent of the kernels' transposes.
+      std::vector<float> pin(in_n), ref_planar(out_n);
+      for (int y = 0; y < s.in_h; ++y)
+        for (int x = 0; x < s.in_w; ++x)
+          for (int c = 0; c < s.in_c; ++c)
+            pin[(size_t(c) * s.in_h + y) * s.in_w + x] = in[(size_t(y) * s.in_w + x) * s.in_c + c];
+      for (int y = 0; y < s.out_h; ++y)
+        for (int x = 0; x < s.out_w; ++x)
+          for (int c = 0; c < s.out_c; ++c)
+            ref_planar[(size_t(c) * s.out_h + y) * s.out_w + x] =
+                ref[(size_t(y) * s.out_w + x) * s.out_c + c];
+      for (const KernelSet* set : UsableSets()) {
+        CHECK(DepthwisePlanarApplies(set, s, p));
+        for (int threads = 1; threads <= 3; ++threads) {
+          ThreadPool pool(threads);
+          std::vector<float> out(out_n, 12345.f);
+          RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
+          bool ok = true;
+          for (size_t i = 0; i < out_n; ++i) {
+            const float a = out[i], r = ref_planar[i];
+            if (std::isnan(r) || std::isinf(r)) ok = ok && (std::isnan(r) ? std::isnan(a) : a == r);
+            else ok = ok && std::fabs(double(a) - r) <= 1e-5 * (1 + std::fabs(r));
+          }
+          CHECK(ok);
+          ++runs;
+        }
+      }
+    }
+  }
+  CHECK(runs > 100);
+  // Inf/NaN weights are refused (the NHWC kernel keeps stock TFLite's
+  // products with the padding).
+  ConvShape s;
+  s.in_h = s.in_w = 5; s.in_c = s.out_c = 2; s.k_h = s.k_w = 3;
+  CHECK(ResolveConvShape(Padding::kSame, &s).empty());
+  std::vector<float> w(18, 0.5f);
+  w[3] = INFINITY;
+  for (const KernelSet* set : UsableSets())
+    CHECK(!DepthwisePlanarApplies(set, s, PackDepthwise(w.data(), 2, 3, 3, nullptr)));
+  CHECK(!DepthwisePlanarApplies(nullptr, s, PackDepthwise(w.data(), 2, 3, 3, nullptr)));
+}
+
 TEST_CASE(FullyConnectedMatchesReference) {
   std::mt19937 rng(3);
   for (int in_n : {1, 15, 16, 100, 513})

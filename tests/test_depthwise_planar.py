@@ -1,0 +1,146 @@
+"""Depthwise convs between planar tensors: an inverted-residual block
+(1x1 expand -> depthwise 3x3 -> 1x1 project -> ADD) with its 1x1 convs
+connectivity-pruned keeps every tensor in CHW planes, the depthwise conv
+running the planar kernel (only its non-zero taps). claim=all, since the
+cost model leaves depthwise convs to TFLite (docs/engine.md section 22).
+Outputs checked against a float64 numpy forward pass and stock LiteRT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import (assert_same_non_finite, convert, reference_outputs, rel_error,
+                      run_tflite)
+from cocopie_tf import lite
+from cocopie_tf import patterns as P
+from test_kernels import np_conv2d
+from test_residual import _prune_1x1
+
+
+def _inverted_residual_model(h, w, c, stride, dw_patterns, seed=0):
+    """Two MobileNetV2 blocks: the first with the given depthwise stride, the
+    second (stride 1) adding its input back. 1x1 convs keep 1/3.6 of their
+    weights; depthwise filters are pattern-pruned (4 of 9 taps, some
+    channels emptied) or dense."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((h, w, c), batch_size=None)
+    x = inp
+    names = []
+    for b, s in enumerate([stride, 1]):
+        t = keras.layers.Conv2D(c * 3, 1, activation="relu6", name=f"b{b}_expand")(x)
+        t = keras.layers.DepthwiseConv2D(3, strides=s, padding="same", activation="relu6",
+                                         name=f"b{b}_dw")(t)
+        t = keras.layers.Conv2D(c, 1, name=f"b{b}_project")(t)
+        x = keras.layers.Add()([x, t]) if s == 1 else t
+        names += [f"b{b}_expand", f"b{b}_dw", f"b{b}_project"]
+    model = keras.Model(inp, keras.layers.Conv2D(8, 1, name="head")(x))
+    for name in names:
+        layer = model.get_layer(name)
+        wts = layer.get_weights()
+        wts[1] = rng.uniform(-0.5, 0.5, wts[1].shape).astype(np.float32)
+        if name.endswith("_dw"):
+            if dw_patterns:
+                k = wts[0]  # [3, 3, C, 1]: every channel's kernel is a filter of one input
+                hwio = k.reshape(3, 3, 1, -1)
+                wts[0] = P.prune_kernel(hwio, connectivity=1.25).reshape(k.shape)
+        else:
+            wts[0] = _prune_1x1(wts[0], 3.6, rng)
+        layer.set_weights(wts)
+    return model, names
+
+
+def _numpy_forward(model, names, x):
+    def layer_out(name, v):
+        layer = model.get_layer(name)
+        k, b = layer.get_weights()
+        act = "relu6" if name.endswith(("_expand", "_dw")) else "none"
+        if name.endswith("_dw"):
+            s = layer.strides
+            return np_conv2d(v, np.transpose(k, (3, 0, 1, 2)), b, s, (1, 1), "same",
+                             depthwise=True, act=act)
+        return np_conv2d(v, np.transpose(k, (3, 0, 1, 2)), b, (1, 1), (1, 1), "valid", act=act)
+
+    v = x.astype(np.float64)
+    for blk in range(2):
+        t = v
+        for part in ("expand", "dw", "project"):
+            t = layer_out(f"b{blk}_{part}", t)
+        v = v + t if model.get_layer(f"b{blk}_dw").strides == (1, 1) else t
+    return layer_out("head", v)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dw_patterns", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [(14, 14), (9, 23)])
+def test_depthwise_between_planar_tensors_matches(stride, dw_patterns, threads, size):
+    h, w = size
+    model, names = _inverted_residual_model(h, w, 16, stride, dw_patterns)
+    tfl = convert(model)
+    x = np.random.default_rng(5).uniform(-1, 1, (1, h, w, 16)).astype(np.float32)
+    oracle = _numpy_forward(model, names, x)
+    assert rel_error(reference_outputs(tfl, [x])[0], oracle) <= 1e-5
+    it = lite.Interpreter(model_content=tfl, num_threads=threads, claim="all", tune="off")
+    for _ in range(2):
+        assert rel_error(run_tflite(it, [x])[0], oracle) <= 1e-5
+    report = {e["node_index"]: e for e in it.delegate_report()}
+    dws = [e for e in report.values() if e["op"] == "DEPTHWISE_CONV_2D"]
+    assert len(dws) == 2
+    # Both read a planar expand output; both write planar for the project conv.
+    assert all("dwconv2d_planar" in e["kernel"] and e["layout"] == "planar" for e in dws), dws
+
+
+def test_depthwise_batch_two_stays_nhwc():
+    """Planar tensors are batch-1 only: at batch 2 the NHWC kernel runs."""
+    model, names = _inverted_residual_model(8, 8, 16, 1, True)
+    tfl = convert(model)
+    x = np.random.default_rng(6).uniform(-1, 1, (2, 8, 8, 16)).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, claim="all", tune="off")
+    assert rel_error(run_tflite(it, [x])[0], _numpy_forward(model, names, x)) <= 1e-5
+    dws = [e for e in it.delegate_report() if e["op"] == "DEPTHWISE_CONV_2D"]
+    assert dws and all("dwconv2d_direct" in e["kernel"] for e in dws)
+
+
+def _expand_then_depthwise(stride):
+    """A pruned 1x1 conv, then a pattern-pruned depthwise conv as the model's
+    output: the depthwise conv reads planar and writes NHWC, and nothing
+    after it mixes channels (which would hide a wrong per-channel NaN)."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    inp = keras.Input((10, 10, 16), batch_size=1)
+    t = keras.layers.Conv2D(32, 1, name="expand")(inp)
+    out = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", name="dw")(t)
+    model = keras.Model(inp, out)
+    e = model.get_layer("expand")
+    e.set_weights([_prune_1x1(e.get_weights()[0], 3.6, rng), e.get_weights()[1]])
+    d = model.get_layer("dw")
+    k = d.get_weights()[0]
+    d.set_weights([P.prune_kernel(k.reshape(3, 3, 1, -1), connectivity=1.25).reshape(k.shape),
+                   rng.uniform(-0.5, 0.5, 32).astype(np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("last", [False, True])
+def test_non_finite_input_meets_the_pruned_depthwise_taps(stride, last):
+    """An Inf or NaN under a pruned (zero) depthwise tap still poisons the
+    output, as stock LiteRT's dense product 0 x Inf does (the pruned 1x1
+    conv before it spreads the value to every channel of its pixel)."""
+    model = _expand_then_depthwise(stride) if last else \
+        _inverted_residual_model(10, 10, 16, stride, True, seed=2)[0]
+    tfl = convert(model)
+    it = lite.Interpreter(model_content=tfl, num_threads=2, claim="all", tune="off")
+    rng = np.random.default_rng(12)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for value in (np.nan, np.inf, -np.inf):
+            x = rng.uniform(-1, 1, (1, 10, 10, 16)).astype(np.float32)
+            x[0, int(rng.integers(10)), int(rng.integers(10)), int(rng.integers(16))] = value
+            ref = reference_outputs(tfl, [x])[0]
+            assert_same_non_finite(run_tflite(it, [x])[0], ref, what=value)
+    assert any("dwconv2d_planar" in e["kernel"] for e in it.delegate_report())
