@@ -172,7 +172,8 @@ class Partition {
       // A banded layer packs its own input (dispatch.h, PatternBand), and
       // so does a small or pair map (PatternGeometry): its input becomes a
       // planar tensor instead (AssignPlanar).
-      if (!a.use_pattern || !b.use_pattern || b.phase_split || b.pattern_scratch.band.rows > 0 ||
+      if (!a.use_pattern || !b.use_pattern || b.phase_split || b.subsample ||
+          b.pattern_scratch.band.rows > 0 ||
           b.pattern_scratch.geometry.small_map || b.pattern_scratch.geometry.pair_map ||
           b.input != a.output || outputs_.count(a.output) ||
           a.shape.batch != 1 || b.shape.batch != 1)
@@ -395,10 +396,15 @@ class Partition {
               if (into_planes) packed = true;
               else src = op.split_input.data();
             }
+            if (op.subsample) {
+              // Every stride-th pixel, in the input's own layout.
+              SubsampleInput(op.strided_shape, op.planar_input, in, op.subsampled.data(), pool);
+              src = op.subsampled.data();
+            }
             PatternIo io;
             io.input_packed = packed;
             io.next = op.chain_next ? &next : nullptr;
-            if (op.planar_input && !packed) io.planar_input = in;
+            if (op.planar_input && !packed) io.planar_input = src;
             if (op.planar_output) io.planar_output = out;
             RunPatternConv(set, op.shape, op.pattern, &op.pattern_scratch, src, out, pool,
                            op.tuning, io);

@@ -251,9 +251,13 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
       ConvShape geometry;
       geometry.k_h = plan.k_h; geometry.k_w = plan.k_w;
       geometry.stride_h = plan.stride_h; geometry.stride_w = plan.stride_w;
+      plan.subsample = allow_pattern && kernels != nullptr &&
+                       SubsampleApplies(plan.k_h, plan.k_w, plan.stride_h, plan.stride_w);
+      if (plan.subsample) geometry.stride_h = geometry.stride_w = 1;  // what runs
       plan.use_pattern = allow_pattern && kernels != nullptr &&
                          PatternKernelApplies(plan.pattern_stats, geometry);
-      if (allow_pattern && kernels != nullptr &&
+      plan.subsample = plan.subsample && plan.use_pattern;
+      if (allow_pattern && kernels != nullptr && !plan.subsample &&
           PhaseSplitApplies(plan.stride_h, plan.stride_w, plan.dil_h, plan.dil_w)) {
         int kh2, kw2;
         const std::vector<float> split = PhaseSplitFilter(
@@ -367,6 +371,12 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
     plan->split_input.assign(
         t.batch > 1 ? static_cast<size_t>(t.batch) * t.in_h * t.in_w * t.in_c : 0, 0.f);
   }
+  if (plan->subsample) {
+    if (s.pad_top != 0 || s.pad_left != 0) return "strided 1x1 conv with padding";
+    plan->strided_shape = s;
+    plan->shape = SubsampledShape(s);
+    plan->subsampled.assign(static_cast<size_t>(s.batch) * s.out_h * s.out_w * s.in_c, 0.f);
+  }
   plan->output_dims = {s.batch, s.out_h, s.out_w, s.out_c};
   return "";
 }
@@ -397,8 +407,13 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
   ConvShape geometry;
   geometry.k_h = Dim(w, 1); geometry.k_w = Dim(w, 2);
   geometry.stride_h = p->stride_height; geometry.stride_w = p->stride_width;
-  cost->split = PhaseSplitApplies(p->stride_height, p->stride_width,
-                                  p->dilation_height_factor, p->dilation_width_factor);
+  // A strided 1x1 conv runs stride-1 over its input's subsample.
+  const bool subsample =
+      SubsampleApplies(Dim(w, 1), Dim(w, 2), p->stride_height, p->stride_width);
+  if (subsample) geometry.stride_h = geometry.stride_w = 1;
+  cost->split = !subsample && PhaseSplitApplies(p->stride_height, p->stride_width,
+                                                p->dilation_height_factor,
+                                                p->dilation_width_factor);
   if (cost->split) {  // judged as the stride-1 conv it runs as
     // ... but only if the layer itself is pattern-pruned: the split alone
     // makes a dense 1x1 stride-2 filter look 75% sparse.
@@ -424,6 +439,8 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
     if (in_elems > 0 && out_elems > 0) {
       cost->dense = out_elems * Dim(w, 1) * Dim(w, 2) * Dim(w, 3);
       cost->in_elements = in_elems * (cost->split ? 2 : 1);  // the split is one more pass
+      if (subsample)  // a layout change at its input moves only the subsample
+        cost->in_elements = out_elems / Dim(out, 3) * Dim(in, 3);
       cost->out_elements = out_elems;
     }
     ConvShape run = geometry;  // the stride-1 conv the engine runs

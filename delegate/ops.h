@@ -48,6 +48,12 @@ struct OpPlan {
   // batch > 1 (batch 1 splits straight into the engine's planes); the
   // dense `conv` is packed too, for inputs holding Inf or NaN.
   bool phase_split = false;
+  // A strided 1x1 conv runs as a stride-1 one over its input's subsample
+  // (phase_split.h, SubsampleApplies): `shape` is then that conv's,
+  // `strided_shape` the node's own, `subsampled` the subsample (NHWC, or
+  // planar when the input is).
+  bool subsample = false;
+  LineFloats subsampled;
   ConvShape strided_shape;
   std::vector<float> split_input;
   // Layout kept between consecutive pattern convs (set in Prepare): this op

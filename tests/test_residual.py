@@ -23,12 +23,14 @@ def _prune_1x1(w, connectivity, rng):
     return np.where(np.abs(w) >= thresh, w, 0).astype(np.float32)
 
 
-def _bottleneck_model(h=14, w=14, c=64, blocks=2, prune=True, seed=0, conn_1x1=5.0):
+def _bottleneck_model(h=14, w=14, c=64, blocks=2, prune=True, seed=0, conn_1x1=5.0, stride=1):
     """A pattern-pruned 3x3 stem, then ResNet-50's bottleneck: 1x1 reduce,
     3x3, 1x1 expand, ADD + ReLU; the first block projects its shortcut with
     a 1x1 conv (as ResNet's conv blocks do), the others add their input.
     The 1x1 convs keep 1/conn_1x1 of their weights: at 5x the cost model
-    claims them inside a block (not alone), at 3.6x nowhere."""
+    claims them inside a block (not alone), at 3.6x nowhere. stride > 1
+    makes the first block's reduce conv and projection strided 1x1 convs
+    (ResNet v1's stage entry)."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -38,12 +40,13 @@ def _bottleneck_model(h=14, w=14, c=64, blocks=2, prune=True, seed=0, conn_1x1=5
     layers = ["stem"]
     for b in range(blocks):
         width = c // 4
-        y = keras.layers.Conv2D(width, 1, activation="relu", name=f"b{b}_1")(x)
+        s = stride if b == 0 else 1
+        y = keras.layers.Conv2D(width, 1, strides=s, activation="relu", name=f"b{b}_1")(x)
         y = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"b{b}_2")(y)
         y = keras.layers.Conv2D(c, 1, name=f"b{b}_3")(y)
         shortcut = x
         if b == 0:
-            shortcut = keras.layers.Conv2D(c, 1, name=f"b{b}_0")(x)
+            shortcut = keras.layers.Conv2D(c, 1, strides=s, name=f"b{b}_0")(x)
             layers.append(f"b{b}_0")
         x = keras.layers.Activation("relu")(keras.layers.Add()([shortcut, y]))
         layers += [f"b{b}_1", f"b{b}_2", f"b{b}_3"]
@@ -70,7 +73,7 @@ def _numpy_forward(model, x):
         k, b = layer.get_weights()
         act = "relu" if layer.activation is keras.activations.relu else "none"
         ohwi = np.ascontiguousarray(np.transpose(k, (3, 0, 1, 2)))
-        return np_conv2d(v, ohwi, b, (1, 1), (1, 1), layer.padding, act=act)
+        return np_conv2d(v, ohwi, b, layer.strides, (1, 1), layer.padding, act=act)
 
     v = conv("stem", x.astype(np.float64))
     b = 0
@@ -125,6 +128,46 @@ def test_residual_blocks_run_planar_and_match(batch, jit, claim, threads):
         assert all(e["band_rows"] == 0 for e in report if e.get("in_place"))
     else:
         assert all(layout == "nhwc" for layout in layouts), layouts
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("jit,claim", ENGINE_CLAIM)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_1x1_convs_run_on_the_subsample(batch, jit, claim, threads):
+    """A stage entry: the first block's reduce conv and projection are 1x1
+    stride 2. They run as stride-1 1x1 convs over every second pixel of
+    their input, which stays planar at batch 1 (the stem's output is read
+    by nothing else), instead of the phase split or TFLite."""
+    model = _bottleneck_model(h=27, w=28, c=32, stride=2)
+    tfl = convert(model)
+    x = np.random.default_rng(8).uniform(-1, 1, (batch, 27, 28, 32)).astype(np.float32)
+    oracle = _numpy_forward(model, x)
+    assert rel_error(reference_outputs(tfl, [x])[0], oracle) <= 1e-5
+    it = lite.Interpreter(model_content=tfl, num_threads=threads, jit=jit, claim=claim,
+                          tune="off")
+    for _ in range(2):
+        assert rel_error(run_tflite(it, [x])[0], oracle) <= 1e-5
+    report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+    convs = [e for e in report if e["op"] == "CONV_2D"]
+    assert len(convs) == 8 and all("pattern" in e["kernel"] for e in convs), report
+    if batch == 1:
+        assert report[0]["layout"] == "planar", report[0]  # the stem, read by both
+
+
+def test_non_finite_input_reaches_the_strided_1x1_convs():
+    """An Inf or NaN on a sampled pixel reaches the outputs stock LiteRT
+    gives; one on a skipped pixel reaches none (as in stock LiteRT)."""
+    model = _bottleneck_model(h=28, w=28, c=32, stride=2)
+    tfl = convert(model)
+    it = lite.Interpreter(model_content=tfl, num_threads=2, claim="all", tune="off")
+    rng = np.random.default_rng(13)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for value in (np.nan, np.inf):
+            for y, xx in ((4, 6), (5, 7)):  # sampled, skipped by the stride
+                x = rng.uniform(-1, 1, (1, 28, 28, 32)).astype(np.float32)
+                x[0, y, xx, 3] = value
+                assert_same_non_finite(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0],
+                                       what=(value, y, xx))
 
 
 @pytest.mark.parametrize("size", [6, 13])

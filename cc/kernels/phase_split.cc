@@ -39,6 +39,42 @@ ConvShape PhaseSplitShape(const ConvShape& s) {
   return t;
 }
 
+ConvShape SubsampledShape(const ConvShape& s) {
+  ConvShape t = s;
+  t.in_h = s.out_h;
+  t.in_w = s.out_w;
+  t.stride_h = t.stride_w = 1;
+  t.dil_h = t.dil_w = 1;
+  t.pad_top = t.pad_left = 0;
+  return t;
+}
+
+void SubsampleInput(const ConvShape& s, bool planar, const float* in, float* out,
+                    ThreadPool* pool) {
+  const int sh = s.stride_h, sw = s.stride_w, c = s.in_c;
+  if (planar) {  // one task per (channel, output row)
+    ParallelFor(pool, static_cast<int64_t>(c) * s.out_h, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t ch = r / s.out_h, oy = r % s.out_h;
+        const float* src = in + (ch * s.in_h + oy * sh) * s.in_w;
+        float* dst = out + r * s.out_w;
+        for (int ox = 0; ox < s.out_w; ++ox) dst[ox] = src[static_cast<int64_t>(ox) * sw];
+      }
+    });
+    return;
+  }
+  ParallelFor(pool, static_cast<int64_t>(s.batch) * s.out_h, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / s.out_h, oy = r % s.out_h;
+      const float* row = in + ((b * s.in_h + oy * sh) * s.in_w) * c;
+      float* dst = out + r * s.out_w * c;
+      for (int ox = 0; ox < s.out_w; ++ox)
+        std::memcpy(dst + static_cast<int64_t>(ox) * c, row + static_cast<int64_t>(ox) * sw * c,
+                    sizeof(float) * c);
+    }
+  });
+}
+
 bool PhaseSplitInput(const ConvShape& s, const float* input, float* split, ThreadPool* pool) {
   const ConvShape t = PhaseSplitShape(s);
   const int c = s.in_c, sh = s.stride_h, sw = s.stride_w;

@@ -46,6 +46,25 @@ ConvShape PhaseSplitShape(const ConvShape& s);
 // match stock TFLite's window by window).
 bool PhaseSplitInput(const ConvShape& s, const float* input, float* split, ThreadPool* pool);
 
+// A strided 1x1 conv reads only every stride-th pixel (a 1x1 kernel never
+// pads), so it runs as a stride-1 1x1 conv over that subsample instead of
+// the phase split, which would carry every phase to use one of them.  This
+// also lets it read a planar tensor (ResNet's stage-entry convs, whose input
+// is the previous stage's last ADD).
+inline bool SubsampleApplies(int k_h, int k_w, int stride_h, int stride_w) {
+  return k_h == 1 && k_w == 1 && (stride_h > 1 || stride_w > 1);
+}
+
+// The stride-1 shape over the subsample of a resolved strided 1x1 shape `s`
+// (input map = output map).
+ConvShape SubsampledShape(const ConvShape& s);
+
+// out = pixels (oy * stride_h, ox * stride_w) of `in`: NHWC [b][oy][ox][c],
+// or planar [c][oy][ox] from planar [c][y][x] (batch 1).  No arithmetic, so
+// Inf and NaN travel as they are.
+void SubsampleInput(const ConvShape& s, bool planar, const float* in, float* out,
+                    ThreadPool* pool);
+
 }  // namespace cocopie
 
 #endif  // COCOPIE_CC_KERNELS_PHASE_SPLIT_H_
