@@ -241,8 +241,12 @@ class Partition {
       const bool add = op.kind == OpKind::kAdd;
       // ... and so does a depthwise conv's planar result bound for NHWC.
       const bool dw_out = op.kind == OpKind::kDepthwiseConv2D && op.planar_input && !op.planar_output;
-      if (op.kind == OpKind::kDepthwiseConv2D && op.planar_input)
+      if (op.kind == OpKind::kDepthwiseConv2D && op.planar_input) {
         e.kernel = KernelName(delegate_->kernels, "dwconv2d_planar");
+        // Only the non-zero taps run.
+        e.executed_macs = int64_t(op.shape.batch) * op.shape.out_h * op.shape.out_w *
+                          op.depthwise.tap_begin.back();
+      }
       op.layout_tmp.assign((add && op.planar_input != op.planar_output) || dw_out ? n : 0, 0.f);
       // (Both operands planar into an NHWC output: one buffer, the sum.)
       const bool sum_first = add && op.planar_input && op.planar_input2 && !op.planar_output;

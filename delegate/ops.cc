@@ -302,6 +302,9 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
         plan.use_pattern = BuildPatternPlan(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c,
                                             bias, kMaxGroup, &plan.pattern).empty();
       }
+      // The subsample is for the pattern engine only: the dense kernel runs
+      // the strided shape.
+      plan.subsample = plan.subsample && plan.use_pattern;
       if (!plan.use_pattern) {
         plan.conv = PackConv2D(w.data.f, plan.out_c, plan.k_h, plan.k_w, plan.in_c, bias);
         if (record != nullptr && plan.metadata == "none")

@@ -92,6 +92,12 @@ def test_depthwise_between_planar_tensors_matches(stride, dw_patterns, threads, 
     assert len(dws) == 2
     # Both read a planar expand output; both write planar for the project conv.
     assert all("dwconv2d_planar" in e["kernel"] and e["layout"] == "planar" for e in dws), dws
+    # Executed MACs count only the non-zero taps.
+    for blk, e in enumerate(sorted(dws, key=lambda e: e["node_index"])):
+        k = model.get_layer(f"b{blk}_dw").get_weights()[0]
+        positions = e["dense_macs"] // k.size
+        assert e["executed_macs"] == positions * np.count_nonzero(k)
+        assert (e["executed_macs"] < e["dense_macs"]) == dw_patterns
 
 
 def test_depthwise_batch_two_stays_nhwc():

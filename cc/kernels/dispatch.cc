@@ -244,6 +244,18 @@ void RunDepthwise(const KernelSet* set, const ConvShape& s,
 }
 
 bool DepthwisePlanarApplies(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w) {
+  // Its phase planes hold a band's window span: a huge dilation or stride
+  // would make them gigabytes (and overflow int); such a layer keeps the
+  // NHWC kernel, which allocates nothing.
+  const int64_t rows_off = int64_t(s.k_h - 1) * s.dil_h / std::max(1, s.stride_h);
+  const int64_t cols_off = int64_t(s.k_w - 1) * s.dil_w / std::max(1, s.stride_w);
+  const int64_t phase_floats =
+      int64_t(s.stride_h) * s.stride_w * ((s.out_h + rows_off + 1) * (s.out_w + cols_off) + 32);
+  if (s.stride_h < 1 || s.stride_w < 1 || s.dil_h < 1 || s.dil_w < 1 ||
+      s.stride_h > kMaxDepthwisePlanarStride || s.stride_w > kMaxDepthwisePlanarStride ||
+      rows_off > s.out_h + 64 || cols_off > s.out_w + 64 ||
+      phase_floats > kMaxDepthwisePlanarScratch)
+    return false;
   // Inf/NaN weights keep the NHWC kernel, whose PoisonPaddedTaps gives
   // stock TFLite's products with the padding.
   return set != nullptr && set->depthwise_planar != nullptr && s.batch == 1 &&

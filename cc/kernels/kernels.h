@@ -57,8 +57,11 @@ struct PackedFullyConnected {
 PackedFullyConnected PackFullyConnected(const float* weights, int out, int in,
                                         const float* bias);
 
-// Largest depthwise kernel (k_h * k_w taps) the planar kernel takes.
+// Largest depthwise kernel (k_h * k_w taps), stride and per-thread scratch
+// (floats of phase planes) the planar kernel takes.
 constexpr int kDepthwisePlanarMaxTaps = 64;
+constexpr int kMaxDepthwisePlanarStride = 4;
+constexpr int64_t kMaxDepthwisePlanarScratch = int64_t(4) << 20;
 
 // One planar depthwise conv (batch 1): input [in_c][in_h * in_w], output
 // [out_c][out_h * out_w], both unpadded.  Tasks are (output channel, band of

@@ -182,7 +182,7 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
     s.out_c = s.in_c * s.depth_multiplier;
     s.k_h = s.k_w = trial % 7 == 6 ? 5 : trial % 11 == 10 ? 1 : 3;
     s.k_h = trial % 13 == 12 ? 2 : s.k_h;
-    s.stride_h = pick(1, 3); s.stride_w = trial % 3 == 0 ? s.stride_h : pick(1, 2);
+    s.stride_h = pick(1, 4); s.stride_w = trial % 3 == 0 ? s.stride_h : pick(1, 2);
     s.dil_h = s.dil_w = trial % 4 == 3 ? 2 : 1;
     s.act_min = trial % 2 ? 0.f : -INFINITY;
     s.act_max = trial % 3 == 1 ? 6.f : INFINITY;
@@ -245,6 +245,21 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
   for (const KernelSet* set : UsableSets())
     CHECK(!DepthwisePlanarApplies(set, s, PackDepthwise(w.data(), 2, 3, 3, nullptr)));
   CHECK(!DepthwisePlanarApplies(nullptr, s, PackDepthwise(w.data(), 2, 3, 3, nullptr)));
+  // So are geometries whose phase planes would be huge: a dilation far
+  // beyond the map, a stride beyond kMaxDepthwisePlanarStride.
+  w[3] = 0.5f;
+  const PackedDepthwise finite = PackDepthwise(w.data(), 2, 3, 3, nullptr);
+  for (const KernelSet* set : UsableSets()) {
+    CHECK(DepthwisePlanarApplies(set, s, finite));
+    ConvShape wide = s;
+    wide.dil_h = wide.dil_w = 1 << 20;
+    CHECK(ResolveConvShape(Padding::kSame, &wide).empty());
+    CHECK(!DepthwisePlanarApplies(set, wide, finite));
+    ConvShape strided = s;
+    strided.stride_h = strided.stride_w = kMaxDepthwisePlanarStride + 1;
+    CHECK(ResolveConvShape(Padding::kSame, &strided).empty());
+    CHECK(!DepthwisePlanarApplies(set, strided, finite));
+  }
 }
 
 TEST_CASE(FullyConnectedMatchesReference) {
