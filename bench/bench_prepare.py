@@ -41,6 +41,8 @@ def main():
     cases = [("VGG-16 CIFAR, 8 pat + 3.6x conn", lambda: vgg16(True))]
     if args.resnet50:
         cases.append(("ResNet-50 224, 8 pat + 3.6x conn", lambda: app("ResNet50", 224, True)))
+        cases.append(("ResNet-50 224, 8 pat + 3.6x conn, 1x1 convs 3.6x conn",
+                      lambda: app("ResNet50", 224, True, prune_1x1_convs=True)))
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine_info().items()) + "\n")
     print("| model | claimed | generated layers | code bytes | generation ms (sum) | "
           "Prepare ms, generated | Prepare ms, static |")
