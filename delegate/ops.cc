@@ -256,7 +256,6 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
       if (plan.subsample) geometry.stride_h = geometry.stride_w = 1;  // what runs
       plan.use_pattern = allow_pattern && kernels != nullptr &&
                          PatternKernelApplies(plan.pattern_stats, geometry);
-      plan.subsample = plan.subsample && plan.use_pattern;
       if (allow_pattern && kernels != nullptr && !plan.subsample &&
           PhaseSplitApplies(plan.stride_h, plan.stride_w, plan.dil_h, plan.dil_w)) {
         int kh2, kw2;
