@@ -1,5 +1,6 @@
 #include "delegate/delegate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -38,7 +39,8 @@ TfLiteIntArray* NewIntArray(const std::vector<int>& v) {
 
 // One delegated partition: a run of claimed nodes the runtime replaced with a
 // single delegate node.  Tensors produced and consumed only inside it get no
-// memory from the runtime, so they live in `scratch_`.
+// memory from the runtime, so they live in the partition's own buffers
+// (`slots_`), shared by tensors whose lifetimes do not overlap.
 class Partition {
  public:
   Partition(Delegate* delegate, std::vector<OpPlan> ops, const TfLiteIntArray* outputs)
@@ -48,6 +50,7 @@ class Partition {
 
   TfLiteStatus Prepare(TfLiteContext* ctx) {
     std::unordered_map<int, std::vector<int>> internal_dims;
+    std::unordered_map<int, size_t> internal_floats;
     std::map<int, ReportEntry> entries;
     for (OpPlan& op : ops_) {
       const auto it = internal_dims.find(op.input);
@@ -91,7 +94,7 @@ class Partition {
         }
       } else {
         internal_dims[op.output] = op.output_dims;
-        scratch_[op.output].resize(static_cast<size_t>(n));
+        internal_floats[op.output] = static_cast<size_t>(n);
       }
       op.dw_planar = op.kind == OpKind::kDepthwiseConv2D && delegate_->gpu == nullptr &&
                      DepthwisePlanarApplies(delegate_->kernels, op.shape, op.depthwise);
@@ -143,8 +146,9 @@ class Partition {
         ctx->ReportError(ctx, "cocopie: backend=gpu: %s", why.c_str());
         return kTfLiteError;
       }
-      scratch_.clear();  // internal tensors live on the device
+      // internal tensors live on the device
     } else {
+      ShareInternalBuffers(internal_floats, &entries);
       if (!delegate_->gpu_fallback_reason.empty())
         for (auto& kv : entries) kv.second.gpu_device = "unavailable: " + delegate_->gpu_fallback_reason;
       ChainPatternConvs(&entries);
@@ -480,9 +484,71 @@ class Partition {
 
  private:
   float* Data(TfLiteContext* ctx, int tensor) {
-    const auto it = scratch_.find(tensor);
-    if (it != scratch_.end()) return it->second.data();
+    const auto it = internal_.find(tensor);
+    if (it != internal_.end()) return it->second;
     return ctx->tensors[tensor].data.f;
+  }
+
+  // Gives each internal tensor (floats per tensor in `floats`) a buffer that
+  // it shares with tensors not alive at the same time, as the runtime's own
+  // arena does for the tensors it owns.  A tensor is alive from the op that
+  // writes it to its last reader; an op's output never shares its inputs'
+  // buffer.  One buffer per tensor made MobileNetV2's intermediate tensors
+  // alone about as large as the L3 cache, so every inference fetched the
+  // generated code and the activations from DRAM.
+  void ShareInternalBuffers(const std::unordered_map<int, size_t>& floats,
+                            std::map<int, ReportEntry>* entries) {
+    std::unordered_map<int, size_t> last_read;
+    for (size_t k = 0; k < ops_.size(); ++k) {
+      last_read[ops_[k].input] = k;
+      if (ops_[k].kind == OpKind::kAdd) last_read[ops_[k].input2] = k;
+    }
+    std::vector<size_t> capacity;       // floats per slot
+    std::vector<int> free_slots;        // slots no live tensor holds
+    std::unordered_map<int, int> slot;  // tensor -> slot
+    for (size_t k = 0; k < ops_.size(); ++k) {
+      const auto f = floats.find(ops_[k].output);
+      if (f != floats.end() && !slot.count(f->first)) {
+        // Best fit: the smallest free slot that holds it, else the largest
+        // free one grown, else a new one.
+        int fit = -1, largest = -1;
+        for (int s : free_slots) {
+          if (capacity[s] >= f->second && (fit < 0 || capacity[s] < capacity[fit])) fit = s;
+          if (largest < 0 || capacity[s] > capacity[largest]) largest = s;
+        }
+        int best = fit >= 0 ? fit : largest;
+        if (best < 0) {
+          best = static_cast<int>(capacity.size());
+          capacity.push_back(0);
+        } else {
+          free_slots.erase(std::find(free_slots.begin(), free_slots.end(), best));
+        }
+        capacity[best] = std::max(capacity[best], f->second);
+        slot[f->first] = best;
+      }
+      // Free what this op read for the last time (and its output, if
+      // nothing reads it), now that its output holds a slot.
+      for (int t : {ops_[k].input, ops_[k].kind == OpKind::kAdd ? ops_[k].input2 : -1,
+                    ops_[k].output}) {
+        const auto s = slot.find(t);
+        const auto r = last_read.find(t);
+        const bool done = r == last_read.end() ? t == ops_[k].output : r->second == k;
+        if (s != slot.end() && done &&
+            std::find(free_slots.begin(), free_slots.end(), s->second) == free_slots.end())
+          free_slots.push_back(s->second);
+      }
+    }
+    slots_.assign(capacity.size(), LineFloats());
+    for (size_t s = 0; s < capacity.size(); ++s) slots_[s].assign(capacity[s], 0.f);
+    internal_.clear();
+    for (const auto& kv : slot) internal_[kv.first] = slots_[kv.second].data();
+    for (const OpPlan& op : ops_) {
+      const auto it = slot.find(op.output);
+      if (it == slot.end()) continue;
+      ReportEntry& e = (*entries)[op.node_index];
+      e.buffer_slot = it->second;
+      e.buffer_bytes = static_cast<int64_t>(capacity[it->second] * sizeof(float));
+    }
   }
 
   Delegate* delegate_;
@@ -490,7 +556,8 @@ class Partition {
   std::set<int> outputs_;
   // Line-aligned: generated 1x1 code reads and writes planar tensors here in
   // place, in whole 64-byte lines (docs/engine.md section 21).
-  std::unordered_map<int, LineFloats> scratch_;
+  std::vector<LineFloats> slots_;
+  std::unordered_map<int, float*> internal_;  // internal tensor -> its slot
   bool cache_dirty_ = false;
   std::unique_ptr<GpuPartition> gpu_;  // backend=gpu
 };
@@ -668,7 +735,9 @@ std::string Delegate::ReportJson() {
          ",\"executed_macs\":" + std::to_string(e.executed_macs) +
          ",\"patterns\":" + std::to_string(e.patterns) + ",\"metadata\":\"" +
          JsonEscape(e.metadata) + "\",\"device\":\"" + e.device + "\"";
-    if (e.device == "cpu") s += ",\"layout\":\"" + e.layout + "\"";
+    if (e.device == "cpu")
+      s += ",\"layout\":\"" + e.layout + "\",\"buffer_slot\":" + std::to_string(e.buffer_slot) +
+           ",\"buffer_bytes\":" + std::to_string(e.buffer_bytes);
     if (!e.gpu_device.empty()) s += ",\"gpu_device\":\"" + JsonEscape(e.gpu_device) + "\"";
     if (e.device == "gpu") {
       char buf[64];

@@ -34,6 +34,11 @@ struct ReportEntry {
   // The output's layout on the CPU: "nhwc", "chained" (written into the next
   // pattern conv's padded input) or "planar" (plain CHW planes, dispatch.h).
   std::string layout = "nhwc";
+  // CPU: the partition buffer its output lives in (-1: a tensor the runtime
+  // owns, such as the partition's outputs) and that buffer's size.  Tensors
+  // whose lifetimes do not overlap share a buffer.
+  int buffer_slot = -1;
+  int64_t buffer_bytes = 0;
   // Pattern convs: what runs them ("jit_avx512", "jit_avx2_fma" or the static
   // set's ISA), and for generated code its size, generation time and tile.
   std::string engine;

@@ -150,3 +150,29 @@ def test_non_finite_input_meets_the_pruned_depthwise_taps(stride, last):
             ref = reference_outputs(tfl, [x])[0]
             assert_same_non_finite(run_tflite(it, [x])[0], ref, what=value)
     assert any("dwconv2d_planar" in e["kernel"] for e in it.delegate_report())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_internal_tensors_share_buffers(threads):
+    """Tensors inside a partition whose lifetimes do not overlap share one
+    buffer (a shortcut stays alive across its block; no op writes the buffer
+    it reads): the outputs still match float64 numpy on changing inputs, and
+    the partition holds fewer buffers than tensors."""
+    model, names = _inverted_residual_model(14, 14, 16, 1, True, seed=3)
+    tfl = convert(model)
+    it = lite.Interpreter(model_content=tfl, num_threads=threads, claim="all", tune="off")
+    rng = np.random.default_rng(21)
+    for _ in range(3):
+        x = rng.uniform(-1, 1, (1, 14, 14, 16)).astype(np.float32)
+        assert rel_error(run_tflite(it, [x])[0], _numpy_forward(model, names, x)) <= 1e-5
+    report = it.delegate_report()
+    internal = [e for e in report if e["buffer_slot"] >= 0]
+    # 2 blocks x (expand, depthwise, project, ADD); the head writes the
+    # runtime's output tensor.
+    assert len(internal) == 8, report
+    slots = {e["buffer_slot"]: e["buffer_bytes"] for e in internal}
+    assert len(slots) <= 4, report
+    # A buffer holds the largest tensor given to it: 14 x 14 x 48 floats.
+    assert max(slots.values()) == 14 * 14 * 48 * 4
+    assert [e["buffer_slot"] for e in report if e["op"] == "CONV_2D" and
+            e["node_index"] == max(r["node_index"] for r in report)] == [-1]
