@@ -6,6 +6,7 @@
 #define COCOPIE_CC_KERNELS_KERNELS_H_
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "cc/kernels/pattern_conv.h"
@@ -13,10 +14,23 @@
 
 namespace cocopie {
 
-// Conv filter repacked from OHWI to HWIO so the innermost loop runs over
-// contiguous output channels (vectorises without reassociating sums).
 // True if any of the n floats is Inf or NaN.
 bool AnyNonFinite(const float* x, int64_t n);
+// The same, inline, for the per-ISA kernels to compile with their own vector
+// width.  Exponent bits all ones; bit arithmetic rather than std::isfinite,
+// so it holds under fast-math and vectorises.
+inline bool AnyNonFiniteInline(const float* x, int64_t n) {
+  uint32_t acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    acc |= (bits & 0x7f800000u) + 0x00800000u;  // carries into bit 31 iff exponent is 0xff
+  }
+  return (acc & 0x80000000u) != 0;
+}
+
+// Conv filter repacked from OHWI to HWIO so the innermost loop runs over
+// contiguous output channels (vectorises without reassociating sums).
 
 struct PackedConv {
   int out_c = 0, k_h = 0, k_w = 0, in_c = 0;

@@ -27,17 +27,7 @@ std::vector<uint8_t> NonFiniteTaps(const float* w, int taps, int inner, int out)
 
 }  // namespace
 
-bool AnyNonFinite(const float* x, int64_t n) {
-  // Exponent bits all ones; bit arithmetic rather than std::isfinite, so it
-  // holds under fast-math and vectorises.
-  uint32_t acc = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof bits);
-    acc |= (bits & 0x7f800000u) + 0x00800000u;  // carries into bit 31 iff exponent is 0xff
-  }
-  return (acc & 0x80000000u) != 0;
-}
+bool AnyNonFinite(const float* x, int64_t n) { return AnyNonFiniteInline(x, n); }
 
 PackedConv PackConv2D(const float* filter_ohwi, int out_c, int k_h, int k_w,
                       int in_c, const float* bias) {
