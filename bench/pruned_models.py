@@ -44,3 +44,22 @@ def prune_1x1(model, *, connectivity=3.6):
             layer.set_weights(w)
             n += 1
     return n
+
+
+def prune_depthwise(model, *, num_patterns=8):
+    """Pattern-prunes every 3x3 DepthwiseConv2D of `model` in place: each
+    channel's kernel keeps the 4 taps of its best pattern from the layer's
+    own 8-pattern library (no channel removed). Returns the number of pruned
+    layers."""
+    import keras
+
+    n = 0
+    for layer in model.layers:
+        if type(layer) is keras.layers.DepthwiseConv2D and layer.kernel_size == (3, 3):
+            w = layer.get_weights()
+            k = w[0]  # [3, 3, C, 1]: channel c's kernel is a filter of one input
+            hwio = k.reshape(3, 3, 1, -1)
+            w[0] = prune_kernel(hwio, num_patterns=num_patterns, connectivity=None).reshape(k.shape)
+            layer.set_weights(w)
+            n += 1
+    return n
