@@ -16,10 +16,12 @@ namespace cocopie {
 
 // True if any of the n floats is Inf or NaN.
 bool AnyNonFinite(const float* x, int64_t n);
-// The same, inline, for the per-ISA kernels to compile with their own vector
-// width.  Exponent bits all ones; bit arithmetic rather than std::isfinite,
-// so it holds under fast-math and vectorises.
-inline bool AnyNonFiniteInline(const float* x, int64_t n) {
+// The same, for the per-ISA kernels to compile with their own vector width.
+// `static`: each file keeps its own copy, so the linker can never hand an
+// AVX-512 build of it to a caller on another ISA.  Exponent bits all ones;
+// bit arithmetic rather than std::isfinite, so it holds under fast-math and
+// vectorises.
+static inline bool AnyNonFiniteInline(const float* x, int64_t n) {
   uint32_t acc = 0;
   for (int64_t i = 0; i < n; ++i) {
     uint32_t bits;
