@@ -76,7 +76,7 @@ def _numpy_forward(model, names, x):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dw_patterns", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("size", [(14, 14), (9, 23)])
+@pytest.mark.parametrize("size", [(14, 14), (9, 23), (12, 41)])
 def test_depthwise_between_planar_tensors_matches(stride, dw_patterns, threads, size):
     h, w = size
     model, names = _inverted_residual_model(h, w, 16, stride, dw_patterns)
