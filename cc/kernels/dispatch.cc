@@ -887,24 +887,6 @@ inline uint32_t NonFiniteBits(float v) {
   return bits;
 }
 
-// The OR of NonFiniteBits over n floats.
-inline uint32_t CheckFinite(const float* p, int64_t n) {
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad |= NonFiniteBits(p[i]);
-  return bad;
-}
-
-// dst[i] = src[i] for n floats; returns the OR of the bits of x - x (+0
-// unless some x is Inf or NaN), as the transposes do, so no extra pass.
-inline uint32_t CopyRowCheckFinite(const float* src, float* dst, int n) {
-  uint32_t bad = 0;
-  for (int i = 0; i < n; ++i) {
-    const float v = src[i];
-    bad |= NonFiniteBits(v);
-    dst[i] = v;
-  }
-  return bad;
-}
 
 }  // namespace
 
@@ -994,7 +976,7 @@ uint32_t StoreOutputRows(const KernelSet* set, const ConvShape& s, const Pattern
       const float* src = chw + o * chw_plane + static_cast<int64_t>(oy - row_base) * wp;
       float* dst = p.base + o * p.plane + static_cast<int64_t>(py) * p.wp + p.pad_left;
       if (epilogue_done) {
-        bad |= CopyRowCheckFinite(src, dst, n);
+        bad |= set->copy_non_finite(src, dst, n);
         continue;
       }
       for (int ox = 0; ox < n; ++ox) {
@@ -1036,7 +1018,7 @@ bool PackInputRows(const KernelSet* set, const ConvShape& s, int wp, int64_t pla
       }
     if (planar != nullptr) {
       for (int c = 0; c < s.in_c; ++c)
-        bad |= CopyRowCheckFinite(planar + c * in_plane + static_cast<int64_t>(iy) * s.in_w,
+        bad |= set->copy_non_finite(planar + c * in_plane + static_cast<int64_t>(iy) * s.in_w,
                                   row + c * plane + s.pad_left, nx);
     } else {
       // One input row [x][c] becomes column x of every channel row.
@@ -1215,7 +1197,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
         if (io.planar_input != nullptr) {
           uint32_t bits = 0;
           for (int64_t c = c0; c < c1; ++c)
-            bits |= CopyRowCheckFinite(io.planar_input + c * hw, dst + c * kSmallMapLanes, hw);
+            bits |= set->copy_non_finite(io.planar_input + c * hw, dst + c * kSmallMapLanes, hw);
           bad = bits != 0;
         } else {
           bad = set->transpose(in_b + c0, s.in_c, dst + c0 * kSmallMapLanes, kSmallMapLanes, hw,
@@ -1235,7 +1217,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           float* row = dst + iy * 8;
           if (io.planar_input != nullptr) {
             for (int64_t c = c0; c < c1; ++c)
-              bits |= CopyRowCheckFinite(io.planar_input + (c * s.in_h + iy) * s.in_w,
+              bits |= set->copy_non_finite(io.planar_input + (c * s.in_h + iy) * s.in_w,
                                          row + c * g.map_stride, s.in_w);
           } else {
             bad |= set->transpose(in_b + int64_t(iy) * s.in_w * s.in_c + c0, s.in_c,
@@ -1345,10 +1327,10 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             const bool tail = g.direct_tail > 0 && b1 == num_blocks;
             if (direct_in && t % fb == 0) {
               const int64_t end = tail ? plane : b1 * block_len;
-              uint32_t bad = 0;
+              bool bad = false;
               for (int c = 0; c < s.in_c; ++c)
-                bad |= CheckFinite(jit_in + c * plane + b0 * block_len, end - b0 * block_len);
-              if (bad != 0) non_finite.store(true, std::memory_order_relaxed);
+                bad |= set->any_non_finite(jit_in + c * plane + b0 * block_len, end - b0 * block_len);
+              if (bad) non_finite.store(true, std::memory_order_relaxed);
             }
             // Run() refuses arguments outside the validated buffers; the
             // driver's geometry makes that impossible, so it is a hard bug.

@@ -125,6 +125,12 @@ struct KernelSet {
   // non-zero taps run, so pattern-pruned depthwise filters do 4 of 9.
   void (*depthwise_planar)(const DepthwisePlanarArgs& args, int64_t task_begin,
                            int64_t task_end);
+  // AnyNonFinite in the set's own vectors: the in-place 1x1 convs scan their
+  // whole input with it (the baseline build's loop was half such a layer).
+  bool (*any_non_finite)(const float* x, int64_t n);
+  // dst = src for n floats; true if any was Inf or NaN (planar rows into the
+  // pattern engine's planes and back).
+  bool (*copy_non_finite)(const float* src, float* dst, int64_t n);
 };
 
 // Per-ISA sets (defined in direct_<isa>.cc). AvailableKernelSets() lists the

@@ -1088,6 +1088,34 @@ TEST_CASE(GeneratorRefusesBadInput) {
   }
 }
 
+// Every set's Inf/NaN scan and copy against a scalar check: lengths around
+// the vector widths (the masked tails), a value at each position, -0 and
+// the largest finite floats (finite), an offset start (unaligned).
+TEST_CASE(KernelSetScansAndCopiesNonFinite) {
+  const float specials[] = {INFINITY, -INFINITY, NAN, -NAN};
+  const float finite[] = {-0.f, 3.4028235e38f, -3.4028235e38f, 1.1754944e-38f, 1e-45f};
+  for (const KernelSet* set : UsableSets()) {
+    for (int n = 0; n <= 70; ++n) {
+      std::vector<float> src(n + 3), dst(n + 3, 7.f);
+      for (int i = 0; i < n + 3; ++i) src[i] = finite[i % 5] + 0.25f * i;
+      const float* x = src.data() + 1;  // unaligned start
+      CHECK(!set->any_non_finite(x, n));
+      CHECK(!set->copy_non_finite(x, dst.data() + 1, n));
+      CHECK(dst[0] == 7.f && dst[n + 1] == 7.f);  // nothing outside [0, n) written
+      for (int i = 0; i < n; ++i) CHECK(std::memcmp(&dst[1 + i], &x[i], 4) == 0);
+      for (int i = 0; i < n; ++i)
+        for (float v : specials) {
+          src[1 + i] = v;
+          CHECK(set->any_non_finite(x, n));
+          CHECK(!set->any_non_finite(x, i));  // the value just past the end is not read
+          CHECK(set->copy_non_finite(x, dst.data() + 1, n));
+          CHECK(std::memcmp(&dst[1 + i], &v, 4) == 0);
+          src[1 + i] = finite[(i + 1) % 5] + 0.25f * (i + 1);
+        }
+    }
+  }
+}
+
 TEST_CASE(KernelSetForThisIsa) {
   // The build compiles the set the ISA promises: NEON on AArch64, AVX-512 and
   // AVX2+FMA (next to the generic set) on x86-64, best first.
