@@ -454,6 +454,42 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
   return "";
 }
 
+// "" when a depthwise conv may join a claimed inverted-residual block
+// (claim=auto), else why not.  It joins only between claimed convs (see
+// ChooseClaims): its own kernel is slower than XNNPACK's dense one (16
+// layers of MobileNetV2 224 at 4 of 9 taps: 0.65 ms against 0.44 ms), but
+// with it claimed the block's 1x1 convs read and write planar tensors in
+// place instead of changing layout on both sides, and they are where a
+// pruned MobileNet gains (docs/engine.md section 25: the target model
+// 3.16 -> 2.81 ms at 1 thread on AMD Zen 5, XNNPACK 3.16).  Only the
+// AVX-512 set has the kernel's copy-free paths, and only pattern-pruned
+// filters (at most 5 of 9 taps on average) are cheap enough.
+std::string AnalyzeDepthwise(const TfLiteContext* ctx, const TfLiteNode* node,
+                             const KernelSet* set) {
+  if (set == nullptr || std::string(set->isa) != "avx512")
+    return "depthwise convs join a claimed block on AVX-512 only: TFLite's kernel is faster here";
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  const TfLiteTensor& w = ctx->tensors[node->inputs->data[1]];
+  const auto* p = static_cast<const TfLiteDepthwiseConvParams*>(node->builtin_data);
+  if (in.dims == nullptr || in.dims->size != 4 || NumElements(in) <= 0)
+    return "input shape unknown";
+  ConvShape s;
+  s.batch = Dim(in, 0); s.in_h = Dim(in, 1); s.in_w = Dim(in, 2); s.in_c = Dim(in, 3);
+  s.out_c = Dim(w, 3); s.k_h = Dim(w, 1); s.k_w = Dim(w, 2);
+  s.depth_multiplier = s.out_c / s.in_c;
+  s.stride_h = p->stride_height; s.stride_w = p->stride_width;
+  s.dil_h = p->dilation_height_factor; s.dil_w = p->dilation_width_factor;
+  if (!ResolveConvShape(p->padding == kTfLitePaddingSame ? Padding::kSame : Padding::kValid, &s)
+           .empty())
+    return "invalid geometry";
+  const PackedDepthwise packed = PackDepthwise(w.data.f, s.out_c, s.k_h, s.k_w, nullptr);
+  if (!DepthwisePlanarApplies(set, s, packed))
+    return "the planar depthwise kernel does not take this layer (batch, stride, weights)";
+  const double taps = double(packed.tap_begin.back()) / (double(s.out_c) * s.k_h * s.k_w);
+  if (taps > 5.0 / 9.0) return "not pattern-pruned: TFLite's dense depthwise kernel is faster";
+  return "";
+}
+
 double Predicted(const ConvCost& c, JitIsa jit, bool in_edge, bool out_edge) {
   const int64_t edge = (in_edge ? c.in_elements : 0) + (out_edge ? c.out_elements : 0);
   // Maps too small for generated code run on the static kernels.  A 1x1
@@ -531,6 +567,7 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     }
   }
   std::map<int, ConvCost> convs;  // candidates, by node
+  std::map<int, std::pair<int, int>> depthwise;  // candidates: node -> (input, output)
   std::vector<std::pair<int, std::pair<int, int>>> adds;  // node, operands
   for (int n : supported) {
     TfLiteNode* node = nullptr;
@@ -538,6 +575,15 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk) continue;
     if (reg->builtin_code == kTfLiteBuiltinAdd) {
       adds.push_back({n, {node->inputs->data[0], node->inputs->data[1]}});
+      continue;
+    }
+    if (reg->builtin_code == kTfLiteBuiltinDepthwiseConv2d) {
+      const std::string why = AnalyzeDepthwise(ctx, node, pattern_kernels);
+      if (!why.empty()) {
+        (*why_not)[n] = why;
+        continue;
+      }
+      depthwise[n] = {node->inputs->data[0], node->outputs->data[0]};
       continue;
     }
     if (reg->builtin_code != kTfLiteBuiltinConv2d) {
@@ -560,17 +606,29 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   // Drop convs that do not pay for the layout changes their unclaimed
   // neighbours force, until none does; an ADD is claimed when an operand
   // comes from a claimed conv or ADD (it keeps a residual block planar).
-  std::set<int> claimed_adds;
+  // A depthwise conv is claimed when the conv that writes its input and
+  // every conv that reads its output are (AnalyzeDepthwise).
+  std::set<int> claimed_adds, claimed_dw;
   for (bool changed = true; changed;) {
     changed = false;
     claimed_adds.clear();
+    claimed_dw.clear();
     for (const auto& a : adds)
       for (int t : {a.second.first, a.second.second}) {
         const auto p = producer.find(t);
         if (p != producer.end() && (convs.count(p->second) || claimed_adds.count(p->second)))
           claimed_adds.insert(a.first);
       }
-    const auto claimed = [&](int n) { return convs.count(n) || claimed_adds.count(n); };
+    for (const auto& d : depthwise) {
+      const auto p = producer.find(d.second.first);
+      const std::vector<int>& r = readers[d.second.second];
+      bool bridge = p != producer.end() && convs.count(p->second) && !r.empty();
+      for (int n : r) bridge = bridge && convs.count(n) && !convs[n].split;
+      if (bridge) claimed_dw.insert(d.first);
+    }
+    const auto claimed = [&](int n) {
+      return convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n);
+    };
     // Whether an unclaimed node lies on a path from node a to node b.
     const auto cut = [&](int a, int b) {
       const auto pa = position.find(a), pb = position.find(b);
@@ -607,7 +665,8 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   }
   std::vector<int> out;
   for (int n : supported)
-    if (convs.count(n) || claimed_adds.count(n)) out.push_back(n);
+    if (convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n)) out.push_back(n);
+    else if (depthwise.count(n)) (*why_not)[n] = "no claimed conv on both sides of it";
     else if (!why_not->count(n)) (*why_not)[n] = "no claimed conv next to it";
   return out;
 }

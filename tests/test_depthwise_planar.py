@@ -12,7 +12,7 @@ import pytest
 
 from conftest import (assert_same_non_finite, convert, reference_outputs, rel_error,
                       run_tflite)
-from cocopie_tf import lite
+from cocopie_tf import _cc, lite
 from cocopie_tf import patterns as P
 from test_kernels import np_conv2d
 from test_residual import _prune_1x1
@@ -176,3 +176,62 @@ def test_internal_tensors_share_buffers(threads):
     assert max(slots.values()) == 14 * 14 * 48 * 4
     assert [e["buffer_slot"] for e in report if e["op"] == "CONV_2D" and
             e["node_index"] == max(r["node_index"] for r in report)] == [-1]
+
+
+def _mobilenet_blocks(h, c, seed=0, dw_patterns=True):
+    """Two MobileNetV2 stride-1 blocks at expansion 6 (1x1 convs kept at
+    1/3.6, depthwise filters pattern-pruned or dense): large enough that
+    claim=auto takes the 1x1 convs."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((h, h, c), batch_size=1)
+    x = inp
+    for b in range(2):
+        t = keras.layers.Conv2D(c * 6, 1, activation="relu6", name=f"b{b}_expand")(x)
+        t = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6",
+                                         name=f"b{b}_dw")(t)
+        t = keras.layers.Conv2D(c, 1, name=f"b{b}_project")(t)
+        x = keras.layers.Add()([x, t])
+    model = keras.Model(inp, x)
+    for layer in model.layers:
+        if not layer.name.startswith("b"):
+            continue
+        k, bias = layer.get_weights()
+        if layer.name.endswith("_dw"):
+            if dw_patterns:
+                k = P.prune_kernel(k.reshape(3, 3, 1, -1), connectivity=1.25).reshape(k.shape)
+        else:
+            k = _prune_1x1(k, 3.6, rng)
+        layer.set_weights([k, rng.uniform(-0.5, 0.5, bias.shape).astype(np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("threads,kernel", [(1, None), (2, None), (1, "avx2_fma")])
+def test_claim_auto_bridges_pattern_pruned_depthwise(threads, kernel, capfd):
+    """claim=auto takes a pattern-pruned depthwise conv whose producer and
+    readers are claimed 1x1 convs (so the block stays planar), on CPUs with
+    the AVX-512 set; dense depthwise filters, and other CPUs, stay with
+    TFLite and the verbose log says why. Outputs match stock LiteRT."""
+    if kernel is not None and kernel not in _cc.kernel_choices():
+        pytest.skip(f"no {kernel} kernels on this build and CPU")
+    fast = kernel is None and _cc.default_kernel_set() == "avx512"
+    extra = {} if kernel is None else {"kernel": kernel}
+    for dw_patterns in (True, False):
+        model = _mobilenet_blocks(28, 32, dw_patterns=dw_patterns)
+        tfl = convert(model)
+        x = np.random.default_rng(9).uniform(-1, 1, (1, 28, 28, 32)).astype(np.float32)
+        it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off", verbose=True,
+                              **extra)
+        assert rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0]) <= 1e-5
+        ops = [e["op"] for e in it.delegate_report()]
+        err = capfd.readouterr().err
+        claimed_dw = ops.count("DEPTHWISE_CONV_2D")
+        if dw_patterns and fast:
+            assert claimed_dw == 2, (ops, err)
+            assert ops.count("CONV_2D") == 4 and ops.count("ADD") == 2, ops
+        else:
+            assert claimed_dw == 0, (ops, err)
+            want = "not pattern-pruned" if fast else "AVX-512 only"
+            assert want in err, err
