@@ -738,6 +738,13 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
     // Banded code reads a band buffer: its channel stride and sizes.
     if (!g.direct) band = BandFor(s, g, tuning, JitLanes(isa) * vectors);
     const bool banded = band.rows > 0;
+    // A direct 1x1 conv's code checks the input it loads for Inf and NaN,
+    // where the generator can and the registers allow the tuned M: its
+    // separate scan was a second pass over the input (56x56x144->24: 0.049
+    // -> 0.035 ms without it, docs/engine.md section 25).
+    const bool check_input =
+        g.direct && JitChecksInput(isa) &&
+        (tuning.jit_filters == 0 || tuning.jit_filters <= JitMaxFilters(isa, vectors, true));
     JitLayout layout;
     why = BuildJitLayout(plan, taps.data(), banded ? band.plane : g.plane,
                          static_cast<int64_t>(banded ? band.input_size : g.input_size),
@@ -745,7 +752,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
                          : g.direct ? g.plane
                                     : static_cast<int64_t>(g.num_blocks) * g.block_len,
                          isa, tuning.jit_filters, vectors, tuning.jit_reorder, tuning.jit_segment,
-                         s.act_min, s.act_max, &layout);
+                         s.act_min, s.act_max, &layout, check_input);
     if (why.empty()) {
       std::unique_ptr<JitKernel> k = JitKernel::Generate(layout, &why);
       scratch->jit = std::move(k);
@@ -1312,6 +1319,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
         const int64_t out_size = direct_out ? s.out_c * out_plane
                                             : static_cast<int64_t>(scratch->output.size());
         const uint64_t call = NextCall();
+        const bool checked = jit->layout().check_input;
         ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) {
             // A block's code comes from L3 or DRAM the first time this
@@ -1321,24 +1329,32 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             if (t + 1 < t1) TouchBlockOnce(jit, int((t + 1) % fb), call);
             const int64_t b0 = (t / fb) * blocks_per_task;
             const int64_t b1 = std::min<int64_t>(num_blocks, b0 + blocks_per_task);
-            // Nothing packed the input, so nothing checked it yet: the task
-            // of a range's first filter block scans the range's columns (and
-            // so brings them into this core's caches for the code).
+            // Nothing packed the input, so nothing checked it yet.  Code
+            // that checks its own loads leaves only the channels no filter
+            // reads; otherwise the task of a range's first filter block scans
+            // the range's columns.
             const bool tail = g.direct_tail > 0 && b1 == num_blocks;
             if (direct_in && t % fb == 0) {
               const int64_t end = tail ? plane : b1 * block_len;
               bool bad = false;
-              for (int c = 0; c < s.in_c; ++c)
+              const auto scan = [&](int c) {
                 bad |= set->any_non_finite(jit_in + c * plane + b0 * block_len, end - b0 * block_len);
+              };
+              if (checked)
+                for (int32_t c : jit->layout().unread_channels) scan(c);
+              else
+                for (int c = 0; c < s.in_c; ++c) scan(c);
               if (bad) non_finite.store(true, std::memory_order_relaxed);
             }
             // Run() refuses arguments outside the validated buffers; the
             // driver's geometry makes that impossible, so it is a hard bug.
+            bool loaded_non_finite = false;
             if (!jit->Run(static_cast<int>(t % fb), jit_in, in_size, jit_out, out_size,
-                          b0 * block_len, (b1 - b0) * block_len / tile) ||
+                          b0 * block_len, (b1 - b0) * block_len / tile, &loaded_non_finite) ||
                 (tail && !jit->Run(static_cast<int>(t % fb), jit_in, in_size, jit_out, out_size,
-                                   plane - tile, 1)))
+                                   plane - tile, 1, &loaded_non_finite)))
               std::abort();
+            if (loaded_non_finite && direct_in) non_finite.store(true, std::memory_order_relaxed);
           }
         });
         // PropagateNonFinite reads the padded input.

@@ -1,6 +1,7 @@
 // The ISA-neutral half of JitKernel: the bounds check on every call, and the
 // stand-in for builds without a generator (then the static kernels run).
 #include <algorithm>
+#include <cstring>
 
 #include "cc/kernels/jit_pattern.h"
 
@@ -46,7 +47,8 @@ void JitKernel::Adopt(const JitLayout& layout, const uint8_t* code, size_t code_
 }
 
 bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* output,
-                    int64_t output_floats, int64_t start, int64_t tiles) const {
+                    int64_t output_floats, int64_t start, int64_t tiles,
+                    bool* non_finite) const {
   const JitLayout& L = layout_;
   if (block < 0 || block >= num_blocks() || start < 0 || tiles < 0) return false;
   // No product can wrap: start and tiles are first bounded by the plane.
@@ -55,8 +57,19 @@ bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* 
   if (input_floats < L.input_floats || end + L.max_column_offset > L.input_floats ||
       end > L.out_plane || block_rows_[block] * L.out_plane > output_floats)
     return false;
+  if (L.check_input && non_finite == nullptr) return false;
   if (tiles == 0) return true;
-  entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles);
+  alignas(64) float flag[16] = {};
+  entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles, flag);
+  if (L.check_input) {
+    uint32_t bits = 0;  // lanes of x - x: +0 unless some x was Inf or NaN
+    for (int i = 0; i < L.lanes; ++i) {
+      uint32_t b;
+      std::memcpy(&b, &flag[i], sizeof b);
+      bits |= b;
+    }
+    if (bits != 0) *non_finite = true;
+  }
   return true;
 }
 

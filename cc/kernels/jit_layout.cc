@@ -42,16 +42,20 @@ int JitLanes(JitIsa isa) {
   }
 }
 
-int JitMaxFilters(JitIsa isa, int vectors) {
+int JitMaxFilters(JitIsa isa, int vectors, bool check_input) {
   if (vectors < 1 || vectors > 4) return 0;
   // Registers: M*V accumulators + V inputs + one broadcast register, except
   // AVX-512 with V = 1, whose FMAs take the weight as an embedded broadcast.
   // NEON: the register is a quad of 4 weights, FMLA by element picks one.
-  if (isa == JitIsa::kAvx512) return vectors == 1 ? 31 : (31 - vectors) / vectors;
-  if (isa == JitIsa::kAvx2) return (15 - vectors) / vectors;
-  if (isa == JitIsa::kNeon) return (31 - vectors) / vectors;
+  // The input check: a temporary and the flag.
+  const int check = check_input ? 2 : 0;
+  if (isa == JitIsa::kAvx512) return vectors == 1 ? 31 - check : (31 - vectors - check) / vectors;
+  if (isa == JitIsa::kAvx2) return (15 - vectors - check) / vectors;
+  if (isa == JitIsa::kNeon) return check_input ? 0 : (31 - vectors) / vectors;
   return 0;
 }
+
+bool JitChecksInput(JitIsa isa) { return isa == JitIsa::kAvx512 || isa == JitIsa::kAvx2; }
 
 int JitTunedMaxFilters(JitIsa isa, int vectors) {
   const int m = JitMaxFilters(isa, vectors);
@@ -144,12 +148,17 @@ std::vector<JitSegment> JitSegments(const JitBlock& b) {
 std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
-                           int segment_uses, float act_min, float act_max, JitLayout* layout) {
+                           int segment_uses, float act_min, float act_max, JitLayout* layout,
+                           bool check_input) {
   if (JitLanes(isa) == 0) return "no code generator for this ISA";
+  if (check_input && !JitChecksInput(isa)) return "this ISA's generator cannot check its input";
   if (vectors == 0) vectors = 1;
-  const int max_m = JitMaxFilters(isa, vectors);
+  const int max_m = JitMaxFilters(isa, vectors, check_input);
   if (max_m == 0) return "jit_vectors must be 1..4";
-  if (filters == 0) filters = isa == JitIsa::kAvx512 ? std::min(28, max_m) : max_m;
+  // AVX-512, V = 1: 28 filters leave zmm30-31 to the shifted column loads
+  // (jit_x86.cc), 27 with the input check's two registers.
+  if (filters == 0)
+    filters = isa == JitIsa::kAvx512 ? std::min(check_input ? 27 : 28, max_m) : max_m;
   if (filters < 1 || filters > max_m)
     return "jit_filters must be 1.." + std::to_string(max_m) + " with jit_vectors=" +
            std::to_string(vectors);
@@ -177,6 +186,7 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   L.input_floats = input_floats;
   L.act_min = act_min;
   L.act_max = act_max;
+  L.check_input = check_input;
   L.segment_uses = segment_uses == 0  ? kJitSegmentUses
                    : segment_uses < 0 ? std::numeric_limits<int64_t>::max()
                                       : segment_uses;
@@ -221,6 +231,7 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   }
   if (w != p.fkw_weights.size()) return "FKW weights longer than the kernels";
 
+  std::vector<char> column_checked(static_cast<size_t>(p.in_c) * taps, 0);
   for (const std::vector<int>& members : BlockFilters(cols, p.in_c * taps, filters,
                                                       reorder_filters)) {
     JitBlock b;
@@ -251,6 +262,8 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
           static_cast<int64_t>(all[i].column / taps) * channel_stride + tap_offset[all[i].column % taps];
       b.column_offset.push_back(off);
       b.column_uses.push_back(static_cast<int32_t>(j - i));
+      if (check_input) b.column_check.push_back(!column_checked[all[i].column]);
+      column_checked[all[i].column] = 1;
       L.max_column_offset = std::max(L.max_column_offset, off);
       i = j;
     }
@@ -292,6 +305,11 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
     L.columns += static_cast<int64_t>(b.column_offset.size());
     L.blocks.push_back(std::move(b));
   }
+  std::vector<char> read(p.in_c, 0);
+  for (const std::vector<int32_t>& fc : cols)
+    for (int32_t col : fc) read[col / taps] = 1;
+  for (int c = 0; c < p.in_c; ++c)
+    if (!read[c]) L.unread_channels.push_back(c);
   std::vector<char> seen(p.out_c, 0);
   for (const JitBlock& b : L.blocks)
     for (int32_t o : b.out_channel) {

@@ -57,8 +57,12 @@ bool JitCompiled();
 // Register-file limits per ISA: lanes per vector and the tile sizes allowed.
 int JitLanes(JitIsa isa);
 // Largest M for a given V (accumulators + inputs + a broadcast register must
-// fit the register file); 0 when V itself is not allowed.
-int JitMaxFilters(JitIsa isa, int vectors);
+// fit the register file); 0 when V itself is not allowed.  `check_input`
+// (JitLayout::check_input) takes two more registers.
+int JitMaxFilters(JitIsa isa, int vectors, bool check_input = false);
+// Whether this build's generator for `isa` can check the input it loads for
+// Inf and NaN (JitLayout::check_input): x86-64, not NEON yet.
+bool JitChecksInput(JitIsa isa);
 // The largest M the tuner tries: on AVX-512 with V = 1, 29, which leaves
 // zmm30-31 to the shifted column loads (jit_x86.cc; worth more than two more
 // filters per block).
@@ -71,6 +75,10 @@ struct JitBlock {
   // position, channel stride and tap offset applied) and its uses.
   std::vector<int64_t> column_offset;
   std::vector<int32_t> column_uses;  // uses per column
+  // With JitLayout::check_input, per column: 1 where this block checks it
+  // (the first block that reads it, so each input vector is checked once
+  // per call); empty without.
+  std::vector<uint8_t> column_check;
   std::vector<uint8_t> use_slot;     // per use: the filter slot it feeds
   // Per use, in consumption order; then per slot its bias; then the
   // activation's lower and upper bound (the epilogue reads them from here).
@@ -111,6 +119,16 @@ struct JitLayout {
   std::vector<JitBlock> blocks;
   int64_t uses = 0, columns = 0, segments = 0;  // totals, for reports
   int64_t max_segment_planes = 0;  // most input planes one code segment reads
+  // The code ORs x - x of the input vectors it loads into a flag (+0 unless
+  // some value was Inf or NaN) and stores it at its fifth argument: an
+  // in-place 1x1 conv then needs no separate pass over its input
+  // (docs/engine.md section 25).  Each column is checked by the first block
+  // that reads it (JitBlock::column_check), so the blocks of a call together
+  // cover every input channel some filter reads; `unread_channels` lists the
+  // others (their Inf/NaN still reaches every output through a zero weight,
+  // so the driver scans them).
+  bool check_input = false;
+  std::vector<int32_t> unread_channels;
   int TileLen() const { return lanes * vectors; }
 };
 
@@ -120,13 +138,15 @@ struct JitLayout {
 // buffer's size, `out_plane` the output's channel stride.  M and V of 0 pick
 // defaults.  `reorder_filters` groups filters by shared columns (off: the
 // plan's order, for the ablation).  `segment_uses` as
-// PatternTuning::jit_segment.  Returns "" or why the layer cannot be
+// PatternTuning::jit_segment.  `check_input` as JitLayout's (the default M
+// then leaves its registers free).  Returns "" or why the layer cannot be
 // generated (then the static kernels run it).
 // The output is plan.bias added and clamped to [act_min, act_max].
 std::string BuildJitLayout(const PatternPlan& plan, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
-                           int segment_uses, float act_min, float act_max, JitLayout* layout);
+                           int segment_uses, float act_min, float act_max, JitLayout* layout,
+                           bool check_input = false);
 
 class JitKernel {
  public:
@@ -139,9 +159,11 @@ class JitKernel {
   // Filter block `block` over `tiles` tiles of positions starting at
   // flattened position `start` (any position; the driver uses block starts).  Returns false
   // without running anything if the arguments would leave the buffers the
-  // layout was validated for.
+  // layout was validated for.  With layout().check_input, sets *non_finite
+  // when an input vector the code loaded held an Inf or NaN (and needs it).
   bool Run(int block, const float* input, int64_t input_floats, float* output,
-           int64_t output_floats, int64_t start, int64_t tiles) const;
+           int64_t output_floats, int64_t start, int64_t tiles,
+           bool* non_finite = nullptr) const;
 
   int num_blocks() const { return static_cast<int>(entries_.size()); }
   // Where block `block`'s code lies (each thread reads it in as data before
@@ -161,7 +183,8 @@ class JitKernel {
              const std::vector<size_t>& block_starts, std::chrono::steady_clock::time_point t0);
   JitLayout layout_;
   std::unique_ptr<Code> code_;
-  using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles);
+  // `flag`: 16 floats the code stores its input check to (check_input).
+  using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles, float* flag);
   std::vector<Fn> entries_;
   std::vector<int64_t> block_rows_;  // per block: 1 + its largest output channel
   std::vector<size_t> block_code_bytes_;

@@ -3,7 +3,8 @@
 // Generate() says so and the static kernels run.
 //
 // Emitted per filter block, System V ABI:
-//   void block(const float* in, const float* w, float* out, int64_t tiles)
+//   void block(const float* in, const float* w, float* out, int64_t tiles,
+//              float* flag)
 //   for each code segment (jit_pattern.h), for each of `tiles` tiles of
 //   V*lanes positions (r9 counts, r10/r11 walk in and out):
 //     first segment: zero the M x V accumulators; else load them from out
@@ -16,7 +17,9 @@
 //     last segment: + bias, clamp
 //     store the accumulators to out + out_channel * out_plane
 //     in += V*lanes; out += V*lanes
-// The weight pointer r8 walks the block's weights in consumption order and
+//   check_input: every input vector loaded is also subtracted from itself
+//   and ORed into a flag register, stored to `flag` at the end.
+// The weight pointer rax walks the block's weights in consumption order and
 // is bumped only when the next weight leaves the short displacement range,
 // so an FMA is 7 bytes (EVEX, disp8*4) or 5-6 (VEX).
 #include <algorithm>
@@ -53,7 +56,10 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     // stays inside the proved reads (<= max_column_offset + 16).  Aligned
     // means relative to the tile's start, which is a whole line into
     // line-aligned buffers (LineFloats).
-    const bool shifted = embedded && acc_base + slots <= 30;
+    // The input check's temporary and flag follow the accumulators.
+    const int check_tmp = acc_base + slots * V, check_flag = check_tmp + 1;
+    const bool check = lay.check_input;
+    const bool shifted = embedded && acc_base + slots + (check ? 2 : 0) <= 30;
     // Weight displacement window: disp8 scaled by 4 for EVEX, bytes for VEX.
     const int64_t reach = avx512 ? 128 : 32;  // floats either side of r8
     auto vec = [&](int i) -> Xmm {
@@ -66,10 +72,21 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
                                   v * vec_bytes);
     };
     // Arguments stay put; each segment walks the tiles with its own cursors.
-    const Reg64 in0 = rdi, w = rsi, out0 = rdx, tiles = rcx;
-    const Reg64 wp = r8, left = r9, in = r10, out = r11;
+    const Reg64 in0 = rdi, w = rsi, out0 = rdx, tiles = rcx, flag = r8;
+    const Reg64 wp = rax, left = r9, in = r10, out = r11;
+    // x - x is +0 unless x is Inf or NaN; OR it into the flag.
+    auto check_vec = [&](int reg) {
+      if (!check) return;
+      vsubps(vec(check_tmp), vec(reg), vec(reg));
+      if (avx512) vpord(Zmm(check_flag), Zmm(check_flag), Zmm(check_tmp));
+      else vorps(vec(check_flag), vec(check_flag), vec(check_tmp));
+    };
 
     Label done;
+    if (check) {
+      if (avx512) vpxord(Zmm(check_flag), Zmm(check_flag), Zmm(check_flag));
+      else vxorps(vec(check_flag), vec(check_flag), vec(check_flag));
+    }
     test(tiles, tiles);
     jz(done, T_NEAR);
     for (const JitSegment& sg : JitSegments(b)) {
@@ -118,6 +135,8 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
         } else {
           for (int v = 0; v < V; ++v) vmovups(vec(v), ptr[in + static_cast<int32_t>(off + v * vec_bytes)]);
         }
+        if (check && b.column_check[c])
+          for (int v = 0; v < V; ++v) check_vec(v);
         for (int32_t k = 0; k < b.column_uses[c]; ++k, ++u) {
           const int64_t idx = static_cast<int64_t>(u);
           if (idx - base >= reach) {  // re-centre: the next `2 * reach` weights are near
@@ -144,6 +163,7 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       jnz(loop, T_NEAR);
     }
     L(done);
+    if (check) vmovups(ptr[flag], vec(check_flag));
     vzeroupper();
     ret();
   }
@@ -181,12 +201,29 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     *error = "no x86 code generator for this ISA";
     return nullptr;
   }
+  // The register tile, the input registers and the check's two must fit
+  // (BuildJitLayout keeps M there; a layout from elsewhere is checked too).
+  const bool embedded = layout.isa == JitIsa::kAvx512 && layout.vectors == 1;
+  const int registers = layout.isa == JitIsa::kAvx512 ? 32 : 16;
+  for (const JitBlock& b : layout.blocks)
+    if (layout.vectors < 1 || layout.vectors > 4 ||
+        layout.vectors + (embedded ? 0 : 1) + static_cast<int>(b.out_channel.size()) * layout.vectors +
+                (layout.check_input ? 2 : 0) >
+            registers) {
+      *error = "register tile does not fit the register file";
+      return nullptr;
+    }
+  for (const JitBlock& b : layout.blocks)
+    if (layout.check_input && b.column_check.size() != b.column_offset.size()) {
+      *error = "input check flags do not match the columns";
+      return nullptr;
+    }
   const auto t0 = std::chrono::steady_clock::now();
   // Upper bound on the code: every instruction is at most 15 bytes.
   size_t instructions = 0;
   for (const JitBlock& b : layout.blocks)
     instructions += 32 + b.segment_begin.size() * (24 + b.out_channel.size() * layout.vectors * 2) +
-                    b.column_offset.size() * layout.vectors +
+                    b.column_offset.size() * layout.vectors * (layout.check_input ? 5 : 1) +
                     b.weights.size() * (layout.vectors + 2) +
                     b.out_channel.size() * (3 * layout.vectors + 1) + 2;
   // A layer this large (about 30 M kept weights) would need hundreds of MB

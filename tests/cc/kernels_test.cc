@@ -871,7 +871,7 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
   const KernelSet* set = SelectKernelSet("auto", &err);
   std::mt19937 rng(23);
   const int maps[][2] = {{8, 8}, {9, 9}, {4, 4}, {5, 7}, {3, 5}, {14, 14}};
-  int in_place_runs = 0;
+  int in_place_runs = 0, checked_runs = 0;
   for (const auto& hw : maps) {
     ConvShape s;
     s.in_h = hw[0]; s.in_w = hw[1]; s.in_c = 37; s.out_c = 19; s.k_h = s.k_w = 1;
@@ -880,15 +880,25 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
     auto w = Random(size_t(s.out_c) * s.in_c, &rng);
     for (float& v : w)
       if (rng() % 3 != 0) v = 0.f;
+    const int unread = 5;  // no filter reads this channel (JitLayout::unread_channels)
+    for (int o = 0; o < s.out_c; ++o) w[size_t(o) * s.in_c + unread] = 0.f;
     const auto b = Random(s.out_c, &rng);
     PatternPlan plan;
     CHECK(BuildPatternPlan(w.data(), s.out_c, 1, 1, s.in_c, b.data(), 4, &plan).empty());
     const int64_t n_in = int64_t(s.in_h) * s.in_w * s.in_c, n_out = int64_t(s.out_h) * s.out_w * s.out_c;
-    for (bool poison : {false, true}) {
+    // 0: finite; 1: an Inf and a NaN; 2: one Inf at a random position of a
+    // channel filters read (the code's own check must see it); 3: one NaN
+    // in the unread channel (the driver's scan).
+    for (int poison : {0, 1, 2, 3}) {
       auto in = Random(size_t(n_in), &rng);
-      if (poison) {
+      const int64_t pixel = int64_t(rng() % uint32_t(s.in_h * s.in_w));
+      if (poison == 1) {
         in[size_t(n_in / 3)] = INFINITY;
         in[size_t(n_in / 2 + 1)] = NAN;
+      } else if (poison == 2) {
+        in[size_t(pixel * s.in_c + (unread + 1 + rng() % (s.in_c - 1)) % s.in_c)] = -INFINITY;
+      } else if (poison == 3) {
+        in[size_t(pixel * s.in_c + unread)] = NAN;
       }
       std::vector<float> ref(static_cast<size_t>(n_out));
       Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
@@ -910,7 +920,7 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
                 CHECK(ds.geometry.direct == fits && !cs.geometry.direct);
                 CHECK(ds.band.rows == 0);
                 const std::vector<float> expect = RunThroughPlanes(set, s, plan, &cs, &pool, copies, in);
-                if (!poison) CHECK(RelError(expect, ref) <= 1e-5);
+                if (poison == 0) CHECK(RelError(expect, ref) <= 1e-5);
                 for (int sides : {1, 2, 3}) {  // planar input, output, both
                   std::vector<float> pin(static_cast<size_t>(n_in)), pout(static_cast<size_t>(n_out), NAN),
                       nhwc(static_cast<size_t>(n_out), NAN), back(static_cast<size_t>(n_out));
@@ -925,11 +935,16 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
                     CHECK(SameOrBothNan(back, expect));
                   }
                   in_place_runs += ds.geometry.direct;
+                  checked_runs += ds.jit != nullptr && ds.jit->layout().check_input;
                 }
               }
     }
   }
   CHECK(JitIsas().empty() || in_place_runs > 0);
+  // The code checks its own loads on x86 (JitChecksInput), at M = 1 here.
+  bool checks = false;
+  for (JitIsa isa : JitIsas()) checks |= JitChecksInput(isa);
+  CHECK(!checks || checked_runs > 0);
 }
 
 // Column offsets beyond every immediate form: input planes 24 MB apart (odd
@@ -1002,6 +1017,32 @@ TEST_CASE(GeneratorRefusesBadInput) {
   CHECK(build(plan, JitIsa::kNone, 0, 0, in_floats) == "no code generator for this ISA");
   CHECK(build(plan, JitIsa::kAvx2, 15, 1, in_floats).find("jit_filters must be 1..14") == 0);
   CHECK(build(plan, JitIsa::kAvx512, 0, 5, in_floats) == "jit_vectors must be 1..4");
+  // The input check's two registers lower M; NEON's generator has no check.
+  CHECK(BuildJitLayout(plan, taps.data(), plane, in_floats, out_plane, JitIsa::kAvx2, 13, 1, true,
+                       0, -INFINITY, INFINITY, &layout, true)
+            .find("jit_filters must be 1..12") == 0);
+  CHECK(BuildJitLayout(plan, taps.data(), plane, in_floats, out_plane, JitIsa::kNeon, 0, 1, true,
+                       0, -INFINITY, INFINITY, &layout, true) ==
+        "this ISA's generator cannot check its input");
+  if (JitCompiled() && (native == JitIsa::kAvx512 || native == JitIsa::kAvx2)) {
+    // A layout whose tile leaves no room for the check (changed after it
+    // was built) is refused by the generator, not emitted.
+    const int v = native == JitIsa::kAvx512 ? 2 : 1;  // AVX-512, V = 1: 20 filters fit
+    CHECK(BuildJitLayout(plan, taps.data(), plane, in_floats, out_plane, native,
+                         JitMaxFilters(native, v, true), v, true, 0, -INFINITY, INFINITY, &layout,
+                         true).empty());
+    std::string err;
+    CHECK(JitKernel::Generate(layout, &err) != nullptr);
+    CHECK(build(plan, native, JitMaxFilters(native, v), v, in_floats).empty());
+    layout.check_input = true;
+    CHECK(JitKernel::Generate(layout, &err) == nullptr);
+    CHECK(err == "register tile does not fit the register file");
+    // ... and one without the per-column check flags.
+    CHECK(build(plan, native, 1, 1, in_floats).empty());
+    layout.check_input = true;
+    CHECK(JitKernel::Generate(layout, &err) == nullptr);
+    CHECK(err == "input check flags do not match the columns");
+  }
   CHECK(build(plan, JitIsa::kAvx512, 0, 0, plane * (ic - 1)) == "input buffer too small for one tile");
   {
     PatternPlan p = plan;
