@@ -1157,6 +1157,37 @@ TEST_CASE(KernelSetScansAndCopiesNonFinite) {
   }
 }
 
+// Every set's transpose against index arithmetic: sizes around the 8 x 8
+// and 16 x 16 blocks, destinations line-aligned with whole-line strides (the
+// AVX-512 16 x 16 path) and one float off (the 8 x 8 path), nothing written
+// outside the transposed cells, and an Inf or NaN anywhere reported.
+TEST_CASE(KernelSetTransposesMatchIndexing) {
+  std::mt19937 rng(31);
+  for (const KernelSet* set : UsableSets())
+    for (int rows : {1, 7, 8, 15, 16, 17, 32, 40})
+      for (int cols : {1, 8, 9, 16, 31, 33})
+        for (int offset : {0, 1}) {
+          const int64_t ss = cols + 3, ds = (rows + 15) / 16 * 16 + 16;
+          std::vector<float> src(size_t(rows) * ss);
+          for (float& v : src) v = float(rng() % 1000) - 500.f;
+          LineFloats buf(size_t(cols) * ds + 32, -7.f);
+          float* dst = buf.data() + 16 + offset;
+          CHECK(!set->transpose(src.data(), ss, dst, ds, rows, cols));
+          for (int j = 0; j < cols; ++j)
+            for (int64_t i = -offset; i < ds - offset - 16; ++i) {
+              const float want = i >= 0 && i < rows ? src[size_t(i * ss + j)] : -7.f;
+              CHECK(dst[j * ds + i] == want);
+            }
+          for (int k = 0; k < 3; ++k) {
+            const int i = int(rng() % rows), j = int(rng() % cols);
+            const float keep = src[size_t(i * ss + j)];
+            src[size_t(i * ss + j)] = k == 0 ? INFINITY : k == 1 ? -INFINITY : NAN;
+            CHECK(set->transpose(src.data(), ss, dst, ds, rows, cols));
+            src[size_t(i * ss + j)] = keep;
+          }
+        }
+}
+
 TEST_CASE(KernelSetForThisIsa) {
   // The build compiles the set the ISA promises: NEON on AArch64, AVX-512 and
   // AVX2+FMA (next to the generic set) on x86-64, best first.
