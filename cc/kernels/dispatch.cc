@@ -894,7 +894,6 @@ inline uint32_t NonFiniteBits(float v) {
   return bits;
 }
 
-
 }  // namespace
 
 namespace {
@@ -1026,7 +1025,7 @@ bool PackInputRows(const KernelSet* set, const ConvShape& s, int wp, int64_t pla
     if (planar != nullptr) {
       for (int c = 0; c < s.in_c; ++c)
         bad |= set->copy_non_finite(planar + c * in_plane + static_cast<int64_t>(iy) * s.in_w,
-                                  row + c * plane + s.pad_left, nx);
+                                    row + c * plane + s.pad_left, nx);
     } else {
       // One input row [x][c] becomes column x of every channel row.
       tbad |= set->transpose(nhwc + static_cast<int64_t>(iy) * s.in_w * s.in_c, s.in_c,
@@ -1225,7 +1224,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           if (io.planar_input != nullptr) {
             for (int64_t c = c0; c < c1; ++c)
               bits |= set->copy_non_finite(io.planar_input + (c * s.in_h + iy) * s.in_w,
-                                         row + c * g.map_stride, s.in_w);
+                                           row + c * g.map_stride, s.in_w);
           } else {
             bad |= set->transpose(in_b + int64_t(iy) * s.in_w * s.in_c + c0, s.in_c,
                                   row + c0 * g.map_stride, g.map_stride, s.in_w,

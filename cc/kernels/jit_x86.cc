@@ -12,7 +12,7 @@
 //       offset (constant displacement; AVX-512 V=1: a window that crosses a
 //       cache line is a valignd of two line-aligned loads kept in zmm30-31
 //       for the row's next columns), then per use: AVX-512 V=1: one FMA
-//       with the weight as an embedded broadcast ([r8 + disp]{1to16});
+//       with the weight as an embedded broadcast ([rax + disp]{1to16});
 //       otherwise one broadcast into a register and V FMAs
 //     last segment: + bias, clamp
 //     store the accumulators to out + out_channel * out_plane
@@ -61,7 +61,7 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     const bool check = lay.check_input;
     const bool shifted = embedded && acc_base + slots + (check ? 2 : 0) <= 30;
     // Weight displacement window: disp8 scaled by 4 for EVEX, bytes for VEX.
-    const int64_t reach = avx512 ? 128 : 32;  // floats either side of r8
+    const int64_t reach = avx512 ? 128 : 32;  // floats either side of wp
     auto vec = [&](int i) -> Xmm {
       if (avx512) return Zmm(i);
       return Ymm(i);
@@ -203,13 +203,9 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
   }
   // The register tile, the input registers and the check's two must fit
   // (BuildJitLayout keeps M there; a layout from elsewhere is checked too).
-  const bool embedded = layout.isa == JitIsa::kAvx512 && layout.vectors == 1;
-  const int registers = layout.isa == JitIsa::kAvx512 ? 32 : 16;
+  const int max_m = JitMaxFilters(layout.isa, layout.vectors, layout.check_input);
   for (const JitBlock& b : layout.blocks)
-    if (layout.vectors < 1 || layout.vectors > 4 ||
-        layout.vectors + (embedded ? 0 : 1) + static_cast<int>(b.out_channel.size()) * layout.vectors +
-                (layout.check_input ? 2 : 0) >
-            registers) {
+    if (max_m == 0 || static_cast<int>(b.out_channel.size()) > max_m) {
       *error = "register tile does not fit the register file";
       return nullptr;
     }
