@@ -619,10 +619,15 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
         if (p != producer.end() && (convs.count(p->second) || claimed_adds.count(p->second)))
           claimed_adds.insert(a.first);
       }
+    // Its input read by it alone: another reader would keep that tensor
+    // NHWC, and the depthwise conv would run the slower NHWC kernel.  (The
+    // cost model does not charge for the depthwise conv itself: section 25
+    // of docs/engine.md measured the blocks as a whole.)
     for (const auto& d : depthwise) {
       const auto p = producer.find(d.second.first);
       const std::vector<int>& r = readers[d.second.second];
-      bool bridge = p != producer.end() && convs.count(p->second) && !r.empty();
+      bool bridge = p != producer.end() && convs.count(p->second) && !r.empty() &&
+                    readers[d.second.first].size() == 1;
       for (int n : r) bridge = bridge && convs.count(n) && !convs[n].split;
       if (bridge) claimed_dw.insert(d.first);
     }
@@ -666,7 +671,9 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   std::vector<int> out;
   for (int n : supported)
     if (convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n)) out.push_back(n);
-    else if (depthwise.count(n)) (*why_not)[n] = "no claimed conv on both sides of it";
+    else if (depthwise.count(n))
+      (*why_not)[n] = "not between claimed convs (its input from a claimed conv and read by it "
+                      "alone, its output read only by claimed convs)";
     else if (!why_not->count(n)) (*why_not)[n] = "no claimed conv next to it";
   return out;
 }

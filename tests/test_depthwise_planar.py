@@ -235,3 +235,38 @@ def test_claim_auto_bridges_pattern_pruned_depthwise(threads, kernel, capfd):
             assert claimed_dw == 0, (ops, err)
             want = "not pattern-pruned" if fast else "AVX-512 only"
             assert want in err, err
+
+
+def test_claim_auto_leaves_a_depthwise_conv_whose_input_has_other_readers(capfd):
+    """A depthwise conv between claimed convs whose input TFLite also reads
+    (a MEAN, a second model output) stays with TFLite: that tensor stays
+    NHWC, so the conv would run the engine's slower NHWC kernel. The
+    pattern-pruned 3x3 conv before it is claimed either way; the outputs
+    match stock LiteRT."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(2)
+    inp = keras.Input((28, 28, 32), batch_size=1)
+    conv = keras.layers.Conv2D(192, 3, padding="same", activation="relu6", name="conv")
+    dw = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="dw")
+    project = keras.layers.Conv2D(32, 1, name="project")
+    t = conv(inp)
+    model = keras.Model(inp, [project(dw(t)), keras.layers.GlobalAveragePooling2D()(t)])
+    k, b = conv.get_weights()
+    conv.set_weights([P.prune_kernel(k, connectivity=3.6), b])
+    k, b = dw.get_weights()
+    dw.set_weights([P.prune_kernel(k.reshape(3, 3, 1, -1), connectivity=1.25).reshape(k.shape), b])
+    k, b = project.get_weights()
+    project.set_weights([_prune_1x1(k, 3.6, rng), b])
+    tfl = convert(model)
+    x = np.random.default_rng(10).uniform(-1, 1, (1, 28, 28, 32)).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, num_threads=1, tune="off", verbose=True)
+    got, want = run_tflite(it, [x]), reference_outputs(tfl, [x])
+    assert all(rel_error(g, w) <= 1e-5 for g, w in zip(got, want))
+    ops = [e["op"] for e in it.delegate_report()]
+    err = capfd.readouterr().err
+    assert "CONV_2D" in ops, (ops, err)  # the 3x3 conv
+    assert "DEPTHWISE_CONV_2D" not in ops, (ops, err)
+    if _cc.default_kernel_set() == "avx512":
+        assert "read by it alone" in err, err

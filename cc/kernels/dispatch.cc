@@ -739,12 +739,13 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
     if (!g.direct) band = BandFor(s, g, tuning, JitLanes(isa) * vectors);
     const bool banded = band.rows > 0;
     // A direct 1x1 conv's code checks the input it loads for Inf and NaN,
-    // where the generator can and the registers allow the tuned M: its
-    // separate scan was a second pass over the input (56x56x144->24: 0.049
-    // -> 0.035 ms without it, docs/engine.md section 25).
+    // where the generator can and the tuned M leaves the check's registers
+    // without taking the shifted loads' (JitTunedMaxFilters): its separate
+    // scan was a second pass over the input (56x56x144->24: 0.049 -> 0.035
+    // ms without it, docs/engine.md section 25).
     const bool check_input =
         g.direct && JitChecksInput(isa) &&
-        (tuning.jit_filters == 0 || tuning.jit_filters <= JitMaxFilters(isa, vectors, true));
+        (tuning.jit_filters == 0 || tuning.jit_filters <= JitTunedMaxFilters(isa, vectors, true));
     JitLayout layout;
     why = BuildJitLayout(plan, taps.data(), banded ? band.plane : g.plane,
                          static_cast<int64_t>(banded ? band.input_size : g.input_size),

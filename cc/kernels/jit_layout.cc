@@ -57,9 +57,9 @@ int JitMaxFilters(JitIsa isa, int vectors, bool check_input) {
 
 bool JitChecksInput(JitIsa isa) { return isa == JitIsa::kAvx512 || isa == JitIsa::kAvx2; }
 
-int JitTunedMaxFilters(JitIsa isa, int vectors) {
-  const int m = JitMaxFilters(isa, vectors);
-  return isa == JitIsa::kAvx512 && vectors == 1 ? std::min(m, 29) : m;
+int JitTunedMaxFilters(JitIsa isa, int vectors, bool check_input) {
+  const int m = JitMaxFilters(isa, vectors, check_input);
+  return isa == JitIsa::kAvx512 && vectors == 1 ? std::min(m, check_input ? 27 : 29) : m;
 }
 
 namespace {
@@ -159,6 +159,7 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   // (jit_x86.cc), 27 with the input check's two registers.
   if (filters == 0)
     filters = isa == JitIsa::kAvx512 ? std::min(check_input ? 27 : 28, max_m) : max_m;
+  // (JitTunedMaxFilters(isa, vectors, true) is the most that keeps them.)
   if (filters < 1 || filters > max_m)
     return "jit_filters must be 1.." + std::to_string(max_m) + " with jit_vectors=" +
            std::to_string(vectors);

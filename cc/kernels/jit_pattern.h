@@ -60,13 +60,13 @@ int JitLanes(JitIsa isa);
 // fit the register file); 0 when V itself is not allowed.  `check_input`
 // (JitLayout::check_input) takes two more registers.
 int JitMaxFilters(JitIsa isa, int vectors, bool check_input = false);
-// Whether this build's generator for `isa` can check the input it loads for
-// Inf and NaN (JitLayout::check_input): x86-64, not NEON yet.
+// Whether the generator for `isa` can check the input it loads for Inf and
+// NaN (JitLayout::check_input): x86-64, not NEON yet.
 bool JitChecksInput(JitIsa isa);
 // The largest M the tuner tries: on AVX-512 with V = 1, 29, which leaves
 // zmm30-31 to the shifted column loads (jit_x86.cc; worth more than two more
-// filters per block).
-int JitTunedMaxFilters(JitIsa isa, int vectors);
+// filters per block); 27 with the input check's two registers.
+int JitTunedMaxFilters(JitIsa isa, int vectors, bool check_input = false);
 
 // The backend-neutral layout of a generated layer.
 struct JitBlock {

@@ -888,8 +888,9 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
     const int64_t n_in = int64_t(s.in_h) * s.in_w * s.in_c, n_out = int64_t(s.out_h) * s.out_w * s.out_c;
     // 0: finite; 1: an Inf and a NaN; 2: one Inf at a random position of a
     // channel filters read (the code's own check must see it); 3: one NaN
-    // in the unread channel (the driver's scan).
-    for (int poison : {0, 1, 2, 3}) {
+    // in the unread channel (the driver's scan); 4: one Inf at the last
+    // pixel (the tail tile where the map is not whole tiles).
+    for (int poison : {0, 1, 2, 3, 4}) {
       auto in = Random(size_t(n_in), &rng);
       const int64_t pixel = int64_t(rng() % uint32_t(s.in_h * s.in_w));
       if (poison == 1) {
@@ -899,12 +900,16 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
         in[size_t(pixel * s.in_c + (unread + 1 + rng() % (s.in_c - 1)) % s.in_c)] = -INFINITY;
       } else if (poison == 3) {
         in[size_t(pixel * s.in_c + unread)] = NAN;
+      } else if (poison == 4) {
+        in[size_t(int64_t(s.in_h * s.in_w - 1) * s.in_c + (unread + 1) % s.in_c)] = INFINITY;
       }
       std::vector<float> ref(static_cast<size_t>(n_out));
       Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
       for (JitIsa isa : JitIsas())
         for (int v : {1, 2})
-          for (int m : {1, JitMaxFilters(isa, v)})
+          // M = 1 and the largest checked M (the check's registers at the
+          // top of the file) check their loads; the largest M does not.
+          for (int m : {1, JitTunedMaxFilters(isa, v, true), JitMaxFilters(isa, v)})
             for (int segment : {0, 5})
               for (int threads : {1, 2, 3}) {
                 ThreadPool pool(threads);
@@ -930,6 +935,12 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
                   if (sides & 2) io.planar_output = pout.data();
                   for (int rep = 0; rep < 2; ++rep) {
                     RunPatternConv(set, s, plan, &ds, in.data(), nhwc.data(), &pool, direct, io);
+                    // The exact path (whole padded input) runs iff the input
+                    // holds an Inf or NaN: a check that missed one, or fired
+                    // on finite input, shows here even where the outputs
+                    // would agree.
+                    if (sides == 1 && rep == 0 && ds.geometry.direct)
+                      CHECK(ds.input.empty() == (poison == 0));
                     if (sides & 2) PlanarToNhwc(set, s.out_h, s.out_w, s.out_c, pout.data(), back.data(), &pool);
                     else back = nhwc;
                     CHECK(SameOrBothNan(back, expect));
@@ -1158,15 +1169,16 @@ TEST_CASE(KernelSetScansAndCopiesNonFinite) {
 }
 
 // Every set's transpose against index arithmetic: sizes around the 8 x 8
-// and 16 x 16 blocks, destinations line-aligned with whole-line strides (the
-// AVX-512 16 x 16 path) and one float off (the 8 x 8 path), nothing written
-// outside the transposed cells, and an Inf or NaN anywhere reported.
+// and 16 x 16 blocks, destinations with whole-line strides starting 0, 1, 5
+// and 15 floats into a line (AVX-512: 16 x 16 blocks, the rows rotated into
+// masked line stores when not line-aligned), nothing written outside the
+// transposed cells, and an Inf or NaN anywhere reported.
 TEST_CASE(KernelSetTransposesMatchIndexing) {
   std::mt19937 rng(31);
   for (const KernelSet* set : UsableSets())
     for (int rows : {1, 7, 8, 15, 16, 17, 32, 40})
       for (int cols : {1, 8, 9, 16, 31, 33})
-        for (int offset : {0, 1}) {
+        for (int offset : {0, 1, 5, 15}) {
           const int64_t ss = cols + 3, ds = (rows + 15) / 16 * 16 + 16;
           std::vector<float> src(size_t(rows) * ss);
           for (float& v : src) v = float(rng() % 1000) - 500.f;
