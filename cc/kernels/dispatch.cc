@@ -743,9 +743,14 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
     // without taking the shifted loads' (JitTunedMaxFilters): its separate
     // scan was a second pass over the input (56x56x144->24: 0.049 -> 0.035
     // ms without it, docs/engine.md section 25).
+    // (Planes of whole vectors need no shifted loads: every column of a
+    // direct 1x1 conv then starts on a vector.)
+    const bool aligned_columns = g.plane % JitLanes(isa) == 0;
     const bool check_input =
         g.direct && JitChecksInput(isa) &&
-        (tuning.jit_filters == 0 || tuning.jit_filters <= JitTunedMaxFilters(isa, vectors, true));
+        (tuning.jit_filters == 0 ||
+         tuning.jit_filters <= (aligned_columns ? JitMaxFilters(isa, vectors, true)
+                                                : JitTunedMaxFilters(isa, vectors, true)));
     JitLayout layout;
     why = BuildJitLayout(plan, taps.data(), banded ? band.plane : g.plane,
                          static_cast<int64_t>(banded ? band.input_size : g.input_size),
