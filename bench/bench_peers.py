@@ -13,7 +13,9 @@ Runtime with intra-op spinning off (otherwise its idle threads take the core
 the next runtime needs), an untimed 3 ms busy wait before every timed run
 (XNNPACK's pool spins after its runs; --settle-ms), all 1-thread blocks
 before all 2-thread blocks, 8 warm-up runs per runtime and block.  DeepSparse runs in a worker process that
-the main process waits on, so the two never share cores.
+the main process waits on, so the two never share cores.  The `steal` column is
+the share of CPU time the hypervisor took while a block ran (/proc/stat): on a
+shared VM, 2-thread rows with steal above a few percent are not comparable.
 
 DeepSparse needs Python <= 3.11 and numpy < 2:
     python3.11 -m venv /tmp/ds && /tmp/ds/bin/pip install deepsparse==1.8.0 'numpy<2' onnx
@@ -40,7 +42,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
-from timing import machine_info, summary  # noqa: E402
+from timing import cpu_ticks, machine_info, steal_pct, summary  # noqa: E402
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
 
 
@@ -202,6 +204,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0):
     for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
         for _ in range(8):
             r.invoke()
+    ticks = cpu_ticks()
     for _ in range(runs):
         for k, r in runners.items():
             # Untimed busy wait first: a runtime whose pool spins after a run
@@ -216,12 +219,15 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0):
             r.invoke()
             ms = (time.perf_counter() - t) * 1e3
             times[k].append(r.last_ms if isinstance(r, DeepSparseRunner) else ms)
+    stolen = steal_pct(ticks, cpu_ticks())
     versions = {}
     if "deepsparse" in runners:
         versions["deepsparse"] = runners["deepsparse"].version
         runners["deepsparse"].close()
     return dict(model=name, threads=threads, ms={k: summary(v) for k, v in times.items()},
                 rel_error=errors, versions=versions,
+                # CPU time the hypervisor took while the block ran (VMs)
+                steal_pct=None if stolen is None else round(stolen, 2),
                 claimed=len(report),
                 engines=sorted({e.get("engine", "") for e in report if e.get("engine")}),
                 dense_macs=sum(e["dense_macs"] for e in report),
@@ -259,8 +265,8 @@ def chart(rows, path, peers):
 
 def table(rows, peers):
     head = "| model | threads | " + " | ".join(f"{p} ms" for p in peers) + \
-        " | cocopie vs fastest peer | claimed | engine |"
-    lines = [head, "|" + "---|" * (len(peers) + 5)]
+        " | cocopie vs fastest peer | claimed | engine | steal |"
+    lines = [head, "|" + "---|" * (len(peers) + 6)]
     for r in rows:
         ms = r["ms"]
         cells = [f"{ms[p]['median']:.2f} ({ms[p]['q1']:.2f}-{ms[p]['q3']:.2f})" if p in ms else "-"
@@ -268,7 +274,8 @@ def table(rows, peers):
         others = [ms[p]["median"] for p in ms if not p.startswith("cocopie")]
         ratio = min(others) / ms["cocopie"]["median"]
         lines.append(f"| {r['model']} | {r['threads']} | " + " | ".join(cells) +
-                     f" | {ratio:.2f}x | {r['claimed']} | {', '.join(r['engines']) or '-'} |")
+                     f" | {ratio:.2f}x | {r['claimed']} | {', '.join(r['engines']) or '-'} | "
+                     + ("-" if r.get("steal_pct") is None else f"{r['steal_pct']:.1f}%") + " |")
     return "\n".join(lines)
 
 

@@ -33,3 +33,33 @@ def machine_info() -> dict:
     info = machine()
     info["tensorflow"] = tf.__version__
     return info
+
+
+def cpu_ticks(path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None where the
+    file or its steal field is missing (not Linux, or a very old kernel).
+
+    Steal is time the hypervisor ran something else while this VM's vCPU
+    wanted to run: on a shared VM it is what makes 2-thread figures bimodal,
+    so the peer benchmark reports it per row (steal_pct)."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    try:
+        ticks = [int(v) for v in fields[1:]]
+    except ValueError:
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: the
+    # guest fields are already counted in user and nice.
+    return ticks[7], sum(ticks[:8])
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Percent of the CPU time between two cpu_ticks() readings that was stolen."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])

@@ -1,0 +1,53 @@
+"""bench/timing.py's steal-time reading (the peer benchmark's steal column)."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+
+import timing  # noqa: E402
+
+
+def _stat(tmp_path, first_line):
+    p = tmp_path / "stat"
+    p.write_text(first_line + "\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    return str(p)
+
+
+def test_cpu_ticks_reads_steal_and_the_total_without_guest_time(tmp_path):
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    path = _stat(tmp_path, "cpu  100 5 50 800 10 0 5 30 40 0")
+    assert timing.cpu_ticks(path) == (30, 1000)
+
+
+def test_cpu_ticks_refuses_what_it_cannot_read(tmp_path):
+    assert timing.cpu_ticks(str(tmp_path / "missing")) is None
+    assert timing.cpu_ticks(_stat(tmp_path, "cpu  1 2 3 4")) is None  # no steal field
+    assert timing.cpu_ticks(_stat(tmp_path, "intr 1 2 3 4 5 6 7 8 9")) is None
+    assert timing.cpu_ticks(_stat(tmp_path, "cpu  1 2 3 x 5 6 7 8 9")) is None
+
+
+def test_steal_pct_is_the_stolen_share_of_the_interval():
+    assert timing.steal_pct((30, 1000), (80, 2000)) == 5.0
+    assert timing.steal_pct(None, (80, 2000)) is None
+    assert timing.steal_pct((30, 1000), (30, 1000)) is None  # no time passed
+
+
+def test_this_machine_has_a_readable_cpu_line_or_none():
+    ticks = timing.cpu_ticks()
+    if pathlib.Path("/proc/stat").exists():
+        steal, total = ticks
+        assert 0 <= steal <= total
+
+
+def test_peer_table_shows_steal_per_row():
+    import bench_peers
+
+    ms = {k: dict(median=m, q1=m, q3=m) for k, m in
+          [("xnnpack", 2.0), ("onnxruntime", 3.0), ("cocopie_static", 1.5), ("cocopie", 1.0)]}
+    rows = [dict(model="m", threads=2, ms=ms, claimed=3, engines=["jit_avx512"], steal_pct=4.25),
+            dict(model="m", threads=1, ms=ms, claimed=3, engines=[], steal_pct=None)]
+    lines = bench_peers.table(rows, ["xnnpack", "onnxruntime", "cocopie_static", "cocopie"]).splitlines()
+    assert lines[0].endswith("| steal |") and lines[1].count("---") == 4 + 6
+    assert lines[2].endswith("| 2.00x | 3 | jit_avx512 | 4.2% |")
+    assert lines[3].endswith("| 2.00x | 3 | - | - |")
