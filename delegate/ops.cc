@@ -476,6 +476,10 @@ std::string AnalyzeDepthwise(const TfLiteContext* ctx, const TfLiteNode* node,
   ConvShape s;
   s.batch = Dim(in, 0); s.in_h = Dim(in, 1); s.in_w = Dim(in, 2); s.in_c = Dim(in, 3);
   s.out_c = Dim(w, 3); s.k_h = Dim(w, 1); s.k_w = Dim(w, 2);
+  // Declared shapes are not validated yet (a damaged file: negative sizes).
+  if (s.batch <= 0 || s.in_h <= 0 || s.in_w <= 0 || s.in_c <= 0 || s.out_c <= 0 || s.k_h <= 0 ||
+      s.k_w <= 0)
+    return "invalid geometry";
   s.depth_multiplier = s.out_c / s.in_c;
   s.stride_h = p->stride_height; s.stride_w = p->stride_width;
   s.dil_h = p->dilation_height_factor; s.dil_w = p->dilation_width_factor;

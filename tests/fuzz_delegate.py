@@ -90,6 +90,28 @@ b = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="q")(a)
 h = keras.layers.Add()([a, b])
 h = keras.layers.MaxPooling2D()(h)
 models["residual"] = pruned(keras.Model(inp, h), "pq")
+# MobileNetV2-like blocks: pruned 1x1 convs around pattern-pruned depthwise
+# convs (in-place 1x1 code, planar depthwise kernels, the stride-2 one too).
+inp = keras.Input((14, 14, 16), batch_size=1)
+h = keras.layers.Conv2D(48, 1, activation="relu6", name="e")(inp)
+h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="dw")(h)
+h = keras.layers.Conv2D(16, 1, name="p")(h)
+h = keras.layers.Add()([inp, h])
+h = keras.layers.Conv2D(48, 1, activation="relu6", name="e2")(h)
+h = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6", name="dw2")(h)
+h = keras.layers.Conv2D(24, 1, name="p2")(h)
+block = keras.Model(inp, h)
+for n in ("dw", "dw2"):
+    layer = block.get_layer(n)
+    w = layer.get_weights()
+    w[0] = prune_kernel(w[0].reshape(3, 3, 1, -1), connectivity=None).reshape(w[0].shape)
+    layer.set_weights(w)
+for n in ("e", "p", "e2", "p2"):  # 1x1 convs: 3.6x connectivity, as MobileNetV2's
+    layer = block.get_layer(n)
+    w = layer.get_weights()
+    w[0] = w[0] * (np.random.default_rng(2).random(w[0].shape) < 10 / 36)
+    layer.set_weights(w)
+models["mbblock"] = cocopie_tf.convert(block)
 for name, data in models.items():
     with open(os.path.join(out, name + ".tflite"), "wb") as f:
         f.write(data)

@@ -260,3 +260,73 @@ def test_tensor_too_large_for_memory_is_an_error_not_a_crash(small_model, tmp_pa
                        text=True, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "REFUSED" in p.stdout and message in p.stdout, p.stdout
+
+
+ZERO_WIDTH_CHILD = r"""
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from cocopie_tf import lite
+bad = open(sys.argv[1], "rb").read()
+x = np.random.default_rng(0).uniform(-1, 1, (1, 14, 14, 16)).astype(np.float32)
+def run(it):
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+try:
+    ref = run(Interpreter(model_content=bad))
+except ValueError:
+    ref = None
+for claim in ("auto", "all"):
+    try:
+        it = lite.Interpreter(model_content=bad, claim=claim, num_threads=2)
+        out = run(it)
+    except ValueError as e:
+        print(claim, "refused", str(e).splitlines()[0] if ref is None else "UNEXPECTED")
+        continue
+    err = float(np.abs(out - ref).max() / np.abs(ref).max()) if ref is not None else -1.0
+    print(claim, len(it.delegate_report()), err)
+"""
+
+
+@pytest.mark.parametrize("shape", [(1, 14, 0, 32), (1, 0, 14, 32), (1, 14, -3, 32)])
+def test_a_declared_output_without_positions_is_not_a_crash(shape, tmp_path):
+    """Fuzzer case (2026-12-05): a pruned 1x1 conv whose file declares an
+    output of width 0 divided by zero in the claim cost model (SIGFPE) before
+    any shape was checked.  Stock LiteRT recomputes the shape and runs; so
+    must the delegate, with stock's outputs."""
+    import subprocess
+    import sys
+
+    import flatbuffers
+    import keras
+    from ai_edge_litert import schema_py_generated as schema
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((14, 14, 16), batch_size=1)
+    model = keras.Model(inp, keras.layers.Conv2D(16, 1, name="q")(
+        keras.layers.Conv2D(32, 1, name="p")(inp)))
+    for name in "pq":  # 1x1 convs at 3.6x connectivity: the pattern engine's
+        layer = model.get_layer(name)
+        w = layer.get_weights()
+        w[0] = w[0] * (np.random.default_rng(2).random(w[0].shape) < 10 / 36)
+        layer.set_weights(w)
+    m = schema.ModelT.InitFromPackedBuf(bytearray(convert(model)), 0)
+    sub = m.subgraphs[0]
+    sub.tensors[sub.operators[0].outputs[0]].shape = list(shape)
+    b = flatbuffers.Builder(0)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    path = tmp_path / "zero.tflite"
+    path.write_bytes(bytes(b.Output()))
+    p = subprocess.run([sys.executable, "-c", ZERO_WIDTH_CHILD, str(path)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in p.stdout.strip().splitlines())
+    assert set(lines) == {"auto", "all"}, p.stdout
+    if min(shape) < 0:  # stock refuses the file at load: so does the delegate
+        assert all(v.startswith("refused") and "UNEXPECTED" not in v for v in lines.values()), lines
+        return
+    claimed_all, err_all = lines["all"].split()
+    assert int(claimed_all) == 2 and 0 <= float(err_all) <= 1e-5
+    assert 0 <= float(lines["auto"].split()[1]) <= 1e-5

@@ -380,9 +380,13 @@ namespace {
 
 // Register tiles per image of generated code for a stride-1 conv of shape s
 // (V = 1, the default tile); 0 without a generator.
+// The delegate's cost model asks before any shape is validated (a file may
+// declare an output of width 0): a map without positions has no tiles.
 int64_t JitTilesOnMap(JitIsa isa, const ConvShape& s) {
   if (isa == JitIsa::kNone || isa == JitIsa::kAuto) return 0;
+  if (s.out_h <= 0 || s.out_w <= 0 || s.k_w <= 0 || s.dil_w <= 0) return 0;
   const int64_t tile = JitLanes(isa);
+  if (tile <= 0) return 0;
   const int64_t wp = s.out_w + int64_t(s.k_w - 1) * s.dil_w;
   const int64_t block = (wp + tile - 1) / tile * tile;
   const int64_t blocks = (int64_t(s.out_h) * wp + block - 1) / block;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
@@ -126,6 +127,29 @@ TEST_CASE(SamePaddingMatchesTfLite) {
   CHECK(ComputeAxis(8, 3, 2, 1, Padding::kSame, &out, &pad) && out == 4 && pad == 0);
   CHECK(ComputeAxis(13, 3, 1, 2, Padding::kValid, &out, &pad) && out == 9 && pad == 0);
   CHECK(!ComputeAxis(2, 3, 1, 1, Padding::kValid, &out, &pad));
+}
+
+TEST_CASE(CostModelTakesDamagedShapes) {
+  // The delegate asks these before a file's declared shapes are validated
+  // (a fuzzed file: a 1x1 conv declaring an output of width 0 divided by 0).
+  for (JitIsa isa : {JitIsa::kAvx2, JitIsa::kAvx512, JitIsa::kNeon}) {
+    ConvShape s;
+    s.k_h = s.k_w = 1;
+    s.out_h = 14;
+    for (int w : {0, -1, -16, std::numeric_limits<int>::min()}) {
+      s.out_w = w;
+      CHECK(!JitRunsOnMap(isa, s) && !JitInPlacePays(isa, s));
+    }
+    s.out_w = 14;
+    s.out_h = 0;
+    CHECK(!JitRunsOnMap(isa, s) && !JitInPlacePays(isa, s));
+    s.out_h = 14;
+    s.k_w = 3;
+    s.dil_w = -2;  // out_w + (k_w - 1) * dil_w < 0
+    CHECK(!JitRunsOnMap(isa, s) && !JitInPlacePays(isa, s));
+    s.dil_w = 1;
+    CHECK(JitRunsOnMap(isa, s));  // 14x16 positions: enough tiles everywhere
+  }
 }
 
 TEST_CASE(Conv2DMatchesReference) {
