@@ -139,6 +139,9 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
     }
     if (padding != kTfLitePaddingSame && padding != kTfLitePaddingValid) return "unknown padding";
     if (sw < 1 || sh < 1 || dw < 1 || dh < 1) return "invalid stride or dilation";
+    if (int64_t(Dim(w, 1) - 1) * dh > kMaxKernelSpan || int64_t(Dim(w, 2) - 1) * dw > kMaxKernelSpan)
+      return "dilated kernel spans more than " + std::to_string(kMaxKernelSpan) +
+             " pixels (padded planes too large)";
     if (!ActivationRange(static_cast<TfLiteFusedActivation>(act), &lo, &hi))
       return "unsupported fused activation";
     for (int i = 0; i < 4; ++i)

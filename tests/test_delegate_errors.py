@@ -330,3 +330,44 @@ def test_a_declared_output_without_positions_is_not_a_crash(shape, tmp_path):
     claimed_all, err_all = lines["all"].split()
     assert int(claimed_all) == 2 and 0 <= float(err_all) <= 1e-5
     assert 0 <= float(lines["auto"].split()[1]) <= 1e-5
+
+
+def test_a_dilation_beyond_the_kernels_span_is_left_to_stock():
+    """Fuzzer case (2026-12-05): a dilation factor overwritten to 1.9e9 made
+    the delegate's Prepare ask for padded planes beyond any allocation (an
+    error naming std::vector's max_size) where stock runs the file: such a
+    conv is now left to TFLite."""
+    import flatbuffers
+    import keras
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cocopie_tf.patterns import prune_kernel
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 8), batch_size=1)
+    conv = keras.layers.Conv2D(16, 3, dilation_rate=2, padding="same", name="d")
+    model = keras.Model(inp, keras.layers.Conv2D(8, 3, padding="same", name="e")(conv(inp)))
+    for name in "de":
+        layer = model.get_layer(name)
+        w = layer.get_weights()
+        w[0] = prune_kernel(w[0], connectivity=2.0)
+        layer.set_weights(w)
+    m = schema.ModelT.InitFromPackedBuf(bytearray(convert(model)), 0)
+    dilated = [op for op in m.subgraphs[0].operators
+               if op.builtinOptions is not None and getattr(op.builtinOptions, "dilationWFactor", 1) == 2]
+    assert len(dilated) == 1
+    dilated[0].builtinOptions.dilationWFactor = 1_936_020_015
+    b = flatbuffers.Builder(0)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    bad = bytes(b.Output())
+    x = np.random.default_rng(0).standard_normal((1, 12, 12, 8)).astype(np.float32)
+    ref = run_tflite(Interpreter(model_content=bad), [x])[0]
+    for claim in ("auto", "all"):
+        it = lite.Interpreter(model_content=bad, claim=claim)
+        out = run_tflite(it, [x])[0]
+        assert rel_error(out, ref) <= 1e-5
+        claimed = {e["node_index"] for e in it.delegate_report()}
+        assert 0 not in claimed  # node 0 is the dilated conv
+        if claim == "all":
+            assert claimed == {1}

@@ -34,6 +34,12 @@ struct ConvShape {
   }
 };
 
+// The largest span of a dilated kernel ((k - 1) * dilation) the CPU kernels
+// take: their padded input planes grow with it (a damaged file's dilation of
+// 1.9e9 asked for a plane beyond any allocation).  Real models stay far
+// below (DeepLab's largest atrous rate, 24, spans 48 on a 3x3 kernel).
+constexpr int64_t kMaxKernelSpan = int64_t(1) << 12;
+
 // Output size and leading padding along one axis, computed as TFLite does.
 // Returns false (and leaves outputs untouched) if the geometry is invalid.
 bool ComputeAxis(int in, int k, int stride, int dilation, Padding padding,
