@@ -155,16 +155,39 @@ def test_delegate_path_is_installed_library():
     assert path.is_file() and path.name.startswith("libcocopie_delegate")
 
 
-def _without_bias(tfl: bytes, how: str) -> bytes:
+def _edited(tfl: bytes, edit) -> bytes:
+    """The .tflite file `tfl` after edit(model) changed its unpacked form (a
+    hand-made version of a damaged file the fuzzer found)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     m = schema.ModelT.InitFromPackedBuf(bytearray(tfl), 0)
-    op = m.subgraphs[0].operators[0]
-    op.inputs = list(op.inputs[:2]) + ([-1] if how == "optional" else [])
+    edit(m)
     b = flatbuffers.Builder(0)
     b.Finish(m.Pack(b), file_identifier=b"TFL3")
     return bytes(b.Output())
+
+
+def _run_child(script: str, data: bytes, tmp_path):
+    """Runs `script` on the file `data` in a child process (a crash there
+    fails the test instead of ending the run); returns its stdout."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(data)
+    p = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout
+
+
+def _without_bias(tfl: bytes, how: str) -> bytes:
+    def edit(m):
+        op = m.subgraphs[0].operators[0]
+        op.inputs = list(op.inputs[:2]) + ([-1] if how == "optional" else [])
+
+    return _edited(tfl, edit)
 
 
 @pytest.mark.parametrize("how", ["dropped", "optional"])
@@ -239,27 +262,16 @@ def test_tensor_too_large_for_memory_is_an_error_not_a_crash(small_model, tmp_pa
     """Found by tests/fuzz_delegate.py: an input width mutated to 1.8e9 made
     the pattern kernels' Prepare throw std::bad_alloc through the runtime
     (a Python MemoryError), and LiteRT's own arena fail without a message."""
-    import subprocess
-    import sys
-
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
     from test_nonfinite import _chain_model
 
+    def edit(m):
+        sub = m.subgraphs[0]
+        t = sub.tensors[sub.inputs[0]]
+        t.shape = [int(t.shape[0]), int(t.shape[1]), 1_862_270_986, int(t.shape[3])]
+
     tfl = small_model[1] if which == "dense" else _chain_model()[0]
-    m = schema.ModelT.InitFromPackedBuf(bytearray(tfl), 0)
-    sub = m.subgraphs[0]
-    t = sub.tensors[sub.inputs[0]]
-    t.shape = [int(t.shape[0]), int(t.shape[1]), 1_862_270_986, int(t.shape[3])]
-    b = flatbuffers.Builder(0)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    path = tmp_path / "huge.tflite"
-    path.write_bytes(bytes(b.Output()))
-    p = subprocess.run([sys.executable, "-c", HUGE_CHILD, str(path)], capture_output=True,
-                       text=True, cwd=tmp_path, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "REFUSED" in p.stdout and message in p.stdout, p.stdout
+    out = _run_child(HUGE_CHILD, _edited(tfl, edit), tmp_path)
+    assert "REFUSED" in out and message in out, out
 
 
 ZERO_WIDTH_CHILD = r"""
@@ -296,12 +308,7 @@ def test_a_declared_output_without_positions_is_not_a_crash(shape, tmp_path):
     output of width 0 divided by zero in the claim cost model (SIGFPE) before
     any shape was checked.  Stock LiteRT recomputes the shape and runs; so
     must the delegate, with stock's outputs."""
-    import subprocess
-    import sys
-
-    import flatbuffers
     import keras
-    from ai_edge_litert import schema_py_generated as schema
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((14, 14, 16), batch_size=1)
@@ -312,18 +319,13 @@ def test_a_declared_output_without_positions_is_not_a_crash(shape, tmp_path):
         w = layer.get_weights()
         w[0] = w[0] * (np.random.default_rng(2).random(w[0].shape) < 10 / 36)
         layer.set_weights(w)
-    m = schema.ModelT.InitFromPackedBuf(bytearray(convert(model)), 0)
-    sub = m.subgraphs[0]
-    sub.tensors[sub.operators[0].outputs[0]].shape = list(shape)
-    b = flatbuffers.Builder(0)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    path = tmp_path / "zero.tflite"
-    path.write_bytes(bytes(b.Output()))
-    p = subprocess.run([sys.executable, "-c", ZERO_WIDTH_CHILD, str(path)], capture_output=True,
-                       text=True, cwd=tmp_path, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in p.stdout.strip().splitlines())
-    assert set(lines) == {"auto", "all"}, p.stdout
+    def edit(m):
+        sub = m.subgraphs[0]
+        sub.tensors[sub.operators[0].outputs[0]].shape = list(shape)
+
+    out = _run_child(ZERO_WIDTH_CHILD, _edited(convert(model), edit), tmp_path)
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert set(lines) == {"auto", "all"}, out
     if min(shape) < 0:  # stock refuses the file at load: so does the delegate
         assert all(v.startswith("refused") and "UNEXPECTED" not in v for v in lines.values()), lines
         return
@@ -337,9 +339,7 @@ def test_a_dilation_beyond_the_kernels_span_is_left_to_stock():
     the delegate's Prepare ask for padded planes beyond any allocation (an
     error naming std::vector's max_size) where stock runs the file: such a
     conv is now left to TFLite."""
-    import flatbuffers
     import keras
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
 
     from cocopie_tf.patterns import prune_kernel
@@ -353,14 +353,13 @@ def test_a_dilation_beyond_the_kernels_span_is_left_to_stock():
         w = layer.get_weights()
         w[0] = prune_kernel(w[0], connectivity=2.0)
         layer.set_weights(w)
-    m = schema.ModelT.InitFromPackedBuf(bytearray(convert(model)), 0)
-    dilated = [op for op in m.subgraphs[0].operators
-               if op.builtinOptions is not None and getattr(op.builtinOptions, "dilationWFactor", 1) == 2]
-    assert len(dilated) == 1
-    dilated[0].builtinOptions.dilationWFactor = 1_936_020_015
-    b = flatbuffers.Builder(0)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    bad = bytes(b.Output())
+    def edit(m):
+        dilated = [op for op in m.subgraphs[0].operators if op.builtinOptions is not None
+                   and getattr(op.builtinOptions, "dilationWFactor", 1) == 2]
+        assert len(dilated) == 1
+        dilated[0].builtinOptions.dilationWFactor = 1_936_020_015
+
+    bad = _edited(convert(model), edit)
     x = np.random.default_rng(0).standard_normal((1, 12, 12, 8)).astype(np.float32)
     ref = run_tflite(Interpreter(model_content=bad), [x])[0]
     for claim in ("auto", "all"):
