@@ -62,12 +62,15 @@ import numpy as np, keras
 import cocopie_tf
 from cocopie_tf.patterns import prune_kernel
 
-def pruned(model, names, conn=2.0, group=1):
+def pruned(model, names, conn=2.0, group=1, keep_1x1=0.5, seed_1x1=1):
     for n in names:
         layer = model.get_layer(n)
         w = layer.get_weights()
-        if w[0].shape[:2] == (1, 1):  # 1x1: connectivity only, half the kernels kept
-            w[0] = w[0] * (np.random.default_rng(1).random(w[0].shape) < 0.5)
+        if isinstance(layer, keras.layers.DepthwiseConv2D):  # patterns only, per channel
+            k = w[0]
+            w[0] = prune_kernel(k.reshape(*k.shape[:2], 1, -1), connectivity=None).reshape(k.shape)
+        elif w[0].shape[:2] == (1, 1):  # 1x1: connectivity only, keep_1x1 of the kernels
+            w[0] = w[0] * (np.random.default_rng(seed_1x1).random(w[0].shape) < keep_1x1)
         else:
             w[0] = prune_kernel(w[0], connectivity=conn, group=group)
         layer.set_weights(w)
@@ -105,18 +108,9 @@ h = keras.layers.Add()([inp, h])
 h = keras.layers.Conv2D(48, 1, activation="relu6", name="e2")(h)
 h = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6", name="dw2")(h)
 h = keras.layers.Conv2D(24, 1, name="p2")(h)
-block = keras.Model(inp, h)
-for n in ("dw", "dw2"):
-    layer = block.get_layer(n)
-    w = layer.get_weights()
-    w[0] = prune_kernel(w[0].reshape(3, 3, 1, -1), connectivity=None).reshape(w[0].shape)
-    layer.set_weights(w)
-for n in ("e", "p", "e2", "p2"):  # 1x1 convs: 3.6x connectivity, as MobileNetV2's
-    layer = block.get_layer(n)
-    w = layer.get_weights()
-    w[0] = w[0] * (np.random.default_rng(2).random(w[0].shape) < 10 / 36)
-    layer.set_weights(w)
-models["mbblock"] = cocopie_tf.convert(block)
+# (1x1 convs at 3.6x connectivity, as MobileNetV2's.)
+models["mbblock"] = pruned(keras.Model(inp, h), ["dw", "dw2", "e", "p", "e2", "p2"],
+                           keep_1x1=10 / 36, seed_1x1=2)
 # VGG-16's last stages in miniature: 4x4 and 2x2 maps (the small-map kernels,
 # 4-tap quads on 2x2) between max pools, then a dense classifier.
 inp = keras.Input((8, 8, 16), batch_size=1)
