@@ -1,5 +1,6 @@
 // Every compiled kernel set against the float64 reference kernels, over a
 // sweep of shapes, strides, dilations, padding, activations and threads.
+#include <array>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -291,6 +292,67 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
     CHECK(ResolveConvShape(Padding::kSame, &strided).empty());
     CHECK(!DepthwisePlanarApplies(set, strided, finite));
   }
+}
+
+// The flat stride-1 kernel checks its input for Inf/NaN on the loads of its
+// zero-offset tap when a channel keeps that tap and the output is the
+// input's size; otherwise it scans.  Either way an Inf or NaN that only a
+// pruned tap reads must still make stock TFLite's NaN (0 x Inf).
+TEST_CASE(DepthwiseFlatChecksWhatOnlyPrunedTapsRead) {
+  struct Case { int h, w, k_h, k_w; Padding pad; std::vector<int> keep; };
+  const std::vector<Case> cases = {
+      {14, 14, 3, 3, Padding::kSame, {1, 4, 8}},  // keeps the centre: checked in the loads
+      {14, 14, 3, 3, Padding::kSame, {0, 2, 6}},  // no centre: scanned
+      {8, 9, 3, 1, Padding::kValid, {0}},         // offset 0 kept, fewer output rows: scanned
+  };
+  int runs = 0;
+  for (const Case& c : cases) {
+    ConvShape s;
+    s.in_h = c.h; s.in_w = c.w; s.in_c = s.out_c = 20; s.k_h = c.k_h; s.k_w = c.k_w;
+    CHECK(ResolveConvShape(c.pad, &s).empty());
+    std::mt19937 rng(5);
+    std::vector<float> w(size_t(s.k_h) * s.k_w * s.out_c, 0.f);
+    for (int o = 0; o < s.out_c; ++o)
+      for (int t : c.keep) w[size_t(t) * s.out_c + o] = 0.25f + 0.5f * float(rng() % 4);
+    const auto bias = Random(s.out_c, &rng);
+    const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, s.k_h, s.k_w, bias.data());
+    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c, out_n = size_t(s.out_h) * s.out_w * s.out_c;
+    // Corners, edges and the last row: the places only some taps read.
+    for (const auto& at : std::vector<std::array<int, 2>>{
+             {0, 0}, {s.in_h - 1, s.in_w - 1}, {s.in_h - 1, s.in_w / 2}, {s.in_h / 2, 0}, {5, 7}})
+      for (float bad : {NAN, INFINITY}) {
+        auto in = Random(in_n, &rng);
+        in[(size_t(at[0]) * s.in_w + at[1]) * s.in_c + 3] = bad;
+        std::vector<float> ref(out_n), pin(in_n);
+        DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
+        for (int y = 0; y < s.in_h; ++y)
+          for (int x = 0; x < s.in_w; ++x)
+            for (int ch = 0; ch < s.in_c; ++ch)
+              pin[(size_t(ch) * s.in_h + y) * s.in_w + x] = in[(size_t(y) * s.in_w + x) * s.in_c + ch];
+        int ref_bad = 0;
+        for (float r : ref) ref_bad += !std::isfinite(r);
+        CHECK(ref_bad > 0);
+        for (const KernelSet* set : UsableSets()) {
+          CHECK(DepthwisePlanarApplies(set, s, p));
+          ThreadPool pool(1);
+          std::vector<float> out(out_n, 12345.f);
+          RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
+          bool ok = true;
+          for (int y = 0; y < s.out_h; ++y)
+            for (int x = 0; x < s.out_w; ++x)
+              for (int ch = 0; ch < s.out_c; ++ch) {
+                const float a = out[(size_t(ch) * s.out_h + y) * s.out_w + x];
+                const float r = ref[(size_t(y) * s.out_w + x) * s.out_c + ch];
+                ok = ok && (std::isnan(r)   ? std::isnan(a)
+                            : std::isinf(r) ? a == r
+                                            : std::fabs(double(a) - r) <= 1e-5 * (1 + std::fabs(r)));
+              }
+          CHECK(ok);
+          ++runs;
+        }
+      }
+  }
+  CHECK(runs >= 30);
 }
 
 TEST_CASE(FullyConnectedMatchesReference) {
