@@ -30,7 +30,8 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from bench_peers import LiteRunner, OrtRunner, rel  # noqa: E402
+from bench_peers import rel  # noqa: E402
+from runners import LiteRunner, OrtRunner  # noqa: E402
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
 from timing import alternate, machine_info, summary  # noqa: E402
 

@@ -74,7 +74,8 @@ def measure(tfl, threads, runs, options, keras_model=None):
     err = float(np.linalg.norm(a - b) / np.linalg.norm(a))
     runners = [stock, ours]
     if keras_model is not None:
-        from onnx_export import OrtRunner, keras_to_onnx
+        from onnx_export import keras_to_onnx
+        from runners import OrtRunner
 
         x = stock.get_tensor(stock.get_input_details()[0]["index"])
         ort = OrtRunner(keras_to_onnx(keras_model), threads, x)

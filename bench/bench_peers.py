@@ -3,7 +3,7 @@ weights on LiteRT + XNNPACK (dense), ONNX Runtime (dense), DeepSparse 1.8
 (sparse, in its own process) and the cocopie delegate (generated code, and
 its static kernels for comparison), at 1 and 2 threads.
 
-    python bench/bench_peers.py [--runs 21] [--resnet50] [--settle-ms 3] \\
+    python bench/bench_peers.py [--runs 21] [--resnet50] [--settle-ms 3] [--consecutive 1] \\
         [--deepsparse /path/to/venv-with-deepsparse/bin/python] \\
         [--json out.json] [--chart out.png] [--out table.md]
 
@@ -13,7 +13,12 @@ Runtime with intra-op spinning off (otherwise its idle threads take the core
 the next runtime needs), an untimed 3 ms busy wait before every timed run
 (XNNPACK's pool spins after its runs; --settle-ms), all 1-thread blocks
 before all 2-thread blocks, 8 warm-up runs per runtime and block.  DeepSparse runs in a worker process that
-the main process waits on, so the two never share cores.  The `steal` column is
+the main process waits on, so the two never share cores.  So every timed run
+follows the other runtimes' runs, whose weights have evicted its own from the
+caches: an application that runs several models in turn.  --consecutive K runs
+each runtime K times per round and times runs 2..K only, each right after the
+same model ran (one model on a stream of inputs); rounds still alternate.  The
+`steal` column is
 the share of CPU time the hypervisor took while a block ran (/proc/stat): on a
 shared VM, 2-thread rows with steal above a few percent are not comparable.
 
@@ -29,7 +34,6 @@ import datetime
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +46,8 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
+from runners import (RUNTIMES, LiteRunner, OrtRunner, WorkerRunner,  # noqa: E402,F401
+                     make_runner, report_summary)
 from timing import cpu_ticks, machine_info, steal_pct, summary  # noqa: E402
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
 
@@ -96,69 +102,7 @@ def convert(model):
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-# --- runners: invoke() runs once, output is the first output -----------------
-
-class LiteRunner:
-    def __init__(self, interp, x):
-        self.it = interp
-        interp.allocate_tensors()
-        interp.set_tensor(interp.get_input_details()[0]["index"], x)
-        self.out_index = interp.get_output_details()[0]["index"]
-
-    def invoke(self):
-        self.it.invoke()
-
-    @property
-    def output(self):
-        return self.it.get_tensor(self.out_index)
-
-
-class OrtRunner:
-    def __init__(self, onnx_bytes, threads, x):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.s = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-        self.x = x
-        self.output = None
-
-    def invoke(self):
-        self.output = self.s.run(None, {"input": self.x})[0]
-
-
-class DeepSparseRunner:
-    """Talks to bench/deepsparse_worker.py in the DeepSparse venv."""
-
-    def __init__(self, python, onnx_path, x_path, threads):
-        env = dict(os.environ, NM_DISABLE_ANALYTICS="True", PYTHONPATH="")
-        self.p = subprocess.Popen([python, str(HERE / "deepsparse_worker.py")], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=env)
-        r = self._ask({"onnx": onnx_path, "input": x_path, "threads": threads})
-        self.output = np.load(r["output"])
-        self.version = r["version"]
-        self.last_ms = None
-
-    def _ask(self, req):
-        self.p.stdin.write(json.dumps(req) + "\n")
-        self.p.stdin.flush()
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError("the DeepSparse worker exited")
-        return json.loads(line)
-
-    def invoke(self):
-        self.last_ms = self._ask({"runs": 1})["ms"][0]
-
-    def close(self):
-        try:
-            self._ask({"quit": True})
-        except Exception:
-            pass
-        self.p.wait(timeout=30)
+# --- runners: bench/runners.py ---------------------------------------------
 
 
 def rel(a, b):
@@ -167,76 +111,71 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
 
 
-def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0):
+def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, consecutive=1):
+    """Times every runtime on `tfl` at `threads`, alternating round by round;
+    `consecutive` > 1: each runtime runs that many times per round and only
+    runs 2.. are timed (right after the same model ran)."""
     from ai_edge_litert.interpreter import Interpreter
-
-    from cocopie_tf import lite
 
     probe = Interpreter(model_content=tfl)
     shape = probe.get_input_details()[0]["shape"]
+    del probe
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-    runners = {
-        "xnnpack": LiteRunner(Interpreter(model_content=tfl, num_threads=threads), x),
-        "cocopie": LiteRunner(lite.Interpreter(model_content=tfl, num_threads=threads, tune="on",
-                                               tune_cache=tune_cache), x),
-        "cocopie_static": LiteRunner(lite.Interpreter(model_content=tfl, num_threads=threads,
-                                                      jit="static", tune="on",
-                                                      tune_cache=tune_cache), x),
-    }
     onnx_bytes = tflite_to_onnx(tfl)
-    runners["onnxruntime"] = OrtRunner(onnx_bytes, threads, x)
-    tmp = pathlib.Path(tempfile.mkdtemp())
-    if ds_python:
-        (tmp / "m.onnx").write_bytes(onnx_bytes)
-        np.save(tmp / "x.npy", x)
-        runners["deepsparse"] = DeepSparseRunner(ds_python, str(tmp / "m.onnx"),
-                                                 str(tmp / "x.npy"), threads)
-    for r in runners.values():
-        if not isinstance(r, DeepSparseRunner):
-            r.invoke()
-    ref = runners["xnnpack"].output
-    errors = {k: rel(ref, r.output) for k, r in runners.items()}
-    bad = {k: e for k, e in errors.items() if not e <= 1e-4}
-    if bad:
-        raise AssertionError(f"{name}: outputs disagree with LiteRT: {bad}")
-    report = runners["cocopie"].it.delegate_report()
-    times = {k: [] for k in runners}
-    for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
-        for _ in range(8):
-            r.invoke()
-    ticks = cpu_ticks()
-    for _ in range(runs):
-        for k, r in runners.items():
-            # Untimed busy wait first: a runtime whose pool spins after a run
-            # (XNNPACK's) took a core from whichever runtime came next, and
-            # at 2 threads that cost VGG-16 0.3 ms whatever ran there.  Busy,
-            # not asleep: a sleeping main thread let the vCPUs idle, and every
-            # runtime's 2-thread rows got slower (docs/benchmarks.md).
-            end = time.perf_counter() + settle_ms / 1e3
-            while time.perf_counter() < end:
-                pass
-            t = time.perf_counter()
-            r.invoke()
-            ms = (time.perf_counter() - t) * 1e3
-            times[k].append(r.last_ms if isinstance(r, DeepSparseRunner) else ms)
-    stolen = steal_pct(ticks, cpu_ticks())
-    versions = {}
-    if "deepsparse" in runners:
-        versions["deepsparse"] = runners["deepsparse"].version
-        runners["deepsparse"].close()
-    return dict(model=name, threads=threads, ms={k: summary(v) for k, v in times.items()},
-                rel_error=errors, versions=versions,
+    runners = {}
+    try:
+        # The reference first: every output is checked against stock LiteRT.
+        for kind in ("xnnpack", "cocopie", "cocopie_static", "onnxruntime"):
+            runners[kind] = make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache)
+            runners[kind].invoke()
+        if ds_python:
+            tmp = pathlib.Path(tempfile.mkdtemp())
+            (tmp / "m.onnx").write_bytes(onnx_bytes)
+            np.save(tmp / "x.npy", x)
+            runners["deepsparse"] = WorkerRunner(
+                ds_python, HERE / "deepsparse_worker.py",
+                {"onnx": str(tmp / "m.onnx"), "input": str(tmp / "x.npy"), "threads": threads},
+                env={"NM_DISABLE_ANALYTICS": "True", "PYTHONPATH": ""})
+        ref = runners["xnnpack"].output
+        errors = {k: rel(ref, r.output) for k, r in runners.items()}
+        bad = {k: e for k, e in errors.items() if not e <= 1e-4}
+        if bad:
+            raise AssertionError(f"{name}: outputs disagree with LiteRT: {bad}")
+        times = {k: [] for k in runners}
+        for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
+            for _ in range(8):
+                r.invoke()
+        ticks = cpu_ticks()
+        for _ in range(runs):
+            for k, r in runners.items():
+                for i in range(consecutive):
+                    # Untimed busy wait first: a runtime whose pool spins after a
+                    # run (XNNPACK's) took a core from whichever runtime came
+                    # next, and at 2 threads that cost VGG-16 0.3 ms whatever ran
+                    # there.  Busy, not asleep: a sleeping main thread let the
+                    # vCPUs idle, and every runtime's 2-thread rows got slower
+                    # (docs/benchmarks.md).
+                    end = time.perf_counter() + settle_ms / 1e3
+                    while time.perf_counter() < end:
+                        pass
+                    t = time.perf_counter()
+                    r.invoke()
+                    ms = (time.perf_counter() - t) * 1e3
+                    if consecutive == 1 or i > 0:
+                        times[k].append(r.last_ms if isinstance(r, WorkerRunner) else ms)
+        stolen = steal_pct(ticks, cpu_ticks())
+        versions = {}
+        if "deepsparse" in runners:
+            versions["deepsparse"] = runners["deepsparse"].reply["version"]
+    finally:
+        for r in runners.values():
+            if isinstance(r, WorkerRunner):
+                r.close()
+    return dict(model=name, threads=threads, ms={k: dict(summary(v), n=len(v)) for k, v in times.items()},
+                rel_error=errors, versions=versions, consecutive=consecutive,
                 # CPU time the hypervisor took while the block ran (VMs)
                 steal_pct=None if stolen is None else round(stolen, 2),
-                claimed=len(report),
-                engines=sorted({e.get("engine", "") for e in report if e.get("engine")}),
-                dense_macs=sum(e["dense_macs"] for e in report),
-                executed_macs=sum(e["executed_macs"] for e in report),
-                code_bytes=sum(e.get("code_bytes", 0) for e in report),
-                # what the tuner picked per generated node: M x V, code segments
-                jit_tiles=[f"{e['jit_filters']}x{e['jit_vectors']}/{e['jit_segments']}"
-                           for e in report if e.get("engine", "").startswith("jit_")],
-                generate_ms=sum(e.get("generate_ms", 0) for e in report))
+                **report_summary(runners["cocopie"]))
 
 
 def chart(rows, path, peers):
@@ -286,6 +225,8 @@ def main():
                     help="untimed busy wait before each timed run (lets spinning pools go idle)")
     ap.add_argument("--deepsparse", default=None, help="python of a venv with deepsparse==1.8.0")
     ap.add_argument("--resnet50", action="store_true", help="also ResNet-50 224 (slow)")
+    ap.add_argument("--consecutive", type=int, default=1, metavar="K",
+                    help="runs per runtime and round; K > 1 times runs 2..K (same model just ran)")
     ap.add_argument("--models", nargs="*", default=None, help="only these model names")
     ap.add_argument("--json", default=None)
     ap.add_argument("--chart", default=None)
@@ -293,6 +234,8 @@ def main():
     ap.add_argument("--replot", default=None, metavar="JSON",
                     help="only redraw the table/chart from an earlier --json file")
     args = ap.parse_args()
+    if args.consecutive < 1:
+        ap.error("--consecutive must be at least 1")
     if args.replot:
         d = json.loads(pathlib.Path(args.replot).read_text())
         peers = [p for p in ("xnnpack", "onnxruntime", "deepsparse", "cocopie_static", "cocopie")
@@ -322,7 +265,8 @@ def main():
     rows = []
     for threads in (1, 2):
         for name, tfl in models:
-            row = measure(name, tfl, threads, args.runs, args.deepsparse, cache, args.settle_ms)
+            row = measure(name, tfl, threads, args.runs, args.deepsparse, cache, args.settle_ms,
+                          args.consecutive)
             rows.append(row)
             print(json.dumps(row), flush=True)
     info = machine_info()
@@ -335,8 +279,11 @@ def main():
         ["cocopie_static", "cocopie"]
     text = (f"Measured {datetime.date.today()}: `python bench/bench_peers.py --runs {args.runs}"
             + (" --resnet50" if args.resnet50 else "") + (" --deepsparse PY" if args.deepsparse else "")
+            + (f" --consecutive {args.consecutive}" if args.consecutive > 1 else "")
             + "`\n\nMachine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "\n\n"
-            + "Median ms (q1-q3) of alternating runs, same weights, outputs checked.\n\n"
+            + "Median ms (q1-q3) of alternating runs, same weights, outputs checked"
+            + (f"; {args.consecutive} runs in a row per runtime and round, the first untimed"
+               if args.consecutive > 1 else "") + ".\n\n"
             + table(rows, peers) + "\n")
     print(text)
     if args.out:

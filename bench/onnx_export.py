@@ -84,21 +84,3 @@ def keras_to_onnx(model) -> bytes:
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m.SerializeToString()
-
-
-class OrtRunner:
-    """Invoke-style wrapper so ORT alternates with the LiteRT interpreters."""
-
-    def __init__(self, onnx_bytes: bytes, threads: int, x: np.ndarray):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-        self.x = x
-        self.output = None
-
-    def invoke(self):
-        self.output = self.session.run(["output"], {"input": self.x})[0]
