@@ -676,6 +676,7 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     if (why.empty()) supported.push_back(node_index);
     else why_not[node_index] = why;
   }
+  supported = WithoutContradictedShapes(ctx, Dims(plan), supported, &why_not);
   // The GPU backend takes every node it supports: the point is to run the
   // model on the device, and each node left to TFLite's CPU kernels would
   // cut the partition and cost two transfers.  claim=auto on the CPU weighs
@@ -692,7 +693,7 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     if (claimed_set.count(node_index))
       d->Log("claims node " + std::to_string(node_index));
     else if (code == kTfLiteBuiltinConv2d || code == kTfLiteBuiltinDepthwiseConv2d ||
-             code == kTfLiteBuiltinFullyConnected)
+             code == kTfLiteBuiltinFullyConnected || code == kTfLiteBuiltinAdd)
       d->Log("leaves node " + std::to_string(node_index) + " to TFLite: " + why_not[node_index]);
   }
   d->Log("claimed " + std::to_string(claimed.size()) + " nodes, " +

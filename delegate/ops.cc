@@ -1,7 +1,9 @@
 #include "delegate/ops.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <set>
 #include <unordered_map>
 #include <vector>
@@ -525,6 +527,137 @@ std::string NotWorth(double speedup) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string DimsText(const int* d, int n) {
+  std::string s = "[";
+  for (int i = 0; i < n; ++i) s += (i ? "," : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+// The output shape stock TFLite's Prepare gives `node` from its inputs'
+// declared shapes, for the ops whose rule is simple and which the delegate
+// takes or sits between (convs, pools, ADD, FULLY_CONNECTED); false when it
+// is not known here (another op, missing or unusable parameters or shapes).
+bool StockOutputShape(const TfLiteContext* ctx, const TfLiteNode* node, int code,
+                      std::vector<int>* out) {
+  if (node->inputs == nullptr || node->inputs->size < 1 || node->builtin_data == nullptr)
+    return false;
+  const auto input = [&](int i) -> const TfLiteTensor* {
+    if (i >= node->inputs->size) return nullptr;
+    const int t = node->inputs->data[i];
+    if (t < 0 || static_cast<size_t>(t) >= ctx->tensors_size || ctx->tensors[t].dims == nullptr)
+      return nullptr;
+    return &ctx->tensors[t];
+  };
+  const TfLiteTensor* in = input(0);
+  if (in == nullptr) return false;
+  const std::vector<int> d(in->dims->data, in->dims->data + in->dims->size);
+  for (int v : d)
+    if (v <= 0) return false;
+  const auto spatial = [&](int padding, int kh, int kw, int sh, int sw, int dh, int dw, int c) {
+    if (d.size() != 4 || (padding != kTfLitePaddingSame && padding != kTfLitePaddingValid))
+      return false;
+    const Padding pad = padding == kTfLitePaddingSame ? Padding::kSame : Padding::kValid;
+    int oh, ow, before;
+    if (!ComputeAxis(d[1], kh, sh, dh, pad, &oh, &before) ||
+        !ComputeAxis(d[2], kw, sw, dw, pad, &ow, &before) || c <= 0)
+      return false;
+    *out = {d[0], oh, ow, c};
+    return true;
+  };
+  if (code == kTfLiteBuiltinConv2d || code == kTfLiteBuiltinDepthwiseConv2d) {
+    const TfLiteTensor* w = input(1);
+    if (w == nullptr || w->dims->size != 4) return false;
+    if (code == kTfLiteBuiltinConv2d) {
+      const auto* p = static_cast<const TfLiteConvParams*>(node->builtin_data);
+      return spatial(p->padding, Dim(*w, 1), Dim(*w, 2), p->stride_height, p->stride_width,
+                     p->dilation_height_factor, p->dilation_width_factor, Dim(*w, 0));
+    }
+    const auto* p = static_cast<const TfLiteDepthwiseConvParams*>(node->builtin_data);
+    return spatial(p->padding, Dim(*w, 1), Dim(*w, 2), p->stride_height, p->stride_width,
+                   p->dilation_height_factor, p->dilation_width_factor, Dim(*w, 3));
+  }
+  if (code == kTfLiteBuiltinMaxPool2d || code == kTfLiteBuiltinAveragePool2d) {
+    const auto* p = static_cast<const TfLitePoolParams*>(node->builtin_data);
+    return d.size() == 4 && spatial(p->padding, p->filter_height, p->filter_width,
+                                    p->stride_height, p->stride_width, 1, 1, d[3]);
+  }
+  if (code == kTfLiteBuiltinAdd) {  // numpy broadcasting, aligned on the last axis
+    const TfLiteTensor* b = input(1);
+    if (b == nullptr) return false;
+    const std::vector<int> e(b->dims->data, b->dims->data + b->dims->size);
+    out->assign(std::max(d.size(), e.size()), 1);
+    for (size_t i = 0; i < out->size(); ++i) {
+      const int x = i < d.size() ? d[d.size() - 1 - i] : 1;
+      const int y = i < e.size() ? e[e.size() - 1 - i] : 1;
+      if (y <= 0 || (x != y && x != 1 && y != 1)) return false;
+      (*out)[out->size() - 1 - i] = x == 1 ? y : x;
+    }
+    return true;
+  }
+  if (code == kTfLiteBuiltinFullyConnected) {
+    const TfLiteTensor* w = input(1);
+    const auto* p = static_cast<const TfLiteFullyConnectedParams*>(node->builtin_data);
+    if (w == nullptr || w->dims->size != 2 || Dim(*w, 0) <= 0 || Dim(*w, 1) <= 0) return false;
+    const int units = Dim(*w, 0), depth = Dim(*w, 1);
+    if (p->keep_num_dims) {
+      if (d.empty() || d.back() != depth) return false;
+      *out = d;
+      out->back() = units;
+      return true;
+    }
+    int64_t total = 1;
+    for (int v : d) total *= v;
+    if (total % depth != 0 || total / depth > std::numeric_limits<int>::max()) return false;
+    *out = {static_cast<int>(total / depth), units};
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<int> WithoutContradictedShapes(TfLiteContext* ctx,
+                                           const std::vector<int>& execution_plan,
+                                           const std::vector<int>& supported,
+                                           std::map<int, std::string>* why_not) {
+  std::set<int> contradicted;  // tensors whose declared shape stock will not keep
+  std::map<int, std::string> dropped;
+  for (int n : execution_plan) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk || node == nullptr ||
+        node->outputs == nullptr)
+      continue;
+    std::string why;
+    if (node->inputs != nullptr)
+      for (int i = 0; i < node->inputs->size && why.empty(); ++i)
+        if (contradicted.count(node->inputs->data[i]))
+          why = "reads a tensor whose declared shape the graph contradicts (a damaged file)";
+    std::vector<int> want;
+    const int o = node->outputs->size > 0 ? node->outputs->data[0] : -1;
+    if (why.empty() && o >= 0 && static_cast<size_t>(o) < ctx->tensors_size &&
+        ctx->tensors[o].dims != nullptr && StockOutputShape(ctx, node, reg->builtin_code, &want)) {
+      const TfLiteIntArray* got = ctx->tensors[o].dims;
+      if (!std::equal(want.begin(), want.end(), got->data, got->data + got->size))
+        why = "declares output shape " + DimsText(got->data, got->size) + " where its input and "
+              "parameters give " + DimsText(want.data(), static_cast<int>(want.size())) +
+              " (a damaged file)";
+    }
+    if (why.empty()) continue;
+    for (int i = 0; i < node->outputs->size; ++i) contradicted.insert(node->outputs->data[i]);
+    dropped[n] = why;
+  }
+  std::vector<int> kept;
+  for (int n : supported) {
+    const auto it = dropped.find(n);
+    if (it == dropped.end()) kept.push_back(n);
+    else (*why_not)[n] = it->second + ": left to TFLite, which recomputes the shapes";
+  }
+  return kept;
+}
 
 std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execution_plan,
                               const std::vector<int>& supported, const KernelSet* pattern_kernels,

@@ -168,9 +168,10 @@ def _edited(tfl: bytes, edit) -> bytes:
     return bytes(b.Output())
 
 
-def _run_child(script: str, data: bytes, tmp_path):
+def _run_child(script: str, data: bytes, tmp_path, stderr=False):
     """Runs `script` on the file `data` in a child process (a crash there
-    fails the test instead of ending the run); returns its stdout."""
+    fails the test instead of ending the run); returns its stdout (and its
+    stderr, with stderr=True)."""
     import subprocess
     import sys
 
@@ -179,7 +180,7 @@ def _run_child(script: str, data: bytes, tmp_path):
     p = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
                        text=True, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    return p.stdout
+    return (p.stdout, p.stderr) if stderr else p.stdout
 
 
 def _without_bias(tfl: bytes, how: str) -> bytes:
@@ -249,6 +250,9 @@ from cocopie_tf import lite
 data = open(sys.argv[1], "rb").read()
 try:
     it = lite.Interpreter(model_content=data, claim="all")
+    shape = [int(v) for v in it.get_input_details()[0]["shape"]]
+    shape[2] = 1_862_270_986
+    it.resize_tensor_input(it.get_input_details()[0]["index"], shape)
     it.allocate_tensors()
     print("ALLOCATED")
 except RuntimeError as e:
@@ -261,17 +265,75 @@ def test_tensor_too_large_for_memory_is_an_error_not_a_crash(small_model, tmp_pa
                                                              message):
     """Found by tests/fuzz_delegate.py: an input width mutated to 1.8e9 made
     the pattern kernels' Prepare throw std::bad_alloc through the runtime
-    (a Python MemoryError), and LiteRT's own arena fail without a message."""
+    (a Python MemoryError), and LiteRT's own arena fail without a message.
+    (The file's declared shapes now have to agree with each other for the
+    delegate to claim anything, so the width comes by resizing the input.)"""
     from test_nonfinite import _chain_model
 
-    def edit(m):
-        sub = m.subgraphs[0]
-        t = sub.tensors[sub.inputs[0]]
-        t.shape = [int(t.shape[0]), int(t.shape[1]), 1_862_270_986, int(t.shape[3])]
-
     tfl = small_model[1] if which == "dense" else _chain_model()[0]
-    out = _run_child(HUGE_CHILD, _edited(tfl, edit), tmp_path)
+    out = _run_child(HUGE_CHILD, tfl, tmp_path)
     assert "REFUSED" in out and message in out, out
+
+
+CONTRADICTED_CHILD = r"""
+import json, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from cocopie_tf import lite
+bad = open(sys.argv[1], "rb").read()
+x = np.random.default_rng(0).uniform(-1, 1, (1, 8, 8, 16)).astype(np.float32)
+def run(it):
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+ref = run(Interpreter(model_content=bad))
+for claim in ("auto", "all"):
+    it = lite.Interpreter(model_content=bad, claim=claim, num_threads=2, verbose=True)
+    out = run(it)
+    print(json.dumps(dict(claim=claim, shape=list(out.shape), ref_shape=list(ref.shape),
+                          claimed=len(it.delegate_report()),
+                          err=float(np.abs(out - ref).max()))))
+"""
+
+
+def test_a_shape_the_file_contradicts_is_left_to_stock(tmp_path):
+    """Found by tests/fuzz_delegate.py: a conv's stride overwritten to 8 in a
+    file whose declared shapes still say 8x8.  Stock recomputes the conv's
+    output (1x1) and runs the ADD after it as a broadcast; the delegate had
+    claimed both from the declared shapes and refused at Prepare.  Now a
+    declared shape the graph contradicts keeps the node that declares it and
+    every node reading it (here all three) with TFLite, and the file runs as
+    it does on stock; the verbose log says why."""
+    import json
+
+    import keras
+
+    from cocopie_tf import convert
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 16), batch_size=1)
+    h = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inp)
+    out = keras.layers.Conv2D(16, 3, padding="same", name="after")(keras.layers.Add()([inp, h]))
+    tfl = convert(keras.Model(inp, out))
+
+    def edit(m):
+        op = m.subgraphs[0].operators[0]  # the first conv
+        op.builtinOptions.strideH = op.builtinOptions.strideW = 8
+
+    stdout, stderr = _run_child(CONTRADICTED_CHILD, _edited(tfl, edit), tmp_path, stderr=True)
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["claim"] for r in rows] == ["auto", "all"], stdout
+    for r in rows:
+        assert r["shape"] == r["ref_shape"] == [1, 8, 8, 16] and r["err"] == 0.0, r
+        assert r["claimed"] == 0, r
+    assert "declares output shape [1,8,8,16] where its input and parameters give " \
+           "[1,1,1,16] (a damaged file)" in stderr, stderr[-3000:]
+    # The unedited file: all three claimed under claim=all.
+    it = lite.Interpreter(model_content=tfl, claim="all")
+    it.allocate_tensors()
+    assert len(it.delegate_report()) == 3
+
 
 
 ZERO_WIDTH_CHILD = r"""
@@ -307,7 +369,8 @@ def test_a_declared_output_without_positions_is_not_a_crash(shape, tmp_path):
     """Fuzzer case (2026-12-05): a pruned 1x1 conv whose file declares an
     output of width 0 divided by zero in the claim cost model (SIGFPE) before
     any shape was checked.  Stock LiteRT recomputes the shape and runs; so
-    must the delegate, with stock's outputs."""
+    must the delegate, with stock's outputs (it now leaves a node whose
+    declared shape the graph contradicts to TFLite)."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -329,9 +392,11 @@ def test_a_declared_output_without_positions_is_not_a_crash(shape, tmp_path):
     if min(shape) < 0:  # stock refuses the file at load: so does the delegate
         assert all(v.startswith("refused") and "UNEXPECTED" not in v for v in lines.values()), lines
         return
-    claimed_all, err_all = lines["all"].split()
-    assert int(claimed_all) == 2 and 0 <= float(err_all) <= 1e-5
-    assert 0 <= float(lines["auto"].split()[1]) <= 1e-5
+    # The declared output contradicts the conv's input and parameters: both
+    # convs (the second reads it) stay with TFLite, which recomputes it.
+    for claim in ("auto", "all"):
+        claimed, err = lines[claim].split()
+        assert int(claimed) == 0 and 0 <= float(err) <= 1e-5, lines
 
 
 def test_a_dilation_beyond_the_kernels_span_is_left_to_stock():
