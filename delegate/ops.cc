@@ -609,7 +609,10 @@ bool StockOutputShape(const TfLiteContext* ctx, const TfLiteNode* node, int code
       return true;
     }
     int64_t total = 1;
-    for (int v : d) total *= v;
+    for (int v : d) {
+      if (total > std::numeric_limits<int64_t>::max() / v) return false;  // a hostile file
+      total *= v;
+    }
     if (total % depth != 0 || total / depth > std::numeric_limits<int>::max()) return false;
     *out = {static_cast<int>(total / depth), units};
     return true;
@@ -629,7 +632,7 @@ std::vector<int> WithoutContradictedShapes(TfLiteContext* ctx,
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk || node == nullptr ||
-        node->outputs == nullptr)
+        reg == nullptr || node->outputs == nullptr)
       continue;
     std::string why;
     if (node->inputs != nullptr)
