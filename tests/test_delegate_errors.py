@@ -275,22 +275,27 @@ def test_tensor_too_large_for_memory_is_an_error_not_a_crash(small_model, tmp_pa
     assert "REFUSED" in out and message in out, out
 
 
-CONTRADICTED_CHILD = r"""
+# What the child scripts below share: the damaged file, and one run of an
+# interpreter on input x.
+_CHILD_RUN = r"""
 import json, sys
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from cocopie_tf import lite
 bad = open(sys.argv[1], "rb").read()
-x = np.random.default_rng(0).uniform(-1, 1, (1, 8, 8, 16)).astype(np.float32)
-def run(it):
+def run(it, x):
     it.allocate_tensors()
     it.set_tensor(it.get_input_details()[0]["index"], x)
     it.invoke()
     return it.get_tensor(it.get_output_details()[0]["index"])
-ref = run(Interpreter(model_content=bad))
+"""
+
+CONTRADICTED_CHILD = _CHILD_RUN + r"""
+x = np.random.default_rng(0).uniform(-1, 1, (1, 8, 8, 16)).astype(np.float32)
+ref = run(Interpreter(model_content=bad), x)
 for claim in ("auto", "all"):
     it = lite.Interpreter(model_content=bad, claim=claim, num_threads=2, verbose=True)
-    out = run(it)
+    out = run(it, x)
     print(json.dumps(dict(claim=claim, shape=list(out.shape), ref_shape=list(ref.shape),
                           claimed=len(it.delegate_report()),
                           err=float(np.abs(out - ref).max()))))
@@ -336,26 +341,16 @@ def test_a_shape_the_file_contradicts_is_left_to_stock(tmp_path):
 
 
 
-ZERO_WIDTH_CHILD = r"""
-import sys
-import numpy as np
-from ai_edge_litert.interpreter import Interpreter
-from cocopie_tf import lite
-bad = open(sys.argv[1], "rb").read()
+ZERO_WIDTH_CHILD = _CHILD_RUN + r"""
 x = np.random.default_rng(0).uniform(-1, 1, (1, 14, 14, 16)).astype(np.float32)
-def run(it):
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
 try:
-    ref = run(Interpreter(model_content=bad))
+    ref = run(Interpreter(model_content=bad), x)
 except ValueError:
     ref = None
 for claim in ("auto", "all"):
     try:
         it = lite.Interpreter(model_content=bad, claim=claim, num_threads=2)
-        out = run(it)
+        out = run(it, x)
     except ValueError as e:
         print(claim, "refused", str(e).splitlines()[0] if ref is None else "UNEXPECTED")
         continue
