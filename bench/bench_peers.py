@@ -111,21 +111,24 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
 
 
-def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, consecutive=1):
-    """Times every runtime on `tfl` at `threads`, alternating round by round;
-    `consecutive` > 1: each runtime runs that many times per round and only
-    runs 2.. are timed (right after the same model ran)."""
+def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, consecutive=1,
+            runtimes=RUNTIMES):
+    """Times `runtimes` (and DeepSparse, given its venv's python) on `tfl` at
+    `threads`, alternating round by round; `consecutive` > 1: each runtime
+    runs that many times per round and only runs 2.. are timed (right after
+    the same model ran).  xnnpack, the reference, and cocopie always run."""
     from ai_edge_litert.interpreter import Interpreter
 
     probe = Interpreter(model_content=tfl)
     shape = probe.get_input_details()[0]["shape"]
     del probe
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-    onnx_bytes = tflite_to_onnx(tfl)
+    kinds = ["xnnpack", "cocopie"] + [k for k in ("cocopie_static", "onnxruntime") if k in runtimes]
+    onnx_bytes = tflite_to_onnx(tfl) if "onnxruntime" in kinds or ds_python else None
     runners = {}
     try:
         # The reference first: every output is checked against stock LiteRT.
-        for kind in ("xnnpack", "cocopie", "cocopie_static", "onnxruntime"):
+        for kind in kinds:
             runners[kind] = make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache)
             runners[kind].invoke()
         if ds_python:
