@@ -590,7 +590,7 @@ std::vector<int32_t> TapOffsets(const ConvShape& s, const PatternPlan& plan, int
 // whose lane p * 4 + t is tap t at position p (PatternConvArgs).
 void SmallMapPermutations(const ConvShape& s, const PatternPlan& plan, PatternScratch* scratch) {
   const int taps = s.k_h * s.k_w;
-  std::vector<int32_t>& index = scratch->small_index;
+  auto& index = scratch->small_index;
   std::vector<uint16_t>& mask = scratch->small_mask;
   index.assign(static_cast<size_t>(taps) * kSmallMapLanes, 0);
   mask.assign(taps, 0);
@@ -604,6 +604,7 @@ void SmallMapPermutations(const ConvShape& s, const PatternPlan& plan, PatternSc
     }
   scratch->small_quad_index.clear();
   scratch->small_quad_mask.clear();
+  scratch->small_quad_kernels.clear();
   if (s.out_h * s.out_w > 4) return;
   const int num_p = plan.num_patterns();
   scratch->small_quad_index.assign(static_cast<size_t>(num_p) * kSmallMapLanes, 0);
@@ -616,6 +617,28 @@ void SmallMapPermutations(const ConvShape& s, const PatternPlan& plan, PatternSc
         if (!((mask[tap] >> p) & 1u)) continue;
         scratch->small_quad_index[q * kSmallMapLanes + p * 4 + t] = index[tap * kSmallMapLanes + p];
         scratch->small_quad_mask[q] = static_cast<uint16_t>(scratch->small_quad_mask[q] | (1u << (p * 4 + t)));
+      }
+  }
+  // One loop per unit (PatternConvArgs::small_quad_kernels): every pattern
+  // of 4 taps, at most 16 of them, one channel chunk, offsets of whole
+  // 16-float channels.
+  const PatternExec& e = scratch->exec;
+  bool merged = num_p <= 16 && e.num_chunks == 1;
+  for (int q = 0; q < num_p && merged; ++q) merged = plan.pattern_taps[q].size() == 4;
+  if (!merged) return;
+  const int units = static_cast<int>(plan.unit_begin.size());
+  scratch->small_quad_kernels.assign(e.channel.size(), 0);
+  for (int u = 0; u < units; ++u) {
+    const int32_t* runs = e.runs.data() + static_cast<int64_t>(u) * (num_p + 1);
+    const int32_t k0 = e.kernel_offset[u];
+    for (int q = 0; q < num_p; ++q)
+      for (int32_t k = k0 + runs[q]; k < k0 + runs[q + 1]; ++k) {
+        const int32_t off = e.channel[static_cast<size_t>(k)];
+        if (off % kSmallMapLanes != 0) {  // not whole channels: the per-pattern loops
+          scratch->small_quad_kernels.clear();
+          return;
+        }
+        scratch->small_quad_kernels[static_cast<size_t>(k)] = off | q;
       }
   }
 }
@@ -1383,6 +1406,8 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
           if (!scratch->small_quad_index.empty()) {
             args.small_quad_index = scratch->small_quad_index.data();
             args.small_quad_mask = scratch->small_quad_mask.data();
+            if (!scratch->small_quad_kernels.empty())
+              args.small_quad_kernels = scratch->small_quad_kernels.data();
           }
         }
         ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {

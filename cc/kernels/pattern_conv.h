@@ -229,7 +229,8 @@ struct PatternScratch {
   // Small maps: padded CHW planes for PropagateNonFinite (made only then),
   // and the permutations of each tap and 4-tap pattern (PatternConvArgs).
   std::vector<float> padded;
-  std::vector<int32_t> small_index, small_quad_index;
+  std::vector<int32_t, LineAllocator<int32_t>> small_index, small_quad_index;  // 64-byte rows
+  std::vector<int32_t> small_quad_kernels;
   std::vector<uint16_t> small_mask, small_quad_mask;
   std::vector<int8_t> small_shift;
   std::vector<int32_t> tap_offsets;
@@ -277,6 +278,12 @@ struct PatternConvArgs {
   // other sizes).
   const int32_t* small_quad_index = nullptr;
   const uint16_t* small_quad_mask = nullptr;
+  // ... and when every pattern has 4 taps, per kernel of the exec lists
+  // (PatternExec::channel order) its input offset | pattern id (< 16; the
+  // offsets are multiples of 16): a unit's kernels then run as one loop
+  // instead of one per pattern, whose varying trip counts the branch
+  // predictor cannot learn across layers (null: per pattern).
+  const int32_t* small_quad_kernels = nullptr;
   // Pair maps (PatternGeometry::pair_map): per tap, the first of the two
   // input vectors, relative to the output vector (-1, 0 or 1); small_index
   // and small_mask then hold the two-source permutation and its mask.

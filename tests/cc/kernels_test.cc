@@ -613,6 +613,64 @@ TEST_CASE(SmallMapsMatchTheReference) {
   CHECK((pair_runs > 0) == any_pairs);
 }
 
+// Maps of <= 4 positions whose patterns all have 4 taps run a unit's
+// kernels as one loop, each kernel reading its pattern's permutation
+// (PatternConvArgs::small_quad_kernels); a 3-tap pattern among them keeps
+// the loop per pattern.  Both against the reference, Inf/NaN included.
+TEST_CASE(SmallQuadMapsMatchTheReference) {
+  std::mt19937 rng(29);
+  const uint32_t four[8] = {0x1d, 0x1e, 0x33, 0x71, 0x93, 0x95, 0xd1, 0x170};  // VGG-16's
+  int merged = 0, per_pattern = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    ConvShape s;
+    s.in_h = 1 + trial % 2; s.in_w = 1 + (trial / 2) % 2;  // 1x1 .. 2x2
+    s.k_h = s.k_w = 3;
+    s.in_c = 1 + int(rng() % 40);
+    s.out_c = 1 + int(rng() % 20);
+    s.act_min = trial % 3 ? -INFINITY : 0.f;
+    CHECK(ResolveConvShape(Padding::kSame, &s).empty());
+    const bool mixed = trial % 5 == 4;  // one 3-tap pattern among them
+    auto w = Random(size_t(s.out_c) * 9 * s.in_c, &rng);
+    for (int o = 0; o < s.out_c; ++o)
+      for (int c = 0; c < s.in_c; ++c) {
+        uint32_t mask = rng() % 4 ? four[rng() % 8] : 0u;
+        if (mixed && o == 0 && c == 0) mask = 0x13;
+        for (int t = 0; t < 9; ++t)
+          if (!((mask >> t) & 1u)) w[(size_t(o) * 9 + t) * s.in_c + c] = 0.f;
+      }
+    const auto b = Random(s.out_c, &rng);
+    auto in = Random(size_t(s.in_h) * s.in_w * s.in_c, &rng);
+    if (trial % 3 == 1) in[rng() % in.size()] = trial % 2 ? NAN : INFINITY;
+    std::vector<float> ref(size_t(s.out_h) * s.out_w * s.out_c), out(ref.size());
+    Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+    PatternPlan plan;
+    CHECK(BuildPatternPlan(w.data(), s.out_c, 3, 3, s.in_c, b.data(), 1 + trial % 4, &plan).empty());
+    for (const KernelSet* set : UsableSets()) {
+      if (set->pattern_small_map == nullptr) continue;
+      ThreadPool pool(1 + trial % 2);
+      PatternScratch scratch;
+      PatternTuning t{0, 0, JitIsa::kNone};
+      RunPatternConv(set, s, plan, &scratch, in.data(), out.data(), &pool, t);
+      CHECK(scratch.geometry.small_map);
+      bool ok = true;
+      for (size_t i = 0; i < ref.size(); ++i)
+        ok = ok && (std::isnan(ref[i])   ? std::isnan(out[i])
+                    : std::isinf(ref[i]) ? out[i] == ref[i]
+                                         : std::fabs(double(out[i]) - ref[i]) <= 1e-5 * (1 + std::fabs(ref[i])));
+      CHECK(ok);
+      // Every pattern of 4 taps (none used at all counts too): one loop.
+      bool all_four = true;
+      for (const auto& taps : plan.pattern_taps) all_four = all_four && taps.size() == 4;
+      CHECK(scratch.small_quad_kernels.empty() == !all_four);
+      merged += !scratch.small_quad_kernels.empty();
+      per_pattern += scratch.small_quad_kernels.empty();
+    }
+  }
+  bool any = false;
+  for (const KernelSet* set : UsableSets()) any |= set->pattern_small_map != nullptr;
+  CHECK(!any || (merged > 0 && per_pattern > 0));
+}
+
 TEST_CASE(ChainedPatternConvsKeepTheLayout) {
   // conv A (SAME 3x3) feeds conv B (VALID 3x3, then SAME dilated 5x5): A writes
   // straight into B's padded CHW input; the result equals running both
