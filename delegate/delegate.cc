@@ -676,7 +676,7 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     if (why.empty()) supported.push_back(node_index);
     else why_not[node_index] = why;
   }
-  supported = WithoutContradictedShapes(ctx, Dims(plan), supported, &why_not);
+  supported = SupportedIfShapesAgree(ctx, Dims(plan), supported, &why_not);
   // The GPU backend takes every node it supports: the point is to run the
   // model on the device, and each node left to TFLite's CPU kernels would
   // cut the partition and cost two transfers.  claim=auto on the CPU weighs

@@ -622,44 +622,33 @@ bool StockOutputShape(const TfLiteContext* ctx, const TfLiteNode* node, int code
 
 }  // namespace
 
-std::vector<int> WithoutContradictedShapes(TfLiteContext* ctx,
-                                           const std::vector<int>& execution_plan,
-                                           const std::vector<int>& supported,
-                                           std::map<int, std::string>* why_not) {
-  std::set<int> contradicted;  // tensors whose declared shape stock will not keep
-  std::map<int, std::string> dropped;
+std::vector<int> SupportedIfShapesAgree(TfLiteContext* ctx,
+                                        const std::vector<int>& execution_plan,
+                                        const std::vector<int>& supported,
+                                        std::map<int, std::string>* why_not) {
+  std::string why;
   for (int n : execution_plan) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk || node == nullptr ||
-        reg == nullptr || node->outputs == nullptr)
+        reg == nullptr || node->outputs == nullptr || node->outputs->size < 1)
       continue;
-    std::string why;
-    if (node->inputs != nullptr)
-      for (int i = 0; i < node->inputs->size && why.empty(); ++i)
-        if (contradicted.count(node->inputs->data[i]))
-          why = "reads a tensor whose declared shape the graph contradicts (a damaged file)";
     std::vector<int> want;
-    const int o = node->outputs->size > 0 ? node->outputs->data[0] : -1;
-    if (why.empty() && o >= 0 && static_cast<size_t>(o) < ctx->tensors_size &&
-        ctx->tensors[o].dims != nullptr && StockOutputShape(ctx, node, reg->builtin_code, &want)) {
-      const TfLiteIntArray* got = ctx->tensors[o].dims;
-      if (!std::equal(want.begin(), want.end(), got->data, got->data + got->size))
-        why = "declares output shape " + DimsText(got->data, got->size) + " where its input and "
-              "parameters give " + DimsText(want.data(), static_cast<int>(want.size())) +
-              " (a damaged file)";
-    }
-    if (why.empty()) continue;
-    for (int i = 0; i < node->outputs->size; ++i) contradicted.insert(node->outputs->data[i]);
-    dropped[n] = why;
+    const int o = node->outputs->data[0];
+    if (o < 0 || static_cast<size_t>(o) >= ctx->tensors_size || ctx->tensors[o].dims == nullptr ||
+        !StockOutputShape(ctx, node, reg->builtin_code, &want))
+      continue;
+    const TfLiteIntArray* got = ctx->tensors[o].dims;
+    if (std::equal(want.begin(), want.end(), got->data, got->data + got->size)) continue;
+    why = "the file's declared shapes contradict themselves (node " + std::to_string(n) +
+          " declares output shape " + DimsText(got->data, got->size) + " where its input and "
+          "parameters give " + DimsText(want.data(), static_cast<int>(want.size())) +
+          "): a damaged file is left to TFLite, which recomputes the shapes";
+    break;
   }
-  std::vector<int> kept;
-  for (int n : supported) {
-    const auto it = dropped.find(n);
-    if (it == dropped.end()) kept.push_back(n);
-    else (*why_not)[n] = it->second + ": left to TFLite, which recomputes the shapes";
-  }
-  return kept;
+  if (why.empty()) return supported;
+  for (int n : supported) (*why_not)[n] = why;
+  return {};
 }
 
 std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execution_plan,

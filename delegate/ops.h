@@ -84,17 +84,18 @@ std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
 std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* node,
                                 const TfLiteRegistration* reg);
 
-// The `supported` nodes (in execution order) less those the graph's own
-// declared shapes contradict: a node whose declared output shape is not the
-// one stock TFLite's Prepare computes from its input (a damaged file), and
-// every node that reads, directly or through other nodes, such a tensor.
-// Stock recomputes the shapes and runs the file; a claimed node would meet
-// shapes its claim did not see (a broadcasting ADD the declared shapes hid).
-// `why_not` gets the reason for each node dropped.
-std::vector<int> WithoutContradictedShapes(TfLiteContext* context,
-                                           const std::vector<int>& execution_plan,
-                                           const std::vector<int>& supported,
-                                           std::map<int, std::string>* why_not);
+// The `supported` nodes (in execution order), or none when the file's
+// declared shapes contradict themselves: some conv, depthwise conv, pool, ADD
+// or FULLY_CONNECTED declares an output shape other than the one stock
+// TFLite's Prepare computes from its declared input (a damaged file).  Stock
+// recomputes the shapes and runs such a file; claimed nodes would meet shapes
+// their claim did not see (a broadcasting ADD the declared shapes hid), and
+// XNNPACK's partitions beside them fail to reshape where its whole-graph one
+// runs.  `why_not` gets the reason for each supported node.
+std::vector<int> SupportedIfShapesAgree(TfLiteContext* context,
+                                        const std::vector<int>& execution_plan,
+                                        const std::vector<int>& supported,
+                                        std::map<int, std::string>* why_not);
 
 // claim=auto on the CPU backend, for the whole graph at once: which of the
 // `supported` nodes (CheckSupported accepted them; in execution order) to
