@@ -46,8 +46,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
-from runners import (RUNTIMES, LiteRunner, OrtRunner, WorkerRunner,  # noqa: E402,F401
-                     make_runner, report_summary)
+from runners import RUNTIMES, WorkerRunner, make_runner, report_summary  # noqa: E402
 from timing import cpu_ticks, machine_info, steal_pct, summary  # noqa: E402
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
 
