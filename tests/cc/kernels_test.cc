@@ -1347,6 +1347,32 @@ TEST_CASE(KernelSetTransposesMatchIndexing) {
         }
 }
 
+// Sources narrower than 8 columns (AVX-512: loaded whole and picked out by
+// permutes for row strides up to 16, gathered beyond): an image of 1-7
+// channels into planes, or every other pixel of it into phase planes
+// (stride 2 x channels), rows ending inside the last vector of the source
+// buffer (nothing read past it: ASan), Inf/NaN reported.
+TEST_CASE(KernelSetTransposesNarrowSources) {
+  std::mt19937 rng(37);
+  for (const KernelSet* set : UsableSets())
+    for (int cols = 1; cols < 8; ++cols)
+      for (int stride_px : {1, 2, 3, 4, 6})
+        for (int rows : {8, 9, 15, 16, 17, 31, 33, 113}) {
+          const int64_t ss = int64_t(stride_px) * cols, ds = rows + 5;
+          // Exactly the floats the rows reach, so an over-read is caught.
+          std::vector<float> src(size_t((rows - 1) * ss + cols));
+          for (float& v : src) v = float(rng() % 1000) - 500.f;
+          std::vector<float> dst(size_t(cols) * ds, -7.f);
+          CHECK(!set->transpose(src.data(), ss, dst.data(), ds, rows, cols));
+          for (int j = 0; j < cols; ++j)
+            for (int64_t i = 0; i < ds; ++i)
+              CHECK(dst[j * ds + i] == (i < rows ? src[size_t(i * ss + j)] : -7.f));
+          const int i = int(rng() % rows), j = int(rng() % cols);
+          src[size_t(i * ss + j)] = NAN;
+          CHECK(set->transpose(src.data(), ss, dst.data(), ds, rows, cols));
+        }
+}
+
 TEST_CASE(KernelSetForThisIsa) {
   // The build compiles the set the ISA promises: NEON on AArch64, AVX-512 and
   // AVX2+FMA (next to the generic set) on x86-64, best first.
