@@ -600,7 +600,7 @@ void* PartitionInitUnguarded(TfLiteContext* ctx, const char* buffer) {
     // no phase split); the CPU's pattern plans would be unused memory.
     ops.push_back(BuildPlan(ctx, node_index, node, reg, delegate->kernels,
                             delegate->options.pattern_kernels && delegate->gpu == nullptr,
-                            record));
+                            record, delegate->jit_isa()));
     if (record != nullptr)
       delegate->Log("node " + std::to_string(node_index) + ": metadata " + ops.back().metadata);
   }

@@ -199,7 +199,7 @@ std::string CheckedButUnused(const PatternRecord& record, RecordOp op, const TfL
 
 OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* node,
                  const TfLiteRegistration* reg, const KernelSet* kernels, bool allow_pattern,
-                 const PatternRecord* record) {
+                 const PatternRecord* record, JitIsa jit) {
   OpPlan plan;
   plan.node_index = node_index;
   const int code = reg->builtin_code;
@@ -260,7 +260,7 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
                        SubsampleApplies(plan.k_h, plan.k_w, plan.stride_h, plan.stride_w);
       if (plan.subsample) geometry.stride_h = geometry.stride_w = 1;  // what runs
       plan.use_pattern = allow_pattern && kernels != nullptr &&
-                         PatternKernelApplies(plan.pattern_stats, geometry);
+                         PatternKernelApplies(plan.pattern_stats, geometry, jit);
       if (allow_pattern && kernels != nullptr && !plan.subsample &&
           PhaseSplitApplies(plan.stride_h, plan.stride_w, plan.dil_h, plan.dil_w)) {
         int kh2, kw2;
@@ -274,8 +274,8 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
         unsplit.k_h = plan.k_h; unsplit.k_w = plan.k_w;
         // The layer itself must be pattern-pruned: splitting alone makes a
         // dense 1x1 stride-2 filter look 75% sparse.
-        plan.phase_split = PatternKernelApplies(plan.pattern_stats, unsplit) &&
-                           PatternKernelApplies(st, g2) &&
+        plan.phase_split = PatternKernelApplies(plan.pattern_stats, unsplit, jit) &&
+                           PatternKernelApplies(st, g2, jit) &&
                            BuildPatternPlan(split.data(), plan.out_c, kh2, kw2, c2, bias,
                                             kMaxGroup, &plan.pattern).empty();
         if (plan.phase_split) {
@@ -426,7 +426,7 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
     // makes a dense 1x1 stride-2 filter look 75% sparse.
     ConvShape unsplit;
     unsplit.k_h = Dim(w, 1); unsplit.k_w = Dim(w, 2);
-    if (!PatternKernelApplies(st, unsplit))
+    if (!PatternKernelApplies(st, unsplit, jit))
       return "not pattern-pruned: TFLite's dense kernel is faster";
     int kh2, kw2;
     const std::vector<float> f = PhaseSplitFilter(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2),
@@ -437,7 +437,7 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
     geometry = ConvShape();
     geometry.k_h = kh2; geometry.k_w = kw2;
   }
-  if (!PatternKernelApplies(st, geometry))
+  if (!PatternKernelApplies(st, geometry, jit))
     return "not pattern-pruned (or strided with dilation): TFLite's dense kernel is faster";
   const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
   const TfLiteTensor& out = ctx->tensors[node->outputs->data[0]];

@@ -109,11 +109,13 @@ std::vector<int> ChooseClaims(TfLiteContext* context, const std::vector<int>& ex
                               JitIsa jit, std::map<int, std::string>* why_not);
 
 // Builds the plan of a node that CheckSupported accepted. `kernels` is the
-// delegate's kernel set (null: reference kernels only, no pattern kernels).
+// delegate's kernel set (null: reference kernels only, no pattern kernels);
+// `jit` the code generator's ISA (kNone: none), which also takes dense convs
+// of short filters (kJitDenseMaxDepth).
 OpPlan BuildPlan(const TfLiteContext* context, int node_index,
                  const TfLiteNode* node, const TfLiteRegistration* reg,
                  const KernelSet* kernels, bool allow_pattern,
-                 const PatternRecord* record = nullptr);
+                 const PatternRecord* record = nullptr, JitIsa jit = JitIsa::kNone);
 
 // Computes plan->shape / output_dims from the input dims. Returns an error
 // message or an empty string.

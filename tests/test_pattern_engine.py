@@ -554,3 +554,43 @@ def test_strided_pattern_conv_is_claimed_where_it_pays():
         it = lite.Interpreter(model_content=tfl)
         it.allocate_tensors()
         assert it.delegate_report() == [], k
+
+
+# Dense convs of short filters (a network's first conv over 3 channels) run
+# as generated code where a generator exists (kJitDenseMaxDepth): strided
+# ones phase-split, every weight kept, against numpy float64; with the
+# static kernels only they stay on the dense kernel, and longer dense
+# filters are never taken as pattern-pruned.
+@pytest.mark.parametrize("isa", JIT_ISAS)
+@pytest.mark.parametrize("strides,padding,h,w,ic", [
+    ((2, 2), "same", 37, 30, 3), ((1, 1), "same", 20, 21, 3), ((2, 2), "valid", 24, 25, 4),
+    ((1, 1), "valid", 17, 18, 7)])
+def test_short_dense_filters_run_as_generated_code(isa, strides, padding, h, w, ic):
+    rng = np.random.default_rng(h * 10 + ic)
+    oc = 32
+    filt = rng.standard_normal((oc, 3, 3, ic)).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    tfl = convert(_strided_model(filt, bias, strides, padding, "relu6", h, w))
+    x = rng.standard_normal((1, h, w, ic)).astype(np.float32)
+    ref = np_conv2d(x, filt, bias, strides, (1, 1), padding, act="relu6")
+    assert _cc.pattern_limits()["jit_dense_max_depth"] >= 9 * ic
+    it = lite.Interpreter(model_content=tfl, claim="all", jit=isa, num_threads=2)
+    out = run_tflite(it, [x])[0]
+    assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
+    (entry,) = it.delegate_report()
+    assert entry["kernel"] == f"f32_conv2d_pattern__jit_{isa}", entry
+    assert entry["executed_macs"] == entry["dense_macs"]
+    static = lite.Interpreter(model_content=tfl, claim="all", jit="static")
+    out = run_tflite(static, [x])[0]
+    assert np.linalg.norm(out - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-30)
+    assert "conv2d_direct" in static.delegate_report()[0]["kernel"]
+
+
+@pytest.mark.parametrize("isa", JIT_ISAS)
+def test_long_dense_filters_stay_dense(isa):
+    rng = np.random.default_rng(5)
+    filt = rng.standard_normal((16, 3, 3, 8)).astype(np.float32)  # 72 weights per filter
+    tfl = convert(_strided_model(filt, np.zeros(16, np.float32), (1, 1), "same", "none", 12, 12))
+    it = lite.Interpreter(model_content=tfl, claim="all", jit=isa)
+    it.allocate_tensors()
+    assert "conv2d_direct" in it.delegate_report()[0]["kernel"]

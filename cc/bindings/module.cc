@@ -372,6 +372,7 @@ PYBIND11_MODULE(_cc, m) {
   m.def("pattern_limits", [] {
     py::dict d;
     d["max_density"] = kPatternMaxDensity;
+    d["jit_dense_max_depth"] = kJitDenseMaxDepth;
     d["max_patterns"] = kPatternMaxDistinct;
     d["max_taps"] = kMaxTaps;
     d["max_group"] = kMaxGroup;

@@ -373,7 +373,16 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   constexpr double kEdgeMacsPerElement = 30;
   const double ours = double(dense_macs) * density / efficiency +
                       kEdgeMacsPerElement * double(edge_elements);
-  return double(dense_macs) / ours;
+  // XNNPACK's dense kernels starve on short filters: MobileNetV2's stem
+  // (3x3 stride 2, 3 -> 32 channels, 27 weights per filter) took it 0.40 ms,
+  // 27 GMAC/s, against 50-60 on the model's 1x1 convs (AMD Zen 4, 1 thread,
+  // docs/engine.md section 28); generated code loads each input once for a
+  // whole block of filters whatever the filter length.
+  const double theirs = st.Density() > kPatternMaxDensity && st.filter_depth > 0 &&
+                                st.filter_depth <= kJitDenseMaxDepth && jit != JitIsa::kNone
+                            ? 2.0 * double(dense_macs)
+                            : double(dense_macs);
+  return theirs / ours;
 }
 
 namespace {
@@ -409,13 +418,16 @@ bool JitInPlacePays(JitIsa isa, const ConvShape& s) {
   return JitTilesOnMap(isa, s) >= kMinInPlaceTiles;
 }
 
-bool PatternKernelApplies(const PatternStats& st, const ConvShape& s) {
+bool PatternKernelApplies(const PatternStats& st, const ConvShape& s, JitIsa jit) {
   // Measured on AVX2 (docs/benchmarks.md): above about half the weights the
-  // dense direct kernel is as fast; many distinct masks mean unstructured
-  // sparsity, which this kernel is not built for.
+  // static kernels are no faster than the dense direct kernel; many distinct
+  // masks mean unstructured sparsity, which this kernel is not built for.
+  const bool generated = jit != JitIsa::kNone && jit != JitIsa::kAuto;
+  const bool sparse_enough =
+      st.Density() <= kPatternMaxDensity ||
+      (generated && st.filter_depth > 0 && st.filter_depth <= kJitDenseMaxDepth);
   return s.stride_h == 1 && s.stride_w == 1 && s.k_h * s.k_w <= kMaxTaps &&
-         st.total_weights > 0 && st.Density() <= kPatternMaxDensity &&
-         st.distinct_patterns <= kPatternMaxDistinct;
+         st.total_weights > 0 && sparse_enough && st.distinct_patterns <= kPatternMaxDistinct;
 }
 
 namespace {

@@ -136,7 +136,10 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
 // expected speed of the pattern kernel relative to a dense kernel of
 // XNNPACK-class efficiency, from per-MAC efficiencies measured on AVX2
 // (docs/benchmarks.md); > 1 means worth taking the node from TFLite.
-bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s);
+// With a code generator (`jit`), dense convs of short filters apply too
+// (kJitDenseMaxDepth).
+bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s,
+                          JitIsa jit = JitIsa::kNone);
 // Whether jit=auto generates code for a stride-1 conv of shape `s` (output
 // size, kernel width and dilation are read) on `isa`; false for maps too
 // small for generated code, which the static kernels run.

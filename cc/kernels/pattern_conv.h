@@ -36,6 +36,12 @@ constexpr int kMaxGroup = 4;  // filters sharing one kernel list, per unit
 // kernels are not built for.
 constexpr double kPatternMaxDensity = 0.5;
 constexpr int kPatternMaxDistinct = 64;
+// Dense convs whose filters are short (at most this many weights per filter,
+// as the conv runs: a network's first conv over 3 channels is 27, 48 once
+// phase-split) run as generated code too: every input load feeds each filter
+// of a block, where XNNPACK's GEMM kernels starve on so short a reduction
+// (MobileNetV2's stem, docs/engine.md section 28).
+constexpr int kJitDenseMaxDepth = 64;
 
 struct PatternPlan {
   int out_c = 0, in_c = 0, k_h = 0, k_w = 0;
@@ -69,6 +75,7 @@ struct PatternStats {
   int64_t kept_kernels = 0, total_kernels = 0;
   int64_t kept_weights = 0, total_weights = 0;
   int max_group = 1;  // largest run of filters with identical kernel lists
+  int filter_depth = 0;  // weights per filter, kept or not: in_c * k_h * k_w
   double Density() const {
     return total_weights ? double(kept_weights) / double(total_weights) : 1.0;
   }

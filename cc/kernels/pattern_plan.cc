@@ -42,6 +42,7 @@ PatternStats AnalyzePatterns(const float* filter, int out_c, int k_h, int k_w, i
   PatternStats st;
   st.total_kernels = static_cast<int64_t>(out_c) * in_c;
   st.total_weights = st.total_kernels * k_h * k_w;
+  st.filter_depth = in_c * k_h * k_w;
   if (k_h * k_w > 32) return st;
   const std::vector<uint32_t> masks = KernelMasks(filter, out_c, k_h, k_w, in_c);
   std::map<uint32_t, int> distinct;
