@@ -184,7 +184,8 @@ def test_converter_and_delegate_share_the_pattern_limits():
     from cocopie_tf import _cc, converter, lite
 
     limits = _cc.pattern_limits()
-    assert limits == {"max_density": 0.5, "max_patterns": 64, "max_taps": 32, "max_group": 4}
+    assert limits == {"max_density": 0.5, "max_patterns": 64, "max_taps": 32, "max_group": 4,
+                      "jit_dense_max_depth": 64}
     rng = np.random.default_rng(0)
     for density, want_record in ((limits["max_density"] - 0.05, True),
                                  (limits["max_density"] + 0.05, False)):
