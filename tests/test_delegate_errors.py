@@ -168,16 +168,16 @@ def _edited(tfl: bytes, edit) -> bytes:
     return bytes(b.Output())
 
 
-def _run_child(script: str, data: bytes, tmp_path, stderr=False):
-    """Runs `script` on the file `data` in a child process (a crash there
-    fails the test instead of ending the run); returns its stdout (and its
-    stderr, with stderr=True)."""
+def _run_child(script: str, data: bytes, tmp_path, stderr=False, args=()):
+    """Runs `script` on the file `data` (and `args`) in a child process (a
+    crash there fails the test instead of ending the run); returns its stdout
+    (and its stderr, with stderr=True)."""
     import subprocess
     import sys
 
     path = tmp_path / "model.tflite"
     path.write_bytes(data)
-    p = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+    p = subprocess.run([sys.executable, "-c", script, str(path), *args], capture_output=True,
                        text=True, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     return (p.stdout, p.stderr) if stderr else p.stdout
@@ -249,7 +249,7 @@ resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 from cocopie_tf import lite
 data = open(sys.argv[1], "rb").read()
 try:
-    it = lite.Interpreter(model_content=data, claim="all")
+    it = lite.Interpreter(model_content=data, claim="all", jit=sys.argv[2])
     shape = [int(v) for v in it.get_input_details()[0]["shape"]]
     shape[2] = 1_862_270_986
     it.resize_tensor_input(it.get_input_details()[0]["index"], shape)
@@ -271,7 +271,8 @@ def test_tensor_too_large_for_memory_is_an_error_not_a_crash(small_model, tmp_pa
     from test_nonfinite import _chain_model
 
     tfl = small_model[1] if which == "dense" else _chain_model()[0]
-    out = _run_child(HUGE_CHILD, tfl, tmp_path)
+    # Without a code generator the small model's 3-channel conv stays dense.
+    out = _run_child(HUGE_CHILD, tfl, tmp_path, args=["static" if which == "dense" else "auto"])
     assert "REFUSED" in out and message in out, out
 
 

@@ -270,3 +270,57 @@ def test_claim_auto_leaves_a_depthwise_conv_whose_input_has_other_readers(capfd)
     assert "DEPTHWISE_CONV_2D" not in ops, (ops, err)
     if _cc.default_kernel_set() == "avx512":
         assert "read by it alone" in err, err
+
+
+def _stem_model(h, seed=0):
+    """MobileNetV2's head in small: a dense 3x3 stride-2 conv over 3 channels,
+    a pattern-pruned depthwise conv, a pruned 1x1 projection, then the two
+    blocks of _inverted_residual_model's kind."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((h, h, 3), batch_size=None)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu6", name="stem")(inp)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="stem_dw")(x)
+    x = keras.layers.Conv2D(16, 1, name="stem_project")(x)
+    for b in range(2):
+        t = keras.layers.Conv2D(96, 1, activation="relu6", name=f"b{b}_expand")(x)
+        t = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name=f"b{b}_dw")(t)
+        t = keras.layers.Conv2D(16, 1, name=f"b{b}_project")(t)
+        x = keras.layers.Add()([x, t])
+    model = keras.Model(inp, keras.layers.Conv2D(8, 1, name="head")(x))
+    for layer in model.layers:
+        wts = layer.get_weights()
+        if not wts or layer.name == "stem":
+            continue
+        if layer.name.endswith("_dw"):
+            k = wts[0]
+            wts[0] = P.prune_kernel(k.reshape(3, 3, 1, -1), connectivity=None).reshape(k.shape)
+        else:
+            wts[0] = _prune_1x1(wts[0], 3.6, rng)
+        layer.set_weights(wts)
+    return model
+
+
+@pytest.mark.skipif(_cc.default_kernel_set() != "avx512" or "avx512" not in _cc.jit_choices(),
+                    reason="depthwise convs join claims on AVX-512 with its code generator")
+def test_auto_claims_a_head_that_pays_only_as_a_group():
+    """The stem alone is predicted slower than XNNPACK's (a dense conv with
+    its input's layout change), so the node-by-node rule drops it and with it
+    the block after it; judged as a whole set, the head is claimed (docs/
+    engine.md section 28).  Without a code generator the stem stays dense
+    and with TFLite."""
+    model = _stem_model(96)
+    tfl = convert(model)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    it = lite.Interpreter(model_content=tfl, tune="off", verbose=True)
+    assert rel_error(run_tflite(it, [x])[0], ref) <= 1e-5
+    report = {e["node_index"]: e for e in it.delegate_report()}
+    assert report[0]["kernel"] == "f32_conv2d_pattern__jit_avx512"
+    # Every node but the last 1x1 conv, which writes the graph's output.
+    assert sorted(report) == list(range(11))
+    static = lite.Interpreter(model_content=tfl, tune="off", jit="static")
+    assert rel_error(run_tflite(static, [x])[0], ref) <= 1e-5
+    assert 0 not in [e["node_index"] for e in static.delegate_report()]

@@ -251,7 +251,10 @@ def test_pruned_vgg16_through_the_delegate():
     out = run_tflite(interp, [x])[0]
     assert rel_error(out, reference_outputs(tfl, [x])[0]) <= 1e-5
     kernels = [e["kernel"] for e in interp.delegate_report()]
-    assert len(kernels) == 12 and all("pattern" in k for k in kernels)
+    # With AVX-512 code generation the first conv (dense, 3 channels) joins
+    # (kJitDenseMaxDepth); AVX2's generated code is predicted slower there.
+    first = 1 if "avx512" in _cc.jit_choices() else 0
+    assert len(kernels) == 12 + first and all("pattern" in k for k in kernels)
 
 
 def test_pattern_layer_tune_keeps_results_and_rejects_bad_knobs():

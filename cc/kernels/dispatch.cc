@@ -339,7 +339,9 @@ constexpr int kJitMinBands = 4;
 }  // namespace
 
 double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t dense_macs,
-                                 int64_t edge_elements, bool one_by_one, bool in_place) {
+                                 int64_t edge_elements, bool one_by_one, bool in_place,
+                                 double* saved) {
+  if (saved != nullptr) *saved = 0;
   // Executed-MAC efficiency of the pattern kernel relative to XNNPACK's dense
   // convolution (56x56x128->128, 8 patterns, 1 thread; bench/bench_ablation.py
   // and bench/bench_engine.py).  Static kernels (AVX2): about 0.28 when every
@@ -378,10 +380,12 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   // 27 GMAC/s, against 50-60 on the model's 1x1 convs (AMD Zen 4, 1 thread,
   // docs/engine.md section 28); generated code loads each input once for a
   // whole block of filters whatever the filter length.
-  const double theirs = st.Density() > kPatternMaxDensity && st.filter_depth > 0 &&
-                                st.filter_depth <= kJitDenseMaxDepth && jit != JitIsa::kNone
+  const double theirs = !one_by_one && st.Density() > kPatternMaxDensity &&
+                                st.filter_depth > 0 && st.filter_depth <= kJitDenseMaxDepth &&
+                                jit != JitIsa::kNone
                             ? 2.0 * double(dense_macs)
                             : double(dense_macs);
+  if (saved != nullptr) *saved = theirs - ours;
   return theirs / ours;
 }
 
@@ -425,7 +429,8 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s, JitIsa jit
   const bool generated = jit != JitIsa::kNone && jit != JitIsa::kAuto;
   const bool sparse_enough =
       st.Density() <= kPatternMaxDensity ||
-      (generated && st.filter_depth > 0 && st.filter_depth <= kJitDenseMaxDepth);
+      (generated && s.k_h * s.k_w > 1 && st.filter_depth > 0 &&
+       st.filter_depth <= kJitDenseMaxDepth);
   return s.stride_h == 1 && s.stride_w == 1 && s.k_h * s.k_w <= kMaxTaps &&
          st.total_weights > 0 && sparse_enough && st.distinct_patterns <= kPatternMaxDistinct;
 }

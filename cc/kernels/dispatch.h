@@ -151,10 +151,13 @@ bool JitInPlacePays(JitIsa isa, const ConvShape& s);
 // `dense_macs` and `edge_elements` (input + output elements of the node,
 // which the engine transposes at a partition edge) make the prediction
 // include the layout change; 0 leaves it out.  `in_place`: a 1x1 conv whose
-// generated code will read or write a planar tensor in place.
+// generated code will read or write a planar tensor in place.  `saved`, if
+// given, gets the predicted time saved in XNNPACK-MAC equivalents (negative
+// when the node is predicted slower), for comparing sets of claims.
 double PredictedSpeedupOverDense(const PatternStats& stats, JitIsa jit = JitIsa::kNone,
                                  int64_t dense_macs = 0, int64_t edge_elements = 0,
-                                 bool one_by_one = false, bool in_place = false);
+                                 bool one_by_one = false, bool in_place = false,
+                                 double* saved = nullptr);
 
 // "f32_<op>__<isa>" for reports.
 std::string KernelName(const KernelSet* set, const char* op);

@@ -36,9 +36,10 @@ constexpr int kMaxGroup = 4;  // filters sharing one kernel list, per unit
 // kernels are not built for.
 constexpr double kPatternMaxDensity = 0.5;
 constexpr int kPatternMaxDistinct = 64;
-// Dense convs whose filters are short (at most this many weights per filter,
-// as the conv runs: a network's first conv over 3 channels is 27, 48 once
-// phase-split) run as generated code too: every input load feeds each filter
+// Dense spatial convs whose filters are short (at most this many weights per
+// filter, as the conv runs: a network's first conv over 3 channels is 27, 48
+// once phase-split; not 1x1 convs, which XNNPACK runs as a plain GEMM) run as
+// generated code too: every input load feeds each filter
 // of a block, where XNNPACK's GEMM kernels starve on so short a reduction
 // (MobileNetV2's stem, docs/engine.md section 28).
 constexpr int kJitDenseMaxDepth = 64;
