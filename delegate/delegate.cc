@@ -119,11 +119,13 @@ class Partition {
                           : op.kind == OpKind::kConv2D ? "conv2d_direct"
                           : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d_direct"
                           : op.kind == OpKind::kAdd             ? "add"
+                          : op.kind == OpKind::kMean            ? "mean"
                                                                 : "fc_direct";
       if (delegate_->kernels == nullptr)
         kname = op.kind == OpKind::kConv2D ? "conv2d"
                 : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d"
-                : op.kind == OpKind::kAdd             ? "add" : "fc";
+                : op.kind == OpKind::kAdd             ? "add"
+                : op.kind == OpKind::kMean            ? "mean" : "fc";
       e.kernel = KernelName(delegate_->kernels, kname);
       if (op.use_pattern && op.pattern_scratch.jit) e.kernel = "f32_conv2d_pattern__" + e.engine;
       e.dense_macs = DenseMacs(op);
@@ -216,7 +218,7 @@ class Partition {
       for (const OpPlan* q : r->second)
         all_planar = all_planar && ((q->kind == OpKind::kConv2D && q->use_pattern &&
                                      !q->phase_split && !q->input_packed) ||
-                                    q->kind == OpKind::kAdd ||
+                                    q->kind == OpKind::kAdd || q->kind == OpKind::kMean ||
                                     (q->kind == OpKind::kDepthwiseConv2D && q->dw_planar));
       if (!all_planar) continue;
       planar.insert(op.output);
@@ -230,7 +232,9 @@ class Partition {
       } else if (op.chain_next) {
         e.layout = "chained";
       }
-      const size_t n = op.planar_output || op.planar_input || op.planar_input2
+      // (MEAN reads planes as they are: no buffer, and its output is 2-D.)
+      const size_t n = op.kind != OpKind::kMean &&
+                               (op.planar_output || op.planar_input || op.planar_input2)
                            ? static_cast<size_t>(op.output_dims[0]) * op.output_dims[1] *
                                  op.output_dims[2] * op.output_dims[3]
                            : 0;
@@ -472,6 +476,10 @@ class Partition {
           RunAdd(n, a, b, op.act_min, op.act_max, out, pool);
           break;
         }
+        case OpKind::kMean:  // planar input: batch 1, a plane per channel
+          RunSpatialMean(op.shape.batch, int64_t(op.shape.in_h) * op.shape.in_w, op.shape.in_c,
+                         op.planar_input, in, out, pool);
+          break;
         default:  // pooling is claimed by the GPU backend only
           ctx->ReportError(ctx, "cocopie: node %d: %s has no CPU kernel", op.node_index,
                            OpKindName(op.kind));

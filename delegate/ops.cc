@@ -77,6 +77,7 @@ const char* OpKindName(OpKind kind) {
     case OpKind::kMaxPool: return "MAX_POOL_2D";
     case OpKind::kAvgPool: return "AVERAGE_POOL_2D";
     case OpKind::kAdd: return "ADD";
+    case OpKind::kMean: return "MEAN";
   }
   return "?";
 }
@@ -101,16 +102,41 @@ std::string CheckAdd(const TfLiteContext* ctx, const TfLiteNode* node) {
   return "";
 }
 
+// float32 MEAN of a 4-D tensor over its two spatial axes (global average
+// pooling: Keras' GlobalAveragePooling2D), the axes a constant int32 tensor
+// holding 1 and 2 (or -3 and -2) in either order.
+std::string CheckMean(const TfLiteContext* ctx, const TfLiteNode* node) {
+  std::string why = CheckIo(ctx, node, 2, 2);
+  if (!why.empty()) return why;
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  const TfLiteTensor& axes = ctx->tensors[node->inputs->data[1]];
+  if (in.dims == nullptr || in.dims->size != 4) return "MEAN: input is not 4-D";
+  if (axes.type != kTfLiteInt32 || axes.allocation_type != kTfLiteMmapRo ||
+      axes.data.raw == nullptr || axes.dims == nullptr || axes.dims->size != 1 ||
+      axes.dims->data[0] != 2 || axes.bytes < 2 * sizeof(int32_t))
+    return "MEAN: axes are not a constant int32 tensor of two values";
+  bool seen[4] = {false, false, false, false};
+  for (int i = 0; i < 2; ++i) {
+    const int32_t a = axes.data.i32[i] < 0 ? axes.data.i32[i] + 4 : axes.data.i32[i];
+    if (a < 0 || a > 3) return "MEAN: axis out of range";
+    seen[a] = true;
+  }
+  if (!seen[1] || !seen[2]) return "MEAN over other axes than height and width";
+  return "";
+}
+
 }  // namespace
 
 std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
                            const TfLiteRegistration* reg) {
   const int code = reg->builtin_code;
   if (code != kTfLiteBuiltinConv2d && code != kTfLiteBuiltinDepthwiseConv2d &&
-      code != kTfLiteBuiltinFullyConnected && code != kTfLiteBuiltinAdd)
+      code != kTfLiteBuiltinFullyConnected && code != kTfLiteBuiltinAdd &&
+      code != kTfLiteBuiltinMean)
     return "operator not handled by the delegate";
   if (node->builtin_data == nullptr) return "operator has no parameters";
   if (code == kTfLiteBuiltinAdd) return CheckAdd(ctx, node);
+  if (code == kTfLiteBuiltinMean) return CheckMean(ctx, node);
   std::string why = CheckIo(ctx, node, 2, 3);
   if (!why.empty()) return why;
   const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
@@ -203,6 +229,15 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
   OpPlan plan;
   plan.node_index = node_index;
   const int code = reg->builtin_code;
+  if (code == kTfLiteBuiltinMean) {
+    plan.kind = OpKind::kMean;
+    plan.input = node->inputs->data[0];
+    plan.output = node->outputs->data[0];
+    plan.keep_num_dims = static_cast<const TfLiteReducerParams*>(node->builtin_data)->keep_dims;
+    plan.act_min = -kInf;
+    plan.act_max = kInf;
+    return plan;
+  }
   if (code == kTfLiteBuiltinAdd || code == kTfLiteBuiltinMaxPool2d ||
       code == kTfLiteBuiltinAveragePool2d) {
     plan.input = node->inputs->data[0];
@@ -338,6 +373,19 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
 std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
   if (plan->kind == OpKind::kAdd) {
     plan->output_dims = in;
+    return "";
+  }
+  if (plan->kind == OpKind::kMean) {
+    if (in.size() != 4) return "input is not 4-D";
+    for (int d : in)
+      if (d <= 0) return "input has an empty dimension";
+    ConvShape s;
+    s.batch = in[0]; s.in_h = in[1]; s.in_w = in[2]; s.in_c = s.out_c = in[3];
+    s.out_h = s.out_w = 1;
+    plan->shape = s;
+    plan->in_c = plan->out_c = in[3];
+    plan->output_dims = plan->keep_num_dims ? std::vector<int>{in[0], 1, 1, in[3]}
+                                            : std::vector<int>{in[0], in[3]};
     return "";
   }
   if (plan->kind == OpKind::kFullyConnected) {
@@ -598,6 +646,14 @@ bool StockOutputShape(const TfLiteContext* ctx, const TfLiteNode* node, int code
     }
     return true;
   }
+  if (code == kTfLiteBuiltinMean) {  // CheckMean: over height and width only
+    if (d.size() != 4 || !CheckMean(ctx, node).empty()) return false;
+    if (static_cast<const TfLiteReducerParams*>(node->builtin_data)->keep_dims)
+      *out = {d[0], 1, 1, d[3]};
+    else
+      *out = {d[0], d[3]};
+    return true;
+  }
   if (code == kTfLiteBuiltinFullyConnected) {
     const TfLiteTensor* w = input(1);
     const auto* p = static_cast<const TfLiteFullyConnectedParams*>(node->builtin_data);
@@ -700,14 +756,22 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     }
   }
   std::map<int, ConvCost> convs;  // candidates, by node
+  // Convs predicted to tie with XNNPACK where no neighbour changes layout:
+  // not claimed alone, but part of the set judged as a whole (below).
+  std::map<int, ConvCost> ties;
   std::map<int, std::pair<int, int>> depthwise;  // candidates: node -> (input, output)
   std::vector<std::pair<int, std::pair<int, int>>> adds;  // node, operands
+  std::vector<std::pair<int, int>> means;  // node, input
   for (int n : supported) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
     if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk) continue;
     if (reg->builtin_code == kTfLiteBuiltinAdd) {
       adds.push_back({n, {node->inputs->data[0], node->inputs->data[1]}});
+      continue;
+    }
+    if (reg->builtin_code == kTfLiteBuiltinMean) {
+      means.push_back({n, node->inputs->data[0]});
       continue;
     }
     if (reg->builtin_code == kTfLiteBuiltinDepthwiseConv2d) {
@@ -728,6 +792,10 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     if (why.empty()) {  // optimistic first: no layout change at either edge
       const double speedup = Predicted(c, jit, false, false);
       if (speedup < Needed(c, false, false)) why = NotWorth(speedup);
+      if (speedup < Needed(c, false, false) && speedup >= 1.0) {
+        ties[n] = c;
+        io[n] = {node->inputs->data[0], node->outputs->data[0]};
+      }
     }
     if (!why.empty()) {
       (*why_not)[n] = why;
@@ -736,15 +804,19 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     convs[n] = c;
     io[n] = {node->inputs->data[0], node->outputs->data[0]};
   }
-  // The ADDs and depthwise convs a set of convs brings with it: an ADD is
-  // claimed when an operand comes from a claimed conv or ADD (it keeps a
-  // residual block planar), a depthwise conv when the conv that writes its
-  // input and every conv that reads its output are (AnalyzeDepthwise).
-  std::set<int> claimed_adds, claimed_dw;
+  // The ADDs, depthwise convs and MEANs a set of convs brings with it: an
+  // ADD is claimed when an operand comes from a claimed conv or ADD (it
+  // keeps a residual block planar), a depthwise conv when the conv that
+  // writes its input and every conv that reads its output are
+  // (AnalyzeDepthwise), a MEAN when its input comes from a claimed node (it
+  // reads the planes as they are, so the partition's edge is its small
+  // output).
+  std::set<int> claimed_adds, claimed_dw, claimed_means;
   const std::map<int, ConvCost>* set = &convs;
   const auto bring = [&]() {
     claimed_adds.clear();
     claimed_dw.clear();
+    claimed_means.clear();
     for (const auto& a : adds)
       for (int t : {a.second.first, a.second.second}) {
         const auto p = producer.find(t);
@@ -763,9 +835,16 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
       for (int n : r) bridge = bridge && set->count(n) && !set->at(n).split;
       if (bridge) claimed_dw.insert(d.first);
     }
+    for (const auto& m : means) {
+      const auto p = producer.find(m.second);
+      if (p != producer.end() && (set->count(p->second) || claimed_adds.count(p->second) ||
+                                  claimed_dw.count(p->second)))
+        claimed_means.insert(m.first);
+    }
   };
   const auto claimed = [&](int n) {
-    return set->count(n) || claimed_adds.count(n) || claimed_dw.count(n);
+    return set->count(n) || claimed_adds.count(n) || claimed_dw.count(n) ||
+           claimed_means.count(n);
   };
   // Whether an unclaimed node lies on a path from node a to node b.
   const auto cut = [&](int a, int b) {
@@ -797,7 +876,8 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   };
   // Drop, one pass at a time, convs that do not pay for the layout changes
   // their unclaimed neighbours force, until none does.
-  const std::map<int, ConvCost> candidates = convs;
+  std::map<int, ConvCost> candidates = convs;
+  candidates.insert(ties.begin(), ties.end());
   for (bool changed = true; changed;) {
     changed = false;
     bring();
@@ -859,7 +939,8 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   bring();
   std::vector<int> out;
   for (int n : supported)
-    if (convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n)) out.push_back(n);
+    if (convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n) || claimed_means.count(n))
+      out.push_back(n);
     else if (depthwise.count(n))
       (*why_not)[n] = "not between claimed convs (its input from a claimed conv and read by it "
                       "alone, its output read only by claimed convs)";
@@ -874,7 +955,7 @@ int64_t ExecutedMacs(const OpPlan& plan) {
 }
 
 int64_t DenseMacs(const OpPlan& plan) {
-  if (plan.kind == OpKind::kAdd || plan.kind == OpKind::kMaxPool ||
+  if (plan.kind == OpKind::kAdd || plan.kind == OpKind::kMean || plan.kind == OpKind::kMaxPool ||
       plan.kind == OpKind::kAvgPool)
     return 0;  // no multiply-accumulates
   if (plan.kind == OpKind::kFullyConnected)

@@ -16,7 +16,7 @@ namespace cocopie {
 // Pooling is claimed by the GPU backend only (it keeps a partition, and its
 // tensors, on the device); ADD by both (on the CPU it keeps a residual
 // block's tensors planar).
-enum class OpKind { kConv2D, kDepthwiseConv2D, kFullyConnected, kMaxPool, kAvgPool, kAdd };
+enum class OpKind { kConv2D, kDepthwiseConv2D, kFullyConnected, kMaxPool, kAvgPool, kAdd, kMean };
 const char* OpKindName(OpKind kind);
 
 // Everything needed to run one claimed node; weights are packed once here.
@@ -28,7 +28,7 @@ struct OpPlan {
   Padding padding = Padding::kSame;
   int stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int k_h = 1, k_w = 1, in_c = 0, out_c = 0;
-  bool keep_num_dims = false;  // fully connected only
+  bool keep_num_dims = false;  // fully connected; MEAN's keep_dims
   float act_min = 0, act_max = 0;
   const float* filter_data = nullptr;  // the model's constant weights
   const float* bias_data = nullptr;    // and bias (null: none)

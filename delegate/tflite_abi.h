@@ -68,6 +68,7 @@ enum {
   kTfLiteBuiltinDepthwiseConv2d = 4,
   kTfLiteBuiltinFullyConnected = 9,
   kTfLiteBuiltinMaxPool2d = 17,
+  kTfLiteBuiltinMean = 40,
 };
 
 typedef enum TfLitePadding {
@@ -301,6 +302,10 @@ typedef struct TfLiteAddParams {
   TfLiteFusedActivation activation;
   bool pot_scale_int16;
 } TfLiteAddParams;
+
+typedef struct TfLiteReducerParams {  // MEAN and the other reductions
+  bool keep_dims;
+} TfLiteReducerParams;
 
 // The external-delegate plugin interface (what load_delegate() and
 // benchmark_model --external_delegate_path look up with dlsym).

@@ -122,6 +122,16 @@ h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="v2")(h)
 h = keras.layers.Flatten()(h)
 h = keras.layers.Dense(10)(h)
 models["smallmaps"] = pruned(keras.Model(inp, h), ["v8", "v4", "v2"], conn=3.6)
+# A network's head: a dense stride-2 conv over 3 channels (generated code
+# for short dense filters, phase-split, its input moved by the narrow
+# transpose), then a pattern-pruned depthwise conv, a pruned 1x1 conv and
+# global average pooling.
+inp = keras.Input((17, 16, 3), batch_size=1)
+h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu6", name="st")(inp)
+h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="sdw")(h)
+h = keras.layers.Conv2D(24, 1, name="sp")(h)
+h = keras.layers.GlobalAveragePooling2D()(h)  # MEAN over the planes
+models["stem"] = pruned(keras.Model(inp, h), ["sdw", "sp"], keep_1x1=10 / 36, seed_1x1=3)
 for name, data in models.items():
     with open(os.path.join(out, name + ".tflite"), "wb") as f:
         f.write(data)

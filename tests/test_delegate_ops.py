@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import convert, reference_outputs, rel_error, run_tflite
+from conftest import assert_same_non_finite, convert, reference_outputs, rel_error, run_tflite
 from cocopie_tf import lite
 
 ACTS = [None, "relu", "relu6"]
@@ -134,3 +134,66 @@ def test_same_input_twice_and_resize_between_runs():
         out = run_tflite(interp, [x])[0]
         assert out.shape[0] == batch
         assert rel_error(out, np.asarray(model(x))) <= 1e-5
+
+
+# MEAN over height and width (Keras' GlobalAveragePooling2D) on the CPU
+# backend: after a claimed pattern conv it reads the conv's planes as they
+# are (claim=auto takes it with the conv); alone it reads NHWC, batch > 1
+# too.  Against numpy float64, and stock LiteRT for Inf/NaN.
+def _mean_model(h, w, c, keepdims, conv, seed=0):
+    import keras
+
+    from cocopie_tf import patterns as P
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((h, w, c), batch_size=None)
+    x = inp
+    if conv:
+        layer = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv")
+        x = layer(x)
+    x = keras.layers.GlobalAveragePooling2D(keepdims=keepdims)(x)
+    model = keras.Model(inp, x)
+    if conv:
+        wts = layer.get_weights()
+        wts[0] = P.prune_kernel(wts[0], connectivity=2.0)
+        wts[1] = np.random.default_rng(seed).uniform(-0.5, 0.5, 32).astype(np.float32)
+        layer.set_weights(wts)
+    return model
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("h,w,batch,conv,claim", [
+    (24, 24, 1, True, "auto"), (7, 9, 1, True, "all"), (5, 6, 2, False, "all"),
+    (1, 3, 1, False, "all")])
+def test_mean_over_height_and_width(keepdims, h, w, batch, conv, claim):
+    model = _mean_model(h, w, 16, keepdims, conv)
+    tfl = convert(model)
+    x = np.random.default_rng(h).standard_normal((batch, h, w, 16)).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, claim=claim, num_threads=2)
+    out = run_tflite(it, [x])[0]
+    feats = model.get_layer("conv")(x).numpy() if conv else x
+    ref = feats.astype(np.float64).mean(axis=(1, 2), keepdims=keepdims)
+    assert out.shape == ref.shape
+    assert rel_error(out, ref) <= 1e-5
+    mean = [e for e in it.delegate_report() if e["op"] == "MEAN"]
+    assert len(mean) == 1 and mean[0]["kernel"].startswith("f32_mean__")
+    if conv:  # the conv's planes went straight in
+        conv_entry = [e for e in it.delegate_report() if e["op"] == "CONV_2D"][0]
+        assert conv_entry["layout"] == "planar"
+    # An Inf or NaN reaches its channel's mean, as on stock LiteRT.
+    x[0, 0, 0, 3] = np.nan
+    x[0, h - 1, w - 1, 5] = np.inf
+    assert_same_non_finite(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0], tol=1e-5)
+
+
+def test_mean_over_other_axes_stays_with_tflite():
+    import keras
+
+    inp = keras.Input((6, 6, 8), batch_size=1)
+    for axis in ([1], [3], [1, 3]):
+        out = keras.layers.Lambda(lambda t, a=axis: keras.ops.mean(t, axis=a))(inp)
+        tfl = convert(keras.Model(inp, out))
+        x = np.random.default_rng(0).standard_normal((1, 6, 6, 8)).astype(np.float32)
+        it = lite.Interpreter(model_content=tfl, claim="all")
+        assert rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0]) <= 1e-6
+        assert it.delegate_report() == [], axis

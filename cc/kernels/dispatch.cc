@@ -986,6 +986,30 @@ void RunAdd(int64_t n, const float* a, const float* b, float lo, float hi, float
   });
 }
 
+void RunSpatialMean(int batch, int64_t positions, int channels, bool planar, const float* in,
+                    float* out, ThreadPool* pool) {
+  const float scale = 1.0f / static_cast<float>(positions);
+  if (planar) {  // one plane per channel, batch 1
+    ParallelFor(pool, channels, 64, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const float* p = in + c * positions;
+        float sum = 0.f;
+        for (int64_t i = 0; i < positions; ++i) sum += p[i];
+        out[c] = sum * scale;
+      }
+    });
+    return;
+  }
+  for (int b = 0; b < batch; ++b) {  // rows of channels, summed row by row
+    const float* x = in + static_cast<int64_t>(b) * positions * channels;
+    float* o = out + static_cast<int64_t>(b) * channels;
+    std::fill(o, o + channels, 0.f);
+    for (int64_t i = 0; i < positions; ++i)
+      for (int c = 0; c < channels; ++c) o[c] += x[i * channels + c];
+    for (int c = 0; c < channels; ++c) o[c] *= scale;
+  }
+}
+
 namespace {
 
 // Where a pattern conv's output rows go: an NHWC image, or planes (PlaneDest).

@@ -115,6 +115,14 @@ bool NhwcToPlanar(const KernelSet* set, int h, int w, int c, const float* nhwc, 
 bool PlanarToNhwc(const KernelSet* set, int h, int w, int c, const float* chw, float* nhwc,
                   ThreadPool* pool);
 
+// MEAN over the spatial axes (global average pooling): out[b][c] = the sum
+// of channel c's `positions` values, divided by `positions`.  The input is
+// NHWC ([batch][positions][channels]) or, batch 1, planar ([channels]
+// [positions]).  Plain float sums, as stock TFLite's kernels, so an Inf or
+// NaN reaches the channel's result.
+void RunSpatialMean(int batch, int64_t positions, int channels, bool planar, const float* in,
+                    float* out, ThreadPool* pool);
+
 // Elementwise out[i] = min(max(a[i] + b[i], lo), hi) over n floats (ADD with
 // its fused activation; NaN propagates).  Layout-free: both operands and the
 // output share one layout, NHWC or planar.
