@@ -160,8 +160,8 @@ class Interpreter(_litert.Interpreter):
     """A LiteRT interpreter with the cocopie delegate applied.
 
     Nodes the delegate claims (float32 CONV_2D / DEPTHWISE_CONV_2D /
-    FULLY_CONNECTED with constant weights, and same-shape ADD) run on cocopie
-    kernels; the rest of
+    FULLY_CONNECTED with constant weights, same-shape ADD, and MEAN over
+    height and width on the CPU backend) run on cocopie kernels; the rest of
     the graph runs on TFLite's kernels.  Everything else is the stock
     ``ai_edge_litert.interpreter.Interpreter`` API.
     """
