@@ -80,7 +80,7 @@ std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
                            const TfLiteRegistration* reg);
 
 // The same for the GPU backend, which also takes MAX_POOL_2D and
-// AVERAGE_POOL_2D.
+// AVERAGE_POOL_2D, but not MEAN.
 std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* node,
                                 const TfLiteRegistration* reg);
 
