@@ -380,8 +380,7 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   // 27 GMAC/s, against 50-60 on the model's 1x1 convs (AMD Zen 4, 1 thread,
   // docs/engine.md section 28); generated code loads each input once for a
   // whole block of filters whatever the filter length.
-  const double theirs = !one_by_one && st.Density() > kPatternMaxDensity &&
-                                st.filter_depth > 0 && st.filter_depth <= kJitDenseMaxDepth &&
+  const double theirs = !one_by_one && st.Density() > kPatternMaxDensity && ShortFilters(st) &&
                                 jit != JitIsa::kNone
                             ? 2.0 * double(dense_macs)
                             : double(dense_macs);
@@ -429,8 +428,7 @@ bool PatternKernelApplies(const PatternStats& st, const ConvShape& s, JitIsa jit
   const bool generated = jit != JitIsa::kNone && jit != JitIsa::kAuto;
   const bool sparse_enough =
       st.Density() <= kPatternMaxDensity ||
-      (generated && s.k_h * s.k_w > 1 && st.filter_depth > 0 &&
-       st.filter_depth <= kJitDenseMaxDepth);
+      (generated && s.k_h * s.k_w > 1 && ShortFilters(st));
   return s.stride_h == 1 && s.stride_w == 1 && s.k_h * s.k_w <= kMaxTaps &&
          st.total_weights > 0 && sparse_enough && st.distinct_patterns <= kPatternMaxDistinct;
 }

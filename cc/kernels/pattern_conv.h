@@ -81,6 +81,10 @@ struct PatternStats {
     return total_weights ? double(kept_weights) / double(total_weights) : 1.0;
   }
 };
+// Filters short enough for generated code to run them dense (kJitDenseMaxDepth).
+inline bool ShortFilters(const PatternStats& st) {
+  return st.filter_depth > 0 && st.filter_depth <= kJitDenseMaxDepth;
+}
 PatternStats AnalyzePatterns(const float* filter_ohwi, int out_c, int k_h,
                              int k_w, int in_c);
 
