@@ -449,6 +449,7 @@ struct ConvCost {
   int64_t dense = 0, in_elements = 0, out_elements = 0;
   bool jit_runs = true;  // the map is large enough for generated code
   bool in_place_pays = false;  // ... and, for a 1x1 conv, to run in place
+  bool in_place_pays_inside = false;  // ... when neither edge changes layout
 };
 
 // "" and *cost when the conv can run on the pattern engine, else why not.
@@ -504,6 +505,8 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
     run.dil_w = cost->split ? 1 : p->dilation_width_factor;
     cost->jit_runs = JitRunsOnMap(jit, run);
     cost->in_place_pays = cost->one_by_one && !cost->split && JitInPlacePays(jit, run);
+    cost->in_place_pays_inside =
+        cost->one_by_one && !cost->split && JitInPlacePays(jit, run, /*no_edges=*/true);
   }
   return "";
 }
@@ -555,8 +558,9 @@ double Predicted(const ConvCost& c, JitIsa jit, bool in_edge, bool out_edge,
   // conv with a claimed neighbour keeps a planar tensor on that side, which
   // generated code reads or writes in place (RunInPlace in delegate.cc).
   const JitIsa isa = c.jit_runs ? jit : JitIsa::kNone;
-  return PredictedSpeedupOverDense(c.stats, isa, c.dense, edge, c.one_by_one,
-                                   c.in_place_pays && !(in_edge && out_edge), saved);
+  const bool in_place = in_edge || out_edge ? c.in_place_pays && !(in_edge && out_edge)
+                                            : c.in_place_pays_inside;
+  return PredictedSpeedupOverDense(c.stats, isa, c.dense, edge, c.one_by_one, in_place, saved);
 }
 
 // The speed-up a conv must be predicted to claim it.  1x1 convs are

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import (assert_same_non_finite, convert, reference_outputs, rel_error,
                       run_tflite)
-from cocopie_tf import lite
+from cocopie_tf import _cc, lite
 from cocopie_tf import patterns as P
 from test_kernels import np_conv2d
 from test_pattern_engine import JIT_ISAS
@@ -291,3 +291,56 @@ def test_mobilenetv2_pruned_1x1_convs_stay_with_tflite():
     it = lite.Interpreter(model_content=convert(model), tune="off")
     it.allocate_tensors()
     assert it.delegate_report() == []
+
+
+_RATE_PROBE = """
+import json, sys, numpy as np
+sys.path[:0] = {paths!r}
+from conftest import convert, reference_outputs, rel_error, run_tflite
+from test_residual import _bottleneck_model
+from cocopie_tf import _cc, lite
+tfl = convert(_bottleneck_model(h=7, w=7, c=64, blocks=2, conn_1x1=3.0))
+x = np.random.default_rng(3).uniform(-1, 1, (1, 7, 7, 64)).astype(np.float32)
+it = lite.Interpreter(model_content=tfl, tune="off")
+err = rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0])
+report = it.delegate_report()
+print(json.dumps({{"features": _cc.cpu_features(), "err": err, "ops": [e["op"] for e in report],
+                  "in_place": sum(bool(e.get("in_place")) for e in report)}}))
+"""
+
+
+@pytest.mark.skipif(not ({"avx512f", "avx2", "fma"} <= set(_cc.cpu_features().split(","))
+                         and "avx512" in _cc.jit_choices()),
+                    reason="needs the AVX-512 code generator on an AVX-512 CPU")
+def test_7x7_blocks_are_claimed_where_512_bit_fmas_run_at_half_rate():
+    """ResNet-50's stage 5 in small: residual blocks on a 7x7 map (4
+    register tiles), 1x1 convs pruned 3x.  Generated code reading the
+    planar tensors in place is judged to pay there only where XNNPACK's
+    dense GEMM runs 512-bit FMAs at half rate (AMD Zen 4; docs/engine.md
+    section 29); where they run at full rate the 1x1 convs are predicted
+    slower (0.84x) and only the 3x3 convs are claimed.  Each rate in its own
+    process, stated with COCOPIE_FMA512_RATE (the probe runs once per
+    process); outputs match stock LiteRT either way."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).parent
+    script = _RATE_PROBE.format(paths=[str(here)])
+    seen = {}
+    for rate in ("half", "full"):
+        env = dict(os.environ, COCOPIE_FMA512_RATE=rate)
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        assert out["err"] <= 1e-5, (rate, out)
+        assert ("fma512_full_rate" in out["features"].split(",")) == (rate == "full"), out
+        seen[rate] = (out["ops"], out["in_place"])
+    half_ops, half_in_place = seen["half"]
+    assert half_ops.count("CONV_2D") == 8 and half_ops.count("ADD") == 2, half_ops
+    assert half_in_place >= 1
+    full_ops, full_in_place = seen["full"]
+    assert full_ops == ["CONV_2D"] * 3 and full_in_place == 0, full_ops

@@ -31,8 +31,31 @@ extern const KernelSet kKernelSet;
 #if defined(COCOPIE_HAVE_AVX512_KERNELS)
 namespace avx512 {
 extern const KernelSet kKernelSet;
+double TimeFmaChains(bool zmm, int64_t rounds);
 }
 #endif
+
+namespace {
+
+// CpuFeatures::fma512_full_rate: lanes per second of zmm FMAs over those of
+// ymm FMAs, the fastest of 5 interleaved tries of each (a VM's preemption or
+// a clock ramp hits single tries): about 2 on full-rate cores, about 1 on
+// half-rate ones.
+bool MeasureFma512FullRate() {
+#if defined(COCOPIE_HAVE_AVX512_KERNELS)
+  constexpr int64_t kRounds = 4096;  // ~50 k FMAs: 15-30 us a try
+  double zmm = 1e9, ymm = 1e9;
+  for (int i = 0; i < 5; ++i) {
+    zmm = std::min(zmm, avx512::TimeFmaChains(true, kRounds));
+    ymm = std::min(ymm, avx512::TimeFmaChains(false, kRounds));
+  }
+  return zmm > 0 && 2 * ymm / zmm > 1.5;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
 
 const CpuFeatures& DetectCpu() {
   static const CpuFeatures features = [] {
@@ -42,6 +65,12 @@ const CpuFeatures& DetectCpu() {
     f.avx2 = __builtin_cpu_supports("avx2");
     f.fma = __builtin_cpu_supports("fma");
     f.avx512f = __builtin_cpu_supports("avx512f");
+    // COCOPIE_FMA512_RATE=full|half states it instead (tests of the cost
+    // model's two cases; a machine whose probe is disturbed).
+    const char* rate = std::getenv("COCOPIE_FMA512_RATE");
+    const std::string forced = rate != nullptr ? rate : "";
+    f.fma512_full_rate = f.avx512f && f.avx2 && f.fma &&
+                         (forced == "full" || (forced != "half" && MeasureFma512FullRate()));
 #elif defined(__aarch64__)
     f.neon = true;  // mandatory on AArch64
 #endif
@@ -61,6 +90,7 @@ std::string CpuFeatures::ToString() const {
   add(fma, "fma");
   add(avx512f, "avx512f");
   add(neon, "neon");
+  add(fma512_full_rate, "fma512_full_rate");
   return s.empty() ? "baseline" : s;
 }
 
@@ -410,6 +440,14 @@ int64_t JitTilesOnMap(JitIsa isa, const ConvShape& s) {
 // 20-25 (AMD Zen 5, 1 thread), no better than through copies, where the
 // 14x14 ones (13 tiles) ran 33-44 and the larger maps 37-60.
 constexpr int64_t kMinInPlaceTiles = 8;
+// ... on cores whose 512-bit FMAs run at half rate (AMD Zen 4), XNNPACK's
+// dense GEMM runs at half the speed per cycle while the code-bound 7x7
+// layers lose little: ResNet-50's stage 5 ran 1.3-1.5x faster on the engine
+// than on XNNPACK there (docs/engine.md section 29), so 4 tiles pay, but
+// only with claimed neighbours on both sides: MobileNetV2's 7x7 1x1 convs
+// between dense depthwise convs that XNNPACK runs tied at 1 thread and ran
+// 4-9% slower at 2.
+constexpr int64_t kMinInPlaceTilesHalfRate = 4;
 
 }  // namespace
 
@@ -417,8 +455,10 @@ bool JitRunsOnMap(JitIsa isa, const ConvShape& s) {
   return JitTilesOnMap(isa, s) >= kMinJitTiles;
 }
 
-bool JitInPlacePays(JitIsa isa, const ConvShape& s) {
-  return JitTilesOnMap(isa, s) >= kMinInPlaceTiles;
+bool JitInPlacePays(JitIsa isa, const ConvShape& s, bool no_edges) {
+  const bool half_rate = isa == JitIsa::kAvx512 && !DetectCpu().fma512_full_rate;
+  return JitTilesOnMap(isa, s) >=
+         (no_edges && half_rate ? kMinInPlaceTilesHalfRate : kMinInPlaceTiles);
 }
 
 bool PatternKernelApplies(const PatternStats& st, const ConvShape& s, JitIsa jit) {

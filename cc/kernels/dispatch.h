@@ -15,6 +15,14 @@ namespace cocopie {
 // CPU features relevant to kernel choice, detected once.
 struct CpuFeatures {
   bool avx2 = false, fma = false, avx512f = false, neon = false;
+  // AVX-512 only: whether a 512-bit FMA does twice the lanes per cycle of a
+  // 256-bit one (two 512-bit FMA pipes: Intel Xeon Gold/Platinum, AMD Zen 5
+  // server parts) rather than the same (AMD Zen 4, which runs a zmm FMA on
+  // its two 256-bit pipes; one-pipe Xeons).  No CPUID bit says it, so it is
+  // measured once (a ~0.2 ms probe).  Dense GEMM kernels such as XNNPACK's
+  // run at twice the speed per cycle on full-rate cores; the generated code
+  // of small maps, bound by fetching its code, does not (the cost model).
+  bool fma512_full_rate = false;
   std::string ToString() const;
 };
 const CpuFeatures& DetectCpu();
@@ -154,8 +162,11 @@ bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s,
 bool JitRunsOnMap(JitIsa isa, const ConvShape& s);
 // Whether generated code for a 1x1 conv of shape `s` that reads or writes a
 // planar tensor in place is judged at the in-place efficiency
-// (PredictedSpeedupOverDense): maps of enough register tiles.
-bool JitInPlacePays(JitIsa isa, const ConvShape& s);
+// (PredictedSpeedupOverDense): maps of enough register tiles.  `no_edges`:
+// both of the conv's tensors stay planar (claimed neighbours on both
+// sides); on cores whose 512-bit FMAs run at half rate smaller maps then
+// pay too.
+bool JitInPlacePays(JitIsa isa, const ConvShape& s, bool no_edges = false);
 // `dense_macs` and `edge_elements` (input + output elements of the node,
 // which the engine transposes at a partition edge) make the prediction
 // include the layout change; 0 leaves it out.  `in_place`: a 1x1 conv whose
