@@ -765,7 +765,10 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   // neighbour changes layout: not claimed alone, but part of the set judged
   // as a whole (below).  (The static kernels' ties are not: a residual
   // block's 1x1 convs on them, claimed for the layout changes they save,
-  // ran 0.21 against 0.16 ms, AMD Zen 4.)
+  // ran 0.21 against 0.16 ms, AMD Zen 4.  Nor are 1x1 convs whose code is
+  // not judged to pay in place: MobileNetV2's 7x7 stage ran 0.72 ms on the
+  // engine against XNNPACK's 0.65 on AMD Zen 5, where 512-bit FMAs run at
+  // full rate, docs/engine.md sections 26 and 29.)
   std::map<int, ConvCost> ties;
   std::map<int, std::pair<int, int>> depthwise;  // candidates: node -> (input, output)
   std::vector<std::pair<int, std::pair<int, int>>> adds;  // node, operands
@@ -801,7 +804,7 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
       const double speedup = Predicted(c, jit, false, false);
       if (speedup < Needed(c, false, false)) why = NotWorth(speedup);
       if (speedup < Needed(c, false, false) && speedup >= 1.0 && c.jit_runs &&
-          jit != JitIsa::kNone) {
+          jit != JitIsa::kNone && (!c.one_by_one || c.in_place_pays_inside)) {
         ties[n] = c;
         io[n] = {node->inputs->data[0], node->outputs->data[0]};
       }
