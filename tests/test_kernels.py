@@ -164,3 +164,48 @@ def test_bad_arguments_raise_value_error():
 def test_cpu_dispatch_reports_a_usable_kernel_set():
     assert _cc.default_kernel_set() in _cc.kernel_choices()
     assert isinstance(_cc.cpu_features(), str)
+
+
+def _cpu_identity():
+    """(vendor, family, flags) from /proc/cpuinfo's first processor."""
+    vendor, family, flags = "", -1, set()
+    try:
+        text = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
+    except OSError:
+        return vendor, family, flags
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "vendor_id":
+            vendor = value
+        elif key == "cpu family":
+            family = int(value)
+        elif key == "flags":
+            flags = set(value.split())
+    return vendor, family, flags
+
+
+def test_fma512_rate_probe_knows_amd_zen4(tmp_path):
+    """The load-time probe (CpuFeatures::fma512_full_rate) on a CPU whose
+    answer is known: AMD family 25 with AVX-512 is Zen 4, which runs a
+    512-bit FMA on two 256-bit pipes (half rate).  Measured in five fresh
+    processes, each after an idle pause (a core just woken ran its first
+    ~0.2 ms slowly, which once read as 1.4x), with COCOPIE_FMA512_RATE unset;
+    `COCOPIE_FMA512_RATE` overrides are checked in test_residual.py."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    vendor, family, flags = _cpu_identity()
+    if not (vendor == "AuthenticAMD" and family == 25 and "avx512f" in flags):
+        pytest.skip(f"no known answer for this CPU ({vendor} family {family})")
+    env = {k: v for k, v in os.environ.items() if k != "COCOPIE_FMA512_RATE"}
+    for _ in range(5):
+        time.sleep(0.3)
+        run = subprocess.run([sys.executable, "-c",
+                              "from cocopie_tf import _cc; print(_cc.cpu_features())"],
+                             env=env, capture_output=True, text=True, timeout=120, check=True,
+                             cwd=tmp_path)
+        features = run.stdout.strip().split(",")
+        assert "avx512f" in features and "fma512_full_rate" not in features, features

@@ -313,7 +313,7 @@ print(json.dumps({{"features": _cc.cpu_features(), "err": err, "ops": [e["op"] f
                          and "avx512" in _cc.jit_choices()),
                     reason="needs the AVX-512 code generator on an AVX-512 CPU")
 @pytest.mark.parametrize("conn", [3.0, 3.6])
-def test_7x7_blocks_are_claimed_where_512_bit_fmas_run_at_half_rate(conn):
+def test_7x7_blocks_are_claimed_where_512_bit_fmas_run_at_half_rate(conn, tmp_path):
     """ResNet-50's stage 5 in small: residual blocks on a 7x7 map (4
     register tiles), 1x1 convs pruned 3x or 3.6x.  Generated code reading
     the planar tensors in place is judged to pay there only where XNNPACK's
@@ -334,8 +334,10 @@ def test_7x7_blocks_are_claimed_where_512_bit_fmas_run_at_half_rate(conn):
     seen = {}
     for rate in ("half", "full"):
         env = dict(os.environ, COCOPIE_FMA512_RATE=rate)
+        # (In a scratch folder: from the checkout, the source tree's
+        # cocopie_tf, without its built module, would shadow the installed one.)
         run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, timeout=300, check=False)
+                             text=True, timeout=300, check=False, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
         out = json.loads(run.stdout.strip().splitlines()[-1])
         assert out["err"] <= 1e-5, (rate, out)

@@ -38,18 +38,21 @@ double TimeFmaChains(bool zmm, int64_t rounds);
 namespace {
 
 // CpuFeatures::fma512_full_rate: lanes per second of zmm FMAs over those of
-// ymm FMAs, the fastest of 5 interleaved tries of each (a VM's preemption or
-// a clock ramp hits single tries): about 2 on full-rate cores, about 1 on
-// half-rate ones.
+// ymm FMAs, the fastest of interleaved tries of each: about 2 on full-rate
+// cores, about 1 on half-rate ones.  A core just woken from idle ran its
+// first ~0.2 ms slowly and unevenly (a ratio of 1.32-1.41 where it is 1.00,
+// AMD Zen 4), so tries go on while the ratio is between the two, up to 40.
 bool MeasureFma512FullRate() {
 #if defined(COCOPIE_HAVE_AVX512_KERNELS)
-  constexpr int64_t kRounds = 4096;  // ~50 k FMAs: 15-30 us a try
-  double zmm = 1e9, ymm = 1e9;
-  for (int i = 0; i < 5; ++i) {
+  constexpr int64_t kRounds = 4096;  // ~50 k FMAs: 7-30 us a try
+  double zmm = 1e9, ymm = 1e9, ratio = 0;
+  for (int i = 0; i < 40; ++i) {
     zmm = std::min(zmm, avx512::TimeFmaChains(true, kRounds));
     ymm = std::min(ymm, avx512::TimeFmaChains(false, kRounds));
+    ratio = zmm > 0 ? 2 * ymm / zmm : 0;
+    if (i >= 4 && (ratio < 1.2 || ratio > 1.8)) break;
   }
-  return zmm > 0 && 2 * ymm / zmm > 1.5;
+  return ratio > 1.5;
 #else
   return false;
 #endif

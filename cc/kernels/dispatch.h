@@ -19,7 +19,7 @@ struct CpuFeatures {
   // 256-bit one (two 512-bit FMA pipes: Intel Xeon Gold/Platinum, AMD Zen 5
   // server parts) rather than the same (AMD Zen 4, which runs a zmm FMA on
   // its two 256-bit pipes; one-pipe Xeons).  No CPUID bit says it, so it is
-  // measured once (a ~0.2 ms probe).  Dense GEMM kernels such as XNNPACK's
+  // measured once (0.1-1.5 ms).  Dense GEMM kernels such as XNNPACK's
   // run at twice the speed per cycle on full-rate cores; the generated code
   // of small maps, bound by fetching its code, does not (the cost model).
   bool fma512_full_rate = false;
