@@ -132,6 +132,19 @@ h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="sd
 h = keras.layers.Conv2D(24, 1, name="sp")(h)
 h = keras.layers.GlobalAveragePooling2D()(h)  # MEAN over the planes
 models["stem"] = pruned(keras.Model(inp, h), ["sdw", "sp"], keep_1x1=10 / 36, seed_1x1=3)
+# ResNet-50's last stage in miniature: bottlenecks on a 7x7 map (4 register
+# tiles), 1x1 convs at 3.6x, so where 512-bit FMAs run at half rate (AMD
+# Zen 4) claim=auto runs them in place between claimed neighbours.
+inp = keras.Input((7, 7, 32), batch_size=1)
+h = inp
+for k in range(2):
+    y = keras.layers.Conv2D(16, 1, activation="relu", name=f"r{k}a")(h)
+    y = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name=f"r{k}b")(y)
+    y = keras.layers.Conv2D(32, 1, name=f"r{k}c")(y)
+    h = keras.layers.Activation("relu")(keras.layers.Add()([h, y]))
+h = keras.layers.GlobalAveragePooling2D()(h)
+models["stage5"] = pruned(keras.Model(inp, h), ["r0a", "r0b", "r0c", "r1a", "r1b", "r1c"],
+                          conn=3.6, keep_1x1=10 / 36, seed_1x1=4)
 for name, data in models.items():
     with open(os.path.join(out, name + ".tflite"), "wb") as f:
         f.write(data)
