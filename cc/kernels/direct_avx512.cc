@@ -18,55 +18,43 @@ namespace avx512 {
 // or 256-bit (ymm) vectors: 12 chains cover the FMA latency of every x86 core
 // met so far (4 cycles x 2 pipes, with room), so the loop runs at the FMA
 // pipes' throughput.  The CPU-feature probe in dispatch.cc compares the two.
+// The loop for one register class R ("zmm" or "ymm"): zero 14 registers
+// (12 and 13 are the factors), then `rounds` times 12 FMAs, each into its
+// own accumulator.
+#define COCOPIE_COPY0(R, i) "vmovaps %%" R "0, %%" R #i "\n"
+#define COCOPIE_FMA(R, i) "vfmadd231ps %%" R "12, %%" R "13, %%" R #i "\n"
+#define COCOPIE_FMA_CHAINS(R)                                                               \
+  "vxorps %%xmm0, %%xmm0, %%xmm0\n" COCOPIE_COPY0(R, 1) COCOPIE_COPY0(R, 2)                \
+      COCOPIE_COPY0(R, 3) COCOPIE_COPY0(R, 4) COCOPIE_COPY0(R, 5) COCOPIE_COPY0(R, 6)      \
+      COCOPIE_COPY0(R, 7) COCOPIE_COPY0(R, 8) COCOPIE_COPY0(R, 9) COCOPIE_COPY0(R, 10)     \
+      COCOPIE_COPY0(R, 11) COCOPIE_COPY0(R, 12) COCOPIE_COPY0(R, 13)                       \
+      "1:\n" COCOPIE_FMA(R, 0) COCOPIE_FMA(R, 1) COCOPIE_FMA(R, 2) COCOPIE_FMA(R, 3)        \
+      COCOPIE_FMA(R, 4) COCOPIE_FMA(R, 5) COCOPIE_FMA(R, 6) COCOPIE_FMA(R, 7)              \
+      COCOPIE_FMA(R, 8) COCOPIE_FMA(R, 9) COCOPIE_FMA(R, 10) COCOPIE_FMA(R, 11)            \
+      "dec %0\n jnz 1b\n vzeroupper\n"
+
 double TimeFmaChains(bool zmm, int64_t rounds) {
   // Written in assembly: compiled from intrinsics, the twelve accumulators
   // went through the stack and the loop timed loads and stores instead.
+  if (rounds <= 0) return 0;  // the loop decrements before it tests
   const auto start = std::chrono::steady_clock::now();
-  if (zmm) {
-    __asm__ volatile(
-        "vxorps %%xmm0, %%xmm0, %%xmm0\n"
-        "vmovaps %%zmm0, %%zmm1\n vmovaps %%zmm0, %%zmm2\n vmovaps %%zmm0, %%zmm3\n"
-        "vmovaps %%zmm0, %%zmm4\n vmovaps %%zmm0, %%zmm5\n vmovaps %%zmm0, %%zmm6\n"
-        "vmovaps %%zmm0, %%zmm7\n vmovaps %%zmm0, %%zmm8\n vmovaps %%zmm0, %%zmm9\n"
-        "vmovaps %%zmm0, %%zmm10\n vmovaps %%zmm0, %%zmm11\n"
-        "vmovaps %%zmm0, %%zmm12\n vmovaps %%zmm0, %%zmm13\n"
-        "1:\n"
-        "vfmadd231ps %%zmm12, %%zmm13, %%zmm0\n vfmadd231ps %%zmm12, %%zmm13, %%zmm1\n"
-        "vfmadd231ps %%zmm12, %%zmm13, %%zmm2\n vfmadd231ps %%zmm12, %%zmm13, %%zmm3\n"
-        "vfmadd231ps %%zmm12, %%zmm13, %%zmm4\n vfmadd231ps %%zmm12, %%zmm13, %%zmm5\n"
-        "vfmadd231ps %%zmm12, %%zmm13, %%zmm6\n vfmadd231ps %%zmm12, %%zmm13, %%zmm7\n"
-        "vfmadd231ps %%zmm12, %%zmm13, %%zmm8\n vfmadd231ps %%zmm12, %%zmm13, %%zmm9\n"
-        "vfmadd231ps %%zmm12, %%zmm13, %%zmm10\n vfmadd231ps %%zmm12, %%zmm13, %%zmm11\n"
-        "dec %0\n jnz 1b\n"
-        "vzeroupper\n"
-        : "+r"(rounds)
-        :
-        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-          "xmm10", "xmm11", "xmm12", "xmm13", "cc");
-  } else {
-    __asm__ volatile(
-        "vxorps %%xmm0, %%xmm0, %%xmm0\n"
-        "vmovaps %%ymm0, %%ymm1\n vmovaps %%ymm0, %%ymm2\n vmovaps %%ymm0, %%ymm3\n"
-        "vmovaps %%ymm0, %%ymm4\n vmovaps %%ymm0, %%ymm5\n vmovaps %%ymm0, %%ymm6\n"
-        "vmovaps %%ymm0, %%ymm7\n vmovaps %%ymm0, %%ymm8\n vmovaps %%ymm0, %%ymm9\n"
-        "vmovaps %%ymm0, %%ymm10\n vmovaps %%ymm0, %%ymm11\n"
-        "vmovaps %%ymm0, %%ymm12\n vmovaps %%ymm0, %%ymm13\n"
-        "1:\n"
-        "vfmadd231ps %%ymm12, %%ymm13, %%ymm0\n vfmadd231ps %%ymm12, %%ymm13, %%ymm1\n"
-        "vfmadd231ps %%ymm12, %%ymm13, %%ymm2\n vfmadd231ps %%ymm12, %%ymm13, %%ymm3\n"
-        "vfmadd231ps %%ymm12, %%ymm13, %%ymm4\n vfmadd231ps %%ymm12, %%ymm13, %%ymm5\n"
-        "vfmadd231ps %%ymm12, %%ymm13, %%ymm6\n vfmadd231ps %%ymm12, %%ymm13, %%ymm7\n"
-        "vfmadd231ps %%ymm12, %%ymm13, %%ymm8\n vfmadd231ps %%ymm12, %%ymm13, %%ymm9\n"
-        "vfmadd231ps %%ymm12, %%ymm13, %%ymm10\n vfmadd231ps %%ymm12, %%ymm13, %%ymm11\n"
-        "dec %0\n jnz 1b\n"
-        "vzeroupper\n"
-        : "+r"(rounds)
-        :
-        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-          "xmm10", "xmm11", "xmm12", "xmm13", "cc");
-  }
+  if (zmm)
+    __asm__ volatile(COCOPIE_FMA_CHAINS("zmm")
+                     : "+r"(rounds)
+                     :
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "cc");
+  else
+    __asm__ volatile(COCOPIE_FMA_CHAINS("ymm")
+                     : "+r"(rounds)
+                     :
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "cc");
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
+#undef COCOPIE_FMA_CHAINS
+#undef COCOPIE_FMA
+#undef COCOPIE_COPY0
 
 }  // namespace avx512
 }  // namespace cocopie
