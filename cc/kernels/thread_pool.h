@@ -2,6 +2,16 @@
 // instance) and reused by every Invoke, so a layer pays a wake-up, not a
 // thread creation.  The calling thread takes part in the work.
 //
+// Each call splits [0, n) into one contiguous share per thread, the same
+// shares every time: the caller always starts on the first, worker i on
+// share i + 1.  Kernels index their work so that equal indices mean the same
+// rows of the image, so a thread mostly reads what it wrote in the previous
+// layer: data written by another core costs 1.1x to read on cores sharing
+// an L3, and 3x where the two vCPUs sit on different AMD CCDs (measured on
+// the 2-vCPU EPYC VM, docs/engine.md section 30).  A thread whose share runs
+// out takes chunks from the others', so a late or slow thread delays a call
+// by at most one chunk.
+//
 // Between jobs the workers (and the caller, waiting for them) spin for up to
 // `spin_us` microseconds before sleeping on a condition variable: a network
 // runs dozens of jobs of 0.1-1 ms back to back, and a futex wake-up costs
@@ -37,14 +47,16 @@ class ThreadPool {
   int spin_us() const { return spin_us_; }
 
   // Calls fn(begin, end) over [0, n) split into contiguous chunks of at least
-  // `grain` items; returns when all chunks are done.  Callers sharing a pool
+  // `grain` items (each inside one thread's share); returns when all chunks
+  // are done.  Callers sharing a pool
   // are serialised; fn must not call ParallelFor on the same pool.
   void ParallelFor(int64_t n, int64_t grain,
                    const std::function<void(int64_t, int64_t)>& fn);
 
  private:
-  void WorkerLoop();
-  void RunChunks();
+  void WorkerLoop(int self);
+  // Runs chunks of share `self`, then of the others, until none is left.
+  void RunChunks(int self);
   // Spins (yielding) until done() or spin_us_ passes; returns done().
   template <typename Done>
   bool Spin(Done done) const;
@@ -61,11 +73,16 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> active_{0};  // workers still in the current job
 
-  // The current job (valid while a ParallelFor is running).
+  // The current job (valid while a ParallelFor is running): share p is
+  // [begin(p), begin(p + 1)); shares_[p].next is its next unclaimed item.
+  struct alignas(64) Share {
+    std::atomic<int64_t> next{0};
+  };
+  int64_t ShareBegin(int p) const { return n_ * p / num_threads(); }
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   int64_t chunk_ = 1;
-  std::atomic<int64_t> next_{0};
+  std::vector<Share> shares_;
 };
 
 // Runs fn over [0, n) on `pool`, or inline when pool is null.

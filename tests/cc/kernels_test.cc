@@ -1406,6 +1406,49 @@ TEST_CASE(ThreadPoolCoversEveryIndexOnce) {
   CHECK(all_once);
 }
 
+
+// Each thread starts on its own share (the caller on [0, n/2) of 2 threads,
+// the worker on [n/2, n)) and takes chunks of the other's only when its own
+// share is done: a thread held up on its first chunk loses the rest of its
+// share to the other, and every index still runs exactly once.
+TEST_CASE(ThreadPoolSharesAndStealing) {
+  for (int slow : {0, 1}) {  // 0: the caller is held up, 1: the worker
+    ThreadPool pool(2);
+    const std::thread::id caller = std::this_thread::get_id();
+    for (int call = 0; call < 5; ++call) {
+      const int64_t n = 64;
+      std::vector<std::atomic<int>> hits(n);
+      std::vector<std::atomic<int>> by_caller(n);
+      std::atomic<bool> held{false};
+      pool.ParallelFor(n, 1, [&](int64_t b, int64_t e) {
+        const bool is_caller = std::this_thread::get_id() == caller;
+        // The held-up thread's first chunk of its own share waits 100 ms
+        // (far longer than the other thread needs to wake).
+        const bool own = is_caller ? b < n / 2 : b >= n / 2;
+        if (own && is_caller == (slow == 0) && !held.exchange(true))
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        for (int64_t i = b; i < e; ++i) {
+          hits[i].fetch_add(1);
+          by_caller[i].store(is_caller);
+        }
+      });
+      bool once = true;
+      int64_t caller_in_first = 0, caller_in_second = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        once = once && hits[i].load() == 1;
+        (i < n / 2 ? caller_in_first : caller_in_second) += by_caller[i].load();
+      }
+      CHECK(once);
+      if (slow == 0) {
+        // The worker finished its share and took most of the caller's.
+        CHECK(caller_in_second == 0 && caller_in_first < n / 2);
+      } else {
+        // The caller did its share and took most of the worker's.
+        CHECK(caller_in_first == n / 2 && caller_in_second > 0);
+      }
+    }
+  }
+}
 TEST_CASE(DispatchRejectsUnknownKernel) {
   std::string err;
   CHECK(SelectKernelSet("auto", &err) != nullptr && err.empty());
