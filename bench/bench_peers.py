@@ -21,6 +21,10 @@ same model ran (one model on a stream of inputs); rounds still alternate.  The
 `steal` column is
 the share of CPU time the hypervisor took while a block ran (/proc/stat): on a
 shared VM, 2-thread rows with steal above a few percent are not comparable.
+The `cross-core` column (before/after the block) is how much slower one CPU
+reads data another CPU wrote than its own: ~1.1 where they share an L3, ~3
+where a VM's vCPUs sit on different AMD CCDs, which slows every runtime's
+2-thread runs (cocopie's most: docs/engine.md section 30).
 
 DeepSparse needs Python <= 3.11 and numpy < 2:
     python3.11 -m venv /tmp/ds && /tmp/ds/bin/pip install deepsparse==1.8.0 'numpy<2' onnx
@@ -47,7 +51,7 @@ import numpy as np  # noqa: E402
 
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
 from runners import RUNTIMES, WorkerRunner, make_runner, report_summary  # noqa: E402
-from timing import cpu_ticks, machine_info, steal_pct, summary  # noqa: E402
+from timing import cpu_ticks, cross_core_ratio, machine_info, steal_pct, summary  # noqa: E402
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
 
 
@@ -148,6 +152,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
             for _ in range(8):
                 r.invoke()
         ticks = cpu_ticks()
+        cross = [cross_core_ratio()]
         for _ in range(runs):
             for k, r in runners.items():
                 for i in range(consecutive):
@@ -166,6 +171,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                     if consecutive == 1 or i > 0:
                         times[k].append(r.last_ms if isinstance(r, WorkerRunner) else ms)
         stolen = steal_pct(ticks, cpu_ticks())
+        cross.append(cross_core_ratio())
         versions = {}
         if "deepsparse" in runners:
             versions["deepsparse"] = runners["deepsparse"].reply["version"]
@@ -177,6 +183,9 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                 rel_error=errors, versions=versions, consecutive=consecutive,
                 # CPU time the hypervisor took while the block ran (VMs)
                 steal_pct=None if stolen is None else round(stolen, 2),
+                # reading another CPU's writes / one's own, before and after
+                # the block: ~1.1 with a shared L3, ~3 across AMD CCDs
+                cross_core=[None if c is None else round(c, 2) for c in cross],
                 **report_summary(runners["cocopie"]))
 
 
@@ -206,8 +215,8 @@ def chart(rows, path, peers):
 
 def table(rows, peers):
     head = "| model | threads | " + " | ".join(f"{p} ms" for p in peers) + \
-        " | cocopie vs fastest peer | claimed | engine | steal |"
-    lines = [head, "|" + "---|" * (len(peers) + 6)]
+        " | cocopie vs fastest peer | claimed | engine | steal | cross-core |"
+    lines = [head, "|" + "---|" * (len(peers) + 7)]
     for r in rows:
         ms = r["ms"]
         cells = [f"{ms[p]['median']:.2f} ({ms[p]['q1']:.2f}-{ms[p]['q3']:.2f})" if p in ms else "-"
@@ -216,7 +225,9 @@ def table(rows, peers):
         ratio = min(others) / ms["cocopie"]["median"]
         lines.append(f"| {r['model']} | {r['threads']} | " + " | ".join(cells) +
                      f" | {ratio:.2f}x | {r['claimed']} | {', '.join(r['engines']) or '-'} | "
-                     + ("-" if r.get("steal_pct") is None else f"{r['steal_pct']:.1f}%") + " |")
+                     + ("-" if r.get("steal_pct") is None else f"{r['steal_pct']:.1f}%") + " | "
+                     + "/".join("-" if c is None else f"{c:.1f}" for c in r.get("cross_core") or [None])
+                     + " |")
     return "\n".join(lines)
 
 

@@ -45,12 +45,35 @@ def test_peer_table_shows_steal_per_row():
 
     ms = {k: dict(median=m, q1=m, q3=m) for k, m in
           [("xnnpack", 2.0), ("onnxruntime", 3.0), ("cocopie_static", 1.5), ("cocopie", 1.0)]}
-    rows = [dict(model="m", threads=2, ms=ms, claimed=3, engines=["jit_avx512"], steal_pct=4.25),
+    rows = [dict(model="m", threads=2, ms=ms, claimed=3, engines=["jit_avx512"], steal_pct=4.25,
+                 cross_core=[1.08, 3.1]),
             dict(model="m", threads=1, ms=ms, claimed=3, engines=[], steal_pct=None)]
     lines = bench_peers.table(rows, ["xnnpack", "onnxruntime", "cocopie_static", "cocopie"]).splitlines()
-    assert lines[0].endswith("| steal |") and lines[1].count("---") == 4 + 6
-    assert lines[2].endswith("| 2.00x | 3 | jit_avx512 | 4.2% |")
-    assert lines[3].endswith("| 2.00x | 3 | - | - |")
+    assert lines[0].endswith("| steal | cross-core |") and lines[1].count("---") == 4 + 7
+    assert lines[2].endswith("| 2.00x | 3 | jit_avx512 | 4.2% | 1.1/3.1 |")
+    assert lines[3].endswith("| 2.00x | 3 | - | - | - |")
+
+
+def test_cross_core_ratio_measures_and_leaves_the_affinity_as_it_was():
+    import os
+
+    if not hasattr(os, "sched_setaffinity"):
+        assert timing.cross_core_ratio() is None
+        return
+    before = os.sched_getaffinity(0)
+    ratio = timing.cross_core_ratio(rounds=10)
+    assert os.sched_getaffinity(0) == before
+    if len(before) < 2:
+        assert ratio is None
+        return
+    # Reading another CPU's writes is never many times faster than one's own.
+    assert ratio is not None and 0.2 < ratio < 100
+    # With one CPU allowed there is nothing to compare.
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        assert timing.cross_core_ratio(rounds=2) is None
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def test_measure_times_every_runtime_on_checked_outputs_and_consecutive_runs(tmp_path):
