@@ -65,60 +65,17 @@ def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
-def cross_core_ratio(rounds: int = 60, floats: int = 1 << 16) -> float | None:
+def cross_core_ratio(rounds: int = 60) -> float | None:
     """How much slower one CPU reads 256 KB that another CPU just wrote than
-    256 KB it wrote itself (median over `rounds`); None with fewer than two
-    CPUs or no affinity control.
+    256 KB it wrote itself (median over `rounds`; cocopie_tf._cc measures it
+    with two pinned threads); None with fewer than two CPUs.
 
     About 1.1 where the two CPUs share an L3; about 3 where they do not (on
     the 2-vCPU AMD EPYC VM the host sometimes puts the vCPUs on different
     CCDs for seconds at a time, and 2-thread runs that pass data between
     their threads slow down: docs/engine.md section 30).  The peer benchmark
     records it with every block of rows."""
-    import os
-    import threading
-    import time
+    from cocopie_tf import _cc
 
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    before = os.sched_getaffinity(0)
-    remote = np.zeros(floats, np.float32)
-    local = np.zeros(floats, np.float32)
-    go, done = threading.Event(), threading.Event()
-    stop = False
-
-    def writer():
-        os.sched_setaffinity(0, {cpus[1]})
-        while True:
-            go.wait()
-            go.clear()
-            if stop:
-                return
-            remote[:] += 1.0
-            done.set()
-
-    t = threading.Thread(target=writer, daemon=True)
-    ratios = []
-    try:
-        os.sched_setaffinity(0, {cpus[0]})
-        t.start()
-        for _ in range(rounds):
-            go.set()
-            done.wait()
-            done.clear()
-            local[:] += 1.0
-            t0 = time.perf_counter()
-            remote.sum()
-            t1 = time.perf_counter()
-            local.sum()
-            t2 = time.perf_counter()
-            ratios.append((t1 - t0) / max(t2 - t1, 1e-9))
-    finally:
-        stop = True
-        go.set()
-        t.join(timeout=1.0)
-        os.sched_setaffinity(0, before)
-    return float(np.median(ratios))
+    ratio = _cc.cross_core_read_ratio(rounds)
+    return float(ratio) if ratio > 0 else None

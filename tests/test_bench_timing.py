@@ -57,9 +57,6 @@ def test_peer_table_shows_steal_per_row():
 def test_cross_core_ratio_measures_and_leaves_the_affinity_as_it_was():
     import os
 
-    if not hasattr(os, "sched_setaffinity"):
-        assert timing.cross_core_ratio() is None
-        return
     before = os.sched_getaffinity(0)
     ratio = timing.cross_core_ratio(rounds=10)
     assert os.sched_getaffinity(0) == before

@@ -2,6 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
 
 namespace cocopie {
 
@@ -91,6 +97,70 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     done_cv_.wait(lock, finished);
   }
   fn_ = nullptr;
+}
+
+double CrossCoreReadRatio(int rounds) {
+#if defined(__linux__)
+  cpu_set_t allowed;
+  if (rounds < 1 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return 0.0;
+  int cpus[2], found = 0;
+  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
+    if (CPU_ISSET(c, &allowed)) cpus[found++] = c;
+  if (found < 2) return 0.0;
+  constexpr size_t kFloats = 256 * 1024 / sizeof(float);
+  std::vector<float> remote(kFloats, 0.f), local(kFloats, 0.f);
+  std::atomic<int> turn{0};  // 2r + 1: writer's turn in round r; 2r + 2: reader's
+  const auto pin = [](int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+  };
+  const auto sum_lines = [](const std::vector<float>& v) {
+    float s = 0.f;  // one float per 64-byte line: the time is the lines' arrival
+    for (size_t i = 0; i < v.size(); i += 16) s += v[i];
+    return s;
+  };
+  std::vector<double> ratios;
+  volatile float sink = 0.f;
+  std::thread reader([&] {
+    pin(cpus[0]);
+    for (int r = 0; r < rounds; ++r) {
+      turn.store(2 * r + 1, std::memory_order_release);
+      while (turn.load(std::memory_order_acquire) != 2 * r + 2) std::this_thread::yield();
+      for (float& x : local) x += 1.f;
+      const auto t0 = std::chrono::steady_clock::now();
+      const float a = sum_lines(remote);
+      const auto t1 = std::chrono::steady_clock::now();
+      const float b = sum_lines(local);
+      const auto t2 = std::chrono::steady_clock::now();
+      sink = a + b;
+      const double own = std::chrono::duration<double>(t2 - t1).count();
+      if (r > 0 && own > 0) ratios.push_back(std::chrono::duration<double>(t1 - t0).count() / own);
+    }
+    turn.store(-1, std::memory_order_release);
+  });
+  std::thread writer([&] {
+    pin(cpus[1]);
+    for (int r = 0;; ++r) {
+      int t;
+      while ((t = turn.load(std::memory_order_acquire)) != 2 * r + 1 && t != -1)
+        std::this_thread::yield();
+      if (t == -1) return;
+      for (float& x : remote) x += 1.f;
+      turn.store(2 * r + 2, std::memory_order_release);
+    }
+  });
+  reader.join();
+  writer.join();
+  (void)sink;
+  if (ratios.empty()) return 0.0;
+  std::nth_element(ratios.begin(), ratios.begin() + ratios.size() / 2, ratios.end());
+  return ratios[ratios.size() / 2];
+#else
+  (void)rounds;
+  return 0.0;
+#endif
 }
 
 }  // namespace cocopie

@@ -85,6 +85,15 @@ class ThreadPool {
   std::vector<Share> shares_;
 };
 
+// How much slower one CPU reads 256 KB that another CPU has just written
+// than 256 KB it wrote itself: the median over `rounds`, from two threads
+// pinned to the first two CPUs this process may use (the caller's affinity
+// is left alone).  About 1.1 where the two share an L3, about 3 where they
+// do not (a VM whose vCPUs the host put on different AMD CCDs); 0 with
+// fewer than two CPUs.  A benchmark's reading of the machine, not used by
+// the kernels.
+double CrossCoreReadRatio(int rounds);
+
 // Runs fn over [0, n) on `pool`, or inline when pool is null.
 inline void ParallelFor(ThreadPool* pool, int64_t n, int64_t grain,
                         const std::function<void(int64_t, int64_t)>& fn) {
