@@ -10,7 +10,9 @@ its static kernels for comparison), at 1 and 2 threads.
 Every runtime's output is checked against stock LiteRT before timing.  All
 runtimes alternate round by round in one session (A B C D A B C D ...), ONNX
 Runtime with intra-op spinning off (otherwise its idle threads take the core
-the next runtime needs), an untimed 3 ms busy wait before every timed run
+the next runtime needs), each round starting one runtime later than the last
+(a runtime's place in the round moved its time by up to 7%), an untimed 3 ms
+busy wait before every timed run
 (XNNPACK's pool spins after its runs; --settle-ms), all 1-thread blocks
 before all 2-thread blocks, 8 warm-up runs per runtime and block.  DeepSparse runs in a worker process that
 the main process waits on, so the two never share cores.  So every timed run
@@ -153,8 +155,13 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                 r.invoke()
         ticks = cpu_ticks()
         cross = [cross_core_ratio()]
-        for _ in range(runs):
-            for k, r in runners.items():
+        order = list(runners.items())
+        for rnd in range(runs):
+            # Each round starts one runtime later: a runtime's place in the
+            # round moved its time by up to 7% (the same library read 1.08x
+            # or 0.93x of itself depending on which ran second; engine.md
+            # section 30), so every runtime takes every place equally often.
+            for k, r in order[rnd % len(order):] + order[:rnd % len(order)]:
                 for i in range(consecutive):
                     # Untimed busy wait first: a runtime whose pool spins after a
                     # run (XNNPACK's) took a core from whichever runtime came
