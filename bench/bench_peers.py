@@ -8,7 +8,7 @@ its static kernels for comparison), at 1 and 2 threads.
         [--json out.json] [--chart out.png] [--out table.md]
 
 Every runtime's output is checked against stock LiteRT before timing.  All
-runtimes alternate round by round in one session (A B C D A B C D ...), ONNX
+runtimes alternate round by round in one session (A B C D, B C D A, ...), ONNX
 Runtime with intra-op spinning off (otherwise its idle threads take the core
 the next runtime needs), each round starting one runtime later than the last
 (a runtime's place in the round moved its time by up to 7%), an untimed 3 ms
