@@ -1412,6 +1412,31 @@ TEST_CASE(ThreadPoolCoversEveryIndexOnce) {
 // share is done: a thread held up on its first chunk loses the rest of its
 // share to the other, and every index still runs exactly once.
 TEST_CASE(ThreadPoolSharesAndStealing) {
+  {
+    // Each thread starts on its own share: the caller's first chunk begins
+    // at 0 and the worker's, if it gets one, in [n/2, n) (it takes from the
+    // caller's share only once its own is claimed, and the caller claims
+    // its own first, so nothing of the caller's share is left by then).
+    // A pool handing out chunks first come, first served gives the worker
+    // one of the first chunks.  This holds however late either thread is.
+    ThreadPool pool(2);
+    const std::thread::id caller = std::this_thread::get_id();
+    int worker_ran = 0;
+    for (int call = 0; call < 5; ++call) {
+      const int64_t n = 32;
+      std::atomic<int64_t> caller_first{-1}, worker_first{-1};
+      pool.ParallelFor(n, 1, [&](int64_t b, int64_t e) {
+        int64_t unset = -1;
+        (std::this_thread::get_id() == caller ? caller_first : worker_first)
+            .compare_exchange_strong(unset, b);
+        for (int64_t i = b; i < e; ++i) std::this_thread::sleep_for(std::chrono::microseconds(300));
+      });
+      CHECK(caller_first.load() == 0);
+      CHECK(worker_first.load() == -1 || worker_first.load() >= n / 2);
+      worker_ran += worker_first.load() >= 0;
+    }
+    CHECK(worker_ran > 0);
+  }
   for (int slow : {0, 1}) {  // 0: the caller is held up, 1: the worker
     ThreadPool pool(2);
     const std::thread::id caller = std::this_thread::get_id();
