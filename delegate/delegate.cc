@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "cc/kernels/phase_split.h"
+#include "cc/kernels/pool.h"
+#include "cc/kernels/reference.h"
 #include "delegate/gpu_partition.h"
 #include "delegate/ops.h"
 
@@ -120,13 +122,22 @@ class Partition {
                           : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d_direct"
                           : op.kind == OpKind::kAdd             ? "add"
                           : op.kind == OpKind::kMean            ? "mean"
+                          : op.kind == OpKind::kMaxPool         ? "maxpool2d"
+                          : op.kind == OpKind::kAvgPool         ? "avgpool2d"
+                          : op.kind == OpKind::kPad             ? "pad2d"
                                                                 : "fc_direct";
       if (delegate_->kernels == nullptr)
         kname = op.kind == OpKind::kConv2D ? "conv2d"
                 : op.kind == OpKind::kDepthwiseConv2D ? "dwconv2d"
                 : op.kind == OpKind::kAdd             ? "add"
-                : op.kind == OpKind::kMean            ? "mean" : "fc";
+                : op.kind == OpKind::kMean            ? "mean"
+                : op.kind == OpKind::kMaxPool         ? "maxpool2d"
+                : op.kind == OpKind::kAvgPool         ? "avgpool2d"
+                : op.kind == OpKind::kPad             ? "pad2d" : "fc";
       e.kernel = KernelName(delegate_->kernels, kname);
+      // One portable kernel (compiled for the baseline ISA) for every set.
+      if (delegate_->kernels != nullptr && (IsPool(op.kind) || op.kind == OpKind::kPad))
+        e.kernel = std::string("f32_") + kname + "__portable";
       if (op.use_pattern && op.pattern_scratch.jit) e.kernel = "f32_conv2d_pattern__" + e.engine;
       e.dense_macs = DenseMacs(op);
       e.executed_macs = ExecutedMacs(op);
@@ -143,6 +154,7 @@ class Partition {
       }
       // internal tensors live on the device
     } else {
+      FusePadsIntoPools(&internal_floats, &entries);
       ShareInternalBuffers(internal_floats, &entries);
       if (!delegate_->gpu_fallback_reason.empty())
         for (auto& kv : entries) kv.second.gpu_device = "unavailable: " + delegate_->gpu_fallback_reason;
@@ -159,6 +171,37 @@ class Partition {
     std::lock_guard<std::mutex> lock(delegate_->report_mu);
     for (auto& kv : entries) delegate_->report[kv.first] = kv.second;
     return kTfLiteOk;
+  }
+
+  // A PAD whose only reader is the VALID pool right after it (ResNet's
+  // stem: ZeroPadding2D, then a 3x3 stride-2 max pool) is folded into the
+  // pool, which reads the PAD's input with zeros around it
+  // (RunPool2D's zero_border): the padded copy (0.28 ms for 112x112x64 on
+  // AMD Zen 4) is never written.
+  void FusePadsIntoPools(std::unordered_map<int, size_t>* internal_floats,
+                         std::map<int, ReportEntry>* entries) {
+    for (size_t i = 0; i + 1 < ops_.size(); ++i) {
+      OpPlan &pad = ops_[i], &p = ops_[i + 1];
+      if (pad.kind != OpKind::kPad || !IsPool(p.kind) || p.input != pad.output ||
+          p.padding != Padding::kValid || outputs_.count(pad.output) ||
+          p.shape.pad_top != 0 || p.shape.pad_left != 0)
+        continue;
+      bool other_reader = false;
+      for (size_t j = 0; j < ops_.size(); ++j)
+        other_reader = other_reader || (j != i + 1 && (ops_[j].input == pad.output ||
+                                                      (ops_[j].kind == OpKind::kAdd &&
+                                                       ops_[j].input2 == pad.output)));
+      if (other_reader) continue;
+      pad.fused = true;
+      p.input = pad.input;
+      p.zero_border = true;
+      p.shape.in_h = pad.pad.in_h;
+      p.shape.in_w = pad.pad.in_w;
+      p.shape.pad_top = pad.pad.top;
+      p.shape.pad_left = pad.pad.left;
+      internal_floats->erase(pad.output);
+      (*entries)[pad.node_index].layout = "folded into the next pool";
+    }
   }
 
   // Consecutive pattern convs whose intermediate tensor nothing else reads
@@ -201,6 +244,7 @@ class Partition {
       if (op.kind == OpKind::kAdd) readers[op.input2].push_back(&op);
     }
     for (OpPlan& op : ops_) {
+      if (op.fused) continue;  // writes nothing
       op.planar_input = planar.count(op.input) != 0;
       op.planar_input2 = op.kind == OpKind::kAdd && planar.count(op.input2) != 0;
       op.planar_output = false;
@@ -209,9 +253,12 @@ class Partition {
         continue;
       // A depthwise conv keeps the layout it is given: planar out only from
       // planar in (its NHWC kernel is the faster one between NHWC tensors).
+      // So do a pool and a PAD.
+      const bool keeps = op.kind == OpKind::kDepthwiseConv2D || IsPool(op.kind) ||
+                         op.kind == OpKind::kPad;
       const bool produces = (op.kind == OpKind::kConv2D && op.use_pattern) ||
                             (op.kind == OpKind::kAdd && (op.planar_input || op.planar_input2)) ||
-                            (op.kind == OpKind::kDepthwiseConv2D && op.planar_input);
+                            (keeps && op.planar_input);
       const auto r = readers.find(op.output);
       if (!produces || r == readers.end()) continue;
       bool all_planar = true;
@@ -219,12 +266,14 @@ class Partition {
         all_planar = all_planar && ((q->kind == OpKind::kConv2D && q->use_pattern &&
                                      !q->phase_split && !q->input_packed) ||
                                     q->kind == OpKind::kAdd || q->kind == OpKind::kMean ||
+                                    IsPool(q->kind) || q->kind == OpKind::kPad ||
                                     (q->kind == OpKind::kDepthwiseConv2D && q->dw_planar));
       if (!all_planar) continue;
       planar.insert(op.output);
       op.planar_output = true;
     }
     for (OpPlan& op : ops_) {
+      if (op.fused) continue;
       ReportEntry& e = (*entries)[op.node_index];
       if (op.planar_output) {
         e.layout = "planar";
@@ -241,7 +290,9 @@ class Partition {
       // An ADD whose operands' layouts differ converts one into a buffer.
       const bool add = op.kind == OpKind::kAdd;
       // ... and so does a depthwise conv's planar result bound for NHWC.
-      const bool dw_out = op.kind == OpKind::kDepthwiseConv2D && op.planar_input && !op.planar_output;
+      const bool dw_out = (op.kind == OpKind::kDepthwiseConv2D || IsPool(op.kind) ||
+                           op.kind == OpKind::kPad) &&
+                          op.planar_input && !op.planar_output;
       if (op.kind == OpKind::kDepthwiseConv2D && op.planar_input) {
         e.kernel = KernelName(delegate_->kernels, "dwconv2d_planar");
         // Only the non-zero taps run.
@@ -369,6 +420,7 @@ class Partition {
     bool wrote_nhwc = false;
     for (size_t k = 0; k < ops_.size(); ++k) {
       OpPlan& op = ops_[k];
+      if (op.fused) continue;  // a PAD the next pool reads through
       const bool prev_wrote_nhwc = wrote_nhwc;
       wrote_nhwc = false;
       const auto t0 = std::chrono::steady_clock::now();
@@ -480,10 +532,31 @@ class Partition {
           RunSpatialMean(op.shape.batch, int64_t(op.shape.in_h) * op.shape.in_w, op.shape.in_c,
                          op.planar_input, in, out, pool);
           break;
-        default:  // pooling is claimed by the GPU backend only
-          ctx->ReportError(ctx, "cocopie: node %d: %s has no CPU kernel", op.node_index,
-                           OpKindName(op.kind));
-          return kTfLiteError;
+        case OpKind::kMaxPool:
+        case OpKind::kAvgPool: {
+          const bool max = op.kind == OpKind::kMaxPool;
+          if (set == nullptr) {  // kernels=reference
+            Pool2DReference(max, op.shape, in, out);
+          } else if (op.planar_input) {  // keeps the layout it is given (AssignPlanar)
+            float* dst = op.planar_output ? out : op.layout_tmp.data();
+            RunPool2D(set, max, op.shape, true, op.zero_border, in, dst, pool);
+            if (!op.planar_output)
+              PlanarToNhwc(set, op.shape.out_h, op.shape.out_w, op.shape.out_c, dst, out, pool);
+          } else {
+            RunPool2D(set, max, op.shape, false, op.zero_border, in, out, pool);
+          }
+          break;
+        }
+        case OpKind::kPad:
+          if (op.planar_input) {  // keeps the layout it is given (AssignPlanar)
+            float* dst = op.planar_output ? out : op.layout_tmp.data();
+            RunSpatialPad(op.pad, true, in, dst, pool);
+            if (!op.planar_output)
+              PlanarToNhwc(set, op.pad.out_h(), op.pad.out_w(), op.pad.channels, dst, out, pool);
+          } else {
+            RunSpatialPad(op.pad, false, in, out, pool);
+          }
+          break;
       }
       if (profile) {
         const double ms =

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -10,6 +11,7 @@
 
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/phase_split.h"
+#include "cc/kernels/pool.h"
 
 namespace cocopie {
 namespace {
@@ -78,6 +80,7 @@ const char* OpKindName(OpKind kind) {
     case OpKind::kAvgPool: return "AVERAGE_POOL_2D";
     case OpKind::kAdd: return "ADD";
     case OpKind::kMean: return "MEAN";
+    case OpKind::kPad: return "PAD";
   }
   return "?";
 }
@@ -125,6 +128,51 @@ std::string CheckMean(const TfLiteContext* ctx, const TfLiteNode* node) {
   return "";
 }
 
+// PAD of a 4-D float tensor with zeros around its two spatial axes only,
+// the paddings a constant int32 [4, 2] tensor (Keras' ZeroPadding2D); *pad
+// (if given) gets the four sides.
+std::string CheckPad(const TfLiteContext* ctx, const TfLiteNode* node, SpatialPad* pad) {
+  std::string why = CheckIo(ctx, node, 2, 2);
+  if (!why.empty()) return why;
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  const TfLiteTensor& p = ctx->tensors[node->inputs->data[1]];
+  if (in.dims == nullptr || in.dims->size != 4) return "PAD: input is not 4-D";
+  if (p.type != kTfLiteInt32 || p.allocation_type != kTfLiteMmapRo || p.data.raw == nullptr ||
+      p.dims == nullptr || p.dims->size != 2 || p.dims->data[0] != 4 || p.dims->data[1] != 2 ||
+      p.bytes < 8 * sizeof(int32_t))
+    return "PAD: paddings are not a constant int32 [4, 2] tensor";
+  const int32_t* v = p.data.i32;
+  if (v[0] != 0 || v[1] != 0 || v[6] != 0 || v[7] != 0)
+    return "PAD of the batch or channel axis";
+  for (int i = 2; i < 6; ++i)
+    if (v[i] < 0 || v[i] > kMaxSpatialPad)
+      return "PAD: padding negative or above " + std::to_string(kMaxSpatialPad);
+  if (pad != nullptr) {
+    pad->top = v[2]; pad->bottom = v[3]; pad->left = v[4]; pad->right = v[5];
+  }
+  return "";
+}
+
+// MAX_POOL_2D / AVERAGE_POOL_2D (both backends): one 4-D input, TFLite's
+// paddings, a window of at most kMaxPoolWindow per axis.
+std::string CheckPool(const TfLiteContext* ctx, const TfLiteNode* node) {
+  std::string why = CheckIo(ctx, node, 1, 1);
+  if (!why.empty()) return why;
+  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
+  if (in.dims == nullptr) return "input has no shape";
+  if (in.dims->size != 4) return "input is not 4-D";
+  const auto* p = static_cast<const TfLitePoolParams*>(node->builtin_data);
+  if (p->padding != kTfLitePaddingSame && p->padding != kTfLitePaddingValid)
+    return "unknown padding";
+  if (p->stride_width < 1 || p->stride_height < 1 || p->filter_width < 1 ||
+      p->filter_height < 1 || p->filter_width > kMaxPoolWindow ||
+      p->filter_height > kMaxPoolWindow)
+    return "invalid pooling window or stride";
+  float lo, hi;
+  if (!ActivationRange(p->activation, &lo, &hi)) return "unsupported fused activation";
+  return "";
+}
+
 }  // namespace
 
 std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
@@ -132,11 +180,15 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
   const int code = reg->builtin_code;
   if (code != kTfLiteBuiltinConv2d && code != kTfLiteBuiltinDepthwiseConv2d &&
       code != kTfLiteBuiltinFullyConnected && code != kTfLiteBuiltinAdd &&
-      code != kTfLiteBuiltinMean)
+      code != kTfLiteBuiltinMean && code != kTfLiteBuiltinMaxPool2d &&
+      code != kTfLiteBuiltinAveragePool2d && code != kTfLiteBuiltinPad)
     return "operator not handled by the delegate";
+  if (code == kTfLiteBuiltinPad) return CheckPad(ctx, node, nullptr);  // no parameters
   if (node->builtin_data == nullptr) return "operator has no parameters";
   if (code == kTfLiteBuiltinAdd) return CheckAdd(ctx, node);
   if (code == kTfLiteBuiltinMean) return CheckMean(ctx, node);
+  if (code == kTfLiteBuiltinMaxPool2d || code == kTfLiteBuiltinAveragePool2d)
+    return CheckPool(ctx, node);
   std::string why = CheckIo(ctx, node, 2, 3);
   if (!why.empty()) return why;
   const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
@@ -189,25 +241,9 @@ std::string CheckSupported(const TfLiteContext* ctx, const TfLiteNode* node,
 
 std::string CheckSupportedOnGpu(const TfLiteContext* ctx, const TfLiteNode* node,
                                 const TfLiteRegistration* reg) {
-  const int code = reg->builtin_code;
-  if (code == kTfLiteBuiltinMean) return "MEAN has a CPU kernel only";
-  if (code != kTfLiteBuiltinMaxPool2d && code != kTfLiteBuiltinAveragePool2d)
-    return CheckSupported(ctx, node, reg);
-  if (node->builtin_data == nullptr) return "operator has no parameters";
-  std::string why = CheckIo(ctx, node, 1, 1);
-  if (!why.empty()) return why;
-  const TfLiteTensor& in = ctx->tensors[node->inputs->data[0]];
-  if (in.dims == nullptr) return "input has no shape";
-  float lo, hi;
-  if (in.dims->size != 4) return "input is not 4-D";
-  const auto* p = static_cast<const TfLitePoolParams*>(node->builtin_data);
-  if (p->padding != kTfLitePaddingSame && p->padding != kTfLitePaddingValid)
-    return "unknown padding";
-  if (p->stride_width < 1 || p->stride_height < 1 || p->filter_width < 1 ||
-      p->filter_height < 1 || p->filter_width > 64 || p->filter_height > 64)
-    return "invalid pooling window or stride";
-  if (!ActivationRange(p->activation, &lo, &hi)) return "unsupported fused activation";
-  return "";
+  if (reg->builtin_code == kTfLiteBuiltinMean) return "MEAN has a CPU kernel only";
+  if (reg->builtin_code == kTfLiteBuiltinPad) return "PAD has a CPU kernel only";
+  return CheckSupported(ctx, node, reg);
 }
 
 namespace {
@@ -230,6 +266,15 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
   OpPlan plan;
   plan.node_index = node_index;
   const int code = reg->builtin_code;
+  if (code == kTfLiteBuiltinPad) {
+    plan.kind = OpKind::kPad;
+    plan.input = node->inputs->data[0];
+    plan.output = node->outputs->data[0];
+    CheckPad(ctx, node, &plan.pad);  // accepted by CheckSupported
+    plan.act_min = -kInf;
+    plan.act_max = kInf;
+    return plan;
+  }
   if (code == kTfLiteBuiltinMean) {
     plan.kind = OpKind::kMean;
     plan.input = node->inputs->data[0];
@@ -305,12 +350,11 @@ OpPlan BuildPlan(const TfLiteContext* ctx, int node_index, const TfLiteNode* nod
             &kh2, &kw2);
         const int c2 = plan.stride_h * plan.stride_w * plan.in_c;
         const PatternStats st = AnalyzePatterns(split.data(), plan.out_c, kh2, kw2, c2);
-        ConvShape g2, unsplit;
+        ConvShape g2;
         g2.k_h = kh2; g2.k_w = kw2;
-        unsplit.k_h = plan.k_h; unsplit.k_w = plan.k_w;
         // The layer itself must be pattern-pruned: splitting alone makes a
         // dense 1x1 stride-2 filter look 75% sparse.
-        plan.phase_split = PatternKernelApplies(plan.pattern_stats, unsplit, jit) &&
+        plan.phase_split = WeightsSuitPatternEngine(plan.pattern_stats, plan.k_h * plan.k_w, jit) &&
                            PatternKernelApplies(st, g2, jit) &&
                            BuildPatternPlan(split.data(), plan.out_c, kh2, kw2, c2, bias,
                                             kMaxGroup, &plan.pattern).empty();
@@ -376,6 +420,16 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
     plan->output_dims = in;
     return "";
   }
+  if (plan->kind == OpKind::kPad) {
+    if (in.size() != 4) return "input is not 4-D";
+    for (int d : in)
+      if (d <= 0) return "input has an empty dimension";
+    SpatialPad& p = plan->pad;
+    p.batch = in[0]; p.in_h = in[1]; p.in_w = in[2]; p.channels = in[3];
+    plan->in_c = plan->out_c = in[3];
+    plan->output_dims = {in[0], p.out_h(), p.out_w(), in[3]};
+    return "";
+  }
   if (plan->kind == OpKind::kMean) {
     if (in.size() != 4) return "input is not 4-D";
     for (int d : in)
@@ -416,7 +470,9 @@ std::string ResolveShapes(const std::vector<int>& in, OpPlan* plan) {
   if (plan->kind == OpKind::kMaxPool || plan->kind == OpKind::kAvgPool) s.out_c = s.in_c;
   if (s.in_c != plan->in_c) return "input channels do not match the filter";
   if (plan->kind == OpKind::kDepthwiseConv2D) s.depth_multiplier = s.out_c / s.in_c;
-  const std::string why = ResolveConvShape(plan->padding, &s);
+  std::string why = ResolveConvShape(plan->padding, &s);
+  if (why.empty() && (plan->kind == OpKind::kMaxPool || plan->kind == OpKind::kAvgPool))
+    why = CheckPoolShape(s);
   if (!why.empty()) return why;
   plan->shape = s;
   if (plan->phase_split) {
@@ -474,9 +530,7 @@ std::string AnalyzeConv(const TfLiteContext* ctx, const TfLiteNode* node,
   if (cost->split) {  // judged as the stride-1 conv it runs as
     // ... but only if the layer itself is pattern-pruned: the split alone
     // makes a dense 1x1 stride-2 filter look 75% sparse.
-    ConvShape unsplit;
-    unsplit.k_h = Dim(w, 1); unsplit.k_w = Dim(w, 2);
-    if (!PatternKernelApplies(st, unsplit, jit))
+    if (!WeightsSuitPatternEngine(st, Dim(w, 1) * Dim(w, 2), jit))
       return "not pattern-pruned: TFLite's dense kernel is faster";
     int kh2, kw2;
     const std::vector<float> f = PhaseSplitFilter(w.data.f, Dim(w, 0), Dim(w, 1), Dim(w, 2),
@@ -596,6 +650,16 @@ std::string DimsText(const int* d, int n) {
 // is not known here (another op, missing or unusable parameters or shapes).
 bool StockOutputShape(const TfLiteContext* ctx, const TfLiteNode* node, int code,
                       std::vector<int>* out) {
+  if (code == kTfLiteBuiltinPad) {  // no parameters; CheckPad: spatial axes only
+    SpatialPad p;
+    if (!CheckPad(ctx, node, &p).empty()) return false;
+    const TfLiteIntArray* d = ctx->tensors[node->inputs->data[0]].dims;
+    for (int i = 0; i < 4; ++i)
+      if (d->data[i] <= 0) return false;
+    *out = {d->data[0], d->data[1] + p.top + p.bottom, d->data[2] + p.left + p.right,
+            d->data[3]};
+    return true;
+  }
   if (node->inputs == nullptr || node->inputs->size < 1 || node->builtin_data == nullptr)
     return false;
   const auto input = [&](int i) -> const TfLiteTensor* {
@@ -773,6 +837,9 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   std::map<int, std::pair<int, int>> depthwise;  // candidates: node -> (input, output)
   std::vector<std::pair<int, std::pair<int, int>>> adds;  // node, operands
   std::vector<std::pair<int, int>> means;  // node, input
+  // Pools and PADs, in execution order: node, (input, whether a PAD).
+  std::vector<std::pair<int, std::pair<int, bool>>> spatial;
+  std::map<int, int> pad_input;  // PAD node -> its input tensor
   for (int n : supported) {
     TfLiteNode* node = nullptr;
     TfLiteRegistration* reg = nullptr;
@@ -783,6 +850,17 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     }
     if (reg->builtin_code == kTfLiteBuiltinMean) {
       means.push_back({n, node->inputs->data[0]});
+      continue;
+    }
+    if (reg->builtin_code == kTfLiteBuiltinMaxPool2d ||
+        reg->builtin_code == kTfLiteBuiltinAveragePool2d ||
+        reg->builtin_code == kTfLiteBuiltinPad) {
+      const bool is_pad = reg->builtin_code == kTfLiteBuiltinPad;
+      spatial.push_back({n, {node->inputs->data[0], is_pad}});
+      if (is_pad) {
+        pad_input[n] = node->inputs->data[0];
+        io[n] = {node->inputs->data[0], node->outputs->data[0]};
+      }
       continue;
     }
     if (reg->builtin_code == kTfLiteBuiltinDepthwiseConv2d) {
@@ -822,13 +900,18 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   // writes its input and every conv that reads its output are
   // (AnalyzeDepthwise), a MEAN when its input comes from a claimed node (it
   // reads the planes as they are, so the partition's edge is its small
-  // output).
-  std::set<int> claimed_adds, claimed_dw, claimed_means;
+  // output), and a pool likewise (its output is a quarter of its input at
+  // stride 2, and a claimed conv after it then reads planes: a VGG stage
+  // or ResNet's stem stays in one partition).  A PAD (which only grows its
+  // tensor) is claimed after a claimed node too, or when claimed convs read
+  // it: the layout change then moves to its smaller input.
+  std::set<int> claimed_adds, claimed_dw, claimed_means, claimed_spatial;
   const std::map<int, ConvCost>* set = &convs;
   const auto bring = [&]() {
     claimed_adds.clear();
     claimed_dw.clear();
     claimed_means.clear();
+    claimed_spatial.clear();
     for (const auto& a : adds)
       for (int t : {a.second.first, a.second.second}) {
         const auto p = producer.find(t);
@@ -847,16 +930,26 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
       for (int n : r) bridge = bridge && set->count(n) && !set->at(n).split;
       if (bridge) claimed_dw.insert(d.first);
     }
-    for (const auto& m : means) {
-      const auto p = producer.find(m.second);
-      if (p != producer.end() && (set->count(p->second) || claimed_adds.count(p->second) ||
-                                  claimed_dw.count(p->second)))
-        claimed_means.insert(m.first);
+    const auto from_claimed = [&](int tensor) {
+      const auto p = producer.find(tensor);
+      return p != producer.end() && (set->count(p->second) || claimed_adds.count(p->second) ||
+                                     claimed_dw.count(p->second) || claimed_spatial.count(p->second));
+    };
+    for (const auto& q : spatial) {  // in execution order: a pool after a claimed PAD
+      bool take = from_claimed(q.second.first);
+      if (!take && q.second.second) {
+        const std::vector<int>& r = readers[io[q.first].second];
+        take = !r.empty();
+        for (int m : r) take = take && set->count(m);
+      }
+      if (take) claimed_spatial.insert(q.first);
     }
+    for (const auto& m : means)
+      if (from_claimed(m.second)) claimed_means.insert(m.first);
   };
   const auto claimed = [&](int n) {
     return set->count(n) || claimed_adds.count(n) || claimed_dw.count(n) ||
-           claimed_means.count(n);
+           claimed_means.count(n) || claimed_spatial.count(n);
   };
   // Whether an unclaimed node lies on a path from node a to node b.
   const auto cut = [&](int a, int b) {
@@ -874,7 +967,11 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   // where a neighbour is not claimed); its predicted speed-up and the time
   // it saves.
   const auto pays = [&](int n, const ConvCost& c, double* speedup, double* saved) {
-    const auto p = producer.find(io[n].first);
+    auto p = producer.find(io[n].first);
+    // A claimed PAD before it changes nothing: the layout changes at the
+    // PAD's input if at all.
+    if (p != producer.end() && pad_input.count(p->second) && claimed(p->second))
+      p = producer.find(pad_input[p->second]);
     const bool in_edge =
         c.split || p == producer.end() || !claimed(p->second) || cut(p->second, n);
     const std::vector<int>& r = readers[io[n].second];
@@ -949,9 +1046,53 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   }
   set = &convs;
   bring();
+  // A connected group of claims with no pattern-pruned conv in it saves
+  // nothing real: its dense convs tie with XNNPACK at best (short filters,
+  // kJitDenseMaxDepthAvx512), and at 2 threads a partition between
+  // XNNPACK's nodes costs a hand-over of the cores (unpruned VGG-16 CIFAR
+  // with its first block claimed: 0.97x at 2 threads, AMD Zen 4).  Such
+  // groups stay with TFLite.
+  {
+    std::map<int, int> parent;
+    const std::function<int(int)> root = [&](int n) {
+      while (parent[n] != n) n = parent[n] = parent[parent[n]];
+      return n;
+    };
+    std::vector<int> members;
+    for (int n : supported)
+      if (claimed(n)) {
+        parent[n] = n;
+        members.push_back(n);
+      }
+    for (int n : members) {
+      TfLiteNode* node = nullptr;
+      TfLiteRegistration* reg = nullptr;
+      if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk) continue;
+      for (int i = 0; i < node->inputs->size; ++i) {
+        const auto p = producer.find(node->inputs->data[i]);
+        if (p != producer.end() && parent.count(p->second)) parent[root(p->second)] = root(n);
+      }
+    }
+    std::set<int> pruned_groups;
+    for (const auto& kv : convs)
+      if (kv.second.stats.Density() <= kPatternMaxDensity) pruned_groups.insert(root(kv.first));
+    bool dropped = false;
+    for (auto it = convs.begin(); it != convs.end();) {
+      if (pruned_groups.count(root(it->first))) {
+        ++it;
+        continue;
+      }
+      (*why_not)[it->first] =
+          "dense conv in a group with no pattern-pruned conv: TFLite's dense kernels are as fast";
+      it = convs.erase(it);
+      dropped = true;
+    }
+    if (dropped) bring();
+  }
   std::vector<int> out;
   for (int n : supported)
-    if (convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n) || claimed_means.count(n))
+    if (convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n) ||
+        claimed_means.count(n) || claimed_spatial.count(n))
       out.push_back(n);
     else if (depthwise.count(n))
       (*why_not)[n] = "not between claimed convs (its input from a claimed conv and read by it "
@@ -967,8 +1108,8 @@ int64_t ExecutedMacs(const OpPlan& plan) {
 }
 
 int64_t DenseMacs(const OpPlan& plan) {
-  if (plan.kind == OpKind::kAdd || plan.kind == OpKind::kMean || plan.kind == OpKind::kMaxPool ||
-      plan.kind == OpKind::kAvgPool)
+  if (plan.kind == OpKind::kAdd || plan.kind == OpKind::kMean || IsPool(plan.kind) ||
+      plan.kind == OpKind::kPad)
     return 0;  // no multiply-accumulates
   if (plan.kind == OpKind::kFullyConnected)
     return static_cast<int64_t>(plan.fc_batch) * plan.in_c * plan.out_c;

@@ -8,16 +8,20 @@
 #include <vector>
 
 #include "cc/kernels/kernels.h"
+#include "cc/kernels/pad.h"
 #include "delegate/metadata.h"
 #include "delegate/tflite_abi.h"
 
 namespace cocopie {
 
-// Pooling is claimed by the GPU backend only (it keeps a partition, and its
-// tensors, on the device); ADD by both (on the CPU it keeps a residual
-// block's tensors planar).
-enum class OpKind { kConv2D, kDepthwiseConv2D, kFullyConnected, kMaxPool, kAvgPool, kAdd, kMean };
+// Pooling and ADD are claimed by both backends (on the CPU they keep a VGG
+// stage's or a residual block's tensors planar; on the GPU, on the device);
+// MEAN and PAD (zeros around the spatial axes) by the CPU backend only.
+enum class OpKind {
+  kConv2D, kDepthwiseConv2D, kFullyConnected, kMaxPool, kAvgPool, kAdd, kMean, kPad
+};
 const char* OpKindName(OpKind kind);
+inline bool IsPool(OpKind kind) { return kind == OpKind::kMaxPool || kind == OpKind::kAvgPool; }
 
 // Everything needed to run one claimed node; weights are packed once here.
 struct OpPlan {
@@ -25,6 +29,10 @@ struct OpPlan {
   OpKind kind = OpKind::kConv2D;
   int input = -1, filter = -1, bias = -1, output = -1;  // tensor indices
   int input2 = -1;  // ADD's second operand
+  SpatialPad pad;   // PAD: the rows and columns of zeros (dims resolved in Prepare)
+  // A PAD folded into the VALID pool after it (set in Prepare): the PAD does
+  // nothing, the pool reads the PAD's input with zeros around it.
+  bool fused = false, zero_border = false;
   Padding padding = Padding::kSame;
   int stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int k_h = 1, k_w = 1, in_c = 0, out_c = 0;
@@ -79,8 +87,7 @@ struct OpPlan {
 std::string CheckSupported(const TfLiteContext* context, const TfLiteNode* node,
                            const TfLiteRegistration* reg);
 
-// The same for the GPU backend, which also takes MAX_POOL_2D and
-// AVERAGE_POOL_2D, but not MEAN.
+// The same for the GPU backend, which does not take MEAN or PAD.
 std::string CheckSupportedOnGpu(const TfLiteContext* context, const TfLiteNode* node,
                                 const TfLiteRegistration* reg);
 
@@ -103,7 +110,7 @@ std::vector<int> SupportedIfShapesAgree(TfLiteContext* context,
 // off).  Pattern convs are charged a layout change only at an edge whose
 // neighbour stays with TFLite (or reads NHWC: a phase-split conv), so convs
 // of a residual block are judged together; ADDs are taken next to claimed
-// convs.  `why_not` gets the reason for every supported node left out.
+// convs, pools and MEANs after them.  `why_not` gets the reason for every supported node left out.
 std::vector<int> ChooseClaims(TfLiteContext* context, const std::vector<int>& execution_plan,
                               const std::vector<int>& supported, const KernelSet* pattern_kernels,
                               JitIsa jit, std::map<int, std::string>* why_not);

@@ -68,6 +68,7 @@ enum {
   kTfLiteBuiltinDepthwiseConv2d = 4,
   kTfLiteBuiltinFullyConnected = 9,
   kTfLiteBuiltinMaxPool2d = 17,
+  kTfLiteBuiltinPad = 34,
   kTfLiteBuiltinMean = 40,
 };
 

@@ -73,7 +73,8 @@ def test_dense_layers_and_partitions(keep_dims):
     inp = keras.Input((6, 9, 4))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
     x = keras.layers.Conv2D(6, 1)(x)  # internal to the partition: delegate scratch memory
-    x = keras.layers.AveragePooling2D(2)(x)  # stays with TFLite, splits the partitions
+    x = keras.layers.AveragePooling2D(2)(x)
+    x = keras.layers.Activation("tanh")(x)  # stays with TFLite, splits the partitions
     if keep_dims:
         x = keras.layers.Dense(5)(x)  # on a 4-D tensor: FULLY_CONNECTED keep_num_dims
     else:
@@ -89,9 +90,11 @@ def test_dense_layers_and_partitions(keep_dims):
     assert rel_error(out, ref) <= 1e-5
     assert rel_error(out, np.asarray(model(xs))) <= 1e-5
     ops = [e["op"] for e in interp.delegate_report()]
-    assert ops[:2] == ["CONV_2D", "CONV_2D"] and "FULLY_CONNECTED" in ops
+    assert ops[:3] == ["CONV_2D", "CONV_2D", "AVERAGE_POOL_2D"] and "FULLY_CONNECTED" in ops
     for e in interp.delegate_report():
-        assert e["dense_macs"] > 0 and e["executed_macs"] == e["dense_macs"]
+        # (a pool has no multiply-accumulates)
+        assert (e["dense_macs"] > 0) == (e["op"] != "AVERAGE_POOL_2D")
+        assert e["executed_macs"] == e["dense_macs"]
         assert e["kernel"].startswith("f32_")
 
 
@@ -197,3 +200,229 @@ def test_mean_over_other_axes_stays_with_tflite():
         it = lite.Interpreter(model_content=tfl, claim="all")
         assert rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0]) <= 1e-6
         assert it.delegate_report() == [], axis
+
+
+# MAX_POOL_2D and AVERAGE_POOL_2D on the CPU backend: between claimed convs
+# (claim=auto) a pool reads and writes planes, so a VGG stage stays in one
+# partition; alone (claim=all) it runs NHWC at any batch.  The semantics are
+# TFLite's reference kernels' (cc/kernels/pool.h): against stock LiteRT for
+# finite inputs, its reference kernels where a window holds NaN or -Inf.
+def _pool_model(kind, pool, h, w, c, act, seed=0, tail_conv=True):
+    import keras
+
+    from cocopie_tf import patterns as P
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((h, w, c), batch_size=None)
+    convs = [keras.layers.Conv2D(c, 3, padding="same", activation=act, name=f"conv{i}")
+             for i in range(2 if tail_conv else 1)]
+    layer = keras.layers.MaxPooling2D if kind == "max" else keras.layers.AveragePooling2D
+    x = layer(**pool, name="pool")(convs[0](inp))
+    if tail_conv:
+        x = convs[1](x)
+    model = keras.Model(inp, x)
+    for i, conv in enumerate(convs):
+        wts = conv.get_weights()
+        wts[0] = P.prune_kernel(wts[0], connectivity=2.0)
+        wts[1] = np.random.default_rng(seed + i).uniform(-0.5, 0.5, c).astype(np.float32)
+        conv.set_weights(wts)
+    return model
+
+
+_POOLS = [dict(pool_size=2), dict(pool_size=3, strides=2, padding="valid"),
+          dict(pool_size=3, strides=2, padding="same"), dict(pool_size=(2, 3), strides=1, padding="same"),
+          dict(pool_size=3, strides=(1, 2), padding="same")]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("pool", _POOLS, ids=lambda p: "-".join(f"{k}{v}" for k, v in p.items()))
+def test_pool_between_claimed_convs_keeps_planes(kind, pool):
+    tfl = convert(_pool_model(kind, pool, 19, 23, 16, "relu"))
+    x = np.random.default_rng(3).standard_normal((1, 19, 23, 16)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    for threads in (1, 2):
+        it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=threads)
+        assert rel_error(run_tflite(it, [x])[0], ref) <= 1e-5
+        report = {e["op"]: e for e in it.delegate_report()}
+        op = "MAX_POOL_2D" if kind == "max" else "AVERAGE_POOL_2D"
+        assert op in report, report.keys()
+        assert report[op]["kernel"] == f"f32_{kind}pool2d__portable"
+        assert report[op]["layout"] == "planar"  # the pool's output stays planes
+        assert [e["layout"] for e in it.delegate_report() if e["op"] == "CONV_2D"][0] == "planar"
+    # NaN and Inf in the input: the conv carries them to the pool (Inf -
+    # Inf makes NaN, so some windows hold only NaN), which skips NaN as
+    # TFLite's reference kernels do and, as the partition's last node,
+    # writes NHWC from the planes.  Reference: stock LiteRT's conv output,
+    # pooled by _np_pool.  (Not through a second conv: the lowest float an
+    # all-NaN window gives makes that conv's sums overflow in an
+    # order-dependent way.)
+    model = _pool_model(kind, pool, 19, 23, 16, None, tail_conv=False)
+    tfl = convert(model)
+    x[0, 2, 3, :] = np.nan
+    x[0, 10:14, 10:14, 1] = -np.inf
+    x[0, 15, 20, 2] = np.inf
+    import keras
+
+    conv_only = convert(keras.Model(model.input, model.get_layer("conv0").output))
+    ref = _np_pool(reference_outputs(conv_only, [x])[0], kind, **pool)
+    it = lite.Interpreter(model_content=tfl, claim="auto")
+    out = run_tflite(it, [x])[0]
+    assert [e["op"] for e in it.delegate_report()][-1].endswith("POOL_2D")
+    assert np.isnan(ref).any() == (kind == "avg") and np.isinf(ref).any()
+    assert_same_non_finite(out, ref, tol=1e-5)
+
+
+def _np_pool(x, kind, pool_size, strides=None, padding="valid"):
+    """TFLite's reference pooling in float64 numpy: in-bounds positions only,
+    max from the lowest float32 skipping NaN, average = sum / count."""
+    ph, pw = (pool_size, pool_size) if np.isscalar(pool_size) else pool_size
+    strides = strides or (ph, pw)
+    sh, sw = (strides, strides) if np.isscalar(strides) else strides
+    n, h, w, c = x.shape
+    if padding == "same":
+        oh, ow = -(-h // sh), -(-w // sw)
+        top = max((oh - 1) * sh + ph - h, 0) // 2
+        left = max((ow - 1) * sw + pw - w, 0) // 2
+    else:
+        oh, ow, top, left = (h - ph) // sh + 1, (w - pw) // sw + 1, 0, 0
+    out = np.empty((n, oh, ow, c))
+    with np.errstate(invalid="ignore"):
+        for oy in range(oh):
+            for ox in range(ow):
+                y0, x0 = oy * sh - top, ox * sw - left
+                win = x[:, max(y0, 0):y0 + ph, max(x0, 0):x0 + pw, :].astype(np.float64)
+                if kind == "max":
+                    m = np.where(np.isnan(win), -np.inf, win).max(axis=(1, 2))
+                    out[:, oy, ox] = np.maximum(m, np.finfo(np.float32).min)
+                else:
+                    out[:, oy, ox] = win.mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pool_alone_runs_nhwc(kind, batch):
+    """claim=all: a pool between TFLite's nodes (or the graph's input)
+    reads and writes NHWC at any batch, with its fused activation."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    inp = keras.Input((9, 11, 5), batch_size=None)
+    layer = keras.layers.MaxPooling2D if kind == "max" else keras.layers.AveragePooling2D
+    x = keras.layers.ReLU(max_value=6.0)(layer(pool_size=3, strides=2, padding="same")(inp))
+    tfl = convert(keras.Model(inp, x))
+    r = np.random.default_rng(batch)
+    x = (4 * r.standard_normal((batch, 9, 11, 5))).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, claim="all", num_threads=2)
+    out = run_tflite(it, [x])[0]
+    ref = _np_pool(x, kind, 3, 2, "same")
+    assert rel_error(out, np.clip(ref, 0, 6)) <= 1e-6
+    report = it.delegate_report()
+    assert [e["op"] for e in report] == ["MAX_POOL_2D" if kind == "max" else "AVERAGE_POOL_2D"]
+    # claim=auto leaves a pool with no claimed producer to TFLite.
+    assert lite.Interpreter(model_content=tfl, claim="auto").delegate_report() == []
+    # A window of -Inf alone gives the lowest float (then the clamp), NaN is
+    # skipped: stock's reference kernels agree (its XNNPACK path does not).
+    x[:, :3, :3, 0] = -np.inf
+    x[:, 4, 4, 1] = np.nan
+    x[:, 6, 7, 2] = np.inf
+    out = run_tflite(it, [x])[0]
+    ref_k = Interpreter(model_content=tfl, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    assert_same_non_finite(out, run_tflite(ref_k, [x])[0], tol=1e-6)
+    assert_same_non_finite(out, np.clip(_np_pool(x, kind, 3, 2, "same"), 0, 6), tol=1e-6)
+
+
+# PAD (zeros around height and width, Keras' ZeroPadding2D) on the CPU
+# backend: between claimed convs it pads the planes; under claim=all it runs
+# NHWC at any batch; a PAD before a VALID pool is folded into the pool,
+# whose windows then count the zeros (NaN still skipped).
+def _pad_model(pad, then, seed=0):
+    import keras
+
+    from cocopie_tf import patterns as P
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((13, 17, 8), batch_size=None)
+    conv = keras.layers.Conv2D(8, 3, padding="same", name="conv0")
+    x = keras.layers.ZeroPadding2D(pad, name="pad")(conv(inp))
+    if then == "conv":
+        tail = keras.layers.Conv2D(8, 3, padding="valid", name="conv1")
+        x = tail(x)
+    else:
+        layer = keras.layers.MaxPooling2D if then == "max" else keras.layers.AveragePooling2D
+        x = layer(3, strides=2, padding="valid", name="pool")(x)
+    model = keras.Model(inp, x)
+    for name in ("conv0", "conv1") if then == "conv" else ("conv0",):
+        layer = model.get_layer(name)
+        wts = layer.get_weights()
+        wts[0] = P.prune_kernel(wts[0], connectivity=2.0)
+        layer.set_weights(wts)
+    return model
+
+
+@pytest.mark.parametrize("then", ["conv", "max", "avg"])
+@pytest.mark.parametrize("pad", [2, ((2, 0), (1, 3))], ids=["2", "2013"])
+def test_pad_between_claimed_nodes(pad, then):
+    import keras
+
+    model = _pad_model(pad, then)
+    tfl = convert(model)
+    x = np.random.default_rng(5).standard_normal((1, 13, 17, 8)).astype(np.float32)
+    for threads in (1, 2):
+        it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=threads)
+        assert rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0]) <= 1e-5
+        entries = {e["op"]: e for e in it.delegate_report()}
+        assert entries["PAD"]["kernel"] == "f32_pad2d__portable"
+        if then == "conv":
+            assert entries["PAD"]["layout"] == "planar"
+        else:
+            assert entries["PAD"]["layout"] == "folded into the next pool"
+    # NaN and Inf: the PAD copies them; a folded pool skips NaN and counts
+    # the border's zeros.  Reference: stock's conv output, padded and pooled
+    # in numpy.
+    x[0, 0, 0, :] = np.nan
+    x[0, 5, 6, 1] = np.inf
+    x[0, 12, 16, 2] = -np.inf
+    it = lite.Interpreter(model_content=tfl, claim="auto")
+    out = run_tflite(it, [x])[0]
+    conv0 = reference_outputs(convert(keras.Model(model.input, model.get_layer("conv0").output)),
+                              [x])[0]
+    (t, b), (l, r) = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
+    padded = np.pad(conv0, ((0, 0), (t, b), (l, r), (0, 0)))
+    if then == "conv":
+        ref = run_tflite(lite.Interpreter(model_content=tfl, claim="auto"), [x])[0]
+        stock = reference_outputs(tfl, [x])[0]
+        assert_same_non_finite(out, stock, tol=1e-5)
+        del ref
+    else:
+        assert_same_non_finite(out, _np_pool(padded, then, 3, 2, "valid"), tol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pad_alone_and_pads_it_does_not_take(batch):
+    import keras
+    import tensorflow as tf
+
+    inp = keras.Input((5, 6, 3), batch_size=None)
+    x = keras.layers.ZeroPadding2D(((1, 2), (0, 3)))(inp)
+    tfl = convert(keras.Model(inp, x))
+    xs = np.random.default_rng(batch).standard_normal((batch, 5, 6, 3)).astype(np.float32)
+    xs[0, 0, 0, 0] = np.nan
+    it = lite.Interpreter(model_content=tfl, claim="all", num_threads=2)
+    out = run_tflite(it, [xs])[0]
+    want = np.pad(xs, ((0, 0), (1, 2), (0, 3), (0, 0)))
+    assert out.shape == want.shape and np.array_equal(np.isnan(out), np.isnan(want))
+    assert np.array_equal(np.nan_to_num(out), np.nan_to_num(want))
+    assert [e["op"] for e in it.delegate_report()] == ["PAD"]
+    # claim=auto: no claimed neighbour, so TFLite keeps it.
+    assert lite.Interpreter(model_content=tfl, claim="auto").delegate_report() == []
+    # Padding the channel axis, or with a non-zero constant (PADV2): TFLite's.
+    for fn in (lambda t: tf.pad(t, [[0, 0], [1, 1], [0, 0], [0, 2]]),
+               lambda t: tf.pad(t, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.5)):
+        m = tf.function(fn, input_signature=[tf.TensorSpec((1, 5, 6, 3), tf.float32)])
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([m.get_concrete_function()], m)
+        t2 = conv.convert()
+        it = lite.Interpreter(model_content=t2, claim="all")
+        out = run_tflite(it, [xs[:1]])[0]
+        assert np.array_equal(np.nan_to_num(out), np.nan_to_num(reference_outputs(t2, [xs[:1]])[0]))
+        assert it.delegate_report() == []

@@ -250,11 +250,16 @@ def test_pruned_vgg16_through_the_delegate():
     interp = lite.Interpreter(model_content=tfl, num_threads=2)
     out = run_tflite(interp, [x])[0]
     assert rel_error(out, reference_outputs(tfl, [x])[0]) <= 1e-5
-    kernels = [e["kernel"] for e in interp.delegate_report()]
+    report = interp.delegate_report()
+    kernels = [e["kernel"] for e in report if e["op"] == "CONV_2D"]
     # With AVX-512 code generation the first conv (dense, 3 channels) joins
     # (kJitDenseMaxDepth); AVX2's generated code is predicted slower there.
     first = 1 if "avx512" in _cc.jit_choices() else 0
     assert len(kernels) == 12 + first and all("pattern" in k for k in kernels)
+    # The pools between claimed convs are claimed too (one partition per
+    # stage no more): the four inside keep planes, the last writes NHWC.
+    pools = [e["layout"] for e in report if e["op"] == "MAX_POOL_2D"]
+    assert pools == ["planar"] * 4 + ["nhwc"], pools
 
 
 def test_pattern_layer_tune_keeps_results_and_rejects_bad_knobs():
@@ -591,9 +596,21 @@ def test_short_dense_filters_run_as_generated_code(isa, strides, padding, h, w, 
 
 @pytest.mark.parametrize("isa", JIT_ISAS)
 def test_long_dense_filters_stay_dense(isa):
+    """Dense filters beyond the generator's depth (kJitDenseMaxDepth = 64;
+    kJitDenseMaxDepthAvx512 = 576 on AVX-512) run on the dense kernel; on
+    AVX-512 a 72-weight filter runs as generated code, every weight."""
     rng = np.random.default_rng(5)
-    filt = rng.standard_normal((16, 3, 3, 8)).astype(np.float32)  # 72 weights per filter
-    tfl = convert(_strided_model(filt, np.zeros(16, np.float32), (1, 1), "same", "none", 12, 12))
-    it = lite.Interpreter(model_content=tfl, claim="all", jit=isa)
-    it.allocate_tensors()
-    assert "conv2d_direct" in it.delegate_report()[0]["kernel"]
+    limit = _cc.pattern_limits()["jit_dense_max_depth_avx512" if isa == "avx512"
+                                 else "jit_dense_max_depth"]
+    for in_c in (8, 72):  # 72 and 648 weights per filter
+        filt = rng.standard_normal((16, 3, 3, in_c)).astype(np.float32)
+        tfl = convert(_strided_model(filt, np.zeros(16, np.float32), (1, 1), "same", "none", 12, 12))
+        it = lite.Interpreter(model_content=tfl, claim="all", jit=isa)
+        x = rng.standard_normal((1, 12, 12, in_c)).astype(np.float32)
+        assert rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0]) <= 1e-5
+        entry = it.delegate_report()[0]
+        if 9 * in_c <= limit:
+            assert entry["kernel"] == f"f32_conv2d_pattern__jit_{isa}", entry["kernel"]
+            assert entry["executed_macs"] == entry["dense_macs"]
+        else:
+            assert "conv2d_direct" in entry["kernel"], (in_c, entry["kernel"])

@@ -348,3 +348,76 @@ def test_7x7_blocks_are_claimed_where_512_bit_fmas_run_at_half_rate(conn, tmp_pa
     assert half_in_place >= 1
     full_ops, full_in_place = seen["full"]
     assert full_ops == ["CONV_2D"] * 3 and full_in_place == 0, full_ops
+
+
+def _resnet_head_model(prune=True, seed=0, h=112):
+    """ResNet-50's head in small: ZeroPadding2D(3), a dense 7x7 stride-2
+    conv over 3 channels, ZeroPadding2D(1) and a 3x3 stride-2 max pool, then
+    a bottleneck block whose 3x3 conv stays dense (bench/pruned_models.py
+    leaves a network's first 3x3 conv unpruned) and whose 1x1 convs are
+    connectivity-pruned 3.6x, then a pruned block."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((h, h, 3), batch_size=None)
+    x = keras.layers.ZeroPadding2D(3)(inp)
+    x = keras.layers.Conv2D(64, 7, strides=2, activation="relu", name="conv1")(x)
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    names = []
+    for b in range(2):
+        y = keras.layers.Conv2D(64, 1, activation="relu", name=f"b{b}_1")(x)
+        y = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name=f"b{b}_2")(y)
+        y = keras.layers.Conv2D(256, 1, name=f"b{b}_3")(y)
+        s = keras.layers.Conv2D(256, 1, name=f"b{b}_0")(x) if b == 0 else x
+        x = keras.layers.Activation("relu")(keras.layers.Add()([s, y]))
+        names += [f"b{b}_1", f"b{b}_2", f"b{b}_3"] + (["b0_0"] if b == 0 else [])
+    model = keras.Model(inp, x)
+    for name in names if prune else []:
+        layer = model.get_layer(name)
+        wts = layer.get_weights()
+        wts[1] = rng.uniform(-0.5, 0.5, wts[1].shape).astype(np.float32)
+        if name == "b0_2":
+            pass  # the first 3x3 conv stays dense
+        elif layer.kernel_size == (3, 3):
+            wts[0] = P.prune_kernel(wts[0], connectivity=3.6)
+        else:
+            wts[0] = _prune_1x1(wts[0], 3.6, rng)
+        layer.set_weights(wts)
+    return model
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resnet_head_stays_in_one_partition(threads):
+    """With AVX-512 code generation, claim=auto takes the whole graph: both
+    PADs, the dense 7x7 stem (phase-split), the max pool (the second PAD
+    folded into it), the dense first 3x3 conv and the blocks; outputs match
+    stock LiteRT.  Elsewhere the deep dense convs stay with TFLite
+    (kJitDenseMaxDepth), and the outputs still match."""
+    tfl = convert(_resnet_head_model())
+    x = np.random.default_rng(threads).standard_normal((1, 112, 112, 3)).astype(np.float32)
+    ref = reference_outputs(tfl, [x])[0]
+    it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=threads)
+    assert rel_error(run_tflite(it, [x])[0], ref) <= 1e-5
+    report = {e["output_name"].split("/")[-1].split(";")[0]: e for e in it.delegate_report()}
+    ops = sorted(e["op"] for e in it.delegate_report())
+    if "avx512" in JIT_ISAS:
+        assert ops.count("PAD") == 2 and "MAX_POOL_2D" in ops and ops.count("CONV_2D") == 8, ops
+        layouts = {e["op"]: e["layout"] for e in it.delegate_report()}
+        assert "folded into the next pool" in [e["layout"] for e in it.delegate_report()]
+        assert layouts["MAX_POOL_2D"] == "planar"
+        stem = [e for e in it.delegate_report() if e["op"] == "CONV_2D"][0]
+        assert stem["kernel"] == "f32_conv2d_pattern__jit_avx512" and stem["layout"] == "planar"
+        assert stem["executed_macs"] == stem["dense_macs"]  # dense, every weight runs
+    else:
+        assert "PAD" not in ops and "MAX_POOL_2D" not in ops, ops
+    del report
+    # Unpruned: no pattern-pruned conv, so no group is claimed at all.
+    it = lite.Interpreter(model_content=convert(_resnet_head_model(prune=False)), claim="auto")
+    it.allocate_tensors()
+    assert it.delegate_report() == []
+    # jit=static: the dense convs run on TFLite, outputs still right.
+    it = lite.Interpreter(model_content=tfl, claim="auto", jit="static", num_threads=threads)
+    assert rel_error(run_tflite(it, [x])[0], ref) <= 1e-5
+    assert "PAD" not in [e["op"] for e in it.delegate_report()]

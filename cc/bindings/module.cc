@@ -374,6 +374,7 @@ PYBIND11_MODULE(_cc, m) {
     py::dict d;
     d["max_density"] = kPatternMaxDensity;
     d["jit_dense_max_depth"] = kJitDenseMaxDepth;
+    d["jit_dense_max_depth_avx512"] = kJitDenseMaxDepthAvx512;
     d["max_patterns"] = kPatternMaxDistinct;
     d["max_taps"] = kMaxTaps;
     d["max_group"] = kMaxGroup;

@@ -384,6 +384,11 @@ double PredictedSpeedupOverDense(const PatternStats& st, JitIsa jit, int64_t den
   double efficiency = st.max_group >= 4 ? 0.38 : st.max_group >= 2 ? 0.32 : 0.28;
   if (jit == JitIsa::kAvx512) efficiency = 0.60;
   if (jit == JitIsa::kAvx2) efficiency = 0.40;
+  // Dense filters: each column feeds every filter of a block, and AVX-512
+  // code then runs as fast as XNNPACK (kJitDenseMaxDepthAvx512's figures):
+  // judged a tie, so such a conv is claimed only with a group whose layout
+  // changes it saves.
+  if (jit == JitIsa::kAvx512 && !one_by_one && st.Density() > kPatternMaxDensity) efficiency = 1.0;
   // NEON generated code has not been timed on ARM hardware (qemu here runs
   // it for correctness only): it is judged like the static kernels.
   // A 1x1 conv is a GEMM, XNNPACK's best kernel: in ResNet-50's residual
@@ -464,16 +469,25 @@ bool JitInPlacePays(JitIsa isa, const ConvShape& s, bool no_edges) {
          (no_edges && half_rate ? kMinInPlaceTilesHalfRate : kMinInPlaceTiles);
 }
 
-bool PatternKernelApplies(const PatternStats& st, const ConvShape& s, JitIsa jit) {
+bool JitRunsDense(const PatternStats& st, JitIsa jit) {
+  const int max_depth = jit == JitIsa::kAvx512 ? kJitDenseMaxDepthAvx512
+                        : jit != JitIsa::kNone && jit != JitIsa::kAuto ? kJitDenseMaxDepth
+                                                                      : 0;
+  return st.filter_depth > 0 && st.filter_depth <= max_depth;
+}
+
+bool WeightsSuitPatternEngine(const PatternStats& st, int taps, JitIsa jit) {
   // Measured on AVX2 (docs/benchmarks.md): above about half the weights the
   // static kernels are no faster than the dense direct kernel; many distinct
   // masks mean unstructured sparsity, which this kernel is not built for.
-  const bool generated = jit != JitIsa::kNone && jit != JitIsa::kAuto;
   const bool sparse_enough =
-      st.Density() <= kPatternMaxDensity ||
-      (generated && s.k_h * s.k_w > 1 && ShortFilters(st));
+      st.Density() <= kPatternMaxDensity || (taps > 1 && JitRunsDense(st, jit));
+  return st.total_weights > 0 && sparse_enough && st.distinct_patterns <= kPatternMaxDistinct;
+}
+
+bool PatternKernelApplies(const PatternStats& st, const ConvShape& s, JitIsa jit) {
   return s.stride_h == 1 && s.stride_w == 1 && s.k_h * s.k_w <= kMaxTaps &&
-         st.total_weights > 0 && sparse_enough && st.distinct_patterns <= kPatternMaxDistinct;
+         WeightsSuitPatternEngine(st, s.k_h * s.k_w, jit);
 }
 
 namespace {

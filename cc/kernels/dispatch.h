@@ -156,6 +156,14 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
 // (kJitDenseMaxDepth).
 bool PatternKernelApplies(const PatternStats& stats, const ConvShape& s,
                           JitIsa jit = JitIsa::kNone);
+// The weights' half of that, whatever the geometry (`taps` = k_h * k_w of
+// the layer as written): pattern-pruned, or dense filters generated code
+// runs (JitRunsDense).  A strided layer is judged by it before its phase
+// split (a 7x7 stem has more taps than a mask holds until split).
+bool WeightsSuitPatternEngine(const PatternStats& stats, int taps, JitIsa jit);
+// Dense filters the generator `jit` runs: kJitDenseMaxDepth weights per
+// filter, kJitDenseMaxDepthAvx512 on AVX-512; none without a generator.
+bool JitRunsDense(const PatternStats& stats, JitIsa jit);
 // Whether jit=auto generates code for a stride-1 conv of shape `s` (output
 // size, kernel width and dilation are read) on `isa`; false for maps too
 // small for generated code, which the static kernels run.

@@ -90,6 +90,17 @@ struct DepthwisePlanarArgs {
   int band_rows = 1;
 };
 
+// Max or average pooling over channel planes (batch 1): input [c][in_h *
+// in_w], output [c][out_h * out_w], semantics as cc/kernels/pool.h;
+// `zero_border`: positions outside the input are zeros that take part (a
+// PAD fused into a VALID pool) instead of being skipped.
+struct PoolPlanesArgs {
+  const ConvShape* s = nullptr;
+  bool max = true, zero_border = false;
+  const float* input = nullptr;
+  float* output = nullptr;
+};
+
 // Work is split into "rows" that threads take independently:
 //   conv/depthwise: batch * out_h output rows; fully connected: output units.
 struct KernelSet {
@@ -131,6 +142,8 @@ struct KernelSet {
   // dst = src for n floats; true if any was Inf or NaN (planar rows into the
   // pattern engine's planes and back).
   bool (*copy_non_finite)(const float* src, float* dst, int64_t n);
+  // Pooling over planes (PoolPlanesArgs), tasks = channels.
+  void (*pool_planes)(const PoolPlanesArgs& args, int64_t channel_begin, int64_t channel_end);
 };
 
 // Per-ISA sets (defined in direct_<isa>.cc). AvailableKernelSets() lists the

@@ -43,7 +43,20 @@ PatternStats AnalyzePatterns(const float* filter, int out_c, int k_h, int k_w, i
   st.total_kernels = static_cast<int64_t>(out_c) * in_c;
   st.total_weights = st.total_kernels * k_h * k_w;
   st.filter_depth = in_c * k_h * k_w;
-  if (k_h * k_w > 32) return st;
+  if (k_h * k_w > 32) {
+    // No mask holds so many taps (a 7x7 stem before its phase split): the
+    // kept weights still count, so the density is the layer's; the split
+    // kernel's own analysis judges its patterns.
+    const int taps = k_h * k_w;
+    for (int64_t o = 0; o < out_c; ++o)
+      for (int i = 0; i < in_c; ++i) {
+        int kept = 0;
+        for (int t = 0; t < taps; ++t) kept += filter[(o * taps + t) * in_c + i] != 0.f;
+        st.kept_weights += kept;
+        st.kept_kernels += kept > 0;
+      }
+    return st;
+  }
   const std::vector<uint32_t> masks = KernelMasks(filter, out_c, k_h, k_w, in_c);
   std::map<uint32_t, int> distinct;
   std::map<std::vector<uint32_t>, int> signatures;

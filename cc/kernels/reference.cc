@@ -1,6 +1,7 @@
 #include "cc/kernels/reference.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace cocopie {
 namespace {
@@ -75,6 +76,30 @@ void FullyConnectedReference(int batch, int in, int out, const float* input,
                weights[static_cast<int64_t>(o) * in + i];
       output[static_cast<int64_t>(b) * out + o] = Clamp(acc, act_min, act_max);
     }
+}
+
+void Pool2DReference(bool max, const ConvShape& s, const float* input, float* output) {
+  for (int b = 0; b < s.batch; ++b)
+    for (int oy = 0; oy < s.out_h; ++oy)
+      for (int ox = 0; ox < s.out_w; ++ox)
+        for (int c = 0; c < s.in_c; ++c) {
+          const int y0 = oy * s.stride_h - s.pad_top, x0 = ox * s.stride_w - s.pad_left;
+          float m = max ? std::numeric_limits<float>::lowest() : 0.f;
+          int count = 0;
+          for (int y = std::max(y0, 0); y < std::min(y0 + s.k_h, s.in_h); ++y)
+            for (int x = std::max(x0, 0); x < std::min(x0 + s.k_w, s.in_w); ++x) {
+              const float v =
+                  input[((static_cast<int64_t>(b) * s.in_h + y) * s.in_w + x) * s.in_c + c];
+              if (max) m = m < v ? v : m;
+              else m += v;
+              ++count;
+            }
+          if (!max) m = count > 0 ? m / static_cast<float>(count) : 0.f;
+          // std::min(std::max(...)) as TFLite: a NaN stays NaN.
+          m = m < s.act_min ? s.act_min : m;
+          m = s.act_max < m ? s.act_max : m;
+          output[((static_cast<int64_t>(b) * s.out_h + oy) * s.out_w + ox) * s.in_c + c] = m;
+        }
 }
 
 }  // namespace cocopie

@@ -22,6 +22,11 @@ void FullyConnectedReference(int batch, int in, int out, const float* input,
                              const float* weights, const float* bias,
                              float act_min, float act_max, float* output);
 
+// MAX_POOL_2D (`max`) or AVERAGE_POOL_2D over NHWC `input`, as TFLite's
+// reference kernels: in-bounds positions only; max from the lowest float
+// with m < v ? v : m (NaN skipped); average = sum / count; then the clamp.
+void Pool2DReference(bool max, const ConvShape& s, const float* input, float* output);
+
 }  // namespace cocopie
 
 #endif  // COCOPIE_CC_KERNELS_REFERENCE_H_

@@ -160,8 +160,9 @@ class Interpreter(_litert.Interpreter):
     """A LiteRT interpreter with the cocopie delegate applied.
 
     Nodes the delegate claims (float32 CONV_2D / DEPTHWISE_CONV_2D /
-    FULLY_CONNECTED with constant weights, same-shape ADD, and MEAN over
-    height and width on the CPU backend) run on cocopie kernels; the rest of
+    FULLY_CONNECTED with constant weights, same-shape ADD, MAX_POOL_2D and
+    AVERAGE_POOL_2D, and MEAN over height and width on the CPU backend) run
+    on cocopie kernels; the rest of
     the graph runs on TFLite's kernels.  Everything else is the stock
     ``ai_edge_litert.interpreter.Interpreter`` API.
     """

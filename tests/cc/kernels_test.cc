@@ -13,6 +13,7 @@
 
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/jit_pattern.h"
+#include "cc/kernels/pool.h"
 #include "cc/kernels/reference.h"
 #include "cc/kernels/thread_pool.h"
 #include "tests/cc/check.h"
@@ -292,6 +293,154 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
     CHECK(ResolveConvShape(Padding::kSame, &strided).empty());
     CHECK(!DepthwisePlanarApplies(set, strided, finite));
   }
+}
+
+// Max and average pooling in both layouts against the reference, over
+// windows, strides, paddings, activations, batches and thread counts, with
+// Inf, -Inf and NaN placed in the input: max must match exactly (NaN
+// skipped, a window of only -Inf or NaN the lowest float), the average to
+// float rounding (the planar kernel sums column-first).
+TEST_CASE(PoolingMatchesReference) {
+  std::mt19937 rng(31);
+  const auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
+  int runs = 0;
+  for (int trial = 0; trial < 120; ++trial) {
+    ConvShape s;
+    s.batch = trial % 5 == 4 ? 2 : 1;
+    s.in_h = pick(1, 20); s.in_w = pick(1, 37); s.in_c = pick(1, 20);
+    s.out_c = s.in_c;
+    s.k_h = pick(1, 4); s.k_w = trial % 3 == 0 ? s.k_h : pick(1, 4);
+    s.stride_h = pick(1, 3); s.stride_w = trial % 4 == 0 ? s.stride_h : pick(1, 3);
+    s.act_min = trial % 2 ? 0.f : -INFINITY;
+    s.act_max = trial % 3 == 1 ? 6.f : INFINITY;
+    if (!ResolveConvShape(trial % 2 ? Padding::kValid : Padding::kSame, &s).empty()) continue;
+    CHECK(CheckPoolShape(s).empty());
+    const size_t in_n = size_t(s.batch) * s.in_h * s.in_w * s.in_c;
+    const size_t out_n = size_t(s.batch) * s.out_h * s.out_w * s.out_c;
+    for (int nonfinite = 0; nonfinite < 4; ++nonfinite) {
+      auto in = Random(in_n, &rng);
+      if (nonfinite == 1)
+        for (int k = 0; k < 3; ++k) in[rng() % in_n] = k == 0 ? INFINITY : -INFINITY;
+      if (nonfinite == 2)
+        for (int k = 0; k < 3; ++k) in[rng() % in_n] = NAN;
+      if (nonfinite == 3)  // whole planes of -Inf and of NaN: windows with nothing else
+        for (size_t i = 0; i < in_n; ++i) {
+          if (i % s.in_c == 0) in[i] = -INFINITY;
+          else if (s.in_c > 1 && i % s.in_c == 1) in[i] = NAN;
+        }
+      for (bool max : {true, false}) {
+        std::vector<float> ref(out_n);
+        Pool2DReference(max, s, in.data(), ref.data());
+        const auto agree = [&](const std::vector<float>& out) {
+          bool ok = true;
+          for (size_t i = 0; i < out_n; ++i) {
+            const float a = out[i], r = ref[i];
+            if (max || !std::isfinite(r)) ok = ok && (std::isnan(r) ? std::isnan(a) : a == r);
+            else ok = ok && std::fabs(double(a) - r) <= 1e-6 * (1 + std::fabs(r));
+          }
+          return ok;
+        };
+        for (int threads = 1; threads <= 3; threads += 2)
+          for (const KernelSet* set : UsableSets()) {
+          ThreadPool pool(threads);
+          std::vector<float> out(out_n, 12345.f);
+          RunPool2D(set, max, s, false, false, in.data(), out.data(), &pool);
+          CHECK(agree(out));
+          if (s.batch == 1) {  // planar by index
+            std::vector<float> pin(in_n), pout(out_n, 12345.f);
+            for (int y = 0; y < s.in_h; ++y)
+              for (int x = 0; x < s.in_w; ++x)
+                for (int c = 0; c < s.in_c; ++c)
+                  pin[(size_t(c) * s.in_h + y) * s.in_w + x] =
+                      in[(size_t(y) * s.in_w + x) * s.in_c + c];
+            RunPool2D(set, max, s, true, false, pin.data(), pout.data(), &pool);
+            for (int y = 0; y < s.out_h; ++y)
+              for (int x = 0; x < s.out_w; ++x)
+                for (int c = 0; c < s.out_c; ++c)
+                  out[(size_t(y) * s.out_w + x) * s.out_c + c] =
+                      pout[(size_t(c) * s.out_h + y) * s.out_w + x];
+            CHECK(agree(out));
+          }
+          ++runs;
+        }
+      }
+    }
+  }
+  CHECK(runs > 600);
+  // A hand-computed case: 3x3 stride 2 VALID over a 5x5 ramp, and a window
+  // of NaN and -Inf alone.
+  ConvShape s;
+  s.in_h = s.in_w = 5; s.in_c = s.out_c = 1; s.k_h = s.k_w = 3; s.stride_h = s.stride_w = 2;
+  CHECK(ResolveConvShape(Padding::kValid, &s).empty());
+  std::vector<float> in(25), out(4);
+  for (int i = 0; i < 25; ++i) in[i] = float(i);
+  for (const KernelSet* set : UsableSets()) {
+    for (int i = 0; i < 25; ++i) in[i] = float(i);
+    RunPool2D(set, true, s, true, false, in.data(), out.data(), nullptr);
+    CHECK(out[0] == 12.f && out[1] == 14.f && out[2] == 22.f && out[3] == 24.f);
+    RunPool2D(set, false, s, true, false, in.data(), out.data(), nullptr);
+    CHECK(out[0] == 6.f && out[1] == 8.f && out[2] == 16.f && out[3] == 18.f);
+    for (int i : {0, 1, 2, 5, 6, 7, 10, 11, 12}) in[i] = i % 2 ? NAN : -INFINITY;
+    RunPool2D(set, true, s, true, false, in.data(), out.data(), nullptr);
+    CHECK(out[0] == std::numeric_limits<float>::lowest() && out[1] == 14.f);
+  }
+  // A PAD fused into a VALID pool (zero_border): equal to the pool of the
+  // explicitly zero-padded input, in both layouts.
+  int zb_runs = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    ConvShape z;
+    z.in_h = pick(1, 12); z.in_w = pick(1, 19); z.in_c = z.out_c = pick(1, 9);
+    z.k_h = pick(1, 3); z.k_w = pick(1, 3); z.stride_h = pick(1, 2); z.stride_w = pick(1, 3);
+    const int t = pick(0, 2), b = pick(0, 2), l = pick(0, 2), r = pick(0, 2);
+    ConvShape padded = z;
+    padded.in_h += t + b; padded.in_w += l + r;
+    if (!ResolveConvShape(Padding::kValid, &padded).empty()) continue;
+    z.out_h = padded.out_h; z.out_w = padded.out_w; z.pad_top = t; z.pad_left = l;
+    auto in = Random(size_t(z.in_h) * z.in_w * z.in_c, &rng);
+    if (trial % 3 == 0) in[0] = NAN;
+    std::vector<float> pin(size_t(padded.in_h) * padded.in_w * z.in_c, 0.f);
+    for (int y = 0; y < z.in_h; ++y)
+      for (int x = 0; x < z.in_w; ++x)
+        for (int c = 0; c < z.in_c; ++c)
+          pin[(size_t(y + t) * padded.in_w + x + l) * z.in_c + c] =
+              in[(size_t(y) * z.in_w + x) * z.in_c + c];
+    const size_t out_n = size_t(z.out_h) * z.out_w * z.in_c;
+    for (bool max : {true, false}) {
+      std::vector<float> ref(out_n), got(out_n), planes(out_n), pl(in.size());
+      Pool2DReference(max, padded, pin.data(), ref.data());
+      for (int y = 0; y < z.in_h; ++y)
+        for (int x = 0; x < z.in_w; ++x)
+          for (int c = 0; c < z.in_c; ++c)
+            pl[(size_t(c) * z.in_h + y) * z.in_w + x] = in[(size_t(y) * z.in_w + x) * z.in_c + c];
+      for (const KernelSet* set : UsableSets()) {
+        RunPool2D(set, max, z, false, true, in.data(), got.data(), nullptr);
+        RunPool2D(set, max, z, true, true, pl.data(), planes.data(), nullptr);
+        bool ok = true;
+        for (int y = 0; y < z.out_h; ++y)
+          for (int x = 0; x < z.out_w; ++x)
+            for (int c = 0; c < z.in_c; ++c) {
+              const size_t i = (size_t(y) * z.out_w + x) * z.in_c + c;
+              const float p = planes[(size_t(c) * z.out_h + y) * z.out_w + x];
+              for (float a : {got[i], p})
+                ok = ok && (std::isnan(ref[i]) ? std::isnan(a)
+                                               : std::fabs(double(a) - ref[i]) <= 1e-6 * (1 + std::fabs(ref[i])));
+            }
+        CHECK(ok);
+        ++zb_runs;
+      }
+    }
+  }
+  CHECK(zb_runs > 40);
+  // Shapes it refuses.
+  ConvShape bad = s;
+  bad.out_c = 2;
+  CHECK(!CheckPoolShape(bad).empty());
+  bad = s;
+  bad.pad_top = -1;
+  CHECK(!CheckPoolShape(bad).empty());
+  bad = s;
+  bad.out_w = 40;  // windows past the input
+  CHECK(!CheckPoolShape(bad).empty());
 }
 
 // The flat stride-1 kernel checks its input for Inf/NaN on the loads of its
