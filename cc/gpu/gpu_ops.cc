@@ -532,13 +532,13 @@ std::unique_ptr<Op> MakePool(Runtime& rt, const ConvShape& s, bool max, const Op
          ", x0 = ox * " + std::to_string(s.stride_w) + " - " + std::to_string(s.pad_left) + ";\n"
          "  const int ya = max(y0, 0), yb = min(y0 + " + std::to_string(s.k_h) + ", IN_H);\n"
          "  const int xa = max(x0, 0), xb = min(x0 + " + std::to_string(s.k_w) + ", IN_W);\n";
-  // As TFLite's reference: max starts at the lowest float and keeps
-  // std::max(m, v); average divides by the in-bounds count.
-  src += max ? "  float m = -FLT_MAX;\n" : "  float m = 0.0f;\n";
+  // As the CPU kernels (cc/kernels/pool.h): max skips NaN unless the
+  // window holds nothing else; average divides by the in-bounds count.
+  src += max ? "  float m = NAN;\n" : "  float m = 0.0f;\n";
   src += "  for (int y = ya; y < yb; ++y)\n"
          "    for (int x = xa; x < xb; ++x) {\n"
          "      const float v = in[((n * IN_H + y) * IN_W + x) * C + c];\n";
-  src += max ? "      m = m < v ? v : m;\n" : "      m += v;\n";
+  src += max ? "      m = (m < v || isnan(m)) ? v : m;\n" : "      m += v;\n";
   src += "    }\n";
   src += max ? "  float v = m;\n" : "  const int cnt = (yb - ya) * (xb - xa);\n  float v = cnt > 0 ? m / cnt : 0.0f;\n";
   src += Activation(s.act_min, s.act_max) +

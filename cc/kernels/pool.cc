@@ -32,7 +32,7 @@ void RunPool2D(const KernelSet* set, bool max, const ConvShape& s, bool planar, 
     ParallelFor(pool, s.in_c, 1, [&](int64_t c0, int64_t c1) { set->pool_planes(a, c0, c1); });
     return;
   }
-  const float init = max ? std::numeric_limits<float>::lowest() : 0.f;
+  const float init = max ? std::numeric_limits<float>::quiet_NaN() : 0.f;
   const float lo = s.act_min, hi = s.act_max;
   // NHWC: each output pixel reduces its window pixel by pixel over all
   // channels at once (contiguous), in the reference kernels' order.
@@ -51,15 +51,15 @@ void RunPool2D(const KernelSet* set, bool max, const ConvShape& s, bool planar, 
         for (int y = ya; y < yb; ++y)
           for (int x = xa; x < xb; ++x) {
             const float* v = in + ((b * s.in_h + y) * s.in_w + x) * C;
-            if (max)
-              for (int c = 0; c < C; ++c) o[c] = o[c] < v[c] ? v[c] : o[c];
+            if (max)  // NaN skipped unless the window holds nothing else
+              for (int c = 0; c < C; ++c) o[c] = (o[c] < v[c] || o[c] != o[c]) ? v[c] : o[c];
             else
               for (int c = 0; c < C; ++c) o[c] += v[c];
           }
         int count = std::max(yb - ya, 0) * std::max(xb - xa, 0);
         if (zero_border && count < s.k_h * s.k_w) {  // the border's zeros take part
           if (max)
-            for (int c = 0; c < C; ++c) o[c] = o[c] < 0.f ? 0.f : o[c];
+            for (int c = 0; c < C; ++c) o[c] = (o[c] < 0.f || o[c] != o[c]) ? 0.f : o[c];
           count = s.k_h * s.k_w;
         }
         for (int c = 0; c < C; ++c) {

@@ -13,15 +13,21 @@
 
 namespace cocopie {
 
-// The semantics of TFLite's reference kernels (Pool2DReference, the oracle), which the GPU backend's pool
-// shares (cc/gpu/gpu_ops.cc):
+// The semantics (Pool2DReference is the oracle; the GPU backend's pool,
+// cc/gpu/gpu_ops.cc, has the same):
 // - a window covers its in-bounds positions only (SAME padding adds none);
-// - max starts at the lowest finite float and keeps `m < v ? v : m`, so a
-//   NaN is skipped and a window holding only NaN or -inf gives the lowest
-//   float (XNNPACK, stock LiteRT's default on x86, answers such windows with
-//   -inf, and a NaN with -inf or a partial maximum depending on where it
-//   sits: docs/engine.md section 31);
-// - average is the in-bounds sum divided by their count (float);
+// - max: a NaN among numbers is skipped, a window of NaN alone gives NaN,
+//   -inf is a number (numpy's nanmax, but NaN rather than an error for an
+//   all-NaN window).  Stock LiteRT has no single rule to follow: its
+//   reference kernels skip NaN and answer a window of NaN or -inf alone
+//   with the lowest float; its default on x86 (XNNPACK's MAXPS chain)
+//   gives NaN for a window of NaN and -inf for one of -inf, but for a lone
+//   NaN among numbers -inf, a partial maximum or the maximum depending on
+//   where it sits (docs/engine.md section 31).  This rule agrees with
+//   XNNPACK wherever XNNPACK does not depend on the NaN's place, and with
+//   the reference kernels wherever a window holds a number;
+// - average: the in-bounds sum divided by their count (float), so a NaN or
+//   an Inf reaches the result;
 // - then the fused activation's clamp [act_min, act_max] (NaN stays NaN).
 // `s`: batch, in_h, in_w, in_c, out_h, out_w, k_h, k_w, strides and
 // pad_top / pad_left resolved (ResolveConvShape); dilation 1; out_c == in_c.

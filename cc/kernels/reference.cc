@@ -1,6 +1,7 @@
 #include "cc/kernels/reference.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace cocopie {
@@ -84,13 +85,13 @@ void Pool2DReference(bool max, const ConvShape& s, const float* input, float* ou
       for (int ox = 0; ox < s.out_w; ++ox)
         for (int c = 0; c < s.in_c; ++c) {
           const int y0 = oy * s.stride_h - s.pad_top, x0 = ox * s.stride_w - s.pad_left;
-          float m = max ? std::numeric_limits<float>::lowest() : 0.f;
+          float m = max ? std::numeric_limits<float>::quiet_NaN() : 0.f;
           int count = 0;
           for (int y = std::max(y0, 0); y < std::min(y0 + s.k_h, s.in_h); ++y)
             for (int x = std::max(x0, 0); x < std::min(x0 + s.k_w, s.in_w); ++x) {
               const float v =
                   input[((static_cast<int64_t>(b) * s.in_h + y) * s.in_w + x) * s.in_c + c];
-              if (max) m = m < v ? v : m;
+              if (max) m = (m < v || std::isnan(m)) ? v : m;
               else m += v;
               ++count;
             }

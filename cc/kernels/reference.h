@@ -22,9 +22,9 @@ void FullyConnectedReference(int batch, int in, int out, const float* input,
                              const float* weights, const float* bias,
                              float act_min, float act_max, float* output);
 
-// MAX_POOL_2D (`max`) or AVERAGE_POOL_2D over NHWC `input`, as TFLite's
-// reference kernels: in-bounds positions only; max from the lowest float
-// with m < v ? v : m (NaN skipped); average = sum / count; then the clamp.
+// MAX_POOL_2D (`max`) or AVERAGE_POOL_2D over NHWC `input`, in-bounds
+// positions only: max skips NaN unless the window holds nothing else;
+// average = sum / count; then the clamp (cc/kernels/pool.h).
 void Pool2DReference(bool max, const ConvShape& s, const float* input, float* output);
 
 }  // namespace cocopie

@@ -298,8 +298,8 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
 // Max and average pooling in both layouts against the reference, over
 // windows, strides, paddings, activations, batches and thread counts, with
 // Inf, -Inf and NaN placed in the input: max must match exactly (NaN
-// skipped, a window of only -Inf or NaN the lowest float), the average to
-// float rounding (the planar kernel sums column-first).
+// skipped among numbers, a window of NaN alone NaN, of -Inf alone -Inf),
+// the average to float rounding (the planar kernel sums column-first).
 TEST_CASE(PoolingMatchesReference) {
   std::mt19937 rng(31);
   const auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
@@ -382,7 +382,10 @@ TEST_CASE(PoolingMatchesReference) {
     CHECK(out[0] == 6.f && out[1] == 8.f && out[2] == 16.f && out[3] == 18.f);
     for (int i : {0, 1, 2, 5, 6, 7, 10, 11, 12}) in[i] = i % 2 ? NAN : -INFINITY;
     RunPool2D(set, true, s, true, false, in.data(), out.data(), nullptr);
-    CHECK(out[0] == std::numeric_limits<float>::lowest() && out[1] == 14.f);
+    CHECK(out[0] == -INFINITY && out[1] == 14.f);  // NaN skipped, -Inf kept
+    for (int i : {0, 1, 2, 5, 6, 7, 10, 11, 12}) in[i] = NAN;
+    RunPool2D(set, true, s, true, false, in.data(), out.data(), nullptr);
+    CHECK(std::isnan(out[0]) && out[1] == 14.f);  // a window of NaN alone
   }
   // A PAD fused into a VALID pool (zero_border): equal to the pool of the
   // explicitly zero-padded input, in both layouts.
