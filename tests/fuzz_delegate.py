@@ -337,8 +337,9 @@ def near_overflow(arrays) -> bool:
                    if a.dtype.kind == "f")
 
 
-def huge_weights(data: bytes) -> bool:
-    """Whether a float32 constant of the model reaches 1e36 in magnitude."""
+def _any_float_constant(data: bytes, test) -> bool:
+    """Whether test(values) holds for a float32 constant of the model (False
+    for a file that does not parse: no such evidence)."""
     try:
         from ai_edge_litert import schema_py_generated as schema
 
@@ -350,34 +351,22 @@ def huge_weights(data: bytes) -> bool:
                 raw = m.buffers[t.buffer].data
                 if raw is None or len(raw) < 4:
                     continue
-                w = np.frombuffer(bytes(raw)[: len(raw) // 4 * 4], np.float32)
                 with np.errstate(invalid="ignore"):
-                    if np.any(np.abs(w[np.isfinite(w)]) > 1e36):
+                    if test(np.frombuffer(bytes(raw)[: len(raw) // 4 * 4], np.float32)):
                         return True
     except Exception:  # noqa: BLE001 - an unparsable file: no such evidence
         return False
     return False
 
 
+def huge_weights(data: bytes) -> bool:
+    """Whether a float32 constant of the model reaches 1e36 in magnitude."""
+    return _any_float_constant(data, lambda w: np.any(np.abs(w[np.isfinite(w)]) > 1e36))
+
+
 def non_finite_weights(data: bytes) -> bool:
     """Whether a float32 constant of the model is Inf or NaN."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-
-        m = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-        for sub in m.subgraphs or []:
-            for t in sub.tensors or []:
-                if t.type != schema.TensorType.FLOAT32 or not (0 < t.buffer < len(m.buffers)):
-                    continue
-                raw = m.buffers[t.buffer].data
-                if raw is None or len(raw) < 4:
-                    continue
-                w = np.frombuffer(bytes(raw)[: len(raw) // 4 * 4], np.float32)
-                if not np.all(np.isfinite(w)):
-                    return True
-    except Exception:  # noqa: BLE001 - an unparsable file: no such evidence
-        return False
-    return False
+    return _any_float_constant(data, lambda w: not np.all(np.isfinite(w)))
 
 
 def _overflow_edge(o64, r64):
