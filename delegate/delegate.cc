@@ -253,12 +253,10 @@ class Partition {
         continue;
       // A depthwise conv keeps the layout it is given: planar out only from
       // planar in (its NHWC kernel is the faster one between NHWC tensors).
-      // So do a pool and a PAD.
-      const bool keeps = op.kind == OpKind::kDepthwiseConv2D || IsPool(op.kind) ||
-                         op.kind == OpKind::kPad;
+      // So do a pool and a PAD (KeepsLayout).
       const bool produces = (op.kind == OpKind::kConv2D && op.use_pattern) ||
                             (op.kind == OpKind::kAdd && (op.planar_input || op.planar_input2)) ||
-                            (keeps && op.planar_input);
+                            (KeepsLayout(op.kind) && op.planar_input);
       const auto r = readers.find(op.output);
       if (!produces || r == readers.end()) continue;
       bool all_planar = true;
@@ -289,17 +287,17 @@ class Partition {
                            : 0;
       // An ADD whose operands' layouts differ converts one into a buffer.
       const bool add = op.kind == OpKind::kAdd;
-      // ... and so does a depthwise conv's planar result bound for NHWC.
-      const bool dw_out = (op.kind == OpKind::kDepthwiseConv2D || IsPool(op.kind) ||
-                           op.kind == OpKind::kPad) &&
-                          op.planar_input && !op.planar_output;
+      // ... and so does a planar result bound for NHWC of an op that keeps
+      // its input's layout (a depthwise conv, a pool, a PAD).
+      const bool planar_to_nhwc = KeepsLayout(op.kind) && op.planar_input && !op.planar_output;
       if (op.kind == OpKind::kDepthwiseConv2D && op.planar_input) {
         e.kernel = KernelName(delegate_->kernels, "dwconv2d_planar");
         // Only the non-zero taps run.
         e.executed_macs = int64_t(op.shape.batch) * op.shape.out_h * op.shape.out_w *
                           op.depthwise.tap_begin.back();
       }
-      op.layout_tmp.assign((add && op.planar_input != op.planar_output) || dw_out ? n : 0, 0.f);
+      op.layout_tmp.assign((add && op.planar_input != op.planar_output) || planar_to_nhwc ? n : 0,
+                           0.f);
       // (Both operands planar into an NHWC output: one buffer, the sum.)
       const bool sum_first = add && op.planar_input && op.planar_input2 && !op.planar_output;
       op.layout_tmp2.assign(add && !sum_first && op.planar_input2 != op.planar_output ? n : 0, 0.f);

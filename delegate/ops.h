@@ -22,6 +22,11 @@ enum class OpKind {
 };
 const char* OpKindName(OpKind kind);
 inline bool IsPool(OpKind kind) { return kind == OpKind::kMaxPool || kind == OpKind::kAvgPool; }
+// Ops whose output takes the layout of their input inside a partition
+// (planar only from planar): depthwise convs, pools, PAD.
+inline bool KeepsLayout(OpKind kind) {
+  return kind == OpKind::kDepthwiseConv2D || IsPool(kind) || kind == OpKind::kPad;
+}
 
 // Everything needed to run one claimed node; weights are packed once here.
 struct OpPlan {
