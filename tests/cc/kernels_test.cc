@@ -313,6 +313,14 @@ TEST_CASE(PoolingMatchesReference) {
     s.stride_h = pick(1, 3); s.stride_w = trial % 4 == 0 ? s.stride_h : pick(1, 3);
     s.act_min = trial % 2 ? 0.f : -INFINITY;
     s.act_max = trial % 3 == 1 ? 6.f : INFINITY;
+    if (trial % 6 == 5) {  // 2x2 stride 2 tiling the input (the exact AVX-512 paths)
+      static const int widths[] = {2, 4, 8, 16, 18, 32, 34, 66};
+      s.in_h = 2 * pick(1, 10); s.in_w = widths[trial / 6 % 8];
+      s.k_h = s.k_w = 2; s.stride_h = s.stride_w = 2;
+    }
+    if (trial == 7) {  // the largest window, wider than the scratch row's slack
+      s.in_w = 130; s.k_w = kMaxPoolWindow; s.stride_w = 2;
+    }
     if (!ResolveConvShape(trial % 2 ? Padding::kValid : Padding::kSame, &s).empty()) continue;
     CHECK(CheckPoolShape(s).empty());
     const size_t in_n = size_t(s.batch) * s.in_h * s.in_w * s.in_c;
