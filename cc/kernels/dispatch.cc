@@ -1448,6 +1448,13 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
                                             : static_cast<int64_t>(scratch->output.size());
         const uint64_t call = NextCall();
         const bool checked = jit->layout().check_input;
+        // A direct conv's last positions: the tile ending at the plane's end,
+        // in the same pass as the block's whole tiles where the code can
+        // (JitKernel::Tail), else in a call of its own.
+        JitKernel::Tail tail_tile;
+        tail_tile.start = plane - tile;
+        tail_tile.skip = static_cast<int>(tile - g.direct_tail);
+        const bool fused_tail = jit->FusesTail();
         ParallelFor(pool, tasks, GrainFor(macs_task), [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) {
             // A block's code comes from L3 or DRAM the first time this
@@ -1477,10 +1484,13 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             // Run() refuses arguments outside the validated buffers; the
             // driver's geometry makes that impossible, so it is a hard bug.
             bool loaded_non_finite = false;
-            if (!jit->Run(static_cast<int>(t % fb), jit_in, in_size, jit_out, out_size,
-                          b0 * block_len, (b1 - b0) * block_len / tile, &loaded_non_finite) ||
-                (tail && !jit->Run(static_cast<int>(t % fb), jit_in, in_size, jit_out, out_size,
-                                   plane - tile, 1, &loaded_non_finite)))
+            const int f = static_cast<int>(t % fb);
+            if (!jit->Run(f, jit_in, in_size, jit_out, out_size, b0 * block_len,
+                          (b1 - b0) * block_len / tile, &loaded_non_finite,
+                          tail && fused_tail ? &tail_tile : nullptr) ||
+                (tail && !fused_tail &&
+                 !jit->Run(f, jit_in, in_size, jit_out, out_size, plane - tile, 1,
+                           &loaded_non_finite)))
               std::abort();
             if (loaded_non_finite && direct_in) non_finite.store(true, std::memory_order_relaxed);
           }

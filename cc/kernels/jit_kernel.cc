@@ -47,20 +47,36 @@ void JitKernel::Adopt(const JitLayout& layout, const uint8_t* code, size_t code_
 }
 
 bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* output,
-                    int64_t output_floats, int64_t start, int64_t tiles,
-                    bool* non_finite) const {
+                    int64_t output_floats, int64_t start, int64_t tiles, bool* non_finite,
+                    const Tail* tail) const {
   const JitLayout& L = layout_;
-  if (block < 0 || block >= num_blocks() || start < 0 || tiles < 0) return false;
+  if (block < 0 || block >= num_blocks()) return false;
+  // Tiles [start, start + tiles * TileLen()) of a buffer of output_floats.
   // No product can wrap: start and tiles are first bounded by the plane.
-  if (start > L.out_plane || tiles > (L.out_plane - start) / L.TileLen()) return false;
-  const int64_t end = start + tiles * L.TileLen();
-  if (input_floats < L.input_floats || end + L.max_column_offset > L.input_floats ||
-      end > L.out_plane || block_rows_[block] * L.out_plane > output_floats)
+  const auto fits = [&](int64_t start, int64_t tiles, int64_t output_floats) {
+    if (start < 0 || tiles < 0 || start > L.out_plane ||
+        tiles > (L.out_plane - start) / L.TileLen())
+      return false;
+    const int64_t end = start + tiles * L.TileLen();
+    return end + L.max_column_offset <= L.input_floats &&
+           block_rows_[block] * L.out_plane <= output_floats;
+  };
+  if (input_floats < L.input_floats || !fits(start, tiles, output_floats)) return false;
+  if (tail != nullptr &&
+      (!FusesTail() || tail->skip < 0 || tail->skip >= L.TileLen() || !fits(tail->start, 1, output_floats)))
     return false;
   if (L.check_input && non_finite == nullptr) return false;
-  if (tiles == 0) return true;
+  if (tiles == 0 && tail == nullptr) return true;
   alignas(64) float flag[16] = {};
-  entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles, flag);
+  TailArgs tail_args{};
+  if (tail != nullptr) {
+    tail_args.in = input + tail->start;
+    tail_args.out = output + tail->start;
+    for (int p = tail->skip; p < L.TileLen(); ++p)
+      tail_args.mask[p / 16] |= static_cast<uint16_t>(1u << (p % 16));
+  }
+  entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles, flag,
+                  tail != nullptr ? &tail_args : nullptr);
   if (L.check_input) {
     uint32_t bits = 0;  // lanes of x - x: +0 unless some x was Inf or NaN
     for (int i = 0; i < L.lanes; ++i) {

@@ -156,14 +156,30 @@ class JitKernel {
   static std::unique_ptr<JitKernel> Generate(const JitLayout& layout, std::string* error);
   ~JitKernel();
 
+  // One more tile, run after a call's `tiles` in the same pass over each code
+  // segment (so its code comes from L1, not once more from L2), whose first
+  // `skip` positions are not stored: a direct 1x1 conv's last positions
+  // (PatternGeometry::direct_tail), as the tile that ends at the plane's end
+  // and overlaps the one before.  Those positions' partial sums (between
+  // code segments) are the other tile's, so the tile's own stores are masked
+  // to the positions after `skip`.  AVX-512 only (FusesTail; AVX2 has no
+  // cheap masked store, NEON none): elsewhere the driver runs the tile as a
+  // call of its own, which takes every segment's code once more.
+  struct Tail {
+    int64_t start = 0;
+    int skip = 0;
+  };
+  bool FusesTail() const { return layout_.isa == JitIsa::kAvx512; }
+
   // Filter block `block` over `tiles` tiles of positions starting at
-  // flattened position `start` (any position; the driver uses block starts).  Returns false
+  // flattened position `start` (any position; the driver uses block starts),
+  // then `tail`'s tile if not null.  Returns false
   // without running anything if the arguments would leave the buffers the
   // layout was validated for.  With layout().check_input, sets *non_finite
   // when an input vector the code loaded held an Inf or NaN (and needs it).
   bool Run(int block, const float* input, int64_t input_floats, float* output,
            int64_t output_floats, int64_t start, int64_t tiles,
-           bool* non_finite = nullptr) const;
+           bool* non_finite = nullptr, const Tail* tail = nullptr) const;
 
   int num_blocks() const { return static_cast<int>(entries_.size()); }
   // Where block `block`'s code lies (each thread reads it in as data before
@@ -184,7 +200,15 @@ class JitKernel {
   JitLayout layout_;
   std::unique_ptr<Code> code_;
   // `flag`: 16 floats the code stores its input check to (check_input).
-  using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles, float* flag);
+  // `tail`: null, or the extra tile's input and output addresses and, per
+  // vector, the 16-bit mask of the lanes it stores (Tail; AVX-512).
+  struct TailArgs {
+    const float* in;
+    float* out;
+    uint16_t mask[4];
+  };
+  using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles, float* flag,
+                      const TailArgs* tail);
   std::vector<Fn> entries_;
   std::vector<int64_t> block_rows_;  // per block: 1 + its largest output channel
   std::vector<size_t> block_code_bytes_;

@@ -4,9 +4,11 @@
 //
 // Emitted per filter block, System V ABI:
 //   void block(const float* in, const float* w, float* out, int64_t tiles,
-//              float* flag)
+//              float* flag, const JitKernel::TailArgs* tail)
 //   for each code segment (jit_pattern.h), for each of `tiles` tiles of
-//   V*lanes positions (r9 counts, r10/r11 walk in and out):
+//   V*lanes positions (rbx counts, r10/r11 walk in and out), then, on
+//   AVX-512 when `tail` is not null, the tail's tile (JitKernel::Tail: its
+//   input and output addresses, and in k1..kV the lanes it stores):
 //     first segment: zero the M x V accumulators; else load them from out
 //     for each of the segment's columns: V input loads from in + column
 //       offset (constant displacement; AVX-512 V=1: a window that crosses a
@@ -71,9 +73,10 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       return static_cast<int32_t>(static_cast<int64_t>(b.out_channel[slot]) * lay.out_plane * 4 +
                                   v * vec_bytes);
     };
-    // Arguments stay put; each segment walks the tiles with its own cursors.
-    const Reg64 in0 = rdi, w = rsi, out0 = rdx, tiles = rcx, flag = r8;
-    const Reg64 wp = rax, left = r9, in = r10, out = r11;
+    // Arguments stay put (tiles counts the tail tile too); each segment
+    // walks the tiles with its own cursors.
+    const Reg64 in0 = rdi, w = rsi, out0 = rdx, tiles = rcx, flag = r8, tail = r9;
+    const Reg64 wp = rax, left = rbx, in = r10, out = r11;
     // x - x is +0 unless x is Inf or NaN; OR it into the flag.
     auto check_vec = [&](int reg) {
       if (!check) return;
@@ -82,10 +85,17 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       else vorps(vec(check_flag), vec(check_flag), vec(check_tmp));
     };
 
-    Label done;
+    Label done, no_tail;
+    push(rbx);
     if (check) {
       if (avx512) vpxord(Zmm(check_flag), Zmm(check_flag), Zmm(check_flag));
       else vxorps(vec(check_flag), vec(check_flag), vec(check_flag));
+    }
+    if (avx512) {
+      test(tail, tail);
+      jz(no_tail);
+      inc(tiles);
+      L(no_tail);
     }
     test(tiles, tiles);
     jz(done, T_NEAR);
@@ -97,9 +107,22 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       mov(left, tiles);
       mov(in, in0);
       mov(out, out0);
-      Label loop;
+      Label loop, body;
+      // Every lane stored, until the tail's tile.
+      if (avx512)
+        for (int v = 0; v < V; ++v) kxnorw(Opmask(1 + v), Opmask(1 + v), Opmask(1 + v));
       align(16);
       L(loop);
+      if (avx512) {  // the last tile is the tail's, when there is one
+        cmp(left, 1);
+        jne(body);
+        test(tail, tail);
+        jz(body);
+        mov(in, ptr[tail]);
+        mov(out, ptr[tail + 8]);
+        for (int v = 0; v < V; ++v) kmovw(Opmask(1 + v), ptr[tail + 16 + 2 * v]);
+        L(body);
+      }
       for (int s = 0; s < slots; ++s)
         for (int v = 0; v < V; ++v) {
           if (first) {
@@ -156,7 +179,10 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       if (last) EmitEpilogue(lay, b, vec, acc);
       for (int s = 0; s < slots; ++s)
         if (moved[s])
-          for (int v = 0; v < V; ++v) vmovups(ptr[out + row(s, v)], acc(s, v));
+          for (int v = 0; v < V; ++v) {
+            if (avx512) vmovups(ptr[out + row(s, v)] | Opmask(1 + v), acc(s, v));
+            else vmovups(ptr[out + row(s, v)], acc(s, v));
+          }
       add(in, V * vec_bytes);
       add(out, V * vec_bytes);
       dec(left);
@@ -165,6 +191,7 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     L(done);
     if (check) vmovups(ptr[flag], vec(check_flag));
     vzeroupper();
+    pop(rbx);
     ret();
   }
 
@@ -218,7 +245,7 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
   // Upper bound on the code: every instruction is at most 15 bytes.
   size_t instructions = 0;
   for (const JitBlock& b : layout.blocks)
-    instructions += 32 + b.segment_begin.size() * (24 + b.out_channel.size() * layout.vectors * 2) +
+    instructions += 40 + b.segment_begin.size() * (40 + b.out_channel.size() * layout.vectors * 2) +
                     b.column_offset.size() * layout.vectors * (layout.check_input ? 5 : 1) +
                     b.weights.size() * (layout.vectors + 2) +
                     b.out_channel.size() * (3 * layout.vectors + 1) + 2;

@@ -1307,6 +1307,63 @@ TEST_CASE(GeneratedCodeReachesFarColumns) {
   }
 }
 
+// JitKernel::Tail: the tile that ends at the plane's end, run in the same
+// pass as the whole tiles (AVX-512), stores only its positions after
+// `skip`, whose partial sums between code segments are its own: bit for bit
+// the result of running it as a call of its own, with segments of two uses.
+// Other generators refuse it; so does every tail outside the plane.
+TEST_CASE(GeneratedTailTileInTheSamePass) {
+  std::mt19937 rng(29);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int oc = 7, ic = 5;
+  std::vector<float> w(oc * ic), bias(oc);
+  for (float& v : w) v = rng() % 3 ? 0.f : u(rng);
+  for (float& v : bias) v = u(rng);
+  PatternPlan plan;
+  CHECK(BuildPatternPlan(w.data(), oc, 1, 1, ic, bias.data(), 1, &plan).empty());
+  std::vector<int32_t> taps(size_t(plan.num_patterns()) * kMaxTaps, 0);
+  int fused = 0;
+  for (JitIsa isa : JitIsas())
+    for (int v : {1, 2}) {
+      const int tile = JitLanes(isa) * v;
+      const int64_t plane = 2 * tile + 3;  // two whole tiles and 3 positions
+      const int64_t in_floats = ic * plane;
+      std::vector<float> in(in_floats);
+      for (float& x : in) x = u(rng);
+      JitLayout layout;
+      CHECK(BuildJitLayout(plan, taps.data(), plane, in_floats, plane, isa, 3, v, true, 2, -INFINITY,
+                           INFINITY, &layout).empty());
+      CHECK(layout.segments > int64_t(layout.blocks.size()));
+      std::string err;
+      auto k = JitKernel::Generate(layout, &err);
+      CHECK(k != nullptr);
+      if (!k) continue;
+      std::vector<float> apart(size_t(oc) * plane, NAN), together(size_t(oc) * plane, NAN);
+      JitKernel::Tail tail;
+      tail.start = plane - tile;
+      tail.skip = tile - 3;
+      for (int b = 0; b < k->num_blocks(); ++b) {
+        CHECK(k->Run(b, in.data(), in_floats, apart.data(), apart.size(), 0, 2));
+        CHECK(k->Run(b, in.data(), in_floats, apart.data(), apart.size(), plane - tile, 1));
+        CHECK(k->Run(b, in.data(), in_floats, together.data(), together.size(), 0, 2, nullptr, &tail) ==
+              k->FusesTail());
+      }
+      CHECK(k->FusesTail() == (isa == JitIsa::kAvx512));
+      if (!k->FusesTail()) continue;
+      CHECK(std::memcmp(apart.data(), together.data(), apart.size() * sizeof(float)) == 0);
+      ++fused;
+      // Tails outside the plane or the tile.
+      for (const auto& bad : {std::pair<int64_t, int>{plane - tile + 1, 0}, {-1, 0},
+                              {plane - tile, -1}, {plane - tile, tile}}) {
+        JitKernel::Tail t;
+        t.start = bad.first;
+        t.skip = bad.second;
+        CHECK(!k->Run(0, in.data(), in_floats, together.data(), together.size(), 0, 2, nullptr, &t));
+      }
+    }
+  std::printf("tail tile in the same pass: %d layouts\n", fused);
+}
+
 TEST_CASE(GeneratorRefusesBadInput) {
   // A damaged plan, bad knobs or a too-small buffer: BuildJitLayout names the
   // problem before any code exists; Run() refuses arguments outside the
