@@ -48,12 +48,23 @@ class Partition {
   Partition(Delegate* delegate, std::vector<OpPlan> ops, const TfLiteIntArray* outputs)
       : delegate_(delegate), ops_(std::move(ops)) {
     for (int t : Dims(outputs)) outputs_.insert(t);
+    for (const OpPlan& op : ops_) node_input_.push_back(op.input);
   }
 
   TfLiteStatus Prepare(TfLiteContext* ctx) {
     std::unordered_map<int, std::vector<int>> internal_dims;
     std::unordered_map<int, size_t> internal_floats;
     std::map<int, ReportEntry> entries;
+    // Each Prepare (the first, and again after an input is resized) starts
+    // from the nodes as claimed: the fusions below rewire ops for the shapes
+    // at hand (a pool reading its PAD's input, a conv writing its ADD's
+    // output) and are made again from scratch.
+    for (size_t k = 0; k < ops_.size(); ++k) {
+      OpPlan& op = ops_[k];
+      op.input = node_input_[k];
+      op.fused = op.zero_border = false;
+      op.residual = op.write_to = -1;
+    }
     for (OpPlan& op : ops_) {
       const auto it = internal_dims.find(op.input);
       std::vector<int> in_dims;
@@ -640,6 +651,7 @@ class Partition {
 
   Delegate* delegate_;
   std::vector<OpPlan> ops_;
+  std::vector<int> node_input_;  // per op: its node's input tensor (ops_[k].input may be rewired)
   std::set<int> outputs_;
   // Line-aligned: generated 1x1 code reads and writes planar tensors here in
   // place, in whole 64-byte lines (docs/engine.md section 21).

@@ -36,8 +36,12 @@ struct OpPlan {
   int input2 = -1;  // ADD's second operand
   SpatialPad pad;   // PAD: the rows and columns of zeros (dims resolved in Prepare)
   // A PAD folded into the VALID pool after it (set in Prepare): the PAD does
-  // nothing, the pool reads the PAD's input with zeros around it.
+  // nothing, the pool reads the PAD's input with zeros around it.  An ADD
+  // fused into the 1x1 conv that writes one of its operands: the ADD does
+  // nothing, the conv adds `residual` (the other operand) in its generated
+  // epilogue and writes `write_to` (the ADD's output) instead of `output`.
   bool fused = false, zero_border = false;
+  int residual = -1, write_to = -1;
   Padding padding = Padding::kSame;
   int stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int k_h = 1, k_w = 1, in_c = 0, out_c = 0;

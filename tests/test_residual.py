@@ -421,3 +421,23 @@ def test_resnet_head_stays_in_one_partition(threads):
     it = lite.Interpreter(model_content=tfl, claim="auto", jit="static", num_threads=threads)
     assert rel_error(run_tflite(it, [x])[0], ref) <= 1e-5
     assert "PAD" not in [e["op"] for e in it.delegate_report()]
+
+
+def test_fusions_are_made_again_after_a_resize():
+    """Every Prepare starts from the nodes as claimed: a PAD folded into its
+    pool (and an ADD fused into its conv) is rewired for the shapes at hand.
+    The first fusion used to rewire the pool for good, so after
+    resize_tensor_input + allocate_tensors the pool read the unpadded input:
+    a 23x23 output where stock gives 24x24 (a wrong shape, found by this
+    test)."""
+    tfl = convert(_resnet_head_model())
+    it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=2)
+    for size in (112, 96, 112, 80):
+        x = np.random.default_rng(size).standard_normal((1, size, size, 3)).astype(np.float32)
+        want = reference_outputs(tfl, [x])[0]
+        got = run_tflite(it, [x])[0]
+        assert got.shape == want.shape, (size, got.shape, want.shape)
+        assert rel_error(got, want) <= 1e-5, size
+        if "avx512" in JIT_ISAS:
+            layouts = [e["layout"] for e in it.delegate_report()]
+            assert "folded into the next pool" in layouts, layouts
