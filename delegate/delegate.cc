@@ -233,7 +233,9 @@ class Partition {
         continue;
       bool other_reader = false;
       for (size_t j = 0; j < ops_.size(); ++j)
-        other_reader = other_reader || (j != i + 1 && ops_[j].input == a.output);
+        other_reader = other_reader || (j != i + 1 && (ops_[j].input == a.output ||
+                                                      (ops_[j].kind == OpKind::kAdd &&
+                                                       ops_[j].input2 == a.output)));
       if (other_reader) continue;
       a.chain_next = b.input_packed = true;
       (*entries)[a.node_index].keeps_layout = true;

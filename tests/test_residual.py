@@ -441,3 +441,47 @@ def test_fusions_are_made_again_after_a_resize():
         if "avx512" in JIT_ISAS:
             layouts = [e["layout"] for e in it.delegate_report()]
             assert "folded into the next pool" in layouts, layouts
+
+
+def _fusable_block_model(h, w, c=32, conv_first=True, seed=0):
+    """A 1x1 conv (so the block's input is planar), a MobileNetV2 block
+    (1x1 expand, pattern-pruned depthwise 3x3, 1x1 project with no
+    activation), an ADD with ReLU6 fused (the block's output as the ADD's
+    first or second operand), and a 1x1 conv reading the sum (so it stays
+    planar).  Every 1x1 kernel keeps 1/3.6 of its weights."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((h, w, c), batch_size=1)
+    x = keras.layers.Conv2D(c, 1, activation="relu", name="head")(inp)
+    t = keras.layers.Conv2D(4 * c, 1, activation="relu6", name="expand")(x)
+    t = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="dw")(t)
+    t = keras.layers.Conv2D(c, 1, name="project")(t)
+    s = keras.layers.Add()([t, x] if conv_first else [x, t])
+    s = keras.layers.ReLU(6.0)(s)
+    out = keras.layers.Conv2D(c, 1, name="tail")(s)
+    model = keras.Model(inp, out)
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            k, b = layer.get_weights()
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                k = P.prune_kernel(k.reshape(3, 3, 1, -1), connectivity=1.25).reshape(k.shape)
+            else:
+                k = _prune_1x1(k, 3.6, rng)
+            layer.set_weights([k, rng.uniform(-1, 1, b.shape).astype(np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("conv_first", [True, False])
+def test_a_conv_output_an_add_also_reads_is_not_chained(conv_first):
+    """A pattern conv whose output the next conv reads and an ADD reads too
+    keeps writing its output tensor.  The chaining pass counted only first
+    operands as readers, so with the shortcut as the ADD's second operand
+    (Add([t, x]); Keras' ResNet50 writes Add([shortcut, x])) the head conv
+    wrote only the next conv's padded input and the ADD read a tensor never
+    written: a relative error of 0.46 against stock LiteRT, no error raised."""
+    tfl = convert(_fusable_block_model(14, 14, conv_first=conv_first))
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 14, 14, 32)).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, num_threads=1, jit="static", claim="all", tune="off")
+    assert rel_error(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0]) <= 1e-5
