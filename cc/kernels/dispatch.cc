@@ -794,12 +794,13 @@ void PropagateNonFinite(const ConvShape& s, const PatternPlan& plan, const Patte
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                                PatternScratch* scratch, const PatternTuning& tuning) {
   char key[320];
-  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d",
+  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d",
                 set ? set->isa : "-", s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w,
                 s.pad_top, s.pad_left, s.dil_h, s.dil_w, s.act_min, s.act_max, tuning.chunk_channels,
                 tuning.tile_vectors, static_cast<int>(tuning.jit), tuning.jit_filters,
                 tuning.jit_vectors, tuning.jit_reorder ? 1 : 0, tuning.jit_segment,
-                tuning.jit_band_rows, tuning.static_small_map, tuning.planar_direct ? 1 : 0);
+                tuning.jit_band_rows, tuning.static_small_map, tuning.planar_direct ? 1 : 0,
+                tuning.residual_epilogue ? 1 : 0);
   if (scratch->prepared_key == key) return scratch->engine;
   scratch->jit.reset();
   scratch->jit_error.clear();
@@ -858,6 +859,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
                                     : static_cast<int64_t>(g.num_blocks) * g.block_len,
                          isa, tuning.jit_filters, vectors, tuning.jit_reorder, tuning.jit_segment,
                          s.act_min, s.act_max, &layout, check_input);
+    layout.residual = tuning.residual_epilogue && g.direct && JitKernel::AddsResidual(isa);
     if (why.empty()) {
       std::unique_ptr<JitKernel> k = JitKernel::Generate(layout, &why);
       scratch->jit = std::move(k);
@@ -1242,6 +1244,12 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
   const int wp = g.wp, block_len = g.block_len, num_blocks = g.num_blocks;
   const int64_t plane = g.plane;
   const JitKernel* jit = scratch->jit.get();
+  // A residual (a fused ADD) only where the code adds it: a direct 1x1
+  // conv's, onto its planar output.
+  if (io.residual != nullptr &&
+      (jit == nullptr || !jit->layout().residual || !g.direct || io.planar_output == nullptr ||
+       io.next != nullptr))
+    std::abort();  // a driver bug
 
   PatternConvArgs args;
   args.plan = &plan;
@@ -1487,10 +1495,10 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             const int f = static_cast<int>(t % fb);
             if (!jit->Run(f, jit_in, in_size, jit_out, out_size, b0 * block_len,
                           (b1 - b0) * block_len / tile, &loaded_non_finite,
-                          tail && fused_tail ? &tail_tile : nullptr) ||
+                          tail && fused_tail ? &tail_tile : nullptr, io.residual, out_size) ||
                 (tail && !fused_tail &&
                  !jit->Run(f, jit_in, in_size, jit_out, out_size, plane - tile, 1,
-                           &loaded_non_finite)))
+                           &loaded_non_finite, nullptr, io.residual, out_size)))
               std::abort();
             if (loaded_non_finite && direct_in) non_finite.store(true, std::memory_order_relaxed);
           }

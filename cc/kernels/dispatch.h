@@ -95,6 +95,10 @@ struct PatternIo {
   const float* planar_input = nullptr;
   const PatternNext* next = nullptr;
   float* planar_output = nullptr;
+  // Added to the output before the clamp (a fused ADD): a planar tensor laid
+  // out as planar_output.  Only for a layer whose generated code takes it
+  // (scratch->jit->layout().residual, PatternTuning::residual_epilogue).
+  const float* residual = nullptr;
 };
 
 // Pattern-pruned convolution (stride 1, any dilation): NHWC in and out unless

@@ -250,6 +250,10 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     *error = "the NEON generator does not check its input (JitChecksInput)";
     return nullptr;
   }
+  if (layout.residual) {
+    *error = "the NEON generator does not add a residual (JitKernel::AddsResidual)";
+    return nullptr;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   // An upper bound on the instructions, before any is emitted: a layer that
   // would need over 1 GB of code runs static (as on x86).

@@ -1,6 +1,7 @@
 // The ISA-neutral half of JitKernel: the bounds check on every call, and the
 // stand-in for builds without a generator (then the static kernels run).
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "cc/kernels/jit_pattern.h"
@@ -48,7 +49,7 @@ void JitKernel::Adopt(const JitLayout& layout, const uint8_t* code, size_t code_
 
 bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* output,
                     int64_t output_floats, int64_t start, int64_t tiles, bool* non_finite,
-                    const Tail* tail) const {
+                    const Tail* tail, const float* residual, int64_t residual_floats) const {
   const JitLayout& L = layout_;
   if (block < 0 || block >= num_blocks()) return false;
   // Tiles [start, start + tiles * TileLen()) of a buffer of output_floats.
@@ -66,17 +67,24 @@ bool JitKernel::Run(int block, const float* input, int64_t input_floats, float* 
       (!FusesTail() || tail->skip < 0 || tail->skip >= L.TileLen() || !fits(tail->start, 1, output_floats)))
     return false;
   if (L.check_input && non_finite == nullptr) return false;
+  // The residual is read where the output is written: as large as it.
+  if (L.residual != (residual != nullptr) ||
+      (residual != nullptr && block_rows_[block] * L.out_plane > residual_floats))
+    return false;
   if (tiles == 0 && tail == nullptr) return true;
   alignas(64) float flag[16] = {};
-  TailArgs tail_args{};
+  CallArgs call{};
   if (tail != nullptr) {
-    tail_args.in = input + tail->start;
-    tail_args.out = output + tail->start;
+    call.tail_in = input + tail->start;
+    call.tail_out = output + tail->start;
     for (int p = tail->skip; p < L.TileLen(); ++p)
-      tail_args.mask[p / 16] |= static_cast<uint16_t>(1u << (p % 16));
+      call.mask[p / 16] |= static_cast<uint16_t>(1u << (p % 16));
   }
+  if (residual != nullptr)  // two buffers' distance, as integers
+    call.residual_delta = static_cast<int64_t>(reinterpret_cast<uintptr_t>(residual) -
+                                               reinterpret_cast<uintptr_t>(output));
   entries_[block](input + start, L.blocks[block].weights.data(), output + start, tiles, flag,
-                  tail != nullptr ? &tail_args : nullptr);
+                  &call);
   if (L.check_input) {
     uint32_t bits = 0;  // lanes of x - x: +0 unless some x was Inf or NaN
     for (int i = 0; i < L.lanes; ++i) {

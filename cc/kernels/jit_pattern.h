@@ -129,6 +129,11 @@ struct JitLayout {
   // so the driver scans them).
   bool check_input = false;
   std::vector<int32_t> unread_channels;
+  // The epilogue adds a residual tensor (laid out as the output) after the
+  // bias, before the clamp: an ADD fused into the conv before it, the
+  // ADD's activation as the clamp (JitKernel::Run's `residual`).  x86 only
+  // (AddsResidual).
+  bool residual = false;
   int TileLen() const { return lanes * vectors; }
 };
 
@@ -170,16 +175,21 @@ class JitKernel {
     int skip = 0;
   };
   bool FusesTail() const { return layout_.isa == JitIsa::kAvx512; }
+  // Whether a generator for `isa` takes JitLayout::residual.
+  static bool AddsResidual(JitIsa isa) { return isa == JitIsa::kAvx512 || isa == JitIsa::kAvx2; }
 
   // Filter block `block` over `tiles` tiles of positions starting at
   // flattened position `start` (any position; the driver uses block starts),
-  // then `tail`'s tile if not null.  Returns false
+  // then `tail`'s tile if not null.  With layout().residual, `residual`
+  // (residual_floats, laid out as the output) is added to each output
+  // position, and must be given.  Returns false
   // without running anything if the arguments would leave the buffers the
   // layout was validated for.  With layout().check_input, sets *non_finite
   // when an input vector the code loaded held an Inf or NaN (and needs it).
   bool Run(int block, const float* input, int64_t input_floats, float* output,
            int64_t output_floats, int64_t start, int64_t tiles,
-           bool* non_finite = nullptr, const Tail* tail = nullptr) const;
+           bool* non_finite = nullptr, const Tail* tail = nullptr,
+           const float* residual = nullptr, int64_t residual_floats = 0) const;
 
   int num_blocks() const { return static_cast<int>(entries_.size()); }
   // Where block `block`'s code lies (each thread reads it in as data before
@@ -200,15 +210,17 @@ class JitKernel {
   JitLayout layout_;
   std::unique_ptr<Code> code_;
   // `flag`: 16 floats the code stores its input check to (check_input).
-  // `tail`: null, or the extra tile's input and output addresses and, per
-  // vector, the 16-bit mask of the lanes it stores (Tail; AVX-512).
-  struct TailArgs {
-    const float* in;
-    float* out;
+  // `call`: the extra tile's input and output addresses (null: none) and,
+  // per vector, the 16-bit mask of the lanes it stores (Tail; AVX-512); the
+  // residual's address minus the output's, in bytes (layout().residual).
+  struct CallArgs {
+    const float* tail_in;
+    float* tail_out;
     uint16_t mask[4];
+    int64_t residual_delta;
   };
   using Fn = void (*)(const float* in, const float* w, float* out, int64_t tiles, float* flag,
-                      const TailArgs* tail);
+                      const CallArgs* call);
   std::vector<Fn> entries_;
   std::vector<int64_t> block_rows_;  // per block: 1 + its largest output channel
   std::vector<size_t> block_code_bytes_;

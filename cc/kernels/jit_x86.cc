@@ -4,11 +4,11 @@
 //
 // Emitted per filter block, System V ABI:
 //   void block(const float* in, const float* w, float* out, int64_t tiles,
-//              float* flag, const JitKernel::TailArgs* tail)
+//              float* flag, const JitKernel::CallArgs* call)
 //   for each code segment (jit_pattern.h), for each of `tiles` tiles of
 //   V*lanes positions (rbx counts, r10/r11 walk in and out), then, on
-//   AVX-512 when `tail` is not null, the tail's tile (JitKernel::Tail: its
-//   input and output addresses, and in k1..kV the lanes it stores):
+//   AVX-512 when call->tail_in is not null, the tail's tile (JitKernel::Tail:
+//   its input and output addresses, and in k1..kV the lanes it stores):
 //     first segment: zero the M x V accumulators; else load them from out
 //     for each of the segment's columns: V input loads from in + column
 //       offset (constant displacement; AVX-512 V=1: a window that crosses a
@@ -16,7 +16,8 @@
 //       for the row's next columns), then per use: AVX-512 V=1: one FMA
 //       with the weight as an embedded broadcast ([rax + disp]{1to16});
 //       otherwise one broadcast into a register and V FMAs
-//     last segment: + bias, clamp
+//     last segment: + bias, + the residual at out + r12 (JitLayout::residual),
+//       clamp
 //     store the accumulators to out + out_channel * out_plane
 //     in += V*lanes; out += V*lanes
 //   check_input: every input vector loaded is also subtracted from itself
@@ -75,8 +76,8 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     };
     // Arguments stay put (tiles counts the tail tile too); each segment
     // walks the tiles with its own cursors.
-    const Reg64 in0 = rdi, w = rsi, out0 = rdx, tiles = rcx, flag = r8, tail = r9;
-    const Reg64 wp = rax, left = rbx, in = r10, out = r11;
+    const Reg64 in0 = rdi, w = rsi, out0 = rdx, tiles = rcx, flag = r8, call = r9;
+    const Reg64 wp = rax, left = rbx, in = r10, out = r11, residual = r12;
     // x - x is +0 unless x is Inf or NaN; OR it into the flag.
     auto check_vec = [&](int reg) {
       if (!check) return;
@@ -87,13 +88,17 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
 
     Label done, no_tail;
     push(rbx);
+    if (lay.residual) {
+      push(residual);
+      mov(residual, ptr[call + 24]);  // CallArgs::residual_delta
+    }
     if (check) {
       if (avx512) vpxord(Zmm(check_flag), Zmm(check_flag), Zmm(check_flag));
       else vxorps(vec(check_flag), vec(check_flag), vec(check_flag));
     }
     if (avx512) {
-      test(tail, tail);
-      jz(no_tail);
+      cmp(qword[call], 0);  // CallArgs::tail_in
+      je(no_tail);
       inc(tiles);
       L(no_tail);
     }
@@ -116,11 +121,11 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       if (avx512) {  // the last tile is the tail's, when there is one
         cmp(left, 1);
         jne(body);
-        test(tail, tail);
-        jz(body);
-        mov(in, ptr[tail]);
-        mov(out, ptr[tail + 8]);
-        for (int v = 0; v < V; ++v) kmovw(Opmask(1 + v), ptr[tail + 16 + 2 * v]);
+        cmp(qword[call], 0);
+        je(body);
+        mov(in, ptr[call]);
+        mov(out, ptr[call + 8]);
+        for (int v = 0; v < V; ++v) kmovw(Opmask(1 + v), ptr[call + 16 + 2 * v]);
         L(body);
       }
       for (int s = 0; s < slots; ++s)
@@ -191,6 +196,7 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     L(done);
     if (check) vmovups(ptr[flag], vec(check_flag));
     vzeroupper();
+    if (lay.residual) pop(residual);
     pop(rbx);
     ret();
   }
@@ -208,6 +214,14 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       vbroadcastss(vec(0), ptr[w + static_cast<int32_t>(tail + 4 * s)]);
       for (int v = 0; v < V; ++v) vaddps(acc(s, v), acc(s, v), vec(0));
     }
+    // The fused ADD: conv + residual, in this order as the unfused graph
+    // adds them (one float add each, the same result).
+    if (lay.residual)
+      for (int s = 0; s < slots; ++s) {
+        const int64_t row0 = static_cast<int64_t>(b.out_channel[s]) * lay.out_plane * 4;
+        for (int v = 0; v < V; ++v)
+          vaddps(acc(s, v), acc(s, v), ptr[r11 + r12 + static_cast<int32_t>(row0 + v * lay.lanes * 4)]);
+      }
     const bool lo = lay.act_min > -std::numeric_limits<float>::infinity();
     const bool hi = lay.act_max < std::numeric_limits<float>::infinity();
     for (int bound = 0; bound < 2; ++bound) {
@@ -248,7 +262,7 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     instructions += 40 + b.segment_begin.size() * (40 + b.out_channel.size() * layout.vectors * 2) +
                     b.column_offset.size() * layout.vectors * (layout.check_input ? 5 : 1) +
                     b.weights.size() * (layout.vectors + 2) +
-                    b.out_channel.size() * (3 * layout.vectors + 1) + 2;
+                    b.out_channel.size() * (4 * layout.vectors + 1) + 4;
   // A layer this large (about 30 M kept weights) would need hundreds of MB
   // of code; the static kernels run it instead.
   constexpr size_t kMaxCodeReserve = size_t(1) << 30;

@@ -166,6 +166,12 @@ struct PatternTuning {
   // a planar tensor (dispatch.h): the code then reads and writes those
   // tensors in place (PatternGeometry::direct); not tuned or cached.
   bool planar_direct = false;
+  // generated, direct 1x1 convs (planar_direct): the epilogue adds a residual
+  // tensor given at run time (PatternIo::residual), an ADD fused into the
+  // conv by the delegate; not tuned or cached.  Where the generator cannot
+  // (JitKernel::AddsResidual) or the conv does not run direct, the code is
+  // made without it (JitLayout::residual tells).
+  bool residual_epilogue = false;
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the

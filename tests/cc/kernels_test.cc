@@ -1364,6 +1364,84 @@ TEST_CASE(GeneratedTailTileInTheSamePass) {
   std::printf("tail tile in the same pass: %d layouts\n", fused);
 }
 
+// JitLayout::residual (an ADD fused into a direct 1x1 conv): the epilogue
+// adds the residual after the bias and clamps with the ADD's bounds, bit for
+// bit the unfused conv (no clamp) followed by TFLite's ADD, NaN and Inf in
+// the residual included, the AVX-512 tail tile too.  Run() refuses a
+// residual the code does not add, a missing one and one too short; the NEON
+// generator refuses the layout.
+TEST_CASE(GeneratedResidualEpilogue) {
+  std::mt19937 rng(37);
+  std::uniform_real_distribution<float> u(-4.f, 4.f);
+  const int oc = 9, ic = 6;
+  std::vector<float> w(oc * ic), bias(oc);
+  for (float& v : w) v = rng() % 3 ? 0.f : u(rng);
+  for (float& v : bias) v = u(rng);
+  PatternPlan plan;
+  CHECK(BuildPatternPlan(w.data(), oc, 1, 1, ic, bias.data(), 1, &plan).empty());
+  std::vector<int32_t> taps(size_t(plan.num_patterns()) * kMaxTaps, 0);
+  int runs = 0;
+  for (JitIsa isa : JitIsas())
+    for (int v : {1, 2}) {
+      const int tile = JitLanes(isa) * v;
+      const int64_t plane = 2 * tile + 3, in_floats = ic * plane, out_floats = oc * plane;
+      std::vector<float> in(in_floats), res(out_floats);
+      for (float& x : in) x = u(rng);
+      for (float& x : res) x = u(rng);
+      res[5] = NAN;
+      res[plane + 7] = INFINITY;
+      res[out_floats - 1] = -INFINITY;  // the last position: the tail tile's
+      JitLayout plain, fused;
+      CHECK(BuildJitLayout(plan, taps.data(), plane, in_floats, plane, isa, 4, v, true, 3,
+                           -INFINITY, INFINITY, &plain).empty());
+      CHECK(BuildJitLayout(plan, taps.data(), plane, in_floats, plane, isa, 4, v, true, 3, 0.f,
+                           6.f, &fused).empty());
+      fused.residual = true;
+      std::string err;
+      auto kp = JitKernel::Generate(plain, &err);
+      auto kf = JitKernel::Generate(fused, &err);
+      CHECK(kp != nullptr);
+      CHECK((kf != nullptr) == JitKernel::AddsResidual(isa));
+      if (!kf) {
+        CHECK(err.find("residual") != std::string::npos);
+        continue;
+      }
+      std::vector<float> conv(out_floats, NAN), got(out_floats, NAN);
+      JitKernel::Tail tail;
+      tail.start = plane - tile;
+      tail.skip = tile - 3;
+      for (int b = 0; b < kp->num_blocks(); ++b) {
+        CHECK(kp->Run(b, in.data(), in_floats, conv.data(), out_floats, 0, 2));
+        CHECK(kp->Run(b, in.data(), in_floats, conv.data(), out_floats, plane - tile, 1));
+        if (kf->FusesTail()) {
+          CHECK(kf->Run(b, in.data(), in_floats, got.data(), out_floats, 0, 2, nullptr, &tail,
+                        res.data(), out_floats));
+        } else {
+          CHECK(kf->Run(b, in.data(), in_floats, got.data(), out_floats, 0, 2, nullptr, nullptr,
+                        res.data(), out_floats));
+          CHECK(kf->Run(b, in.data(), in_floats, got.data(), out_floats, plane - tile, 1, nullptr,
+                        nullptr, res.data(), out_floats));
+        }
+      }
+      bool same = true;
+      for (int64_t i = 0; i < out_floats; ++i) {
+        const float sum = conv[i] + res[i];
+        const float want = std::min(std::max(sum, 0.f), 6.f);  // TFLite's ADD clamp
+        same = same && (std::isnan(want) ? std::isnan(got[i])
+                                         : std::memcmp(&want, &got[i], sizeof want) == 0);
+      }
+      CHECK(same);
+      // A residual the code does not add, none where it must, one too short.
+      CHECK(!kp->Run(0, in.data(), in_floats, conv.data(), out_floats, 0, 2, nullptr, nullptr,
+                     res.data(), out_floats));
+      CHECK(!kf->Run(0, in.data(), in_floats, got.data(), out_floats, 0, 2));
+      CHECK(!kf->Run(0, in.data(), in_floats, got.data(), out_floats, 0, 2, nullptr, nullptr,
+                     res.data(), out_floats - plane * oc));
+      ++runs;
+    }
+  std::printf("residual epilogue: %d layouts\n", runs);
+}
+
 TEST_CASE(GeneratorRefusesBadInput) {
   // A damaged plan, bad knobs or a too-small buffer: BuildJitLayout names the
   // problem before any code exists; Run() refuses arguments outside the
