@@ -14,7 +14,9 @@ back.  The parent counts, per case (and keeps the files of failures and of
 the two outcomes where only one side runs):
 
 - ``crash``: the child died while the delegate's interpreter ran (a stock
-  crash is counted apart, ``stock_crash``: the delegate was not involved);
+  crash is counted apart, ``stock_crash``: the delegate was not involved;
+  so is a death of ours on a file stock refused once and, run alone again,
+  dies on: the crash is in stock's code);
 - ``hang``: the delegate's stage ran past ``--timeout`` seconds;
 - ``wrong``: both ran and the outputs differ (shape, non-finite positions, or
   more than 1e-4 relative error on the finite values);
@@ -155,6 +157,21 @@ for k in range(2):
 h = keras.layers.GlobalAveragePooling2D()(h)
 models["stage5"] = pruned(keras.Model(inp, h), ["r0a", "r0b", "r0c", "r1a", "r1b", "r1c"],
                           conn=3.6, keep_1x1=10 / 36, seed_1x1=4)
+# ResNet's stem pool (ZeroPadding2D then a VALID max pool: the PAD folded
+# into the pool) and a MobileNetV2 block whose ADD takes the shortcut as its
+# second operand (the conv before the block keeps writing its output; the
+# ADD is fused into the project conv's generated code).
+inp = keras.Input((12, 10, 8), batch_size=1)
+h = keras.layers.Conv2D(16, 1, activation="relu", name="h")(inp)
+h = keras.layers.ZeroPadding2D(1)(h)
+h = keras.layers.MaxPooling2D(3, strides=2)(h)
+t = keras.layers.Conv2D(48, 1, activation="relu6", name="e")(h)
+t = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6", name="dw")(t)
+t = keras.layers.Conv2D(16, 1, name="p")(t)
+h = keras.layers.ReLU(6.0)(keras.layers.Add()([t, h]))
+h = keras.layers.Conv2D(16, 1, name="t")(h)
+models["shortcut2"] = pruned(keras.Model(inp, h), ["h", "e", "dw", "p", "t"],
+                             keep_1x1=10 / 36, seed_1x1=5)
 for name, data in models.items():
     with open(os.path.join(out, name + ".tflite"), "wb") as f:
         f.write(data)
@@ -244,6 +261,34 @@ def _run(interp, seed: int):
     return [interp.get_tensor(d["index"]).copy() for d in interp.get_output_details()]
 
 
+def _check_after_resize(it, data: bytes, case: int) -> str:
+    """Every 4-D input one row and two columns larger, on the interpreter that
+    already ran (the delegate prepares its partitions again) and on a fresh
+    stock one: "" when they agree or stock cannot take the new shape, else
+    why not.  (The first fusion of a PAD into its pool used to rewire the
+    pool for good: after a resize it read the unpadded input.)"""
+    from ai_edge_litert.interpreter import Interpreter
+
+    def resized(interp):
+        for d in interp.get_input_details():
+            shape = [int(v) for v in d["shape"]]
+            if len(shape) == 4:
+                interp.resize_tensor_input(d["index"], [shape[0], shape[1] + 1, shape[2] + 2,
+                                                        shape[3]])
+        return _run(interp, case + 1)
+
+    try:
+        ref = resized(Interpreter(model_content=data, num_threads=1))
+    except Exception:  # noqa: BLE001 - stock cannot take the new shape: nothing to check
+        return ""
+    try:
+        out = resized(it)
+    except (ValueError, RuntimeError, TypeError) as e:
+        return f"after a resize: refused where stock ran: {type(e).__name__}: {e}"[:300]
+    why = compare(out, ref)
+    return "after a resize: " + why if why else ""
+
+
 def case_options(case: int) -> dict:
     return {"claim": "all" if case % 2 == 0 else "auto", "num_threads": 1 + (case // 2) % 2}
 
@@ -267,12 +312,16 @@ def run_case(data: bytes, case: int, send) -> None:
                               claim=opts["claim"])
         out = _run(it, case)
         send("ours", ("ok", ""))
-    except (ValueError, RuntimeError, TypeError) as e:
+    except (ValueError, RuntimeError, TypeError, MemoryError) as e:
+        # (MemoryError: LiteRT's allocator out of memory for a damaged
+        # shape, named by cocopie_tf.lite's allocate_tensors.)
         send("ours", ("refused", f"{type(e).__name__}: {e}"[:300]))
         return
     if ref is None:
         return
     why = compare(out, ref)
+    if not why and case % 4 == 0:
+        why = _check_after_resize(it, data, case)
     if why:
         # A damaged file can make stock read memory it never wrote (an
         # operator's output aliased to a constant buffer): then stock's own
@@ -420,6 +469,46 @@ def compare(out, ref, tol: float = 1e-4) -> str:
 
 # --- the parent: one forked child per case ---------------------------------
 
+def _stock_crashes(data: bytes, case: int, timeout: float, tries: int = 3) -> int:
+    """Runs stock alone on `data` in a child process up to `tries` times;
+    returns the first signal that killed it, or 0.  A damaged file that
+    stock refused once can crash it the next time (XNNPACK reads the bad
+    tensor while it prepares the graph), and then a run of ours dies in the
+    same place, in stock's code."""
+    for _ in range(tries):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                import resource
+
+                from ai_edge_litert.interpreter import Interpreter
+
+                # Twice the cases' limit: under 6 GB this stock run may
+                # refuse a huge allocation before it reaches the bad read.
+                resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                _run(Interpreter(model_content=data, num_threads=1), case)
+            except BaseException:  # noqa: BLE001 - refusing is not crashing
+                pass
+            os._exit(0)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                status = 0
+                break
+            time.sleep(0.01)
+        if os.WIFSIGNALED(status):
+            return os.WTERMSIG(status)
+    return 0
+
+
 def _child(data: bytes, case: int, wfd: int) -> None:
     import pickle
     import resource
@@ -494,6 +583,14 @@ def fuzz_one(data: bytes, case: int, timeout: float) -> dict:
         result["outcome"], result["detail"] = "stock_crash", f"status {status}"
     elif "ours" not in got:
         result["outcome"], result["detail"] = "crash", f"status {status}"
+        # Stock refused the file, then ours died: if stock alone crashes on it
+        # too, the crash is stock's (counted apart).
+        if got["stock"][0] == "refused":
+            sig = _stock_crashes(data, case, timeout)
+            if sig:
+                result["outcome"] = "stock_crash"
+                result["detail"] = (f"status {status}; stock alone also dies on this file "
+                                    f"(signal {sig}) though it refused it once")
     elif got["ours"][0] == "refused":
         # "refused_stock_ran": a file stock runs but we refuse (a clear error,
         # still a cost to the user); "refused": both refuse it.

@@ -473,3 +473,23 @@ def test_a_dilation_beyond_the_kernels_span_is_left_to_stock():
         assert 0 not in claimed  # node 0 is the dilated conv
         if claim == "all":
             assert claimed == {1}
+
+
+def test_out_of_memory_while_allocating_names_the_sizes(small_model, monkeypatch):
+    """LiteRT's allocator throws std::bad_alloc (a MemoryError in Python)
+    for a damaged shape larger than the process may map (the fuzz harness
+    met it under its 6 GB limit): the error names the cause and the size of
+    the model's tensors.  (The arena's own failure, a RuntimeError without a
+    message, is named the same way.)"""
+    from ai_edge_litert import interpreter as litert
+
+    _, tfl = small_model
+    it = lite.Interpreter(model_content=tfl, claim="all")
+
+    def bad_alloc(self):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(litert.Interpreter, "allocate_tensors", bad_alloc)
+    with pytest.raises(MemoryError, match=r"ran out of memory allocating the model's tensors "
+                                          r"\(std::bad_alloc\); their sizes add up to [0-9.]+ GiB"):
+        it.allocate_tensors()

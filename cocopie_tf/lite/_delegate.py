@@ -204,14 +204,22 @@ class Interpreter(_litert.Interpreter):
                 raise
             # LiteRT's arena fails without a message when the tensors do not
             # fit in memory (a damaged shape): say so, with the size.
-            total = 0
-            for d in self.get_tensor_details():
-                n = 1
-                for dim in d["shape"]:
-                    n *= max(int(dim), 0)
-                total += n * np.dtype(d["dtype"]).itemsize
             raise RuntimeError(f"LiteRT could not allocate the model's tensors and gave no "
-                               f"reason; their sizes add up to {total / 2**30:,.1f} GiB") from None
+                               f"reason; {self._tensor_gib()}") from None
+        except MemoryError as e:
+            # LiteRT's allocator throws std::bad_alloc for a tensor larger than
+            # memory (or than the process may map): name the cause.
+            raise MemoryError(f"LiteRT ran out of memory allocating the model's tensors "
+                              f"({e}); {self._tensor_gib()}") from None
+
+    def _tensor_gib(self) -> str:
+        total = 0
+        for d in self.get_tensor_details():
+            n = 1
+            for dim in d["shape"]:
+                n *= max(int(dim), 0)
+            total += n * np.dtype(d["dtype"]).itemsize
+        return f"their sizes add up to {total / 2**30:,.1f} GiB"
 
     def delegate_report(self) -> list[dict]:
         """One entry per node the delegate claimed (call after allocate_tensors).
