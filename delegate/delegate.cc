@@ -241,6 +241,16 @@ class Partition {
                                                       (ops_[j].kind == OpKind::kAdd &&
                                                        ops_[j].input2 == a.output)));
       if (other_reader) continue;
+      // A 1x1 conv with generated code for at least one tile of its map runs
+      // in place on a planar input instead (RunInPlace): chained, it read
+      // the planes as its own packed input and copied its result out, and
+      // an ADD after it could not be fused into it (FuseAddsIntoConvs;
+      // ResNet-50's last stage, a 3x3 conv then such a 1x1 conv, docs/
+      // engine.md section 32).
+      const JitKernel* bk = b.pattern_scratch.jit.get();
+      if (b.shape.k_h == 1 && b.shape.k_w == 1 && bk != nullptr &&
+          int64_t(b.shape.out_h) * b.shape.out_w >= bk->layout().TileLen())
+        continue;
       a.chain_next = b.input_packed = true;
       (*entries)[a.node_index].keeps_layout = true;
     }
