@@ -172,10 +172,9 @@ class Partition {
         for (auto& kv : entries) kv.second.gpu_device = "unavailable: " + delegate_->gpu_fallback_reason;
       ChainPatternConvs(&entries);
       AssignPlanar(&entries);
-      RunInPlace(&entries);
-      // The fused convs write their ADDs' outputs, earlier than the ADDs
-      // did: the buffers are shared again for those lifetimes.
-      if (FuseAddsIntoConvs(&internal_floats, &entries)) ShareInternalBuffers(internal_floats, &entries);
+      // A conv with a fused ADD writes the ADD's output, earlier than the
+      // ADD did: the buffers are shared again for those lifetimes.
+      if (RunInPlace(&internal_floats, &entries)) ShareInternalBuffers(internal_floats, &entries);
     }
     if (cache_dirty_) {
       const std::string why = delegate_->tuning_cache->Save();
@@ -244,7 +243,7 @@ class Partition {
       // A 1x1 conv with generated code for at least one tile of its map runs
       // in place on a planar input instead (RunInPlace): chained, it read
       // the planes as its own packed input and copied its result out, and
-      // an ADD after it could not be fused into it (FuseAddsIntoConvs;
+      // an ADD after it could not be fused into it (AddFusions, RunInPlace;
       // ResNet-50's last stage, a 3x3 conv then such a 1x1 conv, docs/
       // engine.md section 32).
       const JitKernel* bk = b.pattern_scratch.jit.get();
@@ -345,45 +344,17 @@ class Partition {
     }
   }
 
-  // A 1x1 conv whose input or output is a planar tensor runs its generated
-  // code on that tensor in place, where its map holds at least one register
-  // tile (PatternTuning::planar_direct): the copies into and out of the
-  // padded planes are most of such a layer's time.  Not for a conv whose
-  // input another step writes (chained, phase split).
-  void RunInPlace(std::map<int, ReportEntry>* entries) {
-    for (OpPlan& op : ops_) {
-      if (op.kind != OpKind::kConv2D || !op.use_pattern || op.phase_split || op.input_packed ||
-          !(op.planar_input || op.planar_output) || op.shape.k_h != 1 || op.shape.k_w != 1)
-        continue;
-      PatternTuning t = op.tuning;
-      t.planar_direct = true;
-      PreparePatternConv(delegate_->kernels, op.shape, op.pattern, &op.pattern_scratch, t);
-      if (!op.pattern_scratch.geometry.direct) {
-        PreparePatternConv(delegate_->kernels, op.shape, op.pattern, &op.pattern_scratch,
-                           op.tuning);
-        continue;
-      }
-      op.tuning = t;
-      ReportEntry& e = (*entries)[op.node_index];
-      e.in_place = true;
-      // The code that runs now; both generations were Prepare's time.
-      const double first_ms = e.generate_ms;
-      ReportJit(op.pattern_scratch, &e);
-      e.generate_ms += first_ms;
-    }
-  }
-
   // An ADD of planar tensors, one of whose operands an in-place 1x1 conv
   // writes for it alone, is fused into that conv: its generated epilogue adds
   // the other operand (the residual, computed before the conv runs) after the
   // bias and clamps with the ADD's activation, and it writes the ADD's output.
   // The conv's own output is never written or read back, and the ADD's pass
-  // over three tensors is gone (ResNet-50's 16 ADDs: about 1.1 ms of 29 at
-  // 1 thread on AMD Zen 4, docs/engine.md section 32).  Only for a conv
+  // over three tensors is gone (docs/engine.md section 32).  Only for a conv
   // with no activation of its own, whose code the generator can give the
   // residual (JitKernel::AddsResidual); otherwise the ADD runs as before.
-  bool FuseAddsIntoConvs(std::unordered_map<int, size_t>* internal_floats,
-                         std::map<int, ReportEntry>* entries) {
+  // Here the candidates (conv op -> its ADD op); RunInPlace generates their
+  // in-place code with the residual and makes the fusion.
+  std::map<size_t, size_t> AddFusions() {
     std::unordered_map<int, size_t> producer;
     std::unordered_map<int, int> readers;
     for (size_t k = 0; k < ops_.size(); ++k) {
@@ -392,57 +363,95 @@ class Partition {
       if (ops_[k].kind == OpKind::kAdd) readers[ops_[k].input2] += 1;
     }
     const auto fusable = [&](const OpPlan& c) {
-      const PatternScratch& ps = c.pattern_scratch;
-      return c.kind == OpKind::kConv2D && c.use_pattern && !c.fused && c.residual < 0 &&
-             !c.phase_split && !c.subsample && !c.chain_next && !c.input_packed &&
-             c.planar_output && c.shape.batch == 1 && c.shape.k_h == 1 && c.shape.k_w == 1 &&
+      const JitKernel* k = c.pattern_scratch.jit.get();
+      return c.kind == OpKind::kConv2D && c.use_pattern && !c.phase_split && !c.subsample &&
+             !c.chain_next && !c.input_packed && c.planar_output && c.shape.batch == 1 &&
+             c.shape.k_h == 1 && c.shape.k_w == 1 &&
              c.shape.act_min == -std::numeric_limits<float>::infinity() &&
-             c.shape.act_max == std::numeric_limits<float>::infinity() && c.tuning.planar_direct &&
-             ps.jit != nullptr && ps.geometry.direct && JitKernel::AddsResidual(ps.jit->layout().isa);
+             c.shape.act_max == std::numeric_limits<float>::infinity() && k != nullptr &&
+             JitKernel::AddsResidual(k->layout().isa);
     };
-    bool any = false;
+    std::map<size_t, size_t> fusions;
     for (size_t j = 0; j < ops_.size(); ++j) {
-      OpPlan& add = ops_[j];
-      if (add.kind != OpKind::kAdd || add.fused || !add.planar_input || !add.planar_input2 ||
+      const OpPlan& add = ops_[j];
+      if (add.kind != OpKind::kAdd || !add.planar_input || !add.planar_input2 ||
           !add.planar_output)
         continue;
       for (int side = 0; side < 2; ++side) {
         const int x = side == 0 ? add.input : add.input2, r = side == 0 ? add.input2 : add.input;
         const auto p = producer.find(x);
-        if (x == r || p == producer.end() || p->second >= j || readers[x] != 1 || outputs_.count(x))
+        if (x == r || p == producer.end() || p->second >= j || readers[x] != 1 ||
+            outputs_.count(x) || fusions.count(p->second))
           continue;
-        OpPlan& conv = ops_[p->second];
         // The residual must exist when the conv runs.
         const auto pr = producer.find(r);
-        if ((pr != producer.end() && pr->second >= p->second) || !fusable(conv)) continue;
-        ConvShape shape = conv.shape;
-        shape.act_min = add.act_min;
-        shape.act_max = add.act_max;
-        PatternTuning t = conv.tuning;
-        t.residual_epilogue = true;
-        ReportEntry& e = (*entries)[conv.node_index];
-        const double before_ms = e.generate_ms;
-        PreparePatternConv(delegate_->kernels, shape, conv.pattern, &conv.pattern_scratch, t);
-        const JitKernel* k = conv.pattern_scratch.jit.get();
-        if (k == nullptr || !k->layout().residual || !conv.pattern_scratch.geometry.direct) {
-          PreparePatternConv(delegate_->kernels, conv.shape, conv.pattern, &conv.pattern_scratch,
-                             conv.tuning);
+        if ((pr != producer.end() && pr->second >= p->second) || !fusable(ops_[p->second]))
           continue;
-        }
-        conv.shape = shape;
-        conv.tuning = t;
-        conv.residual = r;
-        conv.write_to = add.output;
-        add.fused = true;
-        internal_floats->erase(x);
-        ReportJit(conv.pattern_scratch, &e);
-        e.generate_ms += before_ms;  // every generation was Prepare's time
-        (*entries)[add.node_index].layout = "fused into node " + std::to_string(conv.node_index);
-        any = true;
+        fusions[p->second] = j;
         break;
       }
     }
-    return any;
+    return fusions;
+  }
+
+  // A 1x1 conv whose input or output is a planar tensor runs its generated
+  // code on that tensor in place, where its map holds at least one register
+  // tile (PatternTuning::planar_direct): the copies into and out of the
+  // padded planes are most of such a layer's time.  Not for a conv whose
+  // input another step writes (chained, phase split).  With an ADD to fuse
+  // (AddFusions) the code is generated with the residual at once (each
+  // generation is Prepare's time: ResNet-50's took 2.0 s with a third one).
+  // Returns whether an ADD was fused (its operand's buffer is gone).
+  bool RunInPlace(std::unordered_map<int, size_t>* internal_floats,
+                  std::map<int, ReportEntry>* entries) {
+    const std::map<size_t, size_t> fusions = AddFusions();
+    bool fused_any = false;
+    for (size_t k = 0; k < ops_.size(); ++k) {
+      OpPlan& op = ops_[k];
+      if (op.kind != OpKind::kConv2D || !op.use_pattern || op.phase_split || op.input_packed ||
+          !(op.planar_input || op.planar_output) || op.shape.k_h != 1 || op.shape.k_w != 1)
+        continue;
+      const auto f = fusions.find(k);
+      OpPlan* add = f != fusions.end() ? &ops_[f->second] : nullptr;
+      PatternTuning t = op.tuning;
+      t.planar_direct = true;
+      ConvShape shape = op.shape;
+      if (add != nullptr) {
+        t.residual_epilogue = true;
+        shape.act_min = add->act_min;
+        shape.act_max = add->act_max;
+      }
+      PreparePatternConv(delegate_->kernels, shape, op.pattern, &op.pattern_scratch, t);
+      const JitKernel* code = op.pattern_scratch.jit.get();
+      if (!op.pattern_scratch.geometry.direct) {
+        PreparePatternConv(delegate_->kernels, op.shape, op.pattern, &op.pattern_scratch,
+                           op.tuning);
+        continue;
+      }
+      if (add != nullptr && (code == nullptr || !code->layout().residual)) {
+        // (Not expected: AddFusions asked the generator.)  In place, no ADD.
+        add = nullptr;
+        t.residual_epilogue = false;
+        shape = op.shape;
+        PreparePatternConv(delegate_->kernels, shape, op.pattern, &op.pattern_scratch, t);
+      }
+      op.tuning = t;
+      ReportEntry& e = (*entries)[op.node_index];
+      e.in_place = true;
+      // The code that runs now; both generations were Prepare's time.
+      const double first_ms = e.generate_ms;
+      ReportJit(op.pattern_scratch, &e);
+      e.generate_ms += first_ms;
+      if (add == nullptr) continue;
+      op.shape = shape;
+      op.residual = add->input == op.output ? add->input2 : add->input;
+      op.write_to = add->output;
+      add->fused = true;
+      internal_floats->erase(op.output);
+      (*entries)[add->node_index].layout = "fused into node " + std::to_string(op.node_index);
+      fused_any = true;
+    }
+    return fused_any;
   }
 
   // The pattern kernel's knobs for this layer at its now-known geometry:
@@ -575,7 +584,7 @@ class Partition {
             io.next = op.chain_next ? &next : nullptr;
             if (op.planar_input && !packed) io.planar_input = src;
             if (op.planar_output) io.planar_output = out;
-            if (op.residual >= 0) {  // a fused ADD (FuseAddsIntoConvs)
+            if (op.residual >= 0) {  // a fused ADD (AddFusions)
               io.residual = Data(ctx, op.residual);
               if (io.residual == nullptr) {
                 ctx->ReportError(ctx, "cocopie: node %d: tensor has no data", op.node_index);
@@ -700,7 +709,7 @@ class Partition {
     std::vector<int> free_slots;        // slots no live tensor holds
     std::unordered_map<int, int> slot;  // tensor -> slot
     for (size_t k = 0; k < ops_.size(); ++k) {
-      // A conv with a fused ADD writes the ADD's output (FuseAddsIntoConvs).
+      // A conv with a fused ADD writes the ADD's output (AddFusions).
       const int written = ops_[k].write_to >= 0 ? ops_[k].write_to : ops_[k].output;
       const auto f = floats.find(written);
       if (f != floats.end() && !slot.count(f->first)) {
