@@ -1307,6 +1307,25 @@ TEST_CASE(GeneratedCodeReachesFarColumns) {
   }
 }
 
+// A 1x1 layer of oc filters over ic channels, a third of its weights kept
+// (uniform in [-range, range], as its bias), planned for the generator.
+struct OneByOne {
+  std::vector<float> w, bias;
+  PatternPlan plan;
+  std::vector<int32_t> taps;  // one pattern of one tap at offset 0
+};
+OneByOne SparseOneByOne(int oc, int ic, float range, std::mt19937* rng) {
+  std::uniform_real_distribution<float> u(-range, range);
+  OneByOne l;
+  l.w.resize(size_t(oc) * ic);
+  l.bias.resize(oc);
+  for (float& v : l.w) v = (*rng)() % 3 ? 0.f : u(*rng);
+  for (float& v : l.bias) v = u(*rng);
+  CHECK(BuildPatternPlan(l.w.data(), oc, 1, 1, ic, l.bias.data(), 1, &l.plan).empty());
+  l.taps.assign(size_t(l.plan.num_patterns()) * kMaxTaps, 0);
+  return l;
+}
+
 // JitKernel::Tail: the tile that ends at the plane's end, run in the same
 // pass as the whole tiles (AVX-512), stores only its positions after
 // `skip`, whose partial sums between code segments are its own: bit for bit
@@ -1316,12 +1335,9 @@ TEST_CASE(GeneratedTailTileInTheSamePass) {
   std::mt19937 rng(29);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   const int oc = 7, ic = 5;
-  std::vector<float> w(oc * ic), bias(oc);
-  for (float& v : w) v = rng() % 3 ? 0.f : u(rng);
-  for (float& v : bias) v = u(rng);
-  PatternPlan plan;
-  CHECK(BuildPatternPlan(w.data(), oc, 1, 1, ic, bias.data(), 1, &plan).empty());
-  std::vector<int32_t> taps(size_t(plan.num_patterns()) * kMaxTaps, 0);
+  const OneByOne layer = SparseOneByOne(oc, ic, 1.f, &rng);
+  const PatternPlan& plan = layer.plan;
+  const std::vector<int32_t>& taps = layer.taps;
   int fused = 0;
   for (JitIsa isa : JitIsas())
     for (int v : {1, 2}) {
@@ -1374,12 +1390,9 @@ TEST_CASE(GeneratedResidualEpilogue) {
   std::mt19937 rng(37);
   std::uniform_real_distribution<float> u(-4.f, 4.f);
   const int oc = 9, ic = 6;
-  std::vector<float> w(oc * ic), bias(oc);
-  for (float& v : w) v = rng() % 3 ? 0.f : u(rng);
-  for (float& v : bias) v = u(rng);
-  PatternPlan plan;
-  CHECK(BuildPatternPlan(w.data(), oc, 1, 1, ic, bias.data(), 1, &plan).empty());
-  std::vector<int32_t> taps(size_t(plan.num_patterns()) * kMaxTaps, 0);
+  const OneByOne layer = SparseOneByOne(oc, ic, 4.f, &rng);
+  const PatternPlan& plan = layer.plan;
+  const std::vector<int32_t>& taps = layer.taps;
   int runs = 0;
   for (JitIsa isa : JitIsas())
     for (int v : {1, 2}) {
