@@ -200,12 +200,7 @@ class Partition {
           p.padding != Padding::kValid || outputs_.count(pad.output) ||
           p.shape.pad_top != 0 || p.shape.pad_left != 0)
         continue;
-      bool other_reader = false;
-      for (size_t j = 0; j < ops_.size(); ++j)
-        other_reader = other_reader || (j != i + 1 && (ops_[j].input == pad.output ||
-                                                      (ops_[j].kind == OpKind::kAdd &&
-                                                       ops_[j].input2 == pad.output)));
-      if (other_reader) continue;
+      if (ReadByOtherThan(pad.output, i + 1)) continue;
       pad.fused = true;
       p.input = pad.input;
       p.zero_border = true;
@@ -216,6 +211,16 @@ class Partition {
       internal_floats->erase(pad.output);
       (*entries)[pad.node_index].layout = "folded into the next pool";
     }
+  }
+
+  // Whether an op other than ops_[reader] reads `tensor` (either operand
+  // of an ADD counts).
+  bool ReadByOtherThan(int tensor, size_t reader) const {
+    for (size_t j = 0; j < ops_.size(); ++j)
+      if (j != reader && (ops_[j].input == tensor ||
+                          (ops_[j].kind == OpKind::kAdd && ops_[j].input2 == tensor)))
+        return true;
+    return false;
   }
 
   // Consecutive pattern convs whose intermediate tensor nothing else reads
@@ -234,12 +239,7 @@ class Partition {
           b.input != a.output || outputs_.count(a.output) ||
           a.shape.batch != 1 || b.shape.batch != 1)
         continue;
-      bool other_reader = false;
-      for (size_t j = 0; j < ops_.size(); ++j)
-        other_reader = other_reader || (j != i + 1 && (ops_[j].input == a.output ||
-                                                      (ops_[j].kind == OpKind::kAdd &&
-                                                       ops_[j].input2 == a.output)));
-      if (other_reader) continue;
+      if (ReadByOtherThan(a.output, i + 1)) continue;
       // A 1x1 conv with generated code for at least one tile of its map runs
       // in place on a planar input instead (RunInPlace): chained, it read
       // the planes as its own packed input and copied its result out, and
@@ -356,12 +356,7 @@ class Partition {
   // in-place code with the residual and makes the fusion.
   std::map<size_t, size_t> AddFusions() {
     std::unordered_map<int, size_t> producer;
-    std::unordered_map<int, int> readers;
-    for (size_t k = 0; k < ops_.size(); ++k) {
-      producer[ops_[k].output] = k;
-      readers[ops_[k].input] += 1;
-      if (ops_[k].kind == OpKind::kAdd) readers[ops_[k].input2] += 1;
-    }
+    for (size_t k = 0; k < ops_.size(); ++k) producer[ops_[k].output] = k;
     const auto fusable = [&](const OpPlan& c) {
       const JitKernel* k = c.pattern_scratch.jit.get();
       return c.kind == OpKind::kConv2D && c.use_pattern && !c.phase_split && !c.subsample &&
@@ -380,7 +375,7 @@ class Partition {
       for (int side = 0; side < 2; ++side) {
         const int x = side == 0 ? add.input : add.input2, r = side == 0 ? add.input2 : add.input;
         const auto p = producer.find(x);
-        if (x == r || p == producer.end() || p->second >= j || readers[x] != 1 ||
+        if (x == r || p == producer.end() || p->second >= j || ReadByOtherThan(x, j) ||
             outputs_.count(x) || fusions.count(p->second))
           continue;
         // The residual must exist when the conv runs.
