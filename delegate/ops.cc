@@ -837,6 +837,7 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   std::map<int, std::pair<int, int>> depthwise;  // candidates: node -> (input, output)
   std::vector<std::pair<int, std::pair<int, int>>> adds;  // node, operands
   std::vector<std::pair<int, int>> means;  // node, input
+  std::vector<std::pair<int, int>> fcs;    // FULLY_CONNECTED: node, input
   // Pools and PADs, in execution order: node, (input, whether a PAD).
   std::vector<std::pair<int, std::pair<int, bool>>> spatial;
   std::map<int, int> pad_input;  // PAD node -> its input tensor
@@ -850,6 +851,10 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     }
     if (reg->builtin_code == kTfLiteBuiltinMean) {
       means.push_back({n, node->inputs->data[0]});
+      continue;
+    }
+    if (reg->builtin_code == kTfLiteBuiltinFullyConnected) {
+      fcs.push_back({n, node->inputs->data[0]});
       continue;
     }
     if (reg->builtin_code == kTfLiteBuiltinMaxPool2d ||
@@ -905,12 +910,13 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   // or ResNet's stem stays in one partition).  A PAD (which only grows its
   // tensor) is claimed after a claimed node too, or when claimed convs read
   // it: the layout change then moves to its smaller input.
-  std::set<int> claimed_adds, claimed_dw, claimed_means, claimed_spatial;
+  std::set<int> claimed_adds, claimed_dw, claimed_means, claimed_spatial, claimed_fcs;
   const std::map<int, ConvCost>* set = &convs;
   const auto bring = [&]() {
     claimed_adds.clear();
     claimed_dw.clear();
     claimed_means.clear();
+    claimed_fcs.clear();
     claimed_spatial.clear();
     for (const auto& a : adds)
       for (int t : {a.second.first, a.second.second}) {
@@ -946,10 +952,18 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     }
     for (const auto& m : means)
       if (from_claimed(m.second)) claimed_means.insert(m.first);
+    // A classifier after a claimed MEAN (and the FCs after it) ends the
+    // partition: its input has no spatial axes, so no layout changes, and
+    // the graph's cores are not handed to XNNPACK's thread pool for it.
+    for (const auto& f : fcs) {
+      const auto p = producer.find(f.second);
+      if (p != producer.end() && (claimed_means.count(p->second) || claimed_fcs.count(p->second)))
+        claimed_fcs.insert(f.first);
+    }
   };
   const auto claimed = [&](int n) {
     return set->count(n) || claimed_adds.count(n) || claimed_dw.count(n) ||
-           claimed_means.count(n) || claimed_spatial.count(n);
+           claimed_means.count(n) || claimed_spatial.count(n) || claimed_fcs.count(n);
   };
   // Whether an unclaimed node lies on a path from node a to node b.
   const auto cut = [&](int a, int b) {
@@ -1092,8 +1106,11 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
   std::vector<int> out;
   for (int n : supported)
     if (convs.count(n) || claimed_adds.count(n) || claimed_dw.count(n) ||
-        claimed_means.count(n) || claimed_spatial.count(n))
+        claimed_means.count(n) || claimed_spatial.count(n) || claimed_fcs.count(n))
       out.push_back(n);
+    else if (std::any_of(fcs.begin(), fcs.end(), [n](const std::pair<int, int>& f) { return f.first == n; }))
+      (*why_not)[n] = "dense operator not after a claimed MEAN: TFLite's own kernel is as fast "
+                      "(use claim=all to force)";
     else if (depthwise.count(n))
       (*why_not)[n] = "not between claimed convs (its input from a claimed conv and read by it "
                       "alone, its output read only by claimed convs)";

@@ -189,6 +189,40 @@ def test_mean_over_height_and_width(keepdims, h, w, batch, conv, claim):
     assert_same_non_finite(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0], tol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_classifier_after_a_claimed_mean_is_claimed(threads):
+    """claim=auto takes the FULLY_CONNECTED layers after a MEAN it claimed
+    (ResNet-50's and MobileNetV2's heads): their input has no spatial axes,
+    so there is no layout change, and the partition runs to the end instead
+    of handing the cores to XNNPACK's pool for one layer.  Against numpy
+    float64 (batch 1 and 3); the same FCs after a MEAN that is not claimed
+    stay with TFLite."""
+    import keras
+
+    base = _mean_model(12, 12, 16, False, conv=True)
+    x = keras.layers.Dense(24, activation="relu", name="fc1")(base.output)
+    out = keras.layers.Dense(10, name="fc2")(x)
+    model = keras.Model(base.input, out)
+    tfl = convert(model)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 12, 12, 16)).astype(np.float32)
+        it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=threads)
+        got = run_tflite(it, [x])[0]
+        feats = model.get_layer("conv")(x).numpy().astype(np.float64).mean(axis=(1, 2))
+        w1, b1 = model.get_layer("fc1").get_weights()
+        w2, b2 = model.get_layer("fc2").get_weights()
+        want = np.maximum(feats @ w1 + b1, 0) @ w2 + b2
+        assert rel_error(got, want) <= 1e-5
+        ops = [e["op"] for e in it.delegate_report()]
+        assert ops == ["CONV_2D", "MEAN", "FULLY_CONNECTED", "FULLY_CONNECTED"], ops
+    # No conv: nothing claims the MEAN under auto, so nor the FCs.
+    inp = keras.Input((6, 6, 8), batch_size=1)
+    alone = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(inp))
+    it = lite.Interpreter(model_content=convert(keras.Model(inp, alone)), claim="auto")
+    run_tflite(it, [np.ones((1, 6, 6, 8), np.float32)])
+    assert it.delegate_report() == []
+
+
 def test_mean_over_other_axes_stays_with_tflite():
     import keras
 
