@@ -223,6 +223,15 @@ class Partition {
     return false;
   }
 
+  // Whether an op after ops_[k] other than ops_[except] reads `tensor`.
+  bool ReadAfter(int tensor, size_t k, size_t except) const {
+    for (size_t j = k + 1; j < ops_.size(); ++j)
+      if (j != except && (ops_[j].input == tensor ||
+                          (ops_[j].kind == OpKind::kAdd && ops_[j].input2 == tensor)))
+        return true;
+    return false;
+  }
+
   // Consecutive pattern convs whose intermediate tensor nothing else reads
   // (and batch 1) keep the kernels' padded CHW layout between them.
   void ChainPatternConvs(std::map<int, ReportEntry>* entries) {
@@ -413,6 +422,15 @@ class Partition {
       ConvShape shape = op.shape;
       if (add != nullptr) {
         t.residual_epilogue = true;
+        // The output may take the residual's buffer (ShareInternalBuffers)
+        // when nothing after the ADD reads the residual, the conv does not
+        // read it as its input, and the map's last partial tile runs in the
+        // same pass (AVX-512): its lanes over the tile before are masked.
+        const int r = add->input == op.output ? add->input2 : add->input;
+        const JitKernel* before = op.pattern_scratch.jit.get();
+        t.residual_first = before != nullptr && before->FusesTail() && r != op.input &&
+                           internal_floats->count(r) && !outputs_.count(r) &&
+                           !ReadAfter(r, k, f->second);
         shape.act_min = add->act_min;
         shape.act_max = add->act_max;
       }
@@ -426,7 +444,7 @@ class Partition {
       if (add != nullptr && (code == nullptr || !code->layout().residual)) {
         // (Not expected: AddFusions asked the generator.)  In place, no ADD.
         add = nullptr;
-        t.residual_epilogue = false;
+        t.residual_epilogue = t.residual_first = false;
         shape = op.shape;
         PreparePatternConv(delegate_->kernels, shape, op.pattern, &op.pattern_scratch, t);
       }
@@ -686,6 +704,26 @@ class Partition {
     return ctx->tensors[tensor].data.f;
   }
 
+  // Whether ops_[k], a conv with a fused ADD, may write the ADD's output over
+  // its residual: each output value replaces the residual value its epilogue
+  // has just read, so no line is fetched only to be overwritten.  Not when
+  // anything reads the residual later, when it is the conv's input (other
+  // filter blocks still read it), or when the map's last partial tile runs
+  // in a call of its own (it reads the residual again at positions already
+  // written; the same-pass tail masks those lanes out).
+  bool OverwritesResidual(size_t k, const std::unordered_map<int, size_t>& last_read) const {
+    const OpPlan& op = ops_[k];
+    if (op.residual < 0 || op.write_to < 0 || op.residual == op.input || outputs_.count(op.residual))
+      return false;
+    const auto r = last_read.find(op.residual);
+    if (r == last_read.end() || r->second <= k || ops_[r->second].kind != OpKind::kAdd ||
+        !ops_[r->second].fused || ops_[r->second].output != op.write_to)
+      return false;
+    const JitKernel* code = op.pattern_scratch.jit.get();
+    return code != nullptr && code->layout().residual_first &&
+           (code->FusesTail() || op.pattern_scratch.geometry.direct_tail == 0);
+  }
+
   // Gives each internal tensor (floats per tensor in `floats`) a buffer that
   // it shares with tensors not alive at the same time, as the runtime's own
   // arena does for the tensors it owns.  A tensor is alive from the op that
@@ -703,11 +741,19 @@ class Partition {
     std::vector<size_t> capacity;       // floats per slot
     std::vector<int> free_slots;        // slots no live tensor holds
     std::unordered_map<int, int> slot;  // tensor -> slot
+    std::set<int> handed_on;            // residuals whose slot a fused conv's output took
     for (size_t k = 0; k < ops_.size(); ++k) {
       // A conv with a fused ADD writes the ADD's output (AddFusions).
       const int written = ops_[k].write_to >= 0 ? ops_[k].write_to : ops_[k].output;
       const auto f = floats.find(written);
-      if (f != floats.end() && !slot.count(f->first)) {
+      if (f != floats.end() && !slot.count(f->first) && OverwritesResidual(k, last_read) &&
+          slot.count(ops_[k].residual)) {
+        slot[written] = slot[ops_[k].residual];
+        capacity[slot[written]] = std::max(capacity[slot[written]], f->second);
+        handed_on.insert(ops_[k].residual);
+        (*entries)[ops_[last_read[ops_[k].residual]].node_index].layout +=
+            ", its output written over the residual";
+      } else if (f != floats.end() && !slot.count(f->first)) {
         // Best fit: the smallest free slot that holds it, else the largest
         // free one grown, else a new one.
         int fit = -1, largest = -1;
@@ -731,7 +777,7 @@ class Partition {
         const auto s = slot.find(t);
         const auto r = last_read.find(t);
         const bool done = r == last_read.end() ? t == written : r->second == k;
-        if (s != slot.end() && done &&
+        if (s != slot.end() && done && !handed_on.count(t) &&
             std::find(free_slots.begin(), free_slots.end(), s->second) == free_slots.end())
           free_slots.push_back(s->second);
       }

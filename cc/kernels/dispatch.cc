@@ -794,13 +794,13 @@ void PropagateNonFinite(const ConvShape& s, const PatternPlan& plan, const Patte
 std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan& plan,
                                PatternScratch* scratch, const PatternTuning& tuning) {
   char key[320];
-  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d",
+  std::snprintf(key, sizeof key, "%s|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%a,%a|%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d",
                 set ? set->isa : "-", s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w,
                 s.pad_top, s.pad_left, s.dil_h, s.dil_w, s.act_min, s.act_max, tuning.chunk_channels,
                 tuning.tile_vectors, static_cast<int>(tuning.jit), tuning.jit_filters,
                 tuning.jit_vectors, tuning.jit_reorder ? 1 : 0, tuning.jit_segment,
                 tuning.jit_band_rows, tuning.static_small_map, tuning.planar_direct ? 1 : 0,
-                tuning.residual_epilogue ? 1 : 0);
+                tuning.residual_epilogue ? 1 : 0, tuning.residual_first ? 1 : 0);
   if (scratch->prepared_key == key) return scratch->engine;
   scratch->jit.reset();
   scratch->jit_error.clear();
@@ -860,6 +860,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
                          isa, tuning.jit_filters, vectors, tuning.jit_reorder, tuning.jit_segment,
                          s.act_min, s.act_max, &layout, check_input);
     layout.residual = tuning.residual_epilogue && g.direct && JitKernel::AddsResidual(isa);
+    layout.residual_first = layout.residual && tuning.residual_first;
     if (why.empty()) {
       std::unique_ptr<JitKernel> k = JitKernel::Generate(layout, &why);
       scratch->jit = std::move(k);

@@ -134,6 +134,14 @@ struct JitLayout {
   // ADD's activation as the clamp (JitKernel::Run's `residual`).  x86 only
   // (AddsResidual).
   bool residual = false;
+  // With `residual`: the first segment starts the accumulators from the
+  // residual instead of zero and the epilogue adds nothing more, so the
+  // output may be written over the residual (the delegate shares their
+  // buffer): with several segments, the partial sums an early segment
+  // stores would otherwise replace residual values the last one still
+  // reads.  The residual is then added first, not after the bias: the
+  // result may differ from the unfused graph's in the last bit.
+  bool residual_first = false;
   int TileLen() const { return lanes * vectors; }
 };
 

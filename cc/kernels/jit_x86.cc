@@ -9,14 +9,16 @@
 //   V*lanes positions (rbx counts, r10/r11 walk in and out), then, on
 //   AVX-512 when call->tail_in is not null, the tail's tile (JitKernel::Tail:
 //   its input and output addresses, and in k1..kV the lanes it stores):
-//     first segment: zero the M x V accumulators; else load them from out
+//     first segment: zero the M x V accumulators (JitLayout::residual_first:
+//       load the residual); else load them from out
 //     for each of the segment's columns: V input loads from in + column
 //       offset (constant displacement; AVX-512 V=1: a window that crosses a
 //       cache line is a valignd of two line-aligned loads kept in zmm30-31
 //       for the row's next columns), then per use: AVX-512 V=1: one FMA
 //       with the weight as an embedded broadcast ([rax + disp]{1to16});
 //       otherwise one broadcast into a register and V FMAs
-//     last segment: + bias, + the residual at out + r12 (JitLayout::residual),
+//     last segment: + bias, + the residual at out + r12 (JitLayout::residual
+//       and not residual_first),
 //       clamp
 //     store the accumulators to out + out_channel * out_plane
 //     in += V*lanes; out += V*lanes
@@ -130,7 +132,9 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       }
       for (int s = 0; s < slots; ++s)
         for (int v = 0; v < V; ++v) {
-          if (first) {
+          if (first && lay.residual && lay.residual_first) {
+            vmovups(acc(s, v), ptr[out + residual + row(s, v)]);
+          } else if (first) {
             if (avx512) vpxord(acc(s, v), acc(s, v), acc(s, v));
             else vxorps(acc(s, v), acc(s, v), acc(s, v));
           } else if (moved[s]) {
@@ -216,7 +220,7 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     }
     // The fused ADD: conv + residual, in this order as the unfused graph
     // adds them (one float add each, the same result).
-    if (lay.residual)
+    if (lay.residual && !lay.residual_first)
       for (int s = 0; s < slots; ++s) {
         const int64_t row0 = static_cast<int64_t>(b.out_channel[s]) * lay.out_plane * 4;
         for (int v = 0; v < V; ++v)

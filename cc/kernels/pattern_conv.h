@@ -172,6 +172,10 @@ struct PatternTuning {
   // (JitKernel::AddsResidual) or the conv does not run direct, the code is
   // made without it (JitLayout::residual tells).
   bool residual_epilogue = false;
+  // With residual_epilogue: the residual starts the sums
+  // (JitLayout::residual_first), for an output the delegate writes over the
+  // residual; not tuned or cached.
+  bool residual_first = false;
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the

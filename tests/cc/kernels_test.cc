@@ -1444,6 +1444,39 @@ TEST_CASE(GeneratedResidualEpilogue) {
                                          : std::memcmp(&want, &got[i], sizeof want) == 0);
       }
       CHECK(same);
+      // The residual starting the sums (JitLayout::residual_first), one
+      // segment per 3 FMAs: in a buffer of its own, and where the code runs
+      // its tail in the same pass also with the output written over it (the
+      // delegate's shared buffer; earlier segments' partial sums overwrite
+      // residual values).  Summed in another order: equal to rounding.
+      JitLayout first_layout = fused;
+      first_layout.residual_first = true;
+      auto k1 = JitKernel::Generate(first_layout, &err);
+      CHECK(k1 != nullptr);
+      for (bool over : {false, true}) {
+        if (over && !k1->FusesTail()) continue;
+        std::vector<float> out1(out_floats, NAN), res1 = res;
+        float* dst = over ? res1.data() : out1.data();
+        for (int b = 0; b < k1->num_blocks(); ++b) {
+          if (k1->FusesTail()) {
+            CHECK(k1->Run(b, in.data(), in_floats, dst, out_floats, 0, 2, nullptr, &tail,
+                          res1.data(), out_floats));
+          } else {
+            CHECK(k1->Run(b, in.data(), in_floats, dst, out_floats, 0, 2, nullptr, nullptr,
+                          res1.data(), out_floats));
+            CHECK(k1->Run(b, in.data(), in_floats, dst, out_floats, plane - tile, 1, nullptr,
+                          nullptr, res1.data(), out_floats));
+          }
+        }
+        bool close = true;
+        for (int64_t i = 0; i < out_floats; ++i) {
+          const float want = std::min(std::max(conv[i] + res[i], 0.f), 6.f);
+          close = close && (std::isnan(want) ? std::isnan(dst[i])
+                                             : std::fabs(dst[i] - want) <=
+                                                   1e-5f * (std::fabs(conv[i]) + std::fabs(res[i]) + 1.f));
+        }
+        CHECK(close);
+      }
       // A residual the code does not add, none where it must, one too short.
       CHECK(!kp->Run(0, in.data(), in_floats, conv.data(), out_floats, 0, 2, nullptr, nullptr,
                      res.data(), out_floats));
