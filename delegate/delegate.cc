@@ -425,10 +425,15 @@ class Partition {
         // The output may take the residual's buffer (ShareInternalBuffers)
         // when nothing after the ADD reads the residual, the conv does not
         // read it as its input, and the map's last partial tile runs in the
-        // same pass (AVX-512): its lanes over the tile before are masked.
+        // same pass (AVX-512: its lanes over the tile before are masked) or
+        // there is none (AVX2: the map a whole number of vectors; with a
+        // wider tile, generated later, the buffers stay apart).
         const int r = add->input == op.output ? add->input2 : add->input;
         const JitKernel* before = op.pattern_scratch.jit.get();
-        t.residual_first = before != nullptr && before->FusesTail() && r != op.input &&
+        const int64_t plane = static_cast<int64_t>(op.shape.out_h) * op.shape.out_w;
+        t.residual_first = before != nullptr &&
+                           (before->FusesTail() || plane % JitLanes(before->layout().isa) == 0) &&
+                           r != op.input &&
                            internal_floats->count(r) && !outputs_.count(r) &&
                            !ReadAfter(r, k, f->second);
         shape.act_min = add->act_min;
