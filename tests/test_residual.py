@@ -532,7 +532,7 @@ def test_a_fused_add_writes_over_its_residual(size, threads):
     """With AVX-512, a fused ADD whose residual nothing reads afterwards
     writes its output into the residual's buffer: each output value replaces
     the residual value the conv's epilogue just read, so no line is fetched
-    only to be overwritten (ResNet-50: 1.04-1.07x, docs/engine.md section 33).
+    only to be overwritten (docs/engine.md section 33).
     The projection here has 256 input channels, so its code runs in two
     segments and the first one's partial sums land on the residual before
     the last segment runs: the residual starts the sums instead.  A first
