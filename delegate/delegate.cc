@@ -118,7 +118,7 @@ class Partition {
         // A 1x1 conv's code is made for the plain planes at once
         // (PatternGeometry::direct): most such convs run in place
         // (RunInPlace), and making the padded planes' code first doubled
-        // their generation (ResNet-50's Prepare 1.8 -> 1.4 s).  RunInPlace
+        // their generation (ResNet-50's Prepare 1.8 -> 1.3 s).  RunInPlace
         // makes it again for the few that end up not in place.
         if (InPlaceCandidate(op)) op.tuning.planar_direct = true;
         // Code generation (or the static layout) happens here, not in the
