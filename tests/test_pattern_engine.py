@@ -96,6 +96,49 @@ def test_generated_pattern_conv_matches_numpy(batch, h, w, ic, oc, group, k, dil
     assert e["uses"] == np.count_nonzero(filt)  # one FMA per kept weight and vector
 
 
+@pytest.mark.skipif(not JIT_ISAS, reason="no code generator in this build or CPU")
+@pytest.mark.parametrize("isa", JIT_ISAS)
+def test_code_heavy_layers_split_their_filter_blocks_between_threads(isa):
+    """A layer whose code outweighs its input (MobileNetV2's 7x7 960 -> 160
+    1x1 convs: about 300 KB of code, 188 KB of input) gives each thread a
+    share of the filter blocks over every position instead of a share of the
+    positions through all of the code (docs/engine.md section 34); with one
+    thread, or one range of positions, the order is the usual one.  Outputs
+    equal float64 either way, Inf and NaN included."""
+    from conftest import assert_same_non_finite
+
+    rng = np.random.default_rng(34)
+    filt = _pruned_filter(rng, 160, 1, 960, connectivity=3.6)
+    b = rng.standard_normal(160).astype(np.float32)
+    # (One thread takes filter blocks too where the code overflows L2 and
+    # the positions make several ranges: AVX2's 586 KB here, not asserted.)
+    for threads, want in ((1, None), (2, True), (3, True)):
+        layer = _cc.PatternConvLayer(filt, b, padding="same", activation="relu6",
+                                     num_threads=threads, jit=isa)
+        for poison in (False, True):
+            x = rng.standard_normal((1, 7, 7, 960)).astype(np.float32)
+            if poison:
+                x[0, 0, 0, 5], x[0, 6, 6, 900] = np.inf, np.nan
+            with np.errstate(invalid="ignore"):  # Inf times a pruned zero: NaN, as on stock
+                ref = np_conv2d(x, filt, b, (1, 1), (1, 1), "same", act="relu6")
+            out = layer(x)
+            if poison:
+                assert_same_non_finite(out, ref, 1e-4, threads)
+            else:
+                assert rel_error(out, ref) <= 1e-5, threads
+        e = layer.engine
+        assert e["engine"] == "jit_" + isa
+        assert e["code_bytes"] > x.nbytes, e  # the premise
+        assert want is None or e["filter_major"] == want, (threads, e)
+    # Code lighter than its input: the positions are split.
+    small = _pruned_filter(rng, 32, 1, 64, connectivity=3.6)
+    layer = _cc.PatternConvLayer(small, None, padding="same", num_threads=2, jit=isa)
+    x = rng.standard_normal((1, 56, 56, 64)).astype(np.float32)
+    ref = np_conv2d(x, small, np.zeros(32, np.float32), (1, 1), (1, 1), "same")
+    assert rel_error(layer(x), ref) <= 1e-5
+    assert layer.engine["filter_major"] is False
+
+
 def test_generated_kernel_isas_on_this_machine():
     """Says which generator ISAs this machine tested (see -ra output), and
     that auto picks the widest one."""

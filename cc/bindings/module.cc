@@ -265,6 +265,7 @@ class PatternConvLayer {
       d["uses"] = l.uses;
       d["segments"] = l.segments;
       d["band_rows"] = scratch_.band.rows;
+      d["filter_major"] = scratch_.filter_major;
     }
     return d;
   }

@@ -276,6 +276,9 @@ struct PatternScratch {
   // Set by the previous layer when it wrote `input` itself (chained): whether
   // it wrote an Inf or NaN there.
   bool input_non_finite = false;
+  // Whether the last run's threads took the generated code's tasks filter
+  // block by filter block (JitFilterMajor in dispatch.cc).
+  bool filter_major = false;
 };
 
 constexpr int kMaxTaps = 32;  // kernel positions a pattern mask can hold
