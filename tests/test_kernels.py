@@ -61,6 +61,16 @@ def rel(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
+def float32_error(out, ref, scale):
+    """The error of `out` against the float64 `ref`, relative to `scale`,
+    the same sums taken over the products' magnitudes: float32 summation
+    error scales with those, so a sum that cancels to nearly zero is not held
+    to a tighter bound than its terms allow (hypothesis found FC outputs of
+    0.029 from 162 terms of order 1, 4e-5 off relative to themselves).  A
+    product dropped or doubled is still hundreds of times the bound."""
+    return np.linalg.norm(out - ref) / max(np.linalg.norm(scale), 1e-30)
+
+
 conv_cases = st.fixed_dictionaries(
     {
         "batch": st.integers(1, 2),
@@ -98,8 +108,9 @@ def test_conv2d_matches_numpy(kernel, p):
     out = _cc.conv2d(x, w, b, strides=s, dilations=d, padding=p["padding"],
                      activation=p["act"], kernel=kernel, num_threads=p["threads"])
     ref = np_conv2d(x, w, b, s, d, p["padding"], act=p["act"])
+    scale = np_conv2d(np.abs(x), np.abs(w), None if b is None else np.abs(b), s, d, p["padding"])
     assert out.shape == ref.shape
-    assert rel(out, ref) <= 1e-5
+    assert float32_error(out, ref, scale) <= 1e-5
 
 
 @pytest.mark.parametrize("kernel", USABLE)
@@ -116,7 +127,9 @@ def test_depthwise_matches_numpy(kernel, p, mult):
     out = _cc.depthwise_conv2d(x, w, b, strides=s, dilations=d, padding=p["padding"],
                                activation=p["act"], kernel=kernel, num_threads=p["threads"])
     ref = np_conv2d(x, w, b, s, d, p["padding"], depthwise=True, act=p["act"])
-    assert rel(out, ref) <= 1e-5
+    scale = np_conv2d(np.abs(x), np.abs(w), None if b is None else np.abs(b), s, d, p["padding"],
+                      depthwise=True)
+    assert float32_error(out, ref, scale) <= 1e-5
 
 
 @pytest.mark.parametrize("kernel", USABLE)
@@ -131,7 +144,8 @@ def test_fully_connected_matches_numpy(kernel, batch, n_in, n_out, act, threads,
     b = r.standard_normal(n_out).astype(np.float32)
     out = _cc.fully_connected(x, w, b, activation=act, kernel=kernel, num_threads=threads)
     ref = _activate(x.astype(np.float64) @ w.astype(np.float64).T + b, act)
-    assert rel(out, ref) <= 1e-5
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T + np.abs(b)
+    assert float32_error(out, ref, scale) <= 1e-5
 
 
 def test_reference_is_exact_on_integers():
