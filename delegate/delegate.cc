@@ -338,10 +338,13 @@ class Partition {
       // its input's layout (a depthwise conv, a pool, a PAD).
       const bool planar_to_nhwc = KeepsLayout(op.kind) && op.planar_input && !op.planar_output;
       if (op.kind == OpKind::kDepthwiseConv2D && op.planar_input) {
-        e.kernel = KernelName(delegate_->kernels, "dwconv2d_planar");
-        // Only the non-zero taps run.
+        const bool blocks = DepthwiseBlocksApply(delegate_->kernels, op.shape);
+        e.kernel = KernelName(delegate_->kernels,
+                              blocks ? "dwconv2d_planar_channel_blocks" : "dwconv2d_planar");
+        // Only the non-zero taps run; over blocks of channels, the union of
+        // each block's taps for all its channels.
         e.executed_macs = int64_t(op.shape.batch) * op.shape.out_h * op.shape.out_w *
-                          op.depthwise.tap_begin.back();
+                          (blocks ? DepthwiseBlockTaps(op.depthwise) : op.depthwise.tap_begin.back());
       }
       op.layout_tmp.assign((add && op.planar_input != op.planar_output) || planar_to_nhwc ? n : 0,
                            0.f);

@@ -381,6 +381,12 @@ PYBIND11_MODULE(_cc, m) {
     d["max_group"] = kMaxGroup;
     return d;
   }, "The pattern contract's limits (what the delegate takes as pattern-pruned).");
+  m.def("kernel_limits", [] {
+    py::dict d;
+    d["depthwise_block_channels"] = kDepthwiseBlockChannels;
+    d["depthwise_blocks_max_positions"] = kDepthwiseBlocksMaxPositions;
+    return d;
+  }, "Where the planar depthwise conv runs over blocks of channels (AVX-512, strides >= 2).");
   m.def("cpu_features", [] { return DetectCpu().ToString(); }, "Detected CPU features.");
   m.def("cross_core_read_ratio", &CrossCoreReadRatio, py::arg("rounds") = 60,
         py::call_guard<py::gil_scoped_release>(),

@@ -297,6 +297,24 @@ bool DepthwisePlanarApplies(const KernelSet* set, const ConvShape& s, const Pack
          s.out_c == w.out_c && s.k_h == w.k_h && s.k_w == w.k_w;
 }
 
+bool DepthwiseBlocksApply(const KernelSet* set, const ConvShape& s) {
+  return set != nullptr && set->depthwise_blocks && s.batch == 1 && s.depth_multiplier == 1 &&
+         s.stride_h >= 2 && s.stride_w >= 2 &&
+         static_cast<int64_t>(s.in_h) * s.in_w <= kDepthwiseBlocksMaxPositions &&
+         s.k_h * s.k_w <= kDepthwisePlanarMaxTaps;
+}
+
+int64_t DepthwiseBlockTaps(const PackedDepthwise& w) {
+  int64_t total = 0;
+  for (int c0 = 0; c0 < w.out_c; c0 += kDepthwiseBlockChannels) {
+    const int c1 = std::min(w.out_c, c0 + kDepthwiseBlockChannels);
+    uint64_t kept = 0;
+    for (int k = w.tap_begin[c0]; k < w.tap_begin[c1]; ++k) kept |= uint64_t(1) << w.tap_index[k];
+    total += int64_t(__builtin_popcountll(kept)) * (c1 - c0);
+  }
+  return total;
+}
+
 void RunDepthwisePlanar(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w,
                         const float* input, float* output, ThreadPool* pool) {
   DepthwisePlanarArgs a;
@@ -304,6 +322,12 @@ void RunDepthwisePlanar(const KernelSet* set, const ConvShape& s, const PackedDe
   a.w = &w;
   a.input = input;
   a.output = output;
+  if (DepthwiseBlocksApply(set, s)) {
+    a.channel_blocks = true;
+    const int64_t blocks = (s.out_c + kDepthwiseBlockChannels - 1) / kDepthwiseBlockChannels;
+    ParallelFor(pool, blocks, 1, [&](int64_t b, int64_t e) { set->depthwise_planar(a, b, e); });
+    return;
+  }
   // Whole planes per task while there are channels enough to keep every
   // thread busy; otherwise bands of rows.
   const int threads = pool == nullptr ? 1 : pool->num_threads();

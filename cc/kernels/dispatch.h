@@ -47,6 +47,13 @@ void RunDepthwise(const KernelSet* set, const ConvShape& s,
 // Applies when the set has the kernel and every weight is finite (Inf/NaN
 // weights keep RunDepthwise); Inf/NaN inputs give stock TFLite's results.
 bool DepthwisePlanarApplies(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w);
+// Whether RunDepthwisePlanar runs `s` over blocks of channels (the set's
+// channel-block kernel: AVX-512, strides >= 2 both ways, maps of at most
+// kDepthwiseBlocksMaxPositions input positions, one input per channel).
+bool DepthwiseBlocksApply(const KernelSet* set, const ConvShape& s);
+// Taps that kernel runs per output position, summed over channels: for each
+// block, the union of its channels' non-zero taps times its channels.
+int64_t DepthwiseBlockTaps(const PackedDepthwise& w);
 void RunDepthwisePlanar(const KernelSet* set, const ConvShape& s, const PackedDepthwise& w,
                         const float* input, float* output, ThreadPool* pool);
 void RunFullyConnected(const KernelSet* set, int batch,

@@ -81,14 +81,26 @@ constexpr int64_t kMaxDepthwisePlanarScratch = int64_t(4) << 20;
 
 // One planar depthwise conv (batch 1): input [in_c][in_h * in_w], output
 // [out_c][out_h * out_w], both unpadded.  Tasks are (output channel, band of
-// band_rows output rows), channel-major.
+// band_rows output rows), channel-major; or, with `channel_blocks`, blocks
+// of kDepthwiseBlockChannels channels over the whole map (the set's
+// depthwise_blocks kernel, DepthwiseBlocksApply).
 struct DepthwisePlanarArgs {
   const ConvShape* s = nullptr;
   const PackedDepthwise* w = nullptr;
   const float* input = nullptr;
   float* output = nullptr;
   int band_rows = 1;
+  bool channel_blocks = false;
 };
+
+// Channels per task of the channel-block depthwise kernel (one vector lane
+// each), and the largest input map it takes.  Alone and warm it beat the
+// per-channel kernels up to 40x40 at stride 2 (AVX-512, AMD Zen 4: 14x14
+// 2.3x, 7x7 3.7x, 28x28 and 40x40 1.2x), but inside MobileNetV2 the 28x28
+// one lost (0.86-0.94x) while the 14x14 one kept 1.65-1.94x
+// (docs/engine.md section 35).
+constexpr int kDepthwiseBlockChannels = 16;
+constexpr int64_t kDepthwiseBlocksMaxPositions = 256;
 
 // Max or average pooling over channel planes (batch 1): input [c][in_h *
 // in_w], output [c][out_h * out_w], semantics as cc/kernels/pool.h;
@@ -136,6 +148,9 @@ struct KernelSet {
   // non-zero taps run, so pattern-pruned depthwise filters do 4 of 9.
   void (*depthwise_planar)(const DepthwisePlanarArgs& args, int64_t task_begin,
                            int64_t task_end);
+  // Whether depthwise_planar takes `channel_blocks` tasks (vectorised over
+  // channels; faster on small strided maps, DepthwiseBlocksApply).
+  bool depthwise_blocks;
   // AnyNonFinite in the set's own vectors: the in-place 1x1 convs scan their
   // whole input with it (the baseline build's loop was half such a layer).
   bool (*any_non_finite)(const float* x, int64_t n);

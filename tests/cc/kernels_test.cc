@@ -201,14 +201,16 @@ TEST_CASE(DepthwiseMatchesReference) {
 TEST_CASE(DepthwisePlanarMatchesReference) {
   std::mt19937 rng(21);
   const auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
-  int runs = 0;
+  int runs = 0, blocks_runs = 0;
   for (int trial = 0; trial < 80; ++trial) {
     ConvShape s;
     // Some maps wider than four vectors and taller than a few 4-row groups
     // (the AVX-512 stride-2 kernel's interior path).
     s.in_h = trial % 5 == 2 ? pick(20, 30) : pick(1, 19);
     s.in_w = trial % 4 == 1 ? pick(38, 70) : pick(1, 37);
-    s.in_c = pick(1, 11);
+    // Some with whole blocks of 16 channels and a partial one (the AVX-512
+    // channel-block kernel of strided maps).
+    s.in_c = trial % 8 == 7 ? pick(17, 40) : pick(1, 11);
     s.depth_multiplier = trial % 5 == 4 ? 2 : 1;
     s.out_c = s.in_c * s.depth_multiplier;
     s.k_h = s.k_w = trial % 7 == 6 ? 5 : trial % 11 == 10 ? 1 : 3;
@@ -251,6 +253,7 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
                 ref[(size_t(y) * s.out_w + x) * s.out_c + c];
       for (const KernelSet* set : UsableSets()) {
         CHECK(DepthwisePlanarApplies(set, s, p));
+        blocks_runs += DepthwiseBlocksApply(set, s) && s.out_c > 16;
         for (int threads = 1; threads <= 3; ++threads) {
           ThreadPool pool(threads);
           std::vector<float> out(out_n, 12345.f);
@@ -268,6 +271,27 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
     }
   }
   CHECK(runs > 100);
+  // AVX-512 machines: whole and partial blocks of channels ran too.
+  for (const KernelSet* set : UsableSets())
+    if (set->depthwise_blocks) CHECK(blocks_runs >= 3);
+  {  // Which strided maps the channel-block kernel takes.
+    ConvShape b;
+    b.in_h = b.in_w = 14; b.in_c = b.out_c = 40; b.k_h = b.k_w = 3; b.stride_h = b.stride_w = 2;
+    CHECK(ResolveConvShape(Padding::kSame, &b).empty());
+    for (const KernelSet* set : UsableSets())
+      CHECK(DepthwiseBlocksApply(set, b) == (std::string(set->isa) == "avx512"));
+    ConvShape one = b;
+    one.stride_w = 1;
+    ConvShape big = b;
+    big.in_h = big.in_w = 56;
+    ConvShape mult = b;
+    mult.in_c = 20;
+    mult.depth_multiplier = 2;
+    for (ConvShape* x : {&one, &big, &mult}) {
+      CHECK(ResolveConvShape(Padding::kSame, x).empty());
+      for (const KernelSet* set : UsableSets()) CHECK(!DepthwiseBlocksApply(set, *x));
+    }
+  }
   // Inf/NaN weights are refused (the NHWC kernel keeps stock TFLite's
   // products with the padding).
   ConvShape s;
