@@ -308,9 +308,7 @@ int64_t DepthwiseBlockTaps(const PackedDepthwise& w) {
   int64_t total = 0;
   for (int c0 = 0; c0 < w.out_c; c0 += kDepthwiseBlockChannels) {
     const int c1 = std::min(w.out_c, c0 + kDepthwiseBlockChannels);
-    uint64_t kept = 0;
-    for (int k = w.tap_begin[c0]; k < w.tap_begin[c1]; ++k) kept |= uint64_t(1) << w.tap_index[k];
-    total += int64_t(__builtin_popcountll(kept)) * (c1 - c0);
+    total += int64_t(__builtin_popcountll(DepthwiseTapUnion(w, c0, c1))) * (c1 - c0);
   }
   return total;
 }

@@ -64,6 +64,12 @@ struct PackedDepthwise {
 };
 PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
                               const float* bias);
+// Bit t set: some channel of [c0, c1) keeps tap t (t < 64).
+inline uint64_t DepthwiseTapUnion(const PackedDepthwise& w, int c0, int c1) {
+  uint64_t kept = 0;
+  for (int k = w.tap_begin[c0]; k < w.tap_begin[c1]; ++k) kept |= uint64_t(1) << w.tap_index[k];
+  return kept;
+}
 
 struct PackedFullyConnected {
   int out = 0, in = 0;
