@@ -4,8 +4,8 @@ only) the time the worker measured for that run.
 
     LiteRunner     LiteRT (stock XNNPACK, or the cocopie delegate) in this process
     OrtRunner      ONNX Runtime in this process (intra-op spinning off)
-    WorkerRunner   a runtime in a process of its own, e.g. DeepSparse in its own
-                   venv (bench/deepsparse_worker.py)
+    WorkerRunner   a runtime in a process of its own, e.g. DeepSparse or MNN in
+                   its own venv (bench/deepsparse_worker.py, bench/mnn_worker.py)
 
 make_runner() builds the in-process ones from a runtime's name.
 """
@@ -103,8 +103,12 @@ class WorkerRunner:
         self.p = subprocess.Popen([str(python), str(script)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True,
                                   env=dict(os.environ, **(env or {})))
-        self.reply = self._ask(first_request)
-        self.output = np.load(self.reply["output"])
+        try:
+            self.reply = self._ask(first_request)
+            self.output = np.load(self.reply["output"])
+        except BaseException:
+            self.close()  # no worker left behind
+            raise
         self.last_ms = None
 
     def _ask(self, req):

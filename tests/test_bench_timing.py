@@ -94,3 +94,20 @@ def test_measure_times_every_runtime_on_checked_outputs_and_consecutive_runs(tmp
     assert all(e <= 1e-4 for e in row["rel_error"].values()), row["rel_error"]
     assert row["claimed"] == 1 and row["consecutive"] == 3
     assert all(v["n"] == 2 * 2 for v in row["ms"].values()), row["ms"]
+
+
+def test_mnn_worker_without_mnn_gives_a_clear_error(tmp_path):
+    """--mnn pointing at a Python without MNN: the worker answers with the
+    import error and WorkerRunner raises it, naming the worker, instead of
+    hanging or failing on an unparsable reply."""
+    import importlib.util
+
+    import pytest
+
+    import runners
+
+    if importlib.util.find_spec("_tools") is not None:
+        pytest.skip("MNN's converter is importable here")
+    first = {"onnx": str(tmp_path / "m.onnx"), "input": str(tmp_path / "x.npy"), "threads": 1}
+    with pytest.raises(RuntimeError, match=r"mnn_worker\.py failed: ModuleNotFoundError"):
+        runners.WorkerRunner(sys.executable, runners.HERE / "mnn_worker.py", first)
