@@ -106,44 +106,63 @@ int main(int argc, char** argv) {
   }
   std::vector<float> V(size_t(36) * C * TP, 0.f), M(size_t(36) * K * TP, 0.f), out1(ref.size());
   auto input_transform = [&](int64_t tb0, int64_t tb1) {
-    alignas(64) float buf[36][16][16];  // [xi][tile][ch]
+    alignas(64) float buf[16][36][16];  // [tile][xi][ch]: a unit's 36 stores contiguous (xi-major at 1 KB strides put them in 4 L1 sets)
     for (int64_t tb = tb0; tb < tb1; ++tb)       // tile block of 16 tiles
       for (int c0 = 0; c0 < C; c0 += 16) {
         for (int k = 0; k < 16; ++k) {
           const int t = int(tb) * 16 + k;
-          __m512 d[6][6], e[6][6];
-          if (t >= NT) { for (int xi = 0; xi < 36; ++xi) _mm512_store_ps(buf[xi][k], _mm512_setzero_ps()); continue; }
+          if (t >= NT) { for (int xi = 0; xi < 36; ++xi) _mm512_store_ps(buf[k][xi], _mm512_setzero_ps()); continue; }
           const int ty = t / T1, tx = t % T1;
-          for (int i = 0; i < 6; ++i) for (int j = 0; j < 6; ++j) {
-            const int y = ty * 4 + i - 1, xx = tx * 4 + j - 1;
-            d[i][j] = (y < 0 || y >= H || xx < 0 || xx >= H) ? _mm512_setzero_ps() : _mm512_loadu_ps(&x[(size_t(y) * H + xx) * C + c0]);
+          const int y0 = ty * 4 - 1, x0 = tx * 4 - 1;
+          const bool inside = y0 >= 0 && x0 >= 0 && y0 + 6 <= H && x0 + 6 <= H;
+          alignas(64) __m512 r[6][6];  // row-transformed: r[i][j'] = sum_j BT[j'][j] d[i][j]
+          for (int i = 0; i < 6; ++i) {
+            __m512 d[6];
+            const int y = y0 + i;
+            if (inside) {
+              const float* row = &x[(size_t(y) * H + x0) * C + c0];
+              for (int j = 0; j < 6; ++j) d[j] = _mm512_loadu_ps(row + size_t(j) * C);
+            } else {
+              for (int j = 0; j < 6; ++j) {
+                const int xx = x0 + j;
+                d[j] = (y < 0 || y >= H || xx < 0 || xx >= H) ? _mm512_setzero_ps() : _mm512_loadu_ps(&x[(size_t(y) * H + xx) * C + c0]);
+              }
+            }
+            BTx(d, 1, r[i], 1);
           }
-          for (int j = 0; j < 6; ++j) BTx(&d[0][j], 6, &e[0][j], 6);   // columns: B^T d
-          __m512 f[6];
-          for (int i = 0; i < 6; ++i) { BTx(&e[i][0], 1, f, 1); for (int j = 0; j < 6; ++j) _mm512_store_ps(buf[i * 6 + j][k], f[j]); }
+          for (int j = 0; j < 6; ++j) {
+            __m512 c[6], f[6];
+            for (int i = 0; i < 6; ++i) c[i] = r[i][j];
+            BTx(c, 1, f, 1);
+            for (int i = 0; i < 6; ++i) _mm512_store_ps(buf[k][i * 6 + j], f[i]);
+          }
         }
-        for (int xi = 0; xi < 36; ++xi) T16(&buf[xi][0][0], 16, &V[(size_t(xi) * C + c0) * TP + tb * 16], TP);
+        for (int xi = 0; xi < 36; ++xi) T16(&buf[0][xi][0], 36 * 16, &V[(size_t(xi) * C + c0) * TP + tb * 16], TP);
       }
   };
   auto output_transform = [&](int64_t tb0, int64_t tb1) {
-    alignas(64) float buf[36][16][16];  // [xi][tile][oc]
+    alignas(64) float buf[16][36][16];  // [tile][xi][oc]
     for (int64_t tb = tb0; tb < tb1; ++tb)
       for (int o0 = 0; o0 < K; o0 += 16) {
-        for (int xi = 0; xi < 36; ++xi) T16(&M[(size_t(xi) * K + o0) * TP + tb * 16], TP, &buf[xi][0][0], 16);
+        for (int xi = 0; xi < 36; ++xi) T16(&M[(size_t(xi) * K + o0) * TP + tb * 16], TP, &buf[0][xi][0], 36 * 16);
         const __m512 bias = _mm512_loadu_ps(&b[o0]), lo = _mm512_set1_ps(s.act_min), hi = _mm512_set1_ps(s.act_max);
         for (int k = 0; k < 16; ++k) {
           const int t = int(tb) * 16 + k; if (t >= NT) break;
           const int ty = t / T1, tx = t % T1;
-          __m512 m[6][6], e[4][6], o[4];
-          for (int i = 0; i < 6; ++i) for (int j = 0; j < 6; ++j) m[i][j] = _mm512_load_ps(buf[i * 6 + j][k]);
-          for (int j = 0; j < 6; ++j) ATx(&m[0][j], 6, &e[0][j], 6);
+          alignas(64) __m512 e[4][6];
+          for (int j = 0; j < 6; ++j) {
+            __m512 c[6], o[4];
+            for (int i = 0; i < 6; ++i) c[i] = _mm512_load_ps(buf[k][i * 6 + j]);
+            ATx(c, 1, o, 1);
+            for (int i = 0; i < 4; ++i) e[i][j] = o[i];
+          }
           for (int i = 0; i < 4; ++i) {
-            ATx(&e[i][0], 1, o, 1);
+            __m512 o[4];
+            ATx(e[i], 1, o, 1);
             const int y = ty * 4 + i; if (y >= H) break;
-            for (int j = 0; j < 4; ++j) {
-              const int xx = tx * 4 + j;
-              if (xx < H) _mm512_storeu_ps(&out1[(size_t(y) * H + xx) * K + o0], _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(o[j], bias))));
-            }
+            float* orow = &out1[(size_t(y) * H + tx * 4) * K + o0];
+            for (int j = 0; j < 4 && tx * 4 + j < H; ++j)
+              _mm512_storeu_ps(orow + size_t(j) * K, _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(o[j], bias))));
           }
         }
       }
