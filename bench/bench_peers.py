@@ -1,12 +1,14 @@
 """The peer benchmark (the seed's Figure 4 on this machine): the same pruned
 weights on LiteRT + XNNPACK (dense), ONNX Runtime (dense), DeepSparse 1.8
 (sparse, in its own process), MNN 3.6 (dense, Winograd 3x3 convs, in its own
-process) and the cocopie delegate (generated code, and its static kernels for
+process), Apache TVM 0.27 (tuned by MetaSchedule, in its own process) and the
+cocopie delegate (generated code, and its static kernels for
 comparison), at 1 and 2 threads.
 
     python bench/bench_peers.py [--runs 21] [--resnet50] [--settle-ms 3] [--consecutive 1] \\
         [--deepsparse /path/to/venv-with-deepsparse/bin/python] \\
         [--mnn /path/to/venv-with-mnn/bin/python] \\
+        [--tvm /path/to/venv-with-tvm/bin/python [--tvm-trials 64] [--tvm-models conv]] \\
         [--json out.json] [--chart out.png] [--out table.md]
 
 Every runtime's output is checked against stock LiteRT before timing.  All
@@ -39,9 +41,15 @@ CPUs, OpenMP threads passive), from its own venv:
 Its outputs are checked to MNN_TOLERANCE (Winograd 3x3 convs differ from the
 direct sum by ~1e-4 relative); every other runtime's to 1e-4.
 
-TVM (the issue's other named peer) is not timed here: untuned builds are
-scalar loops (0.2-4.5 s per model) and MetaSchedule tuning takes hours per
-model on 2 cores; figures for it are in ../shared/design/technical-notes.md.
+TVM runs in its own process too (bench/tvm_worker.py), from its own venv:
+    python3 -m venv /tmp/tvm && /tmp/tvm/bin/pip install apache-tvm==0.27.0.post1 \
+        apache-tvm-ffi==0.1.14.post0 onnx psutil xgboost cloudpickle numpy
+Untuned, its convs are plain loop nests (0.2-4.5 s per model), so each model
+is tuned first by MetaSchedule for --tvm-trials measured candidates over all
+of its kernels (a short budget: TVM's tuned figures improve with thousands),
+the tuning databases kept in --tvm-cache for the next run.  Tuning takes
+minutes per model and thread count on 2 cores, so TVM runs only on the
+models --tvm-models names (default: the single conv layer).
 """
 
 from __future__ import annotations
@@ -133,8 +141,9 @@ MNN_TOLERANCE = 2e-3
 
 
 def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, consecutive=1,
-            runtimes=RUNTIMES, mnn_python=None):
-    """Times `runtimes` (and DeepSparse and MNN, given their venvs' python) on
+            runtimes=RUNTIMES, mnn_python=None, tvm=None):
+    """Times `runtimes` (and DeepSparse, MNN and TVM, given their venvs'
+    python; tvm = (python, trials, cache dir)) on
     `tfl` at `threads`, alternating round by round; `consecutive` > 1: each runtime
     runs that many times per round and only runs 2.. are timed (right after
     the same model ran).  xnnpack, the reference, and cocopie always run."""
@@ -145,14 +154,15 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
     del probe
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     kinds = ["xnnpack", "cocopie"] + [k for k in ("cocopie_static", "onnxruntime") if k in runtimes]
-    onnx_bytes = tflite_to_onnx(tfl) if "onnxruntime" in kinds or ds_python or mnn_python else None
+    workers = ds_python or mnn_python or tvm
+    onnx_bytes = tflite_to_onnx(tfl) if "onnxruntime" in kinds or workers else None
     runners = {}
     try:
         # The reference first: every output is checked against stock LiteRT.
         for kind in kinds:
             runners[kind] = make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache)
             runners[kind].invoke()
-        if ds_python or mnn_python:
+        if workers:
             tmp = pathlib.Path(tempfile.mkdtemp())
             (tmp / "m.onnx").write_bytes(onnx_bytes)
             np.save(tmp / "x.npy", x)
@@ -165,6 +175,14 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
             runners["mnn"] = WorkerRunner(
                 mnn_python, HERE / "mnn_worker.py", first,
                 env={"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ""})
+        if tvm:
+            tvm_python, trials, cache = tvm
+            runners["tvm"] = WorkerRunner(
+                tvm_python, HERE / "tvm_worker.py", dict(first, trials=trials, cache=cache),
+                # Its pool threads spin-wait after a run unless told not to
+                # (they took the core from the runtime after it).
+                env={"TVM_NUM_THREADS": str(threads), "TVM_THREAD_POOL_SPIN_COUNT": "0",
+                     "PYTHONPATH": ""})
         ref = runners["xnnpack"].output
         errors = {k: rel(ref, r.output) for k, r in runners.items()}
         bad = {k: e for k, e in errors.items()
@@ -202,9 +220,11 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         stolen = steal_pct(ticks, cpu_ticks())
         cross.append(cross_core_ratio())
         versions = {}
-        for k in ("deepsparse", "mnn"):
+        for k in ("deepsparse", "mnn", "tvm"):
             if k in runners:
                 versions[k] = runners[k].reply["version"]
+        if "tvm" in runners:
+            versions["tvm_tuning_trials"] = runners["tvm"].reply["tuned_trials"]
     finally:
         for r in runners.values():
             if isinstance(r, WorkerRunner):
@@ -268,6 +288,13 @@ def main():
                     help="untimed busy wait before each timed run (lets spinning pools go idle)")
     ap.add_argument("--deepsparse", default=None, help="python of a venv with deepsparse==1.8.0")
     ap.add_argument("--mnn", default=None, help="python of a venv with MNN==3.6.1")
+    ap.add_argument("--tvm", default=None, help="python of a venv with apache-tvm==0.27.0.post1")
+    ap.add_argument("--tvm-trials", type=int, default=64,
+                    help="MetaSchedule trials per model for TVM (0: untuned loop nests)")
+    ap.add_argument("--tvm-models", nargs="*", default=["conv 56x56"],
+                    help="models (name substrings) TVM is tuned and timed on")
+    ap.add_argument("--tvm-cache", default=str(pathlib.Path(tempfile.gettempdir()) / "cocopie_tvm"),
+                    help="where TVM's tuning databases are kept between runs")
     ap.add_argument("--resnet50", action="store_true", help="also ResNet-50 224 (slow)")
     ap.add_argument("--consecutive", type=int, default=1, metavar="K",
                     help="runs per runtime and round; K > 1 times runs 2..K (same model just ran)")
@@ -282,8 +309,8 @@ def main():
         ap.error("--consecutive must be at least 1")
     if args.replot:
         d = json.loads(pathlib.Path(args.replot).read_text())
-        peers = [p for p in ("xnnpack", "onnxruntime", "deepsparse", "mnn", "cocopie_static",
-                             "cocopie") if p in d["rows"][0]["ms"]]
+        peers = [p for p in ("xnnpack", "onnxruntime", "deepsparse", "mnn", "tvm",
+                             "cocopie_static", "cocopie") if p in d["rows"][0]["ms"]]
         print(table(d["rows"], peers))
         if args.chart:
             chart(d["rows"], args.chart, peers)
@@ -310,7 +337,9 @@ def main():
     for threads in (1, 2):
         for name, tfl in models:
             row = measure(name, tfl, threads, args.runs, args.deepsparse, cache, args.settle_ms,
-                          args.consecutive, mnn_python=args.mnn)
+                          args.consecutive, mnn_python=args.mnn,
+                          tvm=(args.tvm, args.tvm_trials, args.tvm_cache)
+                          if args.tvm and any(m in name for m in args.tvm_models) else None)
             rows.append(row)
             print(json.dumps(row), flush=True)
     info = machine_info()
@@ -320,10 +349,12 @@ def main():
     for r in rows:
         info.update(r["versions"])
     peers = ["xnnpack", "onnxruntime"] + (["deepsparse"] if args.deepsparse else []) + \
-        (["mnn"] if args.mnn else []) + ["cocopie_static", "cocopie"]
+        (["mnn"] if args.mnn else []) + (["tvm"] if args.tvm else []) + \
+        ["cocopie_static", "cocopie"]
     text = (f"Measured {datetime.date.today()}: `python bench/bench_peers.py --runs {args.runs}"
             + (" --resnet50" if args.resnet50 else "") + (" --deepsparse PY" if args.deepsparse else "")
             + (" --mnn PY" if args.mnn else "")
+            + (f" --tvm PY --tvm-trials {args.tvm_trials}" if args.tvm else "")
             + (f" --consecutive {args.consecutive}" if args.consecutive > 1 else "")
             + "`\n\nMachine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "\n\n"
             + "Median ms (q1-q3) of alternating runs, same weights, outputs checked"

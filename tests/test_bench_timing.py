@@ -3,6 +3,8 @@
 import pathlib
 import sys
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 
 import timing  # noqa: E402
@@ -96,18 +98,34 @@ def test_measure_times_every_runtime_on_checked_outputs_and_consecutive_runs(tmp
     assert all(v["n"] == 2 * 2 for v in row["ms"].values()), row["ms"]
 
 
-def test_mnn_worker_without_mnn_gives_a_clear_error(tmp_path):
-    """--mnn pointing at a Python without MNN: the worker answers with the
-    import error and WorkerRunner raises it, naming the worker, instead of
-    hanging or failing on an unparsable reply."""
+@pytest.mark.parametrize("worker, module", [("mnn_worker.py", "_tools"), ("tvm_worker.py", "tvm")])
+def test_peer_worker_without_its_runtime_gives_a_clear_error(tmp_path, worker, module):
+    """--mnn / --tvm pointing at a Python without that runtime: the worker
+    answers with the import error and WorkerRunner raises it, naming the
+    worker, instead of hanging or failing on an unparsable reply; the worker
+    process does not outlive the failure."""
     import importlib.util
-
-    import pytest
 
     import runners
 
-    if importlib.util.find_spec("_tools") is not None:
-        pytest.skip("MNN's converter is importable here")
-    first = {"onnx": str(tmp_path / "m.onnx"), "input": str(tmp_path / "x.npy"), "threads": 1}
-    with pytest.raises(RuntimeError, match=r"mnn_worker\.py failed: ModuleNotFoundError"):
-        runners.WorkerRunner(sys.executable, runners.HERE / "mnn_worker.py", first)
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is importable here")
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "x.npy", np.zeros((1, 4, 4, 3), np.float32))
+    (tmp_path / "m.onnx").write_bytes(b"")
+    first = {"onnx": str(tmp_path / "m.onnx"), "input": str(tmp_path / "x.npy"), "threads": 1,
+             "cache": str(tmp_path / "cache")}
+    procs = []
+    real_popen = runners.subprocess.Popen
+
+    def popen(*a, **k):
+        procs.append(real_popen(*a, **k))
+        return procs[-1]
+
+    runners.subprocess.Popen = popen
+    try:
+        with pytest.raises(RuntimeError, match=rf"{worker.replace('.', '[.]')} failed: ModuleNotFoundError"):
+            runners.WorkerRunner(sys.executable, runners.HERE / worker, first)
+    finally:
+        runners.subprocess.Popen = real_popen
+    assert procs and procs[0].poll() is not None
