@@ -14,8 +14,9 @@ comparison), at 1 and 2 threads.
 Every runtime's output is checked against stock LiteRT before timing.  All
 runtimes alternate round by round in one session (A B C D, B C D A, ...), ONNX
 Runtime with intra-op spinning off (otherwise its idle threads take the core
-the next runtime needs), each round starting one runtime later than the last
-(a runtime's place in the round moved its time by up to 7%), an untimed 3 ms
+the next runtime needs), the runtimes in a new seeded order every round (a
+runtime's place in the round, and the runtime before it, moved its time by up
+to 7%), an untimed 3 ms
 busy wait before every timed run
 (XNNPACK's pool spins after its runs; --settle-ms), all 1-thread blocks
 before all 2-thread blocks, 8 warm-up runs per runtime and block.  DeepSparse runs in a worker process that
@@ -62,6 +63,7 @@ import pathlib
 import sys
 import tempfile
 import time
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NM_DISABLE_ANALYTICS", "True")
@@ -196,12 +198,17 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         ticks = cpu_ticks()
         cross = [cross_core_ratio()]
         order = list(runners.items())
+        # A new order every round (seeded by the block): a runtime's place in
+        # the round moved its time by up to 7% (the same library read 1.08x
+        # or 0.93x of itself depending on which ran second; engine.md section
+        # 30), and so may the runtime before it (a pool still spinning, the
+        # caches it left), so each runtime takes each place and follows each
+        # other runtime equally often on average.  Rotating one fixed order
+        # balanced the places but always put the same runtime before each.
+        shuffle = np.random.default_rng(zlib.crc32(f"{name}/{threads}".encode()))
         for rnd in range(runs):
-            # Each round starts one runtime later: a runtime's place in the
-            # round moved its time by up to 7% (the same library read 1.08x
-            # or 0.93x of itself depending on which ran second; engine.md
-            # section 30), so every runtime takes every place equally often.
-            for k, r in order[rnd % len(order):] + order[:rnd % len(order)]:
+            for j in shuffle.permutation(len(order)):
+                k, r = order[j]
                 for i in range(consecutive):
                     # Untimed busy wait first: a runtime whose pool spins after a
                     # run (XNNPACK's) took a core from whichever runtime came
