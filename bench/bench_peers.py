@@ -12,7 +12,7 @@ comparison), at 1 and 2 threads.
         [--json out.json] [--chart out.png] [--out table.md]
 
 Every runtime's output is checked against stock LiteRT before timing.  All
-runtimes alternate round by round in one session (A B C D, B C D A, ...), ONNX
+runtimes alternate round by round in one session (each runs once per round), ONNX
 Runtime with intra-op spinning off (otherwise its idle threads take the core
 the next runtime needs), the runtimes in a new seeded order every round (a
 runtime's place in the round, and the runtime before it, moved its time by up
@@ -48,9 +48,10 @@ TVM runs in its own process too (bench/tvm_worker.py), from its own venv:
 Untuned, its convs are plain loop nests (0.2-4.5 s per model), so each model
 is tuned first by MetaSchedule for --tvm-trials measured candidates over all
 of its kernels (a short budget: TVM's tuned figures improve with thousands),
-the tuning databases kept in --tvm-cache for the next run.  Tuning takes
-minutes per model and thread count on 2 cores, so TVM runs only on the
-models --tvm-models names (default: the single conv layer).
+the tuning databases kept in --tvm-cache (one tuning per model serves both
+thread counts and later runs).  Tuning takes minutes per model on 2 cores, so
+TVM runs only on the models --tvm-models names (default: the single conv
+layer).
 """
 
 from __future__ import annotations
