@@ -132,7 +132,8 @@ def main():
 
     import tempfile
 
-    cache = pathlib.Path(tempfile.mkdtemp()) / "tuning.tsv"
+    tune_dir = tempfile.TemporaryDirectory(prefix="cocopie_bench_tune_")  # removed at exit
+    cache = pathlib.Path(tune_dir.name) / "tuning.tsv"
     options = {"tune": "off"} if args.no_tune else {"tune": "on", "tune_cache": str(cache)}
     cases = [
         ("conv 56x56x128->128, 8 pat + 2x conn", lambda: one_conv(1), False),

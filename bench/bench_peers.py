@@ -61,6 +61,7 @@ import datetime
 import json
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -160,13 +161,16 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
     workers = ds_python or mnn_python or tvm
     onnx_bytes = tflite_to_onnx(tfl) if "onnxruntime" in kinds or workers else None
     runners = {}
+    tmp = None
     try:
         # The reference first: every output is checked against stock LiteRT.
         for kind in kinds:
             runners[kind] = make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache)
             runners[kind].invoke()
         if workers:
-            tmp = pathlib.Path(tempfile.mkdtemp())
+            # The ONNX copy (up to 100 MB for ResNet-50) and the workers'
+            # outputs: removed with the block (finally, below).
+            tmp = pathlib.Path(tempfile.mkdtemp(prefix="cocopie_peers_"))
             (tmp / "m.onnx").write_bytes(onnx_bytes)
             np.save(tmp / "x.npy", x)
             first = {"onnx": str(tmp / "m.onnx"), "input": str(tmp / "x.npy"), "threads": threads}
@@ -237,6 +241,8 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         for r in runners.values():
             if isinstance(r, WorkerRunner):
                 r.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dict(model=name, threads=threads, ms={k: dict(summary(v), n=len(v)) for k, v in times.items()},
                 rel_error=errors, versions=versions, consecutive=consecutive,
                 # CPU time the hypervisor took while the block ran (VMs)
@@ -340,7 +346,8 @@ def main():
     if args.models:
         cases = [c for c in cases if any(m in c[0] for m in args.models)]
     models = [(name, convert(build())) for name, build in cases]
-    cache = str(pathlib.Path(tempfile.mkdtemp()) / "tuning.tsv")
+    tune_dir = tempfile.TemporaryDirectory(prefix="cocopie_peers_tune_")
+    cache = str(pathlib.Path(tune_dir.name) / "tuning.tsv")
     rows = []
     for threads in (1, 2):
         for name, tfl in models:
