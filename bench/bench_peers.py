@@ -11,7 +11,9 @@ comparison), at 1 and 2 threads.
         [--tvm /path/to/venv-with-tvm/bin/python [--tvm-trials 64] [--tvm-models conv]] \\
         [--json out.json] [--chart out.png] [--out table.md]
 
-Every runtime's output is checked against stock LiteRT before timing.  All
+Every runtime's output is checked against stock LiteRT before timing (a
+worker runtime that fails to start or disagrees is left out of that block,
+its reason printed and kept in the row's `skipped`).  All
 runtimes alternate round by round in one session (each runs once per round), ONNX
 Runtime with intra-op spinning off (otherwise its idle threads take the core
 the next runtime needs), the runtimes in a new seeded order every round (a
@@ -161,6 +163,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
     workers = ds_python or mnn_python or tvm
     onnx_bytes = tflite_to_onnx(tfl) if "onnxruntime" in kinds or workers else None
     runners = {}
+    skipped = {}
     tmp = None
     try:
         # The reference first: every output is checked against stock LiteRT.
@@ -174,28 +177,40 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
             (tmp / "m.onnx").write_bytes(onnx_bytes)
             np.save(tmp / "x.npy", x)
             first = {"onnx": str(tmp / "m.onnx"), "input": str(tmp / "x.npy"), "threads": threads}
+        # The runtimes in processes of their own.  One that fails to start,
+        # or whose output disagrees, is left out of this block with the
+        # reason in the row (`skipped`) instead of ending the whole run: a
+        # peer that cannot run a model is a finding, not a harness error.
+        specs = []
         if ds_python:
-            runners["deepsparse"] = WorkerRunner(
-                ds_python, HERE / "deepsparse_worker.py", first,
-                env={"NM_DISABLE_ANALYTICS": "True", "PYTHONPATH": ""})
+            specs.append(("deepsparse", ds_python, "deepsparse_worker.py", first,
+                          {"NM_DISABLE_ANALYTICS": "True", "PYTHONPATH": ""}))
         if mnn_python:
-            runners["mnn"] = WorkerRunner(
-                mnn_python, HERE / "mnn_worker.py", first,
-                env={"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ""})
+            specs.append(("mnn", mnn_python, "mnn_worker.py", first,
+                          {"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": ""}))
         if tvm:
             tvm_python, trials, cache = tvm
-            runners["tvm"] = WorkerRunner(
-                tvm_python, HERE / "tvm_worker.py", dict(first, trials=trials, cache=cache),
-                # Its pool threads spin-wait after a run unless told not to
-                # (they took the core from the runtime after it).
-                env={"TVM_NUM_THREADS": str(threads), "TVM_THREAD_POOL_SPIN_COUNT": "0",
-                     "PYTHONPATH": ""})
+            # TVM's pool threads spin-wait after a run unless told not to
+            # (they took the core from the runtime after it).
+            specs.append(("tvm", tvm_python, "tvm_worker.py", dict(first, trials=trials, cache=cache),
+                          {"TVM_NUM_THREADS": str(threads), "TVM_THREAD_POOL_SPIN_COUNT": "0",
+                           "PYTHONPATH": ""}))
+        for kind, python, script, request, env in specs:
+            try:
+                runners[kind] = WorkerRunner(python, HERE / script, request, env=env)
+            except (RuntimeError, OSError, ValueError) as e:
+                skipped[kind] = str(e)
         ref = runners["xnnpack"].output
         errors = {k: rel(ref, r.output) for k, r in runners.items()}
         bad = {k: e for k, e in errors.items()
                if not e <= (MNN_TOLERANCE if k == "mnn" else 1e-4)}
+        for k in [k for k in bad if isinstance(runners[k], WorkerRunner)]:
+            skipped[k] = f"output differs from LiteRT's by {bad.pop(k):.2e} relative"
+            runners.pop(k).close()
         if bad:
             raise AssertionError(f"{name}: outputs disagree with LiteRT: {bad}")
+        for k, why in skipped.items():
+            print(f"warning: {name}, {threads} thread(s): {k} left out: {why}", file=sys.stderr)
         times = {k: [] for k in runners}
         for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
             for _ in range(8):
@@ -244,7 +259,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return dict(model=name, threads=threads, ms={k: dict(summary(v), n=len(v)) for k, v in times.items()},
-                rel_error=errors, versions=versions, consecutive=consecutive,
+                rel_error=errors, skipped=skipped, versions=versions, consecutive=consecutive,
                 # CPU time the hypervisor took while the block ran (VMs)
                 steal_pct=None if stolen is None else round(stolen, 2),
                 # reading another CPU's writes / one's own, before and after
@@ -375,7 +390,9 @@ def main():
             + "Median ms (q1-q3) of alternating runs, same weights, outputs checked"
             + (f"; {args.consecutive} runs in a row per runtime and round, the first untimed"
                if args.consecutive > 1 else "") + ".\n\n"
-            + table(rows, peers) + "\n")
+            + table(rows, peers) + "\n"
+            + "".join(f"\n{k} left out of {r['model']}, {r['threads']} thread(s): {why}\n"
+                      for r in rows for k, why in r.get("skipped", {}).items()))
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(text)

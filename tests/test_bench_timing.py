@@ -129,3 +129,28 @@ def test_peer_worker_without_its_runtime_gives_a_clear_error(tmp_path, worker, m
     finally:
         runners.subprocess.Popen = real_popen
     assert procs and procs[0].poll() is not None
+
+
+def test_a_peer_that_cannot_run_is_left_out_of_the_row_with_its_reason(tmp_path):
+    """measure() with --mnn pointing at a Python without MNN: the block still
+    times every other runtime, and the row says why MNN is missing."""
+    import importlib.util
+
+    import keras
+
+    import bench_peers
+
+    if importlib.util.find_spec("_tools") is not None:
+        pytest.skip("MNN's converter is importable here")
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, 8), batch_size=1)
+    m = keras.Model(i, keras.layers.Conv2D(8, 3, padding="same")(i))
+    bench_peers.prune_model(m, skip_first=False, connectivity=2.0)
+    tfl = bench_peers.convert(m)
+    row = bench_peers.measure("small", tfl, 1, runs=1, ds_python=None,
+                              tune_cache=str(tmp_path / "tune.tsv"), settle_ms=0,
+                              runtimes=("xnnpack", "cocopie"), mnn_python=sys.executable)
+    assert set(row["ms"]) == {"xnnpack", "cocopie"}
+    assert "ModuleNotFoundError" in row["skipped"]["mnn"]
+    cells = bench_peers.table([row], ["xnnpack", "mnn", "cocopie"]).splitlines()[2].split("|")
+    assert cells[4].strip() == "-"  # the mnn column of the row
