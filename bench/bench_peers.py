@@ -161,16 +161,23 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     kinds = ["xnnpack", "cocopie"] + [k for k in ("cocopie_static", "onnxruntime") if k in runtimes]
     workers = ds_python or mnn_python or tvm
-    onnx_bytes = tflite_to_onnx(tfl) if "onnxruntime" in kinds or workers else None
+    onnx_bytes = onnx_error = None
+    if "onnxruntime" in kinds:
+        onnx_bytes = tflite_to_onnx(tfl)
+    elif workers:
+        try:  # the workers' only input; without it they are left out (below)
+            onnx_bytes = tflite_to_onnx(tfl)
+        except Exception as e:  # e.g. the onnx package missing
+            onnx_error = f"no ONNX model ({type(e).__name__}: {e})"
     runners = {}
     skipped = {}
-    tmp = None
+    tmp = first = None
     try:
         # The reference first: every output is checked against stock LiteRT.
         for kind in kinds:
             runners[kind] = make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache)
             runners[kind].invoke()
-        if workers:
+        if workers and onnx_bytes is not None:
             # The ONNX copy (up to 100 MB for ResNet-50) and the workers'
             # outputs: removed with the block (finally, below).
             tmp = pathlib.Path(tempfile.mkdtemp(prefix="cocopie_peers_"))
@@ -196,6 +203,9 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                           {"TVM_NUM_THREADS": str(threads), "TVM_THREAD_POOL_SPIN_COUNT": "0",
                            "PYTHONPATH": ""}))
         for kind, python, script, request, env in specs:
+            if onnx_error:
+                skipped[kind] = onnx_error
+                continue
             try:
                 runners[kind] = WorkerRunner(python, HERE / script, request, env=env)
             except (RuntimeError, OSError, ValueError) as e:
