@@ -4,10 +4,8 @@ than MNN's numThread, so this process pins itself to the first `threads`
 CPUs before MNN starts; and its threads must not spin on the cores the next
 runtime needs (OMP_WAIT_POLICY=PASSIVE, set by the runner before start).
 
-Protocol on stdin/stdout, one JSON object per line (as deepsparse_worker.py):
-  -> {"onnx": path, "input": path.npy, "threads": n}   convert and load; replies {"output": path.npy}
-  -> {"runs": k}                                         times k runs; replies {"ms": [...]}
-  -> {"quit": true}
+The protocol is bench/worker_protocol.py's; the first request is
+{"onnx": path, "input": path.npy, "threads": n}.
 
 The ONNX model is converted by the converter's extension module (`_tools`)
 directly: MNN's Python wrapper `MNN.tools` pip-installs a logging SDK into
@@ -19,73 +17,39 @@ outputs differ from the direct sum by about 1e-4 relative.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import time
+from worker_protocol import pin, serve
 
 
-def pin(threads: int) -> list[int]:
-    cpus = sorted(os.sched_getaffinity(0))[:threads]
-    os.sched_setaffinity(0, cpus)
-    return cpus
+def load(req):
+    threads = int(req["threads"])
+    cpus = pin(threads)  # before MNN starts its OpenMP threads
+    import numpy as np
 
+    import _tools  # MNN's converter extension (not MNN.tools: see above)
+    import MNN
 
-def main():
-    # MNN and its converter print to stdout from C++: the replies get a copy
-    # of stdout of their own, and fd 1 goes to stderr.
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    session = None
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req.get("quit"):
-            break
-        try:
-            if "onnx" in req:
-                threads = int(req["threads"])
-                cpus = pin(threads)
-                import numpy as np
-
-                import _tools  # MNN's converter extension (not MNN.tools: see above)
-                import MNN
-
-                mnn_path = req["onnx"] + ".mnn"
-                _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", req["onnx"],
-                                   "--MNNModel", mnn_path, "--bizCode", "cocopie_bench"])
-                interp = MNN.Interpreter(mnn_path)
-                session = interp.createSession({"numThread": threads, "precision": "high"})
-                x = np.load(req["input"])
-                inp = interp.getSessionInput(session)
-                if tuple(inp.getShape()) != x.shape:
-                    raise ValueError(f"MNN input shape {inp.getShape()} != {x.shape}")
-                # The same dimension type as the input: the raw array is copied
-                # as is (a different type would make MNN transpose it).
-                inp.copyFrom(MNN.Tensor(list(x.shape), MNN.Halide_Type_Float, x,
-                                        inp.getDimensionType()))
-                interp.runSession(session)
-                out = interp.getSessionOutput(session)
-                host = MNN.Tensor(out.getShape(), MNN.Halide_Type_Float,
-                                  np.zeros(out.getShape(), np.float32), out.getDimensionType())
-                out.copyToHostTensor(host)
-                path = req["input"] + ".mnn.npy"
-                np.save(path, np.array(host.getNumpyData(), np.float32).reshape(out.getShape()))
-                reply = {"output": path, "version": MNN.version(), "cpus": cpus}
-                run = lambda: interp.runSession(session)  # noqa: E731
-            else:
-                if session is None:
-                    raise RuntimeError("no model loaded")
-                ms = []
-                for _ in range(int(req["runs"])):
-                    t = time.perf_counter()
-                    run()
-                    ms.append((time.perf_counter() - t) * 1e3)
-                reply = {"ms": ms}
-        except Exception as e:  # the main process reports it and stops
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
+    mnn_path = req["onnx"] + ".mnn"
+    _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", req["onnx"],
+                       "--MNNModel", mnn_path, "--bizCode", "cocopie_bench"])
+    interp = MNN.Interpreter(mnn_path)
+    session = interp.createSession({"numThread": threads, "precision": "high"})
+    x = np.load(req["input"])
+    inp = interp.getSessionInput(session)
+    if tuple(inp.getShape()) != x.shape:
+        raise ValueError(f"MNN input shape {inp.getShape()} != {x.shape}")
+    # The same dimension type as the input: the raw array is copied as is (a
+    # different type would make MNN transpose it).
+    inp.copyFrom(MNN.Tensor(list(x.shape), MNN.Halide_Type_Float, x, inp.getDimensionType()))
+    interp.runSession(session)
+    out = interp.getSessionOutput(session)
+    host = MNN.Tensor(out.getShape(), MNN.Halide_Type_Float,
+                      np.zeros(out.getShape(), np.float32), out.getDimensionType())
+    out.copyToHostTensor(host)
+    path = req["input"] + ".mnn.npy"
+    np.save(path, np.array(host.getNumpyData(), np.float32).reshape(out.getShape()))
+    return ({"output": path, "version": MNN.version(), "cpus": cpus},
+            lambda: interp.runSession(session))
 
 
 if __name__ == "__main__":
-    main()
+    serve(load)

@@ -4,8 +4,8 @@ only) the time the worker measured for that run.
 
     LiteRunner     LiteRT (stock XNNPACK, or the cocopie delegate) in this process
     OrtRunner      ONNX Runtime in this process (intra-op spinning off)
-    WorkerRunner   a runtime in a process of its own, e.g. DeepSparse or MNN in
-                   its own venv (bench/deepsparse_worker.py, bench/mnn_worker.py)
+    WorkerRunner   a runtime in a process of its own, e.g. DeepSparse, MNN or TVM
+                   in its own venv (bench/*_worker.py, bench/worker_protocol.py)
 
 make_runner() builds the in-process ones from a runtime's name.
 """
@@ -94,7 +94,7 @@ def report_summary(runner) -> dict:
 
 class WorkerRunner:
     """A runtime in a process of its own, one JSON request per line (see
-    bench/deepsparse_worker.py): the first request builds the runtime and
+    bench/worker_protocol.py): the first request builds the runtime and
     answers {"output": path.npy, ...}, {"runs": 1} answers {"ms": [t]}.  The
     caller blocks while the worker runs, so the two never share cores; the
     worker times each run itself."""

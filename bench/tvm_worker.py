@@ -10,11 +10,9 @@ process pins itself to the block's first `threads` CPUs (after tuning);
 the runner sets TVM_NUM_THREADS and TVM_THREAD_POOL_SPIN_COUNT=0 (no
 spin-waiting on the cores the next runtime needs) before start.
 
-Protocol on stdin/stdout, one JSON object per line (as deepsparse_worker.py):
-  -> {"onnx": path, "input": path.npy, "threads": n, "trials": k, "cache": dir}
-                                  compile (tune first when k > 0); replies {"output": path.npy}
-  -> {"runs": k}                  times k runs; replies {"ms": [...]}
-  -> {"quit": true}
+The protocol is bench/worker_protocol.py's; the first request is
+{"onnx": path, "input": path.npy, "threads": n, "trials": k, "cache": dir}
+(tune first when k > 0).
 TVM 0.27 needs apache-tvm-ffi 0.1.14.post0 (0.1.15.post2 crashes on save)
 and, to tune, psutil, xgboost and cloudpickle.
 """
@@ -22,11 +20,10 @@ and, to tune, psutil, xgboost and cloudpickle.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
-import sys
-import time
+
+from worker_protocol import pin, serve
 
 
 def compile_model(onnx_path: str, cores: int, trials: int, cache: str | None):
@@ -80,55 +77,33 @@ def compile_model(onnx_path: str, cores: int, trials: int, cache: str | None):
     return vm, shape, cpu, tuned, tvm.__version__
 
 
-def main():
-    replies = os.fdopen(os.dup(1), "w")  # TVM and its tuner print to stdout
-    os.dup2(2, 1)
-    vm = x = None
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req.get("quit"):
-            break
-        try:
-            if "onnx" in req:
-                import numpy as np
+def load(req):
+    import numpy as np
+    import tvm
 
-                threads = int(req["threads"])
-                # The tuner logs every batch: to a file beside the databases.
-                log_dir = pathlib.Path(req.get("cache") or pathlib.Path(req["onnx"]).parent)
-                log_dir.mkdir(parents=True, exist_ok=True)
-                log = os.open(str(log_dir / "tvm_worker.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-                os.dup2(log, 1)
-                os.dup2(log, 2)
-                cores = len(os.sched_getaffinity(0))
-                vm, shape, cpu, tuned, version = compile_model(
-                    req["onnx"], cores, int(req.get("trials", 0)), req.get("cache"))
-                # Pinned after tuning, which measures candidates in processes
-                # of its own on every core.
-                os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
-                import tvm
-
-                a = np.load(req["input"])
-                if list(a.shape) != shape:
-                    raise ValueError(f"TVM input shape {shape} != {list(a.shape)}")
-                x = tvm.runtime.tensor(a)
-                out = vm["main"](x)
-                path = req["input"] + ".tvm.npy"
-                np.save(path, (out if hasattr(out, "numpy") else out[0]).numpy())
-                reply = {"output": path, "version": version, "mcpu": cpu, "tuned_trials": tuned}
-            else:
-                if vm is None:
-                    raise RuntimeError("no model loaded")
-                ms = []
-                for _ in range(int(req["runs"])):
-                    t = time.perf_counter()
-                    vm["main"](x)
-                    ms.append((time.perf_counter() - t) * 1e3)
-                reply = {"ms": ms}
-        except Exception as e:  # the main process reports it and stops
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
+    threads = int(req["threads"])
+    # The tuner logs every batch: to a file beside the databases.
+    log_dir = pathlib.Path(req.get("cache") or pathlib.Path(req["onnx"]).parent)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = os.open(str(log_dir / "tvm_worker.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    cores = len(os.sched_getaffinity(0))
+    vm, shape, cpu, tuned, version = compile_model(
+        req["onnx"], cores, int(req.get("trials", 0)), req.get("cache"))
+    # Pinned after tuning, which measures candidates in processes of its own
+    # on every core.
+    pin(threads)
+    a = np.load(req["input"])
+    if list(a.shape) != shape:
+        raise ValueError(f"TVM input shape {shape} != {list(a.shape)}")
+    x = tvm.runtime.tensor(a)
+    out = vm["main"](x)
+    path = req["input"] + ".tvm.npy"
+    np.save(path, (out if hasattr(out, "numpy") else out[0]).numpy())
+    return ({"output": path, "version": version, "mcpu": cpu, "tuned_trials": tuned},
+            lambda: vm["main"](x))
 
 
 if __name__ == "__main__":
-    main()
+    serve(load)
