@@ -75,20 +75,27 @@ def test_cross_core_ratio_measures_and_leaves_the_affinity_as_it_was():
         os.sched_setaffinity(0, before)
 
 
-def test_measure_times_every_runtime_on_checked_outputs_and_consecutive_runs(tmp_path):
-    """bench_peers.measure() on a small pruned conv: every runtime's output is
-    checked against stock LiteRT before timing, the delegate claims the conv,
-    and with consecutive=3 each round times runs 2 and 3 of each runtime.
-    (ONNX Runtime is a bench extra, not a test dependency: left out here.)"""
+def _small_pruned_conv(size: int, channels: int) -> bytes:
+    """A .tflite of one pattern-pruned 3x3 conv (8 patterns, 2x connectivity)."""
     import keras
 
     import bench_peers
 
     keras.utils.set_random_seed(0)
-    i = keras.Input((12, 12, 16), batch_size=1)
-    m = keras.Model(i, keras.layers.Conv2D(16, 3, padding="same")(i))
+    i = keras.Input((size, size, channels), batch_size=1)
+    m = keras.Model(i, keras.layers.Conv2D(channels, 3, padding="same")(i))
     bench_peers.prune_model(m, skip_first=False, connectivity=2.0)
-    tfl = bench_peers.convert(m)
+    return bench_peers.convert(m)
+
+
+def test_measure_times_every_runtime_on_checked_outputs_and_consecutive_runs(tmp_path):
+    """bench_peers.measure() on a small pruned conv: every runtime's output is
+    checked against stock LiteRT before timing, the delegate claims the conv,
+    and with consecutive=3 each round times runs 2 and 3 of each runtime.
+    (ONNX Runtime is a bench extra, not a test dependency: left out here.)"""
+    import bench_peers
+
+    tfl = _small_pruned_conv(12, 16)
     row = bench_peers.measure("small", tfl, 1, runs=2, ds_python=None,
                               tune_cache=str(tmp_path / "tune.tsv"), settle_ms=0, consecutive=3,
                               runtimes=("xnnpack", "cocopie", "cocopie_static"))
@@ -136,17 +143,11 @@ def test_a_peer_that_cannot_run_is_left_out_of_the_row_with_its_reason(tmp_path)
     times every other runtime, and the row says why MNN is missing."""
     import importlib.util
 
-    import keras
-
     import bench_peers
 
     if importlib.util.find_spec("_tools") is not None:
         pytest.skip("MNN's converter is importable here")
-    keras.utils.set_random_seed(0)
-    i = keras.Input((8, 8, 8), batch_size=1)
-    m = keras.Model(i, keras.layers.Conv2D(8, 3, padding="same")(i))
-    bench_peers.prune_model(m, skip_first=False, connectivity=2.0)
-    tfl = bench_peers.convert(m)
+    tfl = _small_pruned_conv(8, 8)
     row = bench_peers.measure("small", tfl, 1, runs=1, ds_python=None,
                               tune_cache=str(tmp_path / "tune.tsv"), settle_ms=0,
                               runtimes=("xnnpack", "cocopie"), mnn_python=sys.executable)
