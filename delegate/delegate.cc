@@ -913,9 +913,10 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     d->num_threads = d->options.num_threads > 0        ? d->options.num_threads
                      : ctx->recommended_num_threads > 0 ? ctx->recommended_num_threads
                                                         : 1;
-    d->pool.reset(new ThreadPool(d->num_threads, d->options.spin_us >= 0
-                                                     ? d->options.spin_us
-                                                     : ThreadPool::kDefaultSpinUs));
+    d->pool.reset(new ThreadPool(
+        d->num_threads,
+        d->options.spin_us >= 0 ? d->options.spin_us : ThreadPool::kDefaultSpinUs,
+        d->options.pin_threads));
   }
   {
     std::lock_guard<std::mutex> lock(d->report_mu);

@@ -42,7 +42,7 @@ const std::vector<std::string>& DelegateOptionKeys() {
   static const std::vector<std::string> keys = {"num_threads", "backend", "verbose",
                                                 "profile", "kernel", "pattern_kernels",
                                                 "claim", "tune", "tune_cache",
-                                                "tune_budget_ms", "jit", "spin_us",
+                                                "tune_budget_ms", "jit", "spin_us", "pin_threads",
                                                 "gpu_device", "gpu_fallback", "gpu_cache",
                                                 "gpu_work_group", "precision"};
   return keys;
@@ -75,6 +75,11 @@ bool ParseDelegateOptions(const char* const* keys, const char* const* values,
     } else if (key == "verbose") {
       if (!ParseBool(value, &parsed.verbose)) {
         *error = "option 'verbose': expected true/false or 1/0, got " + Quote(value);
+        return false;
+      }
+    } else if (key == "pin_threads") {
+      if (!ParseBool(value, &parsed.pin_threads)) {
+        *error = "option 'pin_threads': expected true/false or 1/0, got " + Quote(value);
         return false;
       }
     } else if (key == "profile") {

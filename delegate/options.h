@@ -32,6 +32,9 @@ struct DelegateOptions {
   // How long the delegate's threads spin (yielding) between jobs before
   // sleeping; see cc/kernels/thread_pool.h.  0: sleep at once.
   int spin_us = -1;  // -1: ThreadPool::kDefaultSpinUs
+  // Pin each worker thread to a CPU other than the caller's (see
+  // cc/kernels/thread_pool.h); false leaves placement to the OS.
+  bool pin_threads = true;
   // backend=gpu (OpenCL): which device (-1: the first GPU, else the first
   // device; N: the N-th over all platforms), what to do when OpenCL or the
   // device is missing ("none": refuse to create the delegate; "cpu": run on

@@ -46,16 +46,24 @@ def test_bad_spin_us_is_refused(value):
         lite.load_delegate(spin_us=value)
 
 
-def test_spin_us_does_not_change_results(small_model):
-    # The thread pool's wait strategy (spin, then sleep) changes timing only.
+@pytest.mark.parametrize("value", ["2", "maybe", "", "pinned"])
+def test_bad_pin_threads_is_refused(value):
+    with pytest.raises(ValueError, match="option 'pin_threads': expected true/false or 1/0"):
+        lite.load_delegate(pin_threads=value)
+
+
+def test_spin_us_and_pinning_do_not_change_results(small_model):
+    # The thread pool's wait strategy (spin, then sleep) and where its workers
+    # run change timing only.
     _, tflite = small_model
     x = np.random.default_rng(0).standard_normal((1, 8, 8, 3)).astype(np.float32)
     ref = reference_outputs(tflite, [x])[0]
-    for spin in ("0", "100", "10000"):
-        interp = lite.Interpreter(model_content=tflite, claim="all", num_threads=2, spin_us=spin)
+    for spin, pin in (("0", True), ("100", False), ("10000", True), ("100", True)):
+        interp = lite.Interpreter(model_content=tflite, claim="all", num_threads=2, spin_us=spin,
+                                  pin_threads=pin)
         out = run_tflite(interp, [x])[0]
         assert len(interp.delegate_report()) == 1
-        assert rel_error(out, ref) <= 1e-5, spin
+        assert rel_error(out, ref) <= 1e-5, (spin, pin)
 
 
 def test_bad_backend_and_kernel_are_refused():

@@ -7,16 +7,59 @@
 #if defined(__linux__)
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace cocopie {
 
-ThreadPool::ThreadPool(int num_threads, int spin_us)
+namespace {
+
+#if defined(__linux__)
+// Pins thread `tid` to `cpu`, or to every CPU of `allowed` when cpu < 0
+// (sched_setaffinity by thread id works on glibc and bionic alike).
+bool PinThread(pid_t tid, int cpu, const std::vector<int>& allowed) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= 0) {
+    CPU_SET(cpu, &set);
+  } else {
+    for (int c : allowed) CPU_SET(c, &set);
+  }
+  return sched_setaffinity(tid, sizeof set, &set) == 0;
+}
+#endif
+
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads, int spin_us, bool pin)
     : spin_us_(std::min(std::max(spin_us, 0), kMaxSpinUs)),
       shares_(static_cast<size_t>(std::max(1, num_threads))) {
   const int extra = std::max(0, num_threads - 1);
+  cpus_.assign(static_cast<size_t>(extra), -1);
+  tids_.reset(new std::atomic<int>[static_cast<size_t>(std::max(1, extra))]);
+  for (int i = 0; i < std::max(1, extra); ++i) tids_[i].store(0, std::memory_order_relaxed);
+#if defined(__linux__)
+  cpu_set_t mask;
+  if (pin && extra > 0 && sched_getaffinity(0, sizeof mask, &mask) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &mask)) allowed_.push_back(c);
+    // Fewer CPUs than threads: some would share one; leave that to the OS.
+    pinning_ = static_cast<int>(allowed_.size()) >= num_threads;
+  }
+#else
+  (void)pin;
+#endif
   workers_.reserve(extra);
   for (int i = 0; i < extra; ++i) workers_.emplace_back([this, i] { WorkerLoop(i + 1); });
+#if defined(__linux__)
+  if (pinning_) {
+    // The workers publish their thread ids first thing.
+    for (int i = 0; i < extra; ++i)
+      while (tids_[i].load(std::memory_order_acquire) == 0) std::this_thread::yield();
+    PlaceWorkers(sched_getcpu());
+  }
+#endif
 }
 
 ThreadPool::~ThreadPool() {
@@ -41,6 +84,43 @@ bool ThreadPool::Spin(Done done) const {
   }
 }
 
+void ThreadPool::PlaceWorkers(int caller_cpu) {
+#if defined(__linux__)
+  caller_cpu_ = caller_cpu;
+  const int extra = num_threads() - 1;
+  std::vector<int> cpus(static_cast<size_t>(extra), -1);
+  const auto taken = [&](int c) {
+    return c == caller_cpu || std::find(cpus.begin(), cpus.end(), c) != cpus.end();
+  };
+  // Keep each worker where it is unless the caller is there now.
+  for (int i = 0; i < extra; ++i)
+    if (cpus_[i] >= 0 && !taken(cpus_[i])) cpus[i] = cpus_[i];
+  size_t next = 0;
+  for (int i = 0; i < extra; ++i)
+    while (cpus[i] < 0 && next < allowed_.size())
+      if (!taken(allowed_[next++])) cpus[i] = allowed_[next - 1];
+  // allowed_ holds at least num_threads CPUs, so every worker has one.
+  for (int i = 0; i < extra; ++i) {
+    if (cpus[i] == cpus_[i]) continue;
+    if (!PinThread(tids_[i].load(std::memory_order_relaxed), cpus[i], allowed_)) {
+      // The CPUs we may use changed (a cpuset, taskset): unpin all, stop pinning.
+      for (int j = 0; j < extra; ++j) PinThread(tids_[j].load(std::memory_order_relaxed), -1, allowed_);
+      cpus_.assign(static_cast<size_t>(extra), -1);
+      pinning_ = false;
+      return;
+    }
+    cpus_[i] = cpus[i];
+  }
+#else
+  (void)caller_cpu;
+#endif
+}
+
+std::vector<int> ThreadPool::worker_cpus() const {
+  std::lock_guard<std::mutex> call_lock(call_mu_);
+  return cpus_;
+}
+
 void ThreadPool::RunChunks(int self) {
   const int threads = num_threads();
   for (int k = 0; k < threads; ++k) {
@@ -56,6 +136,9 @@ void ThreadPool::RunChunks(int self) {
 
 void ThreadPool::WorkerLoop(int self) {
   uint64_t seen = 0;
+#if defined(__linux__)
+  tids_[self - 1].store(static_cast<int>(syscall(SYS_gettid)), std::memory_order_release);
+#endif
   for (;;) {
     const auto posted = [&] { return generation_.load(std::memory_order_acquire) != seen; };
     if (!Spin(posted)) {
@@ -77,6 +160,13 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
                              const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   std::lock_guard<std::mutex> call_lock(call_mu_);
+#if defined(__linux__)
+  if (pinning_) {
+    // sched_getcpu reads the kernel's rseq area: a few nanoseconds.
+    const int cpu = sched_getcpu();
+    if (cpu != caller_cpu_) PlaceWorkers(cpu);
+  }
+#endif
   const int64_t threads = num_threads();
   // About four chunks per share evens out uneven rows without much overhead.
   int64_t chunk = std::max<int64_t>(grain, (n + 4 * threads - 1) / (4 * threads));

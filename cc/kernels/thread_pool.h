@@ -18,6 +18,16 @@
 // tens of microseconds per job on each side.  The spin yields the core to any
 // other runnable thread (sched_yield), so it does not starve TFLite's own
 // threads; spin_us = 0 sleeps at once (for machines shared with other work).
+//
+// Workers are pinned, each to a CPU of its own that is not the caller's (when
+// the creating thread may use at least num_threads CPUs; `pin` off leaves
+// placement to the OS).  Unpinned, a worker asleep when a call comes was woken
+// by the kernel onto the caller's CPU, behind the caller, when the other CPU
+// was idle too: the caller then ran every share itself.  On the 2-vCPU VM,
+// after a 4 ms sleep between calls (a camera app between frames), a call of
+// two 0.5 ms shares took 2.03x its ideal time, 186 of 200 times; pinned,
+// 1.15x (docs/engine.md section 37).  The caller is never pinned: when it
+// moves to a worker's CPU, that worker moves to a CPU the caller left.
 #ifndef COCOPIE_CC_KERNELS_THREAD_POOL_H_
 #define COCOPIE_CC_KERNELS_THREAD_POOL_H_
 
@@ -25,6 +35,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -38,13 +49,15 @@ class ThreadPool {
 
   // num_threads counts the caller: 1 means "run everything on the caller".
   // spin_us is clamped to [0, kMaxSpinUs].
-  explicit ThreadPool(int num_threads, int spin_us = kDefaultSpinUs);
+  explicit ThreadPool(int num_threads, int spin_us = kDefaultSpinUs, bool pin = true);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
   int spin_us() const { return spin_us_; }
+  // The CPU each worker is pinned to (-1: not pinned), as last assigned.
+  std::vector<int> worker_cpus() const;
 
   // Calls fn(begin, end) over [0, n) split into contiguous chunks of at least
   // `grain` items (each inside one thread's share); returns when all chunks
@@ -60,10 +73,13 @@ class ThreadPool {
   // Spins (yielding) until done() or spin_us_ passes; returns done().
   template <typename Done>
   bool Spin(Done done) const;
+  // Gives each worker a CPU of allowed_ other than `caller_cpu`, keeping the
+  // ones it has where it can; under call_mu_.
+  void PlaceWorkers(int caller_cpu);
 
   std::vector<std::thread> workers_;
   int spin_us_;
-  std::mutex call_mu_;  // serialises callers sharing one pool
+  mutable std::mutex call_mu_;  // serialises callers sharing one pool
   std::mutex mu_;       // guards sleeping and waking, and stop_
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
@@ -83,6 +99,15 @@ class ThreadPool {
   int64_t n_ = 0;
   int64_t chunk_ = 1;
   std::vector<Share> shares_;
+
+  // Pinning: the CPUs the creating thread could use (read-only
+  // after it), whether workers are pinned (the caller's, under call_mu_),
+  // the caller's CPU at the last call, and each worker's CPU.
+  std::vector<int> allowed_;
+  bool pinning_ = false;
+  int caller_cpu_ = -1;
+  std::vector<int> cpus_;                      // worker i's CPU (-1: not pinned)
+  std::unique_ptr<std::atomic<int>[]> tids_;  // worker i's thread id
 };
 
 // How much slower one CPU reads 256 KB that another CPU has just written

@@ -10,6 +10,9 @@
 #include <random>
 #include <thread>
 #include <vector>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include "cc/kernels/dispatch.h"
 #include "cc/kernels/jit_pattern.h"
@@ -110,6 +113,64 @@ TEST_CASE(ThreadPoolVisitsEveryIndexOnce) {
     }
   CHECK(ThreadPool(2, -5).spin_us() == 0 && ThreadPool(2, 1 << 30).spin_us() == ThreadPool::kMaxSpinUs);
 }
+
+#if defined(__linux__)
+// Workers are pinned to CPUs other than the caller's, and follow it when it
+// moves (a worker woken unpinned lands behind the caller: thread_pool.h).
+TEST_CASE(ThreadPoolPinsWorkersAwayFromTheCaller) {
+  cpu_set_t saved;
+  CHECK(sched_getaffinity(0, sizeof saved, &saved) == 0);
+  std::vector<int> allowed;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &saved)) allowed.push_back(c);
+  const int n = static_cast<int>(allowed.size());
+  // Too few CPUs for one each, or pinning off: nothing is pinned.
+  CHECK(ThreadPool(n + 1).worker_cpus() == std::vector<int>(static_cast<size_t>(n), -1));
+  CHECK(ThreadPool(2, 100, false).worker_cpus() == std::vector<int>{-1});
+  if (n < 2) return;
+  const auto pin_caller = [](int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+  };
+  // Every chunk a worker runs must run on its pinned CPU.
+  const auto worker_runs_on = [](ThreadPool& pool, int cpu) {
+    const std::thread::id caller = std::this_thread::get_id();
+    std::atomic<int> seen{0}, wrong{0};
+    for (int call = 0; call < 50; ++call)
+      pool.ParallelFor(2, 1, [&](int64_t, int64_t) {
+        if (std::this_thread::get_id() == caller) {
+          std::this_thread::sleep_for(std::chrono::microseconds(200));  // let the worker take one
+        } else {
+          seen.fetch_add(1);
+          if (sched_getcpu() != cpu) wrong.fetch_add(1);
+        }
+      });
+    return seen.load() > 0 && wrong.load() == 0;
+  };
+  {
+    // The workers may use the CPUs their creator may use (they inherit its
+    // affinity); the caller moves after that.
+    ThreadPool pool(2);
+    pin_caller(allowed[0]);
+    CHECK(worker_runs_on(pool, allowed[1]));
+    CHECK(pool.worker_cpus() == std::vector<int>{allowed[1]});
+    pin_caller(allowed[1]);  // the caller moves onto the worker's CPU
+    CHECK(worker_runs_on(pool, allowed[0]));
+    CHECK(pool.worker_cpus() == std::vector<int>{allowed[0]});
+  }
+  sched_setaffinity(0, sizeof saved, &saved);
+  if (n >= 3) {  // three threads: three different CPUs
+    ThreadPool pool(3);
+    pool.ParallelFor(3, 1, [](int64_t, int64_t) {});
+    std::vector<int> cpus = pool.worker_cpus();
+    cpus.push_back(sched_getcpu());
+    std::sort(cpus.begin(), cpus.end());
+    CHECK(cpus[0] >= 0 && std::unique(cpus.begin(), cpus.end()) == cpus.end());
+  }
+}
+#endif
 
 TEST_CASE(ReferenceConvHandComputed) {
   // 3x3 input, 2x2 all-ones filter, VALID: each output sums a 2x2 window.

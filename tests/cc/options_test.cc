@@ -45,6 +45,8 @@ TEST_CASE(RejectsBadValues) {
   CHECK(Parse("verbose", "maybe", &o).find("'verbose'") != std::string::npos);
   CHECK(Parse("profile", "1", &o).empty() && o.profile);
   CHECK(Parse("profile", "often", &o).find("'profile'") != std::string::npos);
+  CHECK(o.pin_threads && Parse("pin_threads", "false", &o).empty() && !o.pin_threads);
+  CHECK(Parse("pin_threads", "2", &o).find("'pin_threads'") != std::string::npos);
   CHECK(Parse("kernel", "nope", &o).find("'kernel'") != std::string::npos);
 }
 
