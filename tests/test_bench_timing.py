@@ -155,3 +155,29 @@ def test_a_peer_that_cannot_run_is_left_out_of_the_row_with_its_reason(tmp_path)
     assert "ModuleNotFoundError" in row["skipped"]["mnn"]
     cells = bench_peers.table([row], ["xnnpack", "mnn", "cocopie"]).splitlines()[2].split("|")
     assert cells[4].strip() == "-"  # the mnn column of the row
+
+
+def test_bench_threads_times_every_runtime_and_wait_between_calls(tmp_path):
+    # One process of bench/bench_threads.py: the engine (pinned here) and
+    # XNNPACK at 1 and 2 threads, per wait between calls, on a real model.
+    import bench_threads
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(_small_pruned_conv(12, 16))
+    out = bench_threads.child(str(model), True, 1, str(tmp_path / "tune.tsv"))
+    assert set(out) == {f"{r} {c}" for r in bench_threads.RUNS for c in bench_threads.CONDITIONS}
+    assert all(len(v) == 1 and 0 < v[0] < 1e3 for v in out.values())
+
+
+def test_bench_threads_refuses_bad_counts(capsys):
+    import bench_threads
+
+    sys_argv = sys.argv
+    try:
+        sys.argv = ["bench_threads.py", "--processes", "0"]
+        with pytest.raises(SystemExit) as e:
+            bench_threads.main()
+        assert e.value.code == 2
+    finally:
+        sys.argv = sys_argv
+    assert "--processes and --rounds must be at least 1" in capsys.readouterr().err
