@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #if defined(__linux__)
@@ -28,6 +30,18 @@ bool PinThread(pid_t tid, int cpu, const std::vector<int>& allowed) {
   }
   return sched_setaffinity(tid, sizeof set, &set) == 0;
 }
+
+// A number from /sys/devices/system/cpu/cpu<cpu>/<leaf>, or -1 where the
+// file is missing or unreadable (not Linux sysfs, a sandbox).
+long ReadCpuSysfs(int cpu, const char* leaf) {
+  const std::string path = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/" + leaf;
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return -1;
+  long v = -1;
+  if (std::fscanf(f, "%ld", &v) != 1) v = -1;
+  std::fclose(f);
+  return v;
+}
 #endif
 
 }  // namespace
@@ -42,10 +56,25 @@ ThreadPool::ThreadPool(int num_threads, int spin_us, bool pin)
 #if defined(__linux__)
   cpu_set_t mask;
   if (pin && extra > 0 && sched_getaffinity(0, sizeof mask, &mask) == 0) {
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &mask)) allowed_.push_back(c);
-    // Fewer CPUs than threads: some would share one; leave that to the OS.
-    pinning_ = static_cast<int>(allowed_.size()) >= num_threads;
+    bool same_capacity = true;
+    long capacity0 = -2;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (!CPU_ISSET(c, &mask)) continue;
+      allowed_.push_back(c);
+      // Hyperthreads of one core share its FMA units: a worker goes to a
+      // core nobody else runs on where there is one.  Unknown: a core each.
+      const long core = ReadCpuSysfs(c, "topology/core_id");
+      const long package = ReadCpuSysfs(c, "topology/physical_package_id");
+      cores_.push_back(core < 0 ? -1 - c : (std::max(0L, package) << 20) + core);
+      const long capacity = ReadCpuSysfs(c, "cpu_capacity");
+      if (capacity0 == -2) capacity0 = capacity;
+      same_capacity = same_capacity && capacity == capacity0;
+    }
+    // Fewer CPUs than threads: some would share one.  CPUs of different
+    // capacity (big.LITTLE phones): the lowest numbers are usually the
+    // little cores, and the OS's energy-aware placement knows better.
+    // Either way placement is left to the OS.
+    pinning_ = static_cast<int>(allowed_.size()) >= num_threads && same_capacity;
   }
 #else
   (void)pin;
@@ -84,25 +113,48 @@ bool ThreadPool::Spin(Done done) const {
   }
 }
 
+std::vector<int> ChooseWorkerCpus(const std::vector<int>& allowed, const std::vector<long>& cores,
+                                  const std::vector<int>& current, int caller_cpu) {
+  const auto core_of = [&](int c) -> long {
+    const auto it = std::find(allowed.begin(), allowed.end(), c);
+    return it == allowed.end() || cores.size() != allowed.size() ? -1L - c
+                                                                 : cores[it - allowed.begin()];
+  };
+  std::vector<int> cpus(current.size(), -1);
+  std::vector<long> busy_cores;
+  if (caller_cpu >= 0) busy_cores.push_back(core_of(caller_cpu));
+  const auto cpu_free = [&](int c) {
+    return c != caller_cpu && std::find(cpus.begin(), cpus.end(), c) == cpus.end();
+  };
+  const auto core_free = [&](int c) {
+    return std::find(busy_cores.begin(), busy_cores.end(), core_of(c)) == busy_cores.end();
+  };
+  const auto take = [&](size_t i, int c) {
+    cpus[i] = c;
+    busy_cores.push_back(core_of(c));
+  };
+  // Keep each worker where it is while its CPU and core are its own; then
+  // give the others a CPU on a free core, else any free CPU, else none.
+  for (size_t i = 0; i < current.size(); ++i)
+    if (current[i] >= 0 && std::find(allowed.begin(), allowed.end(), current[i]) != allowed.end() &&
+        cpu_free(current[i]) && core_free(current[i]))
+      take(i, current[i]);
+  for (const bool need_free_core : {true, false})
+    for (size_t i = 0; i < cpus.size(); ++i)
+      for (size_t k = 0; cpus[i] < 0 && k < allowed.size(); ++k)
+        if (cpu_free(allowed[k]) && (!need_free_core || core_free(allowed[k]))) take(i, allowed[k]);
+  return cpus;
+}
+
 void ThreadPool::PlaceWorkers(int caller_cpu) {
 #if defined(__linux__)
   caller_cpu_ = caller_cpu;
   const int extra = num_threads() - 1;
-  std::vector<int> cpus(static_cast<size_t>(extra), -1);
-  const auto taken = [&](int c) {
-    return c == caller_cpu || std::find(cpus.begin(), cpus.end(), c) != cpus.end();
-  };
-  // Keep each worker where it is unless the caller is there now.
-  for (int i = 0; i < extra; ++i)
-    if (cpus_[i] >= 0 && !taken(cpus_[i])) cpus[i] = cpus_[i];
-  size_t next = 0;
-  for (int i = 0; i < extra; ++i)
-    while (cpus[i] < 0 && next < allowed_.size())
-      if (!taken(allowed_[next++])) cpus[i] = allowed_[next - 1];
-  // allowed_ holds at least num_threads CPUs, so every worker has one.
+  // allowed_ holds at least num_threads CPUs, so every worker gets one.
+  const std::vector<int> cpus = ChooseWorkerCpus(allowed_, cores_, cpus_, caller_cpu);
   for (int i = 0; i < extra; ++i) {
     if (cpus[i] == cpus_[i]) continue;
-    if (!PinThread(tids_[i].load(std::memory_order_relaxed), cpus[i], allowed_)) {
+    if (cpus[i] < 0 || !PinThread(tids_[i].load(std::memory_order_relaxed), cpus[i], allowed_)) {
       // The CPUs we may use changed (a cpuset, taskset): unpin all, stop pinning.
       for (int j = 0; j < extra; ++j) PinThread(tids_[j].load(std::memory_order_relaxed), -1, allowed_);
       cpus_.assign(static_cast<size_t>(extra), -1);

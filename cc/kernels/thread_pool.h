@@ -19,9 +19,10 @@
 // other runnable thread (sched_yield), so it does not starve TFLite's own
 // threads; spin_us = 0 sleeps at once (for machines shared with other work).
 //
-// Workers are pinned, each to a CPU of its own that is not the caller's (when
-// the creating thread may use at least num_threads CPUs; `pin` off leaves
-// placement to the OS).  Unpinned, a worker asleep when a call comes was woken
+// Workers are pinned, each to a CPU of its own that is not the caller's, on
+// a physical core of its own where there is one (when the creating thread
+// may use at least num_threads CPUs, all of the same capacity: on
+// big.LITTLE phones, and with `pin` off, placement is left to the OS).  Unpinned, a worker asleep when a call comes was woken
 // by the kernel onto the caller's CPU, behind the caller, when the other CPU
 // was idle too: the caller then ran every share itself.  On the 2-vCPU VM,
 // after a 4 ms sleep between calls (a camera app between frames), a call of
@@ -73,8 +74,9 @@ class ThreadPool {
   // Spins (yielding) until done() or spin_us_ passes; returns done().
   template <typename Done>
   bool Spin(Done done) const;
-  // Gives each worker a CPU of allowed_ other than `caller_cpu`, keeping the
-  // ones it has where it can; under call_mu_.
+  // Gives each worker a CPU of allowed_ other than `caller_cpu` (on a core
+  // of its own where one is free), keeping the ones it has where it can;
+  // under call_mu_.
   void PlaceWorkers(int caller_cpu);
 
   std::vector<std::thread> workers_;
@@ -104,11 +106,20 @@ class ThreadPool {
   // after it), whether workers are pinned (the caller's, under call_mu_),
   // the caller's CPU at the last call, and each worker's CPU.
   std::vector<int> allowed_;
+  std::vector<long> cores_;  // allowed_[k]'s physical core (package, core id)
   bool pinning_ = false;
   int caller_cpu_ = -1;
   std::vector<int> cpus_;                      // worker i's CPU (-1: not pinned)
   std::unique_ptr<std::atomic<int>[]> tids_;  // worker i's thread id
 };
+
+// Where a pool's workers run (ThreadPool's pinning, exposed for its tests):
+// one CPU of `allowed` per entry of `current` (the workers' CPUs now, -1:
+// none), never `caller_cpu`, each on a physical core (`cores`, parallel to
+// `allowed`) that neither the caller nor another worker is on where one is
+// free; a worker keeps its CPU while that holds.  -1 where no CPU is left.
+std::vector<int> ChooseWorkerCpus(const std::vector<int>& allowed, const std::vector<long>& cores,
+                                  const std::vector<int>& current, int caller_cpu);
 
 // How much slower one CPU reads 256 KB that another CPU has just written
 // than 256 KB it wrote itself: the median over `rounds`, from two threads

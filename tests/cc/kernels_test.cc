@@ -10,6 +10,8 @@
 #include <random>
 #include <thread>
 #include <vector>
+#include <string>
+#include <cstdio>
 #if defined(__linux__)
 #include <sched.h>
 #endif
@@ -114,6 +116,25 @@ TEST_CASE(ThreadPoolVisitsEveryIndexOnce) {
   CHECK(ThreadPool(2, -5).spin_us() == 0 && ThreadPool(2, 1 << 30).spin_us() == ThreadPool::kMaxSpinUs);
 }
 
+// Placement: a core of its own for each worker where one is free, never the
+// caller's CPU, kept while it stays free (two cores of two hyperthreads each:
+// CPUs 0 and 1 on core 0, 2 and 3 on core 1).
+TEST_CASE(WorkerCpusAvoidTheCallersCore) {
+  const std::vector<int> cpus = {0, 1, 2, 3};
+  const std::vector<long> cores = {0, 0, 1, 1};
+  CHECK(ChooseWorkerCpus(cpus, cores, {-1}, 0) == std::vector<int>{2});
+  CHECK(ChooseWorkerCpus(cpus, cores, {-1, -1}, 0) == (std::vector<int>{2, 1}));
+  CHECK(ChooseWorkerCpus(cpus, cores, {-1, -1, -1}, 0) == (std::vector<int>{2, 1, 3}));
+  CHECK(ChooseWorkerCpus(cpus, cores, {3}, 0) == std::vector<int>{3});  // kept
+  CHECK(ChooseWorkerCpus(cpus, cores, {3}, 2) == std::vector<int>{0});  // caller moved to its core
+  CHECK(ChooseWorkerCpus(cpus, cores, {1}, 1) == std::vector<int>{2});
+  CHECK(ChooseWorkerCpus(cpus, cores, {-1, -1, -1, -1}, 0) == (std::vector<int>{2, 1, 3, -1}));
+  // Unknown topology (no cores): any other CPU; the caller outside the set.
+  CHECK(ChooseWorkerCpus(cpus, {}, {-1}, 0) == std::vector<int>{1});
+  CHECK(ChooseWorkerCpus({4, 5}, {}, {-1}, 7) == std::vector<int>{4});
+  CHECK(ChooseWorkerCpus({4, 5}, {}, {9}, -1) == std::vector<int>{4});  // a CPU no longer allowed
+}
+
 #if defined(__linux__)
 // Workers are pinned to CPUs other than the caller's, and follow it when it
 // moves (a worker woken unpinned lands behind the caller: thread_pool.h).
@@ -124,10 +145,27 @@ TEST_CASE(ThreadPoolPinsWorkersAwayFromTheCaller) {
   for (int c = 0; c < CPU_SETSIZE; ++c)
     if (CPU_ISSET(c, &saved)) allowed.push_back(c);
   const int n = static_cast<int>(allowed.size());
+  // The pool pins only where every CPU has the same capacity (read here from
+  // sysfs on its own: big.LITTLE phones differ, x86 machines do not).
+  std::vector<std::string> capacities;
+  for (int c : allowed) {
+    std::FILE* f = std::fopen(("/sys/devices/system/cpu/cpu" + std::to_string(c) + "/cpu_capacity").c_str(), "r");
+    char buf[32] = "";
+    if (f != nullptr) {
+      if (std::fgets(buf, sizeof buf, f) == nullptr) buf[0] = '\0';
+      std::fclose(f);
+    }
+    capacities.push_back(buf);
+  }
+  const bool pins = std::all_of(capacities.begin(), capacities.end(),
+                                [&](const std::string& c) { return c == capacities[0]; });
   // Too few CPUs for one each, or pinning off: nothing is pinned.
   CHECK(ThreadPool(n + 1).worker_cpus() == std::vector<int>(static_cast<size_t>(n), -1));
   CHECK(ThreadPool(2, 100, false).worker_cpus() == std::vector<int>{-1});
-  if (n < 2) return;
+  if (n < 2 || !pins) {
+    CHECK(ThreadPool(2).worker_cpus() == std::vector<int>{-1});
+    return;
+  }
   const auto pin_caller = [](int cpu) {
     cpu_set_t one;
     CPU_ZERO(&one);
@@ -144,7 +182,7 @@ TEST_CASE(ThreadPoolPinsWorkersAwayFromTheCaller) {
           std::this_thread::sleep_for(std::chrono::microseconds(200));  // let the worker take one
         } else {
           seen.fetch_add(1);
-          if (sched_getcpu() != cpu) wrong.fetch_add(1);
+          if (cpu != -2 && sched_getcpu() != cpu) wrong.fetch_add(1);
         }
       });
     return seen.load() > 0 && wrong.load() == 0;
@@ -154,11 +192,15 @@ TEST_CASE(ThreadPoolPinsWorkersAwayFromTheCaller) {
     // affinity); the caller moves after that.
     ThreadPool pool(2);
     pin_caller(allowed[0]);
-    CHECK(worker_runs_on(pool, allowed[1]));
-    CHECK(pool.worker_cpus() == std::vector<int>{allowed[1]});
-    pin_caller(allowed[1]);  // the caller moves onto the worker's CPU
-    CHECK(worker_runs_on(pool, allowed[0]));
-    CHECK(pool.worker_cpus() == std::vector<int>{allowed[0]});
+    const bool ran = worker_runs_on(pool, -2);  // -2: any CPU; places the worker
+    const int first = pool.worker_cpus()[0];
+    CHECK(ran && first >= 0 && first != allowed[0]);
+    CHECK(worker_runs_on(pool, first));
+    pin_caller(first);  // the caller moves onto the worker's CPU
+    const bool moved = worker_runs_on(pool, -2);
+    const int second = pool.worker_cpus()[0];
+    CHECK(moved && second >= 0 && second != first);
+    CHECK(worker_runs_on(pool, second));
   }
   sched_setaffinity(0, sizeof saved, &saved);
   if (n >= 3) {  // three threads: three different CPUs
