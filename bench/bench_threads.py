@@ -62,7 +62,7 @@ def child(model_path: str, pin: bool, rounds: int, tune_cache: str) -> dict:
             while time.perf_counter() < end:
                 pass
         elif cond == "junk":
-            junk.__iadd__(1.0)
+            np.add(junk, 1.0, out=junk)
         elif cond == "sleep":
             time.sleep(0.004)
         elif cond == "frame":

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -115,34 +116,41 @@ bool ThreadPool::Spin(Done done) const {
 
 std::vector<int> ChooseWorkerCpus(const std::vector<int>& allowed, const std::vector<long>& cores,
                                   const std::vector<int>& current, int caller_cpu) {
-  const auto core_of = [&](int c) -> long {
-    const auto it = std::find(allowed.begin(), allowed.end(), c);
-    return it == allowed.end() || cores.size() != allowed.size() ? -1L - c
-                                                                 : cores[it - allowed.begin()];
-  };
+  // By CPU id: whether it is allowed, its core, and whether someone runs on
+  // it; cores in use by the caller or a worker.  One pass per worker over
+  // `allowed` (the caller moves rarely, but a pool may be large).
+  int ids = caller_cpu + 1;
+  for (int c : allowed) ids = std::max(ids, c + 1);
+  for (int c : current) ids = std::max(ids, c + 1);
+  std::vector<char> is_allowed(static_cast<size_t>(ids), 0), cpu_busy(static_cast<size_t>(ids), 0);
+  std::vector<long> core(static_cast<size_t>(ids));
+  for (int c = 0; c < ids; ++c) core[c] = -1L - c;  // unknown: a core each
+  for (size_t k = 0; k < allowed.size(); ++k) {
+    is_allowed[allowed[k]] = 1;
+    if (cores.size() == allowed.size()) core[allowed[k]] = cores[k];
+  }
+  std::set<long> busy_cores;
+  if (caller_cpu >= 0) {
+    cpu_busy[caller_cpu] = 1;
+    busy_cores.insert(core[caller_cpu]);
+  }
   std::vector<int> cpus(current.size(), -1);
-  std::vector<long> busy_cores;
-  if (caller_cpu >= 0) busy_cores.push_back(core_of(caller_cpu));
-  const auto cpu_free = [&](int c) {
-    return c != caller_cpu && std::find(cpus.begin(), cpus.end(), c) == cpus.end();
-  };
-  const auto core_free = [&](int c) {
-    return std::find(busy_cores.begin(), busy_cores.end(), core_of(c)) == busy_cores.end();
-  };
   const auto take = [&](size_t i, int c) {
     cpus[i] = c;
-    busy_cores.push_back(core_of(c));
+    cpu_busy[c] = 1;
+    busy_cores.insert(core[c]);
   };
   // Keep each worker where it is while its CPU and core are its own; then
   // give the others a CPU on a free core, else any free CPU, else none.
-  for (size_t i = 0; i < current.size(); ++i)
-    if (current[i] >= 0 && std::find(allowed.begin(), allowed.end(), current[i]) != allowed.end() &&
-        cpu_free(current[i]) && core_free(current[i]))
-      take(i, current[i]);
+  for (size_t i = 0; i < current.size(); ++i) {
+    const int c = current[i];
+    if (c >= 0 && is_allowed[c] && !cpu_busy[c] && !busy_cores.count(core[c])) take(i, c);
+  }
   for (const bool need_free_core : {true, false})
     for (size_t i = 0; i < cpus.size(); ++i)
       for (size_t k = 0; cpus[i] < 0 && k < allowed.size(); ++k)
-        if (cpu_free(allowed[k]) && (!need_free_core || core_free(allowed[k]))) take(i, allowed[k]);
+        if (!cpu_busy[allowed[k]] && (!need_free_core || !busy_cores.count(core[allowed[k]])))
+          take(i, allowed[k]);
   return cpus;
 }
 
