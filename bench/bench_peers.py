@@ -30,7 +30,11 @@ same model ran (one model on a stream of inputs); rounds still alternate.  The
 `steal` column is
 the share of CPU time the hypervisor took while a block ran (/proc/stat): on a
 shared VM, 2-thread rows with steal above a few percent are not comparable.
-The `cross-core` column (before/after the block) is how much slower one CPU
+Below the table, issue 11's targets are judged by bench/ratios.py: per
+round, each peer's time over cocopie's (the two saw the same host speed),
+the median of those ratios and its 95% interval, and `met`, `missed` or
+`within noise` (the interval holds the goal).  The
+`cross-core` column (before/after the block) is how much slower one CPU
 reads data another CPU wrote than its own: ~1.1 where they share an L3, ~3
 where a VM's vCPUs sit on different AMD CCDs, which slows every runtime's
 2-thread runs (cocopie's most: docs/engine.md section 30).
@@ -77,6 +81,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
+from ratios import targets_table  # noqa: E402
 from runners import RUNTIMES, WorkerRunner, make_runner, report_summary  # noqa: E402
 from timing import cpu_ticks, cross_core_ratio, machine_info, steal_pct, summary  # noqa: E402
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
@@ -222,6 +227,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         for k, why in skipped.items():
             print(f"warning: {name}, {threads} thread(s): {k} left out: {why}", file=sys.stderr)
         times = {k: [] for k in runners}
+        per_round = {k: [] for k in runners}
         for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
             for _ in range(8):
                 r.invoke()
@@ -239,6 +245,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         for rnd in range(runs):
             for j in shuffle.permutation(len(order)):
                 k, r = order[j]
+                timed = len(times[k])
                 for i in range(consecutive):
                     # Untimed busy wait first: a runtime whose pool spins after a
                     # run (XNNPACK's) took a core from whichever runtime came
@@ -254,6 +261,9 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                     ms = (time.perf_counter() - t) * 1e3
                     if consecutive == 1 or i > 0:
                         times[k].append(r.last_ms if isinstance(r, WorkerRunner) else ms)
+                # This round's time (the median of its timed runs): paired
+                # with the other runtimes' times of the same round (ratios.py).
+                per_round[k].append(float(np.median(times[k][timed:])))
         stolen = steal_pct(ticks, cpu_ticks())
         cross.append(cross_core_ratio())
         versions = {}
@@ -269,6 +279,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return dict(model=name, threads=threads, ms={k: dict(summary(v), n=len(v)) for k, v in times.items()},
+                rounds={k: [round(v, 4) for v in t] for k, t in per_round.items()},
                 rel_error=errors, skipped=skipped, versions=versions, consecutive=consecutive,
                 # CPU time the hypervisor took while the block ran (VMs)
                 steal_pct=None if stolen is None else round(stolen, 2),
@@ -351,6 +362,7 @@ def main():
         peers = [p for p in ("xnnpack", "onnxruntime", "deepsparse", "mnn", "tvm",
                              "cocopie_static", "cocopie") if p in d["rows"][0]["ms"]]
         print(table(d["rows"], peers))
+        print("\n" + targets_table(d["rows"]))
         if args.chart:
             chart(d["rows"], args.chart, peers)
         return
@@ -400,7 +412,11 @@ def main():
             + "Median ms (q1-q3) of alternating runs, same weights, outputs checked"
             + (f"; {args.consecutive} runs in a row per runtime and round, the first untimed"
                if args.consecutive > 1 else "") + ".\n\n"
-            + table(rows, peers) + "\n"
+            + table(rows, peers) + "\n\n"
+            + "Issue 11's targets: the median of the per-round ratios (each round ran every "
+            + "runtime once, so a round's ratio saw one host speed) and its 95% interval; "
+            + "`within noise` where the interval holds the goal.\n\n"
+            + targets_table(rows) + "\n"
             + "".join(f"\n{k} left out of {r['model']}, {r['threads']} thread(s): {why}\n"
                       for r in rows for k, why in r.get("skipped", {}).items()))
     print(text)

@@ -103,6 +103,10 @@ def test_measure_times_every_runtime_on_checked_outputs_and_consecutive_runs(tmp
     assert all(e <= 1e-4 for e in row["rel_error"].values()), row["rel_error"]
     assert row["claimed"] == 1 and row["consecutive"] == 3
     assert all(v["n"] == 2 * 2 for v in row["ms"].values()), row["ms"]
+    # One time per round and runtime (the median of its timed runs), for
+    # the paired ratios of bench/ratios.py.
+    assert set(row["rounds"]) == set(row["ms"]) and all(len(v) == 2 for v in row["rounds"].values())
+    assert all(min(v) > 0 for v in row["rounds"].values())
 
 
 @pytest.mark.parametrize("worker, module", [("mnn_worker.py", "_tools"), ("tvm_worker.py", "tvm")])
