@@ -37,7 +37,11 @@ the median of those ratios and its 95% interval, and `met`, `missed` or
 `cross-core` column (before/after the block) is how much slower one CPU
 reads data another CPU wrote than its own: ~1.1 where they share an L3, ~3
 where a VM's vCPUs sit on different AMD CCDs, which slows every runtime's
-2-thread runs (cocopie's most: docs/engine.md section 30).
+2-thread runs (cocopie's most: docs/engine.md section 30).  The `cpu speed`
+column (before/after) is how much slower the slower vCPU ran a fixed chain
+of multiply-adds than the faster, each alone: 1.0 when they run at one
+speed, up to ~1.6 on this VM when another guest shares one vCPU's host core
+(a 2-thread run is then bound by its slow thread: engine.md section 38).
 
 DeepSparse needs Python <= 3.11 and numpy < 2:
     python3.11 -m venv /tmp/ds && /tmp/ds/bin/pip install deepsparse==1.8.0 'numpy<2' onnx
@@ -83,7 +87,8 @@ import numpy as np  # noqa: E402
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
 from ratios import targets_table  # noqa: E402
 from runners import RUNTIMES, WorkerRunner, make_runner, report_summary  # noqa: E402
-from timing import cpu_ticks, cross_core_ratio, machine_info, steal_pct, summary  # noqa: E402
+from timing import (cpu_speed_ratio, cpu_ticks, cross_core_ratio, machine_info,  # noqa: E402
+                    steal_pct, summary)
 from tflite_to_onnx import tflite_to_onnx  # noqa: E402
 
 
@@ -233,6 +238,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                 r.invoke()
         ticks = cpu_ticks()
         cross = [cross_core_ratio()]
+        speed = [cpu_speed_ratio()]
         order = list(runners.items())
         # A new order every round (seeded by the block): a runtime's place in
         # the round moved its time by up to 7% (the same library read 1.08x
@@ -266,6 +272,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                 per_round[k].append(float(np.median(times[k][timed:])))
         stolen = steal_pct(ticks, cpu_ticks())
         cross.append(cross_core_ratio())
+        speed.append(cpu_speed_ratio())
         versions = {}
         for k in ("deepsparse", "mnn", "tvm"):
             if k in runners:
@@ -286,6 +293,10 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                 # reading another CPU's writes / one's own, before and after
                 # the block: ~1.1 with a shared L3, ~3 across AMD CCDs
                 cross_core=[None if c is None else round(c, 2) for c in cross],
+                # the slower CPU's time over the faster's on a fixed chain of
+                # multiply-adds, before and after the block: 1.0 when both
+                # run at one speed
+                cpu_speed=[None if c is None else round(c, 2) for c in speed],
                 **report_summary(runners["cocopie"]))
 
 
@@ -315,8 +326,8 @@ def chart(rows, path, peers):
 
 def table(rows, peers):
     head = "| model | threads | " + " | ".join(f"{p} ms" for p in peers) + \
-        " | cocopie vs fastest peer | claimed | engine | steal | cross-core |"
-    lines = [head, "|" + "---|" * (len(peers) + 7)]
+        " | cocopie vs fastest peer | claimed | engine | steal | cross-core | cpu speed |"
+    lines = [head, "|" + "---|" * (len(peers) + 8)]
     for r in rows:
         ms = r["ms"]
         cells = [f"{ms[p]['median']:.2f} ({ms[p]['q1']:.2f}-{ms[p]['q3']:.2f})" if p in ms else "-"
@@ -327,6 +338,8 @@ def table(rows, peers):
                      f" | {ratio:.2f}x | {r['claimed']} | {', '.join(r['engines']) or '-'} | "
                      + ("-" if r.get("steal_pct") is None else f"{r['steal_pct']:.1f}%") + " | "
                      + "/".join("-" if c is None else f"{c:.1f}" for c in r.get("cross_core") or [None])
+                     + " | "
+                     + "/".join("-" if c is None else f"{c:.2f}" for c in r.get("cpu_speed") or [None])
                      + " |")
     return "\n".join(lines)
 

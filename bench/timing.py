@@ -79,3 +79,19 @@ def cross_core_ratio(rounds: int = 60) -> float | None:
 
     ratio = _cc.cross_core_read_ratio(rounds)
     return float(ratio) if ratio > 0 else None
+
+
+def cpu_speed_ratio(rounds: int = 3) -> float | None:
+    """How much slower the slower of two CPUs runs a fixed multiply-add
+    chain than the faster, each pinned and alone (cocopie_tf._cc; about 7 ms
+    per CPU and round); None with fewer than two CPUs.
+
+    1.0 on an idle machine.  On the 2-vCPU AMD EPYC VM it read 1.0-1.6 within
+    a minute, either vCPU the slow one (another guest on the host core or
+    its SMT sibling): a 2-thread run is then only as fast as the balance of
+    its work between a fast and a slow thread allows (docs/engine.md section
+    38).  The peer benchmark records it with every block of rows."""
+    from cocopie_tf import _cc
+
+    ratio = _cc.cpu_speed_ratio(rounds)
+    return float(ratio) if ratio > 0 else None

@@ -48,12 +48,12 @@ def test_peer_table_shows_steal_per_row():
     ms = {k: dict(median=m, q1=m, q3=m) for k, m in
           [("xnnpack", 2.0), ("onnxruntime", 3.0), ("cocopie_static", 1.5), ("cocopie", 1.0)]}
     rows = [dict(model="m", threads=2, ms=ms, claimed=3, engines=["jit_avx512"], steal_pct=4.25,
-                 cross_core=[1.08, 3.1]),
+                 cross_core=[1.08, 3.1], cpu_speed=[1.0, 1.61]),
             dict(model="m", threads=1, ms=ms, claimed=3, engines=[], steal_pct=None)]
     lines = bench_peers.table(rows, ["xnnpack", "onnxruntime", "cocopie_static", "cocopie"]).splitlines()
-    assert lines[0].endswith("| steal | cross-core |") and lines[1].count("---") == 4 + 7
-    assert lines[2].endswith("| 2.00x | 3 | jit_avx512 | 4.2% | 1.1/3.1 |")
-    assert lines[3].endswith("| 2.00x | 3 | - | - | - |")
+    assert lines[0].endswith("| steal | cross-core | cpu speed |") and lines[1].count("---") == 4 + 8
+    assert lines[2].endswith("| 2.00x | 3 | jit_avx512 | 4.2% | 1.1/3.1 | 1.00/1.61 |")
+    assert lines[3].endswith("| 2.00x | 3 | - | - | - | - |")
 
 
 def test_cross_core_ratio_measures_and_leaves_the_affinity_as_it_was():
@@ -71,6 +71,27 @@ def test_cross_core_ratio_measures_and_leaves_the_affinity_as_it_was():
     os.sched_setaffinity(0, {min(before)})
     try:
         assert timing.cross_core_ratio(rounds=2) is None
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def test_cpu_speed_ratio_measures_and_leaves_the_affinity_as_it_was():
+    """Two pinned threads each run the same multiply-add chain alone: the
+    slower's time over the faster's is at least 1 (and no machine runs one
+    core ten times slower than another); with one CPU there is nothing to
+    compare."""
+    import os
+
+    before = os.sched_getaffinity(0)
+    ratio = timing.cpu_speed_ratio(rounds=1)
+    assert os.sched_getaffinity(0) == before
+    if len(before) < 2:
+        assert ratio is None
+        return
+    assert ratio is not None and 1.0 <= ratio < 10
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        assert timing.cpu_speed_ratio(rounds=1) is None
     finally:
         os.sched_setaffinity(0, before)
 

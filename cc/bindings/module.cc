@@ -392,6 +392,10 @@ PYBIND11_MODULE(_cc, m) {
         py::call_guard<py::gil_scoped_release>(),
         "How much slower one CPU reads 256 KB another CPU just wrote than its own "
         "(median over rounds): ~1.1 with a shared L3, ~3 across AMD CCDs; 0 with one CPU.");
+  m.def("cpu_speed_ratio", &CpuSpeedRatio, py::arg("rounds") = 5,
+        py::call_guard<py::gil_scoped_release>(),
+        "How much slower the slower of the first two CPUs runs a fixed multiply-add chain "
+        "than the faster, each pinned and alone: 1.0 on an idle machine; 0 with one CPU.");
   m.def("default_tuning_cache_path", &DefaultTuningCachePath,
         "The tuning cache file the delegate uses when tune_cache is not given.");
   m.def("kernel_choices", &KernelChoices, "Accepted values of the 'kernel' option.");

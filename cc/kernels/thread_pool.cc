@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if defined(__linux__)
@@ -247,6 +248,52 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     done_cv_.wait(lock, finished);
   }
   fn_ = nullptr;
+}
+
+double CpuSpeedRatio(int rounds) {
+#if defined(__linux__)
+  cpu_set_t allowed;
+  if (rounds < 1 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return 0.0;
+  int cpus[2], found = 0;
+  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
+    if (CPU_ISSET(c, &allowed)) cpus[found++] = c;
+  if (found < 2) return 0.0;
+  // Eight independent chains: the time is the core's arithmetic throughput,
+  // not memory (everything stays in registers).
+  const auto burn = [] {
+    float x[8] = {1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f};
+    for (int k = 0; k < 4000000; ++k)
+      for (float& v : x) v = v * 0.99999f + 1e-5f;
+    float sum = 0.f;
+    for (float v : x) sum += v;
+    return sum;
+  };
+  std::vector<double> times[2];
+  volatile float sink = 0.f;
+  for (int r = 0; r < rounds; ++r)
+    for (int k = 0; k < 2; ++k) {
+      std::thread t([&] {
+        if (!PinThread(static_cast<pid_t>(syscall(SYS_gettid)), cpus[k], {})) return;
+        const auto t0 = std::chrono::steady_clock::now();
+        sink = burn();
+        times[k].push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      });
+      t.join();
+    }
+  (void)sink;
+  if (times[0].empty() || times[1].empty()) return 0.0;  // pinning refused (a sandbox)
+  double median[2];
+  for (int k = 0; k < 2; ++k) {
+    std::nth_element(times[k].begin(), times[k].begin() + times[k].size() / 2, times[k].end());
+    median[k] = times[k][times[k].size() / 2];
+  }
+  const double fast = std::min(median[0], median[1]);
+  return fast > 0 ? std::max(median[0], median[1]) / fast : 0.0;
+#else
+  (void)rounds;
+  return 0.0;
+#endif
 }
 
 double CrossCoreReadRatio(int rounds) {

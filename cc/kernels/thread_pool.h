@@ -130,6 +130,18 @@ std::vector<int> ChooseWorkerCpus(const std::vector<int>& allowed, const std::ve
 // the kernels.
 double CrossCoreReadRatio(int rounds);
 
+// How much slower the slower of the first two CPUs this process may use runs
+// a fixed chain of multiply-adds than the faster, each alone in a thread
+// pinned to it (median of `rounds` runs of about 2 ms per CPU; the caller's
+// affinity is left alone): 1.0 on an idle machine, where both CPUs run at
+// one speed.  On a shared VM a vCPU whose host core (or its SMT sibling) is
+// busy with another guest runs slower, for tens of seconds at a time: the
+// 2-vCPU EPYC VM read 1.0-1.6 within a minute, either vCPU the slow one
+// (docs/engine.md section 38), and a 2-thread run is only as fast as its
+// slower thread allows.  0 with fewer than two CPUs.  A benchmark's reading
+// of the machine, not used by the kernels.
+double CpuSpeedRatio(int rounds);
+
 // Runs fn over [0, n) on `pool`, or inline when pool is null.
 inline void ParallelFor(ThreadPool* pool, int64_t n, int64_t grain,
                         const std::function<void(int64_t, int64_t)>& fn) {
