@@ -56,44 +56,39 @@ def test_peer_table_shows_steal_per_row():
     assert lines[3].endswith("| 2.00x | 3 | - | - | - | - |")
 
 
-def test_cross_core_ratio_measures_and_leaves_the_affinity_as_it_was():
+def _probe_leaves_affinity_and_needs_two_cpus(probe):
+    """Runs `probe` (a two-CPU machine probe of bench/timing.py): the
+    caller's affinity is as before, and with one CPU allowed the probe has
+    nothing to compare (None).  Returns its reading (None on one CPU)."""
     import os
 
     before = os.sched_getaffinity(0)
-    ratio = timing.cross_core_ratio(rounds=10)
+    ratio = probe()
     assert os.sched_getaffinity(0) == before
     if len(before) < 2:
         assert ratio is None
-        return
-    # Reading another CPU's writes is never many times faster than one's own.
-    assert ratio is not None and 0.2 < ratio < 100
-    # With one CPU allowed there is nothing to compare.
+        return None
     os.sched_setaffinity(0, {min(before)})
     try:
-        assert timing.cross_core_ratio(rounds=2) is None
+        assert probe() is None
     finally:
         os.sched_setaffinity(0, before)
+    assert ratio is not None
+    return ratio
+
+
+def test_cross_core_ratio_measures_and_leaves_the_affinity_as_it_was():
+    ratio = _probe_leaves_affinity_and_needs_two_cpus(lambda: timing.cross_core_ratio(rounds=10))
+    # Reading another CPU's writes is never many times faster than one's own.
+    assert ratio is None or 0.2 < ratio < 100
 
 
 def test_cpu_speed_ratio_measures_and_leaves_the_affinity_as_it_was():
     """Two pinned threads each run the same multiply-add chain alone: the
-    slower's time over the faster's is at least 1 (and no machine runs one
-    core ten times slower than another); with one CPU there is nothing to
-    compare."""
-    import os
-
-    before = os.sched_getaffinity(0)
-    ratio = timing.cpu_speed_ratio(rounds=1)
-    assert os.sched_getaffinity(0) == before
-    if len(before) < 2:
-        assert ratio is None
-        return
-    assert ratio is not None and 1.0 <= ratio < 10
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        assert timing.cpu_speed_ratio(rounds=1) is None
-    finally:
-        os.sched_setaffinity(0, before)
+    slower's time over the faster's is at least 1, and no machine runs one
+    core ten times slower than another."""
+    ratio = _probe_leaves_affinity_and_needs_two_cpus(lambda: timing.cpu_speed_ratio(rounds=1))
+    assert ratio is None or 1.0 <= ratio < 10
 
 
 def _small_pruned_conv(size: int, channels: int) -> bytes:

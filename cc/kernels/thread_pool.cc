@@ -250,14 +250,25 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   fn_ = nullptr;
 }
 
-double CpuSpeedRatio(int rounds) {
 #if defined(__linux__)
+namespace {
+// The first two CPUs this process may use (the machine probes below pin a
+// thread to each); false with fewer than two.
+bool FirstTwoCpus(int cpus[2]) {
   cpu_set_t allowed;
-  if (rounds < 1 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return 0.0;
-  int cpus[2], found = 0;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+  int found = 0;
   for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
     if (CPU_ISSET(c, &allowed)) cpus[found++] = c;
-  if (found < 2) return 0.0;
+  return found == 2;
+}
+}  // namespace
+#endif
+
+double CpuSpeedRatio(int rounds) {
+#if defined(__linux__)
+  int cpus[2];
+  if (rounds < 1 || !FirstTwoCpus(cpus)) return 0.0;
   // Eight independent chains: the time is the core's arithmetic throughput,
   // not memory (everything stays in registers).
   const auto burn = [] {
@@ -298,12 +309,8 @@ double CpuSpeedRatio(int rounds) {
 
 double CrossCoreReadRatio(int rounds) {
 #if defined(__linux__)
-  cpu_set_t allowed;
-  if (rounds < 1 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return 0.0;
-  int cpus[2], found = 0;
-  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
-    if (CPU_ISSET(c, &allowed)) cpus[found++] = c;
-  if (found < 2) return 0.0;
+  int cpus[2];
+  if (rounds < 1 || !FirstTwoCpus(cpus)) return 0.0;
   constexpr size_t kFloats = 256 * 1024 / sizeof(float);
   std::vector<float> remote(kFloats, 0.f), local(kFloats, 0.f);
   std::atomic<int> turn{0};  // 2r + 1: writer's turn in round r; 2r + 2: reader's
