@@ -132,7 +132,7 @@ double CrossCoreReadRatio(int rounds);
 
 // How much slower the slower of the first two CPUs this process may use runs
 // a fixed chain of multiply-adds than the faster, each alone in a thread
-// pinned to it (median of `rounds` runs of about 2 ms per CPU; the caller's
+// pinned to it (median of `rounds` runs of about 7 ms per CPU; the caller's
 // affinity is left alone): 1.0 on an idle machine, where both CPUs run at
 // one speed.  On a shared VM a vCPU whose host core (or its SMT sibling) is
 // busy with another guest runs slower, for tens of seconds at a time: the
