@@ -392,7 +392,7 @@ PYBIND11_MODULE(_cc, m) {
         py::call_guard<py::gil_scoped_release>(),
         "How much slower one CPU reads 256 KB another CPU just wrote than its own "
         "(median over rounds): ~1.1 with a shared L3, ~3 across AMD CCDs; 0 with one CPU.");
-  m.def("cpu_speed_ratio", &CpuSpeedRatio, py::arg("rounds") = 5,
+  m.def("cpu_speed_ratio", &CpuSpeedRatio, py::arg("rounds") = 3,
         py::call_guard<py::gil_scoped_release>(),
         "How much slower the slower of the first two CPUs runs a fixed multiply-add chain "
         "than the faster, each pinned and alone: 1.0 on an idle machine; 0 with one CPU.");

@@ -269,8 +269,8 @@ double CpuSpeedRatio(int rounds) {
 #if defined(__linux__)
   int cpus[2];
   if (rounds < 1 || !FirstTwoCpus(cpus)) return 0.0;
-  // Eight independent chains: the time is the core's arithmetic throughput,
-  // not memory (everything stays in registers).
+  // Eight multiply-add chains in registers: the time is the core's speed
+  // (its clock and what else its pipelines run), not memory.
   const auto burn = [] {
     float x[8] = {1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f};
     for (int k = 0; k < 4000000; ++k)
@@ -282,7 +282,8 @@ double CpuSpeedRatio(int rounds) {
   std::vector<double> times[2];
   volatile float sink = 0.f;
   for (int r = 0; r < rounds; ++r)
-    for (int k = 0; k < 2; ++k) {
+    for (int j = 0; j < 2; ++j) {
+      const int k = (r + j) % 2;  // each CPU first in every other round
       std::thread t([&] {
         if (!PinThread(static_cast<pid_t>(syscall(SYS_gettid)), cpus[k], {})) return;
         const auto t0 = std::chrono::steady_clock::now();
