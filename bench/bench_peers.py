@@ -85,7 +85,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
-from ratios import targets_table  # noqa: E402
+from ratios import fastest_peer, targets_table  # noqa: E402
 from runners import RUNTIMES, WorkerRunner, make_runner, report_summary  # noqa: E402
 from timing import (cpu_speed_ratio, cpu_ticks, cross_core_ratio, machine_info,  # noqa: E402
                     steal_pct, summary)
@@ -332,8 +332,7 @@ def table(rows, peers):
         ms = r["ms"]
         cells = [f"{ms[p]['median']:.2f} ({ms[p]['q1']:.2f}-{ms[p]['q3']:.2f})" if p in ms else "-"
                  for p in peers]
-        others = [ms[p]["median"] for p in ms if not p.startswith("cocopie")]
-        ratio = min(others) / ms["cocopie"]["median"]
+        ratio = ms[fastest_peer(r)]["median"] / ms["cocopie"]["median"]
         lines.append(f"| {r['model']} | {r['threads']} | " + " | ".join(cells) +
                      f" | {ratio:.2f}x | {r['claimed']} | {', '.join(r['engines']) or '-'} | "
                      + ("-" if r.get("steal_pct") is None else f"{r['steal_pct']:.1f}%") + " | "
