@@ -134,18 +134,45 @@ def test_depthwise_matches_numpy(kernel, p, mult):
 
 @pytest.mark.parametrize("kernel", USABLE)
 @settings(max_examples=30, deadline=None)
-@given(batch=st.integers(1, 4), n_in=st.integers(1, 300), n_out=st.integers(1, 80),
+@given(batch=st.integers(1, 4), n_in=st.integers(1, 600), n_out=st.integers(1, 200),
        act=st.sampled_from(["none", "relu", "relu6"]), threads=st.integers(1, 3),
+       zeros=st.sampled_from([0.0, 0.5, 0.95, 1.0]), by_input=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
-def test_fully_connected_matches_numpy(kernel, batch, n_in, n_out, act, threads, seed):
+def test_fully_connected_matches_numpy(kernel, batch, n_in, n_out, act, threads, zeros, by_input,
+                                       seed):
+    """Both weight layouts (by input: zero inputs' rows skipped, from 64
+    units; n_in above 256 crosses the kernel's steps of inputs)."""
     r = np.random.default_rng(seed)
     x = r.standard_normal((batch, n_in)).astype(np.float32)
+    x[r.random(x.shape) < zeros] = 0.0
     w = r.standard_normal((n_out, n_in)).astype(np.float32)
     b = r.standard_normal(n_out).astype(np.float32)
-    out = _cc.fully_connected(x, w, b, activation=act, kernel=kernel, num_threads=threads)
+    out = _cc.fully_connected(x, w, b, activation=act, kernel=kernel, num_threads=threads,
+                              by_input=by_input)
     ref = _activate(x.astype(np.float64) @ w.astype(np.float64).T + b, act)
     scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T + np.abs(b)
     assert float32_error(out, ref, scale) <= 1e-5
+
+
+@pytest.mark.parametrize("kernel", USABLE)
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_fully_connected_by_input_keeps_zero_times_inf(kernel, value):
+    """Skipping a zero input's row is exact only for finite weights: with an
+    Inf or NaN weight, stock TFLite (and float64) give NaN for 0 x Inf, so
+    the by-input kernel must not skip."""
+    r = np.random.default_rng(3)
+    x = np.maximum(r.standard_normal((2, 300)), 0).astype(np.float32)  # about half zeros
+    x[:, 7] = 0.0
+    w = r.standard_normal((96, 300)).astype(np.float32)
+    w[5, 7] = value
+    with np.errstate(invalid="ignore"):
+        ref = x.astype(np.float64) @ w.astype(np.float64).T
+    assert np.isnan(ref[:, 5]).all() and np.isfinite(np.delete(ref, 5, axis=1)).all()
+    for threads in (1, 2):
+        out = _cc.fully_connected(x, w, None, kernel=kernel, num_threads=threads, by_input=True)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+        ok = ~np.isnan(ref)
+        assert np.allclose(out[ok], ref[ok], rtol=1e-5, atol=1e-4)
 
 
 def test_reference_is_exact_on_integers():

@@ -125,7 +125,7 @@ Array Depthwise(const Array& input, const Array& filter, const py::object& bias,
 
 Array FullyConnected(const Array& input, const Array& weights, const py::object& bias,
                      const std::string& activation, const std::string& kernel,
-                     int num_threads) {
+                     int num_threads, bool by_input) {
   if (input.ndim() != 2 || weights.ndim() != 2 || input.shape(1) != weights.shape(1))
     throw py::value_error("expected input [batch, in] and weights [out, in]");
   const int batch = input.shape(0), in = weights.shape(1), out_n = weights.shape(0);
@@ -136,7 +136,7 @@ Array FullyConnected(const Array& input, const Array& weights, const py::object&
   const KernelSet* set = Select(kernel);
   auto pool = MakePool(num_threads);
   Array out({batch, out_n});
-  const PackedFullyConnected packed = PackFullyConnected(weights.data(), out_n, in, bp);
+  const PackedFullyConnected packed = PackFullyConnected(weights.data(), out_n, in, bp, by_input);
   {
     py::gil_scoped_release release;
     RunFullyConnected(set, batch, packed, lo, hi, input.data(), out.mutable_data(), pool.get());
@@ -338,7 +338,9 @@ PYBIND11_MODULE(_cc, m) {
         py::arg("num_threads") = 1, "Depthwise convolution; filter is 1 x H x W x (C*M).");
   m.def("fully_connected", &FullyConnected, py::arg("input"), py::arg("weights"),
         py::arg("bias") = py::none(), py::arg("activation") = "none", py::arg("kernel") = "auto",
-        py::arg("num_threads") = 1, "Fully connected; weights are [out, in].");
+        py::arg("num_threads") = 1, py::arg("by_input") = false,
+        "Fully connected; weights are [out, in].  by_input: weights packed by input, the rows "
+        "of zero inputs skipped (the delegate's choice for an input a ReLU wrote).");
   m.def("pattern_conv2d", &PatternConv2D, py::arg("input"), py::arg("filter"),
         py::arg("bias") = py::none(), py::arg("dilations") = pair11, py::arg("padding") = "same",
         py::arg("activation") = "none", py::arg("kernel") = "auto", py::arg("num_threads") = 1,

@@ -75,12 +75,19 @@ PackedDepthwise PackDepthwise(const float* filter, int out_c, int k_h, int k_w,
 }
 
 PackedFullyConnected PackFullyConnected(const float* weights, int out, int in,
-                                        const float* bias) {
+                                        const float* bias, bool by_input) {
   PackedFullyConnected p;
   p.out = out;
   p.in = in;
-  p.oi.assign(weights, weights + static_cast<size_t>(out) * in);
+  p.oi = weights;
   p.bias = BiasOrZeros(bias, out);
+  if (by_input && out >= kFcByInputMinOut) {
+    p.io.resize(static_cast<size_t>(in) * out);
+    for (int o = 0; o < out; ++o)
+      for (int i = 0; i < in; ++i)
+        p.io[static_cast<size_t>(i) * out + o] = weights[static_cast<size_t>(o) * in + i];
+    p.skip_zero_inputs = !AnyNonFinite(weights, static_cast<int64_t>(out) * in);
+  }
   return p;
 }
 
