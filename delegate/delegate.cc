@@ -143,6 +143,7 @@ class Partition {
                           : op.kind == OpKind::kMaxPool         ? "maxpool2d"
                           : op.kind == OpKind::kAvgPool         ? "avgpool2d"
                           : op.kind == OpKind::kPad             ? "pad2d"
+                          : !op.fc.io.empty()                   ? "fc_by_input"
                                                                 : "fc_direct";
       if (delegate_->kernels == nullptr)
         kname = op.kind == OpKind::kConv2D ? "conv2d"
@@ -872,6 +873,10 @@ void* PartitionInitUnguarded(TfLiteContext* ctx, const char* buffer) {
     ops.push_back(BuildPlan(ctx, node_index, node, reg, delegate->kernels,
                             delegate->options.pattern_kernels && delegate->gpu == nullptr,
                             record, delegate->jit_isa()));
+    OpPlan& op = ops.back();
+    if (op.kind == OpKind::kFullyConnected && delegate->gpu == nullptr &&
+        delegate->fcs_after_relu.count(node_index))
+      op.fc = PackFullyConnected(op.filter_data, op.out_c, op.in_c, op.bias_data, true);
     if (record != nullptr)
       delegate->Log("node " + std::to_string(node_index) + ": metadata " + ops.back().metadata);
   }
@@ -949,6 +954,7 @@ TfLiteStatus DelegatePrepareUnguarded(TfLiteContext* ctx, TfLiteDelegate* base) 
     else why_not[node_index] = why;
   }
   supported = SupportedIfShapesAgree(ctx, Dims(plan), supported, &why_not);
+  d->fcs_after_relu = FcsAfterRelu(ctx, Dims(plan));
   // The GPU backend takes every node it supports: the point is to run the
   // model on the device, and each node left to TFLite's CPU kernels would
   // cut the partition and cost two transfers.  claim=auto on the CPU weighs

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "cc/gpu/runtime.h"
@@ -84,6 +85,10 @@ struct Delegate {
   // if they failed to parse).
   std::vector<PatternRecord> records;
   const PatternRecord* RecordFor(int node_index, int filter_tensor) const;
+
+  // FULLY_CONNECTED nodes whose input a ReLU wrote (FcsAfterRelu): their
+  // weights are packed by input.
+  std::set<int> fcs_after_relu;
 
   // Loaded on first use when options.tune != off.
   std::unique_ptr<TuningCache> tuning_cache;

@@ -952,12 +952,19 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
     }
     for (const auto& m : means)
       if (from_claimed(m.second)) claimed_means.insert(m.first);
-    // A classifier after a claimed MEAN (and the FCs after it) ends the
-    // partition: its input has no spatial axes, so no layout changes, and
-    // the graph's cores are not handed to XNNPACK's thread pool for it.
+    // A classifier whose input has no spatial extent (a MEAN's output, a
+    // pool's down to 1x1, another FC's) ends the partition after the node
+    // that writes it, when that is claimed: there is no layout to change,
+    // the graph's cores are not handed to XNNPACK's thread pool for it, and
+    // its kernel skips the weights of zero inputs (PackFullyConnected:
+    // VGG-16's ReLU-fed classifier).
     for (const auto& f : fcs) {
       const auto p = producer.find(f.second);
-      if (p != producer.end() && (claimed_means.count(p->second) || claimed_fcs.count(p->second)))
+      const TfLiteIntArray* d = ctx->tensors[f.second].dims;
+      const bool one_position = d != nullptr && (d->size == 2 || (d->size == 4 && d->data[1] == 1 &&
+                                                                  d->data[2] == 1));
+      if (p != producer.end() && one_position &&
+          (from_claimed(f.second) || claimed_means.count(p->second) || claimed_fcs.count(p->second)))
         claimed_fcs.insert(f.first);
     }
   };
@@ -1109,12 +1116,52 @@ std::vector<int> ChooseClaims(TfLiteContext* ctx, const std::vector<int>& execut
         claimed_means.count(n) || claimed_spatial.count(n) || claimed_fcs.count(n))
       out.push_back(n);
     else if (std::any_of(fcs.begin(), fcs.end(), [n](const std::pair<int, int>& f) { return f.first == n; }))
-      (*why_not)[n] = "dense operator not after a claimed MEAN: TFLite's own kernel is as fast "
-                      "(use claim=all to force)";
+      (*why_not)[n] = "fully connected layer not after a claimed node's output of one position "
+                      "(a MEAN, a pool to 1x1, a claimed FC): TFLite's own kernel is as fast on "
+                      "dense inputs (use claim=all to force)";
     else if (depthwise.count(n))
       (*why_not)[n] = "not between claimed convs (its input from a claimed conv and read by it "
                       "alone, its output read only by claimed convs)";
     else if (!why_not->count(n)) (*why_not)[n] = "no claimed conv next to it";
+  return out;
+}
+
+std::set<int> FcsAfterRelu(TfLiteContext* ctx, const std::vector<int>& execution_plan) {
+  std::map<int, bool> writer;  // tensor -> whether a ReLU wrote it
+  std::set<int> out;
+  for (int n : execution_plan) {
+    TfLiteNode* node = nullptr;
+    TfLiteRegistration* reg = nullptr;
+    if (ctx->GetNodeAndRegistration(ctx, n, &node, &reg) != kTfLiteOk || node->outputs->size < 1 ||
+        node->inputs->size < 1)
+      continue;
+    TfLiteFusedActivation act = kTfLiteActNone;
+    const void* p = node->builtin_data;
+    switch (reg->builtin_code) {
+      case kTfLiteBuiltinConv2d: act = static_cast<const TfLiteConvParams*>(p)->activation; break;
+      case kTfLiteBuiltinDepthwiseConv2d:
+        act = static_cast<const TfLiteDepthwiseConvParams*>(p)->activation;
+        break;
+      case kTfLiteBuiltinFullyConnected:
+        act = static_cast<const TfLiteFullyConnectedParams*>(p)->activation;
+        break;
+      case kTfLiteBuiltinAdd: act = static_cast<const TfLiteAddParams*>(p)->activation; break;
+      case kTfLiteBuiltinRelu: act = kTfLiteActRelu; break;
+      case kTfLiteBuiltinRelu6: act = kTfLiteActRelu6; break;
+      default: break;
+    }
+    const int input = node->inputs->data[0];
+    bool relu = act == kTfLiteActRelu || act == kTfLiteActRelu6;
+    if (reg->builtin_code == kTfLiteBuiltinMaxPool2d) {  // the max of ReLU outputs
+      const auto w = writer.find(input);
+      relu = w != writer.end() && w->second;
+    }
+    if (reg->builtin_code == kTfLiteBuiltinFullyConnected) {
+      const auto w = writer.find(input);
+      if (w != writer.end() && w->second) out.insert(n);
+    }
+    writer[node->outputs->data[0]] = relu;
+  }
   return out;
 }
 

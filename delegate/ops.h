@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,12 @@ std::vector<int> SupportedIfShapesAgree(TfLiteContext* context,
 std::vector<int> ChooseClaims(TfLiteContext* context, const std::vector<int>& execution_plan,
                               const std::vector<int>& supported, const KernelSet* pattern_kernels,
                               JitIsa jit, std::map<int, std::string>* why_not);
+
+// The FULLY_CONNECTED nodes of `execution_plan` whose input a ReLU or
+// ReLU6 wrote (an op's fused activation or the op itself, through max
+// pools): about half their inputs are zero, so their weights are packed by
+// input and the zeros' rows skipped (PackFullyConnected).
+std::set<int> FcsAfterRelu(TfLiteContext* context, const std::vector<int>& execution_plan);
 
 // Builds the plan of a node that CheckSupported accepted. `kernels` is the
 // delegate's kernel set (null: reference kernels only, no pattern kernels);

@@ -68,6 +68,8 @@ enum {
   kTfLiteBuiltinDepthwiseConv2d = 4,
   kTfLiteBuiltinFullyConnected = 9,
   kTfLiteBuiltinMaxPool2d = 17,
+  kTfLiteBuiltinRelu = 19,
+  kTfLiteBuiltinRelu6 = 21,
   kTfLiteBuiltinPad = 34,
   kTfLiteBuiltinMean = 40,
 };

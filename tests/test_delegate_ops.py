@@ -223,6 +223,50 @@ def test_a_classifier_after_a_claimed_mean_is_claimed(threads):
     assert it.delegate_report() == []
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_relu_fed_classifier_after_a_pool_to_one_position(threads):
+    """VGG-16 CIFAR's head: a claimed conv, a max pool down to 1x1, then
+    dense layers.  claim=auto takes the FCs too (their input has no spatial
+    axes); those whose input a ReLU wrote (through the max pool, or the
+    previous FC's fused ReLU) run by input, skipping the zero inputs' rows;
+    the last (10 units) and a layer fed by a linear FC keep the rows.
+    Against numpy float64 (batch 1: a Dense on a 4-D input of another batch
+    size converts with RESHAPEs around it)."""
+    import keras
+
+    from cocopie_tf import patterns as P
+
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((4, 4, 16), batch_size=1)
+    conv = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv")
+    x = keras.layers.MaxPooling2D(4)(conv(inp))
+    fc1 = keras.layers.Dense(96, activation="relu", name="fc1")
+    fc2 = keras.layers.Dense(80, name="fc2")
+    fc3 = keras.layers.Dense(72, name="fc3")
+    fc4 = keras.layers.Dense(10, name="fc4")
+    model = keras.Model(inp, fc4(fc3(fc2(fc1(x)))))
+    wts = conv.get_weights()
+    wts[0] = P.prune_kernel(wts[0], connectivity=2.0)
+    conv.set_weights(wts)
+    tfl = convert(model)
+    for seed in (1, 2):
+        x = np.random.default_rng(seed).standard_normal((1, 4, 4, 16)).astype(np.float32)
+        it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=threads)
+        got = run_tflite(it, [x])[0]
+        want = conv(x).numpy().astype(np.float64).max(axis=(1, 2))
+        for layer, relu in ((fc1, True), (fc2, False), (fc3, False), (fc4, False)):
+            w, b = layer.get_weights()
+            want = want @ w + b
+            want = np.maximum(want, 0) if relu else want
+        assert rel_error(got, want) <= 1e-5
+        kernels = {e["node_index"]: (e["op"], e["kernel"].split("__")[0])
+                   for e in it.delegate_report()}
+        report = [kernels[n] for n in sorted(kernels)]
+        assert [op for op, _ in report] == ["CONV_2D", "MAX_POOL_2D"] + ["FULLY_CONNECTED"] * 4
+        assert [k for _, k in report[2:]] == ["f32_fc_by_input", "f32_fc_by_input",
+                                             "f32_fc_direct", "f32_fc_direct"], report
+
+
 def test_mean_over_other_axes_stays_with_tflite():
     import keras
 
