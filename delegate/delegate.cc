@@ -873,6 +873,8 @@ void* PartitionInitUnguarded(TfLiteContext* ctx, const char* buffer) {
     ops.push_back(BuildPlan(ctx, node_index, node, reg, delegate->kernels,
                             delegate->options.pattern_kernels && delegate->gpu == nullptr,
                             record, delegate->jit_isa()));
+    // An FC fed by a ReLU: half its inputs are zero, whose weights the
+    // by-input kernel never reads (PackFullyConnected).
     OpPlan& op = ops.back();
     if (op.kind == OpKind::kFullyConnected && delegate->gpu == nullptr &&
         delegate->fcs_after_relu.count(node_index))

@@ -120,7 +120,9 @@ std::vector<int> SupportedIfShapesAgree(TfLiteContext* context,
 // off).  Pattern convs are charged a layout change only at an edge whose
 // neighbour stays with TFLite (or reads NHWC: a phase-split conv), so convs
 // of a residual block are judged together; ADDs are taken next to claimed
-// convs, pools and MEANs after them.  `why_not` gets the reason for every supported node left out.
+// convs, pools and MEANs after them, and FULLY_CONNECTED layers whose input
+// has one position per image (a MEAN's, a pool's down to 1x1) after those.
+// `why_not` gets the reason for every supported node left out.
 std::vector<int> ChooseClaims(TfLiteContext* context, const std::vector<int>& execution_plan,
                               const std::vector<int>& supported, const KernelSet* pattern_kernels,
                               JitIsa jit, std::map<int, std::string>* why_not);
