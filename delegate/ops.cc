@@ -1152,7 +1152,8 @@ std::set<int> FcsAfterRelu(TfLiteContext* ctx, const std::vector<int>& execution
     }
     const int input = node->inputs->data[0];
     bool relu = act == kTfLiteActRelu || act == kTfLiteActRelu6;
-    if (reg->builtin_code == kTfLiteBuiltinMaxPool2d) {  // the max of ReLU outputs
+    if (reg->builtin_code == kTfLiteBuiltinMaxPool2d ||  // the max of ReLU outputs
+        reg->builtin_code == kTfLiteBuiltinReshape) {    // a Flatten before a Dense
       const auto w = writer.find(input);
       relu = w != writer.end() && w->second;
     }

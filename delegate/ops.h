@@ -129,8 +129,8 @@ std::vector<int> ChooseClaims(TfLiteContext* context, const std::vector<int>& ex
 
 // The FULLY_CONNECTED nodes of `execution_plan` whose input a ReLU or
 // ReLU6 wrote (an op's fused activation or the op itself, through max
-// pools): about half their inputs are zero, so their weights are packed by
-// input and the zeros' rows skipped (PackFullyConnected).
+// pools and reshapes): about half their inputs are zero, so their weights
+// are packed by input and the zeros' rows skipped (PackFullyConnected).
 std::set<int> FcsAfterRelu(TfLiteContext* context, const std::vector<int>& execution_plan);
 
 // Builds the plan of a node that CheckSupported accepted. `kernels` is the

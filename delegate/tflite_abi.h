@@ -70,6 +70,7 @@ enum {
   kTfLiteBuiltinMaxPool2d = 17,
   kTfLiteBuiltinRelu = 19,
   kTfLiteBuiltinRelu6 = 21,
+  kTfLiteBuiltinReshape = 22,
   kTfLiteBuiltinPad = 34,
   kTfLiteBuiltinMean = 40,
 };

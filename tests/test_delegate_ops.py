@@ -267,6 +267,36 @@ def test_a_relu_fed_classifier_after_a_pool_to_one_position(threads):
                                              "f32_fc_direct", "f32_fc_direct"], report
 
 
+def test_a_dense_layer_after_a_flatten_of_relu_outputs_runs_by_input():
+    """claim=all: a Flatten (RESHAPE, left to TFLite) of a conv's ReLU
+    output keeps its zeros, so the Dense after it runs by input, as does the
+    Dense after that one's fused ReLU; a Dense fed by a linear one keeps the
+    rows.  Against numpy float64, 1 and 2 threads."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 6, 8), batch_size=1)
+    conv = keras.layers.Conv2D(12, 3, padding="same", activation="relu")
+    fc1 = keras.layers.Dense(80, activation="relu")
+    fc2 = keras.layers.Dense(72)
+    fc3 = keras.layers.Dense(64)
+    model = keras.Model(inp, fc3(fc2(fc1(keras.layers.Flatten()(conv(inp))))))
+    tfl = convert(model)
+    x = np.random.default_rng(5).standard_normal((1, 6, 6, 8)).astype(np.float32)
+    want = conv(x).numpy().astype(np.float64).reshape(1, -1)
+    for layer, relu in ((fc1, True), (fc2, False), (fc3, False)):
+        w, b = layer.get_weights()
+        want = want @ w + b
+        want = np.maximum(want, 0) if relu else want
+    for threads in (1, 2):
+        it = lite.Interpreter(model_content=tfl, claim="all", num_threads=threads)
+        assert rel_error(run_tflite(it, [x])[0], want) <= 1e-5
+        fcs = [e["kernel"].split("__")[0] for e in sorted(it.delegate_report(),
+                                                          key=lambda e: e["node_index"])
+               if e["op"] == "FULLY_CONNECTED"]
+        assert fcs == ["f32_fc_by_input", "f32_fc_by_input", "f32_fc_direct"], fcs
+
+
 def test_mean_over_other_axes_stays_with_tflite():
     import keras
 
