@@ -876,8 +876,9 @@ void* PartitionInitUnguarded(TfLiteContext* ctx, const char* buffer) {
     // An FC fed by a ReLU: half its inputs are zero, whose weights the
     // by-input kernel never reads (PackFullyConnected).
     OpPlan& op = ops.back();
+    // (kernels=reference reads the model's rows: nothing to pack.)
     if (op.kind == OpKind::kFullyConnected && delegate->gpu == nullptr &&
-        delegate->fcs_after_relu.count(node_index))
+        delegate->kernels != nullptr && delegate->fcs_after_relu.count(node_index))
       op.fc = PackFullyConnected(op.filter_data, op.out_c, op.in_c, op.bias_data, true);
     if (record != nullptr)
       delegate->Log("node " + std::to_string(node_index) + ": metadata " + ops.back().metadata);

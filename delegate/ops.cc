@@ -1137,7 +1137,7 @@ std::set<int> FcsAfterRelu(TfLiteContext* ctx, const std::vector<int>& execution
       continue;
     TfLiteFusedActivation act = kTfLiteActNone;
     const void* p = node->builtin_data;
-    switch (reg->builtin_code) {
+    switch (p == nullptr ? -1 : reg->builtin_code) {  // no parameters: no fused activation
       case kTfLiteBuiltinConv2d: act = static_cast<const TfLiteConvParams*>(p)->activation; break;
       case kTfLiteBuiltinDepthwiseConv2d:
         act = static_cast<const TfLiteDepthwiseConvParams*>(p)->activation;
@@ -1146,6 +1146,10 @@ std::set<int> FcsAfterRelu(TfLiteContext* ctx, const std::vector<int>& execution
         act = static_cast<const TfLiteFullyConnectedParams*>(p)->activation;
         break;
       case kTfLiteBuiltinAdd: act = static_cast<const TfLiteAddParams*>(p)->activation; break;
+      case kTfLiteBuiltinMaxPool2d: act = static_cast<const TfLitePoolParams*>(p)->activation; break;
+      default: break;
+    }
+    switch (reg->builtin_code) {
       case kTfLiteBuiltinRelu: act = kTfLiteActRelu; break;
       case kTfLiteBuiltinRelu6: act = kTfLiteActRelu6; break;
       default: break;
@@ -1155,7 +1159,7 @@ std::set<int> FcsAfterRelu(TfLiteContext* ctx, const std::vector<int>& execution
     if (reg->builtin_code == kTfLiteBuiltinMaxPool2d ||  // the max of ReLU outputs
         reg->builtin_code == kTfLiteBuiltinReshape) {    // a Flatten before a Dense
       const auto w = writer.find(input);
-      relu = w != writer.end() && w->second;
+      relu = relu || (w != writer.end() && w->second);
     }
     if (reg->builtin_code == kTfLiteBuiltinFullyConnected) {
       const auto w = writer.find(input);

@@ -230,8 +230,9 @@ def test_a_relu_fed_classifier_after_a_pool_to_one_position(threads):
     axes); those whose input a ReLU wrote (through the max pool, or the
     previous FC's fused ReLU) run by input, skipping the zero inputs' rows;
     the last (10 units) and a layer fed by a linear FC keep the rows.
-    Against numpy float64 (batch 1: a Dense on a 4-D input of another batch
-    size converts with RESHAPEs around it)."""
+    Against numpy float64 at batch 1 and, resized, 2 (converted at batch 1:
+    a Dense on a 4-D input of unknown batch converts with RESHAPEs around
+    it); an Inf weight of a zero input's row gives NaN, as 0 x Inf does."""
     import keras
 
     from cocopie_tf import patterns as P
@@ -249,22 +250,44 @@ def test_a_relu_fed_classifier_after_a_pool_to_one_position(threads):
     wts[0] = P.prune_kernel(wts[0], connectivity=2.0)
     conv.set_weights(wts)
     tfl = convert(model)
-    for seed in (1, 2):
-        x = np.random.default_rng(seed).standard_normal((1, 4, 4, 16)).astype(np.float32)
-        it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=threads)
-        got = run_tflite(it, [x])[0]
-        want = conv(x).numpy().astype(np.float64).max(axis=(1, 2))
+    def forward(x):
+        h = conv(x).numpy().astype(np.float64).max(axis=(1, 2))
         for layer, relu in ((fc1, True), (fc2, False), (fc3, False), (fc4, False)):
             w, b = layer.get_weights()
-            want = want @ w + b
-            want = np.maximum(want, 0) if relu else want
-        assert rel_error(got, want) <= 1e-5
+            with np.errstate(invalid="ignore"):
+                h = h @ w.astype(np.float64) + b
+            h = np.maximum(h, 0) if relu else h
+        return h
+
+    for batch in (1, 2):
+        x = np.random.default_rng(batch).standard_normal((batch, 4, 4, 16)).astype(np.float32)
+        it = lite.Interpreter(model_content=tfl, claim="auto", num_threads=threads)
+        got = run_tflite(it, [x])[0].reshape(batch, -1)
+        assert rel_error(got, forward(x)) <= 1e-5
         kernels = {e["node_index"]: (e["op"], e["kernel"].split("__")[0])
                    for e in it.delegate_report()}
         report = [kernels[n] for n in sorted(kernels)]
         assert [op for op, _ in report] == ["CONV_2D", "MAX_POOL_2D"] + ["FULLY_CONNECTED"] * 4
         assert [k for _, k in report[2:]] == ["f32_fc_by_input", "f32_fc_by_input",
                                              "f32_fc_direct", "f32_fc_direct"], report
+    # An Inf in fc2's row of an input that fc1's ReLU zeroed: no skipping.
+    # (The converter saturates an Inf weight to FLT_MAX: the file's bytes
+    # are edited instead.)
+    x = np.random.default_rng(1).standard_normal((1, 4, 4, 16)).astype(np.float32)
+    w1, b1 = fc1.get_weights()
+    j = int(np.flatnonzero(np.maximum(conv(x).numpy().max(axis=(1, 2)) @ w1 + b1, 0)[0] == 0)[0])
+    w2, b2 = fc2.get_weights()
+    raw = w2[j, 3].tobytes()
+    assert tfl.count(raw) == 1
+    poisoned = tfl.replace(raw, np.float32(np.inf).tobytes())
+    w2[j, 3] = np.inf
+    fc2.set_weights([w2, b2])
+    want = forward(x)
+    assert np.isnan(want).all()  # fc2's unit 3 is NaN, and fc3 mixes it into every unit
+    it = lite.Interpreter(model_content=poisoned, claim="auto", num_threads=threads)
+    got = run_tflite(it, [x])[0].reshape(1, -1)
+    assert np.isnan(got).all() and np.isnan(reference_outputs(poisoned, [x])[0]).all(), got
+    assert it.delegate_report()[3]["kernel"].startswith("f32_fc_by_input")  # fc2
 
 
 def test_a_dense_layer_after_a_flatten_of_relu_outputs_runs_by_input():
