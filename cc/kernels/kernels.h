@@ -78,9 +78,9 @@ inline uint64_t DepthwiseTapUnion(const PackedDepthwise& w, int c0, int c1) {
 // them by input (`io`, [in][out]) when there are at least kFcByInputMinOut
 // units: the kernel then adds x_i * io[i] for each input and skips the
 // whole row of an input that is zero (VGG-16's 67 MB second classifier
-// layer reads half its weights: 1.4-1.6 against 2.5-2.9 ms for its rows,
-// AMD Zen 4, 1 thread).  On a dense input the rows' one stream is faster
-// than the eight of the by-input kernel (docs/engine.md section 39), hence
+// layer reads half its weights: 1.4-1.7 ms against 3.7-4.7 for its rows,
+// AMD Zen 4, 1 thread).  On a dense input it reads everything, eight rows
+// side by side, no faster than the rows (docs/engine.md section 39): hence
 // the choice by producer.  Skipping is exact when every weight is finite
 // (0 x w adds a zero); one Inf or NaN weight turns it off, since stock
 // TFLite gives NaN for 0 x Inf.
