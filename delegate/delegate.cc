@@ -874,9 +874,9 @@ void* PartitionInitUnguarded(TfLiteContext* ctx, const char* buffer) {
                             delegate->options.pattern_kernels && delegate->gpu == nullptr,
                             record, delegate->jit_isa()));
     // An FC fed by a ReLU: half its inputs are zero, whose weights the
-    // by-input kernel never reads (PackFullyConnected).
+    // by-input kernel never reads (PackFullyConnected).  kernels=reference
+    // reads the model's rows: nothing to pack there.
     OpPlan& op = ops.back();
-    // (kernels=reference reads the model's rows: nothing to pack.)
     if (op.kind == OpKind::kFullyConnected && delegate->gpu == nullptr &&
         delegate->kernels != nullptr && delegate->fcs_after_relu.count(node_index))
       op.fc = PackFullyConnected(op.filter_data, op.out_c, op.in_c, op.bias_data, true);
