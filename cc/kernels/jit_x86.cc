@@ -57,7 +57,8 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
     // AVX-512, V = 1, M <= 29 (zmm30-31 free): a column whose window crosses a cache
     // line is shifted (valignd) out of two line-aligned loads shared with its
     // row neighbours (taps kx, kx+1, ...) instead of one split load: 1.15-1.2x
-    // on 56x56 to 14x14 layers (docs/engine.md section 20).  The second line
+    // on 56x56 to 14x14 layers (docs/engine.md section 20); a window that no
+    // neighbour shares stays one split load (section 40).  The second line
     // stays inside the proved reads (<= max_column_offset + 16).  Aligned
     // means relative to the tile's start, which is a whole line into
     // line-aligned buffers (LineFloats).
@@ -151,7 +152,16 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
       for (size_t c = c0; c < c1; ++c) {
         const int64_t off = b.column_offset[c] * 4;
         const int64_t fo = b.column_offset[c], r = fo % 16, line = fo - r;
-        if (shifted && fo >= 0 && r != 0 && line + 16 <= lay.max_column_offset) {
+        // A window no neighbour shares (1x1 convs on maps whose planes are
+        // not whole lines, e.g. 7x7 and 14x14) is one split load: two
+        // line loads and a shift would cost two more instructions and 17
+        // more code bytes per column for nothing.
+        bool shared = held == line || held + 16 == line;
+        if (!shared && c + 1 < c1) {
+          const int64_t next = b.column_offset[c + 1], next_line = next - next % 16;
+          shared = next >= 0 && (next_line == line || next_line == line + 16);
+        }
+        if (shifted && fo >= 0 && r != 0 && line + 16 <= lay.max_column_offset && shared) {
           // Two line-aligned vectors, kept for the next columns of the row,
           // and the column's window shifted out of them.
           if (held != line) {
