@@ -225,3 +225,17 @@ def test_report_while_another_thread_invokes(pruned_tflite):
     finally:
         stop.set()
         t.join()
+
+
+def test_option_none_means_its_default(pruned_tflite, tmp_path, monkeypatch):
+    """`tune_cache=None` is the default cache (COCOPIE_TUNING_CACHE here),
+    not a file named "None" in the working directory."""
+    default = tmp_path / "default.tsv"
+    monkeypatch.setenv("COCOPIE_TUNING_CACHE", str(default))
+    monkeypatch.chdir(tmp_path)
+    it = lite.Interpreter(model_content=pruned_tflite, tune="on", tune_cache=None)
+    it.allocate_tensors()
+    it.invoke()
+    del it
+    assert default.exists()
+    assert not (tmp_path / "None").exists()

@@ -65,6 +65,8 @@ def _delegate_options(backend: str, num_threads: int | None, options: dict[str, 
             raise ValueError(f"num_threads: expected a positive integer, got {num_threads!r}")
         opts["num_threads"] = str(num_threads)
     for key, value in options.items():
+        if value is None:  # the option's default, as for num_threads (not the string "None")
+            continue
         if isinstance(value, bool):
             value = "true" if value else "false"
         value = str(value)
@@ -90,7 +92,8 @@ def load_delegate(*, backend: str = "cpu", num_threads: int | None = None, **opt
       num_threads: threads for the delegate's kernels; default: the
         interpreter's ``num_threads``.
       **options: further delegate options (``verbose``, ``kernel``); unknown
-        names are refused with a ValueError that names them.
+        names are refused with a ValueError that names them, and an option
+        given as ``None`` takes its default.
 
     Pass the result to ``ai_edge_litert.interpreter.Interpreter(...,
     experimental_delegates=[delegate])``, or use :class:`Interpreter`.
