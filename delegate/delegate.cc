@@ -66,6 +66,9 @@ class Partition {
       op.fused = op.zero_border = false;
       op.residual = op.write_to = -1;
     }
+    std::set<int> depthwise_inputs;  // tensors a depthwise conv reads
+    for (const OpPlan& op : ops_)
+      if (op.kind == OpKind::kDepthwiseConv2D) depthwise_inputs.insert(op.input);
     for (OpPlan& op : ops_) {
       const auto it = internal_dims.find(op.input);
       std::vector<int> in_dims;
@@ -120,7 +123,13 @@ class Partition {
         // (RunInPlace), and making the padded planes' code first doubled
         // their generation (ResNet-50's Prepare 1.8 -> 1.3 s).  RunInPlace
         // makes it again for the few that end up not in place.
-        if (InPlaceCandidate(op)) op.tuning.planar_direct = true;
+        if (InPlaceCandidate(op)) {
+          op.tuning.planar_direct = true;
+          // Each thread's share of the filter blocks writes one range of
+          // channels, the range its share of a depthwise conv after reads.
+          if (depthwise_inputs.count(op.output))
+            op.tuning.jit_channel_parts = delegate_->num_threads;
+        }
         // Code generation (or the static layout) happens here, not in the
         // first Invoke.
         e.engine = PreparePatternConv(delegate_->kernels, op.shape, op.pattern,
@@ -365,6 +374,7 @@ class Partition {
       e->jit_filters = k->layout().filters;
       e->jit_vectors = k->layout().vectors;
       e->jit_segments = k->layout().segments;
+      e->jit_channel_parts = k->layout().channel_parts;
       e->band_rows = scratch.band.rows;
     }
   }
@@ -1045,6 +1055,7 @@ std::string Delegate::ReportJson() {
            ",\"jit_filters\":" + std::to_string(e.jit_filters) +
            ",\"jit_vectors\":" + std::to_string(e.jit_vectors) +
            ",\"jit_segments\":" + std::to_string(e.jit_segments) +
+           ",\"jit_channel_parts\":" + std::to_string(e.jit_channel_parts) +
            ",\"band_rows\":" + std::to_string(e.band_rows) +
            ",\"small_map\":" + (e.small_map ? "true" : "false") +
            ",\"pair_map\":" + (e.pair_map ? "true" : "false") +

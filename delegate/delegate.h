@@ -48,6 +48,7 @@ struct ReportEntry {
   double generate_ms = 0;
   int jit_filters = 0, jit_vectors = 0;
   int64_t jit_segments = 0;  // code segments over all filter blocks
+  int jit_channel_parts = 0; // ranges of output channels its blocks keep apart (JitLayout)
   int band_rows = 0;         // output rows per band (0: the whole image at once)
   bool small_map = false;    // the static small-map kernel runs (maps of <= 16 positions)
   bool pair_map = false;     // the static pair-map kernel runs (8-wide maps up to 8x8)

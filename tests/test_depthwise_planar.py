@@ -112,6 +112,13 @@ def test_depthwise_between_planar_tensors_matches(stride, dw_patterns, threads, 
             kept = np.count_nonzero(k)
         assert e["executed_macs"] == positions * kept
         assert (e["executed_macs"] < e["dense_macs"]) == (dw_patterns and kept < k.size)
+    # The expand convs, which a depthwise conv reads, keep one range of
+    # channels per thread in their filter blocks (jit_channel_parts); the
+    # others one range.
+    for e in report.values():
+        if e["op"] == "CONV_2D" and e.get("engine", "").startswith("jit_"):
+            expand = "_expand" in e["output_name"]
+            assert e["jit_channel_parts"] == (threads if expand else 1), (e["output_name"], e)
 
 
 def test_depthwise_batch_two_stays_nhwc():

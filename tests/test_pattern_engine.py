@@ -143,6 +143,40 @@ def test_code_heavy_layers_split_their_filter_blocks_between_threads(isa):
     assert layer.engine["filter_major"] is False
 
 
+@pytest.mark.skipif(not JIT_ISAS, reason="no code generator in this build or CPU")
+@pytest.mark.parametrize("isa", JIT_ISAS)
+@pytest.mark.parametrize("k,parts", [(1, 2), (1, 3), (3, 2)])
+def test_channel_parts_keep_each_block_in_one_range(isa, k, parts):
+    """jit_channel_parts=T (the delegate's choice for a 1x1 conv before a
+    depthwise conv at T threads): no filter block mixes output channels of
+    two of T equal ranges, and the blocks come in range order, so a thread's
+    share of them writes one range (docs/engine.md section 40).  A filter's
+    sum does not depend on its block mates: the output is the same, bit for
+    bit, as with one range, and equals float64, at 1-3 threads."""
+    rng = np.random.default_rng(40 + k + parts)
+    oc = 97 if parts == 3 else 96  # 97: ranges of 32, 32 and 33 channels
+    filt = _pruned_filter(rng, oc, k, 40, connectivity=3.6 if k == 1 else 2.0)
+    b = rng.standard_normal(oc).astype(np.float32)
+    x = rng.standard_normal((1, 14, 14, 40)).astype(np.float32)
+    ref = np_conv2d(x, filt, b, (1, 1), (1, 1), "same", act="relu6")
+    whole = _cc.PatternConvLayer(filt, b, activation="relu6", jit=isa)(x)
+    for threads in (1, 2, 3):
+        layer = _cc.PatternConvLayer(filt, b, activation="relu6", num_threads=threads, jit=isa,
+                                     jit_channel_parts=parts)
+        out = layer(x)
+        assert rel_error(out, ref) <= 1e-5
+        np.testing.assert_array_equal(out, whole)
+        e = layer.engine
+        assert e["engine"] == "jit_" + isa and e["channel_parts"] == parts
+        ranges = [[c * parts // oc for c in block] for block in e["block_channels"]]
+        assert all(len(set(r)) == 1 for r in ranges), ranges
+        order = [r[0] for r in ranges]
+        assert order == sorted(order) and set(order) == set(range(parts))
+        assert sorted(c for block in e["block_channels"] for c in block) == list(range(oc))
+    with pytest.raises(ValueError, match="jit_channel_parts"):
+        _cc.PatternConvLayer(filt, b, jit=isa, jit_channel_parts=-1)
+
+
 def test_generated_kernel_isas_on_this_machine():
     """Says which generator ISAs this machine tested (see -ra output), and
     that auto picks the widest one."""

@@ -154,7 +154,7 @@ class PatternConvLayer {
                    const std::string& kernel, int num_threads, int group, bool reorder,
                    int chunk_channels, int tile_vectors, const std::string& jit, int jit_filters,
                    int jit_vectors, bool jit_reorder, int jit_segment, int jit_task_positions,
-                   int jit_band_rows)
+                   int jit_band_rows, int jit_channel_parts)
       : dilations_(dilations), padding_(padding), activation_(activation) {
     if (filter.ndim() != 4) throw py::value_error("filter must be OHWI (4-D)");
     oc_ = filter.shape(0); kh_ = filter.shape(1); kw_ = filter.shape(2); ic_ = filter.shape(3);
@@ -208,6 +208,8 @@ class PatternConvLayer {
     if (jit_band_rows < -1)
       throw py::value_error("jit_band_rows must be >= -1 (0 = automatic, -1 = whole image)");
     tuning_.jit_band_rows = jit_band_rows;
+    if (jit_channel_parts < 0) throw py::value_error("jit_channel_parts must be >= 0 (0 = one range)");
+    tuning_.jit_channel_parts = jit_channel_parts;
   }
 
   Array Call(const Array& input) {
@@ -266,6 +268,10 @@ class PatternConvLayer {
       d["segments"] = l.segments;
       d["band_rows"] = scratch_.band.rows;
       d["filter_major"] = scratch_.filter_major;
+      d["channel_parts"] = l.channel_parts;
+      py::list blocks;  // each block's output channels
+      for (const JitBlock& b : l.blocks) blocks.append(py::cast(b.out_channel));
+      d["block_channels"] = blocks;
     }
     return d;
   }
@@ -290,7 +296,7 @@ Array PatternConv2D(const Array& input, const Array& filter, const py::object& b
                    const std::string& activation, const std::string& kernel, int num_threads,
                    int group) {
   PatternConvLayer layer(filter, bias, dilations, padding, activation, kernel, num_threads, group,
-                         true, 0, 0, "auto", 0, 0, true, 0, 0, 0);
+                         true, 0, 0, "auto", 0, 0, true, 0, 0, 0, 0);
   return layer.Call(input);
 }
 
@@ -352,7 +358,7 @@ PYBIND11_MODULE(_cc, m) {
                                "engine's knobs (0 = automatic), for ablation and tuning.")
       .def(py::init<const Array&, const py::object&, std::pair<int, int>, const std::string&,
                     const std::string&, const std::string&, int, int, bool, int, int,
-                    const std::string&, int, int, bool, int, int, int>(),
+                    const std::string&, int, int, bool, int, int, int, int>(),
            py::arg("filter"), py::arg("bias") = py::none(), py::arg("dilations") = pair11,
            py::arg("padding") = "same", py::arg("activation") = "none",
            py::arg("kernel") = "auto", py::arg("num_threads") = 1,
@@ -360,7 +366,7 @@ PYBIND11_MODULE(_cc, m) {
            py::arg("chunk_channels") = 0, py::arg("tile_vectors") = 0, py::arg("jit") = "auto",
            py::arg("jit_filters") = 0, py::arg("jit_vectors") = 0, py::arg("jit_reorder") = true,
            py::arg("jit_segment") = 0, py::arg("jit_task_positions") = 0,
-           py::arg("jit_band_rows") = 0)
+           py::arg("jit_band_rows") = 0, py::arg("jit_channel_parts") = 0)
       .def_property_readonly("engine", &PatternConvLayer::Engine,
                              "what the last call ran: engine name, and for generated code "
                              "code_bytes, generate_ms, filter blocks and tile")

@@ -849,7 +849,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
   // Checked on every run: the fields' bytes, not text (formatting them with
   // snprintf cost about 1% of MobileNetV2's inference, on the calling thread).
   std::string key;
-  key.reserve(112);
+  key.reserve(120);
   const auto put = [&key](auto v) { key.append(reinterpret_cast<const char*>(&v), sizeof v); };
   put(static_cast<const void*>(set));
   for (int v : {s.batch, s.in_h, s.in_w, s.in_c, s.out_h, s.out_w, s.pad_top, s.pad_left, s.dil_h,
@@ -857,7 +857,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
                 tuning.jit_filters, tuning.jit_vectors, tuning.jit_reorder ? 1 : 0,
                 tuning.jit_segment, tuning.jit_band_rows, tuning.static_small_map,
                 tuning.planar_direct ? 1 : 0, tuning.residual_epilogue ? 1 : 0,
-                tuning.residual_first ? 1 : 0})
+                tuning.residual_first ? 1 : 0, tuning.jit_channel_parts})
     put(v);
   put(s.act_min);
   put(s.act_max);
@@ -918,7 +918,7 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
                          : g.direct ? g.plane
                                     : static_cast<int64_t>(g.num_blocks) * g.block_len,
                          isa, tuning.jit_filters, vectors, tuning.jit_reorder, tuning.jit_segment,
-                         s.act_min, s.act_max, &layout, check_input);
+                         s.act_min, s.act_max, &layout, check_input, tuning.jit_channel_parts);
     layout.residual = tuning.residual_epilogue && g.direct && JitKernel::AddsResidual(isa);
     layout.residual_first = layout.residual && tuning.residual_first;
     if (why.empty()) {

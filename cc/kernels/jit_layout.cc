@@ -130,6 +130,26 @@ std::vector<std::vector<int>> BlockFilters(const std::vector<std::vector<int32_t
   return blocks;
 }
 
+// BlockFilters within each part (part[f] in [0, parts)), the parts' blocks
+// in part order: no block mixes two parts.
+std::vector<std::vector<int>> BlockFiltersInParts(const std::vector<std::vector<int32_t>>& cols,
+                                                  int num_columns, int m, bool reorder,
+                                                  const std::vector<int>& part, int parts) {
+  if (parts <= 1) return BlockFilters(cols, num_columns, m, reorder);
+  std::vector<std::vector<int>> blocks;
+  for (int q = 0; q < parts; ++q) {
+    std::vector<std::vector<int32_t>> sub;
+    std::vector<int> ids;  // sub's filters in plan order
+    for (size_t f = 0; f < cols.size(); ++f)
+      if (part[f] == q) sub.push_back(cols[f]), ids.push_back(static_cast<int>(f));
+    for (std::vector<int>& b : BlockFilters(sub, num_columns, m, reorder)) {
+      for (int& f : b) f = ids[f];
+      blocks.push_back(std::move(b));
+    }
+  }
+  return blocks;
+}
+
 }  // namespace
 
 std::vector<JitSegment> JitSegments(const JitBlock& b) {
@@ -155,8 +175,9 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
                            int segment_uses, float act_min, float act_max, JitLayout* layout,
-                           bool check_input) {
+                           bool check_input, int channel_parts) {
   if (JitLanes(isa) == 0) return "no code generator for this ISA";
+  if (channel_parts < 1 || channel_parts > p.out_c) channel_parts = 1;
   if (check_input && !JitChecksInput(isa)) return "this ISA's generator cannot check its input";
   if (vectors == 0) vectors = 1;
   const int max_m = JitMaxFilters(isa, vectors, check_input);
@@ -194,6 +215,7 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   L.act_min = act_min;
   L.act_max = act_max;
   L.check_input = check_input;
+  L.channel_parts = channel_parts;
   L.segment_uses = segment_uses == 0  ? kJitSegmentUses
                    : segment_uses < 0 ? std::numeric_limits<int64_t>::max()
                                       : segment_uses;
@@ -239,8 +261,14 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   if (w != p.fkw_weights.size()) return "FKW weights longer than the kernels";
 
   std::vector<char> column_checked(static_cast<size_t>(p.in_c) * taps, 0);
-  for (const std::vector<int>& members : BlockFilters(cols, p.in_c * taps, filters,
-                                                      reorder_filters)) {
+  std::vector<int> part(static_cast<size_t>(p.out_c), 0);
+  for (int f = 0; f < p.out_c; ++f) {
+    const int o = p.reorder[f];
+    if (o < 0 || o >= p.out_c) return "filter order out of range";
+    part[f] = static_cast<int>(int64_t(o) * channel_parts / p.out_c);
+  }
+  for (const std::vector<int>& members : BlockFiltersInParts(cols, p.in_c * taps, filters,
+                                                             reorder_filters, part, channel_parts)) {
     JitBlock b;
     std::vector<Use> all;
     for (size_t s = 0; s < members.size(); ++s) {

@@ -107,6 +107,9 @@ constexpr int kJitSegmentUses = 1536;
 struct JitLayout {
   JitIsa isa = JitIsa::kNone;
   int lanes = 0, filters = 0, vectors = 0;  // M, V
+  // Blocks never mix output channels of two of these equal ranges, and
+  // come in range order (BuildJitLayout's channel_parts).
+  int channel_parts = 1;
   int64_t channel_stride = 0;  // floats between input channels (padded plane)
   int64_t out_plane = 0;       // floats between output channels
   int64_t input_floats = 0;    // size of the input buffer the code reads
@@ -155,11 +158,16 @@ struct JitLayout {
 // then leaves its registers free).  Returns "" or why the layer cannot be
 // generated (then the static kernels run it).
 // The output is plan.bias added and clamped to [act_min, act_max].
+// `channel_parts` > 1 (PatternTuning::jit_channel_parts) splits the output
+// channels into that many equal ranges, blocks filters within each, and
+// orders the blocks by range: the thread that runs a share of the blocks then
+// writes one range of channels, the one the next depthwise conv's same
+// thread reads (docs/engine.md section 40).
 std::string BuildJitLayout(const PatternPlan& plan, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
                            int segment_uses, float act_min, float act_max, JitLayout* layout,
-                           bool check_input = false);
+                           bool check_input = false, int channel_parts = 1);
 
 class JitKernel {
  public:

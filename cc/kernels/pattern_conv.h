@@ -176,6 +176,13 @@ struct PatternTuning {
   // (JitLayout::residual_first), for an output the delegate writes over the
   // residual; not tuned or cached.
   bool residual_first = false;
+  // generated: filters blocked within this many equal ranges of output
+  // channels, the blocks in range order (BuildJitLayout's channel_parts);
+  // set by the driver to its thread count for 1x1 convs that run in place,
+  // so that each thread's share of the blocks writes the planes its share
+  // of the next depthwise conv reads (0 or 1: one range); not tuned or
+  // cached.
+  int jit_channel_parts = 0;
 };
 
 // Scratch buffers reused across runs (padded CHW input, CHW output) and the
