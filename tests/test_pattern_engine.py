@@ -175,6 +175,10 @@ def test_channel_parts_keep_each_block_in_one_range(isa, k, parts):
         assert sorted(c for block in e["block_channels"] for c in block) == list(range(oc))
     with pytest.raises(ValueError, match="jit_channel_parts"):
         _cc.PatternConvLayer(filt, b, jit=isa, jit_channel_parts=-1)
+    # Ranges of fewer than half a block's filters: one range.
+    few = _cc.PatternConvLayer(filt[:12], b[:12], jit=isa, jit_filters=12, jit_channel_parts=3)
+    few(x)
+    assert few.engine["channel_parts"] == 1 and len(few.engine["block_channels"]) == 1
 
 
 def test_generated_kernel_isas_on_this_machine():

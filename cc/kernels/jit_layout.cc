@@ -190,6 +190,9 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
   if (filters < 1 || filters > max_m)
     return "jit_filters must be 1.." + std::to_string(max_m) + " with jit_vectors=" +
            std::to_string(vectors);
+  // Ranges of fewer than half a block's filters would make blocks too
+  // small to share their loads: one range then.
+  if (int64_t(p.out_c) * 2 < int64_t(channel_parts) * filters) channel_parts = 1;
   const int taps = p.k_h * p.k_w;
   const int P = p.num_patterns();
   if (p.out_c <= 0 || p.in_c <= 0 || taps <= 0 || taps > kMaxTaps) return "empty or oversized plan";

@@ -162,7 +162,8 @@ struct JitLayout {
 // channels into that many equal ranges, blocks filters within each, and
 // orders the blocks by range: the thread that runs a share of the blocks then
 // writes one range of channels, the one the next depthwise conv's same
-// thread reads (docs/engine.md section 40).
+// thread reads (docs/engine.md section 40).  Ranges of fewer than half of M
+// filters would leave blocks too small: one range then (JitLayout says).
 std::string BuildJitLayout(const PatternPlan& plan, const int32_t* tap_offsets,
                            int64_t channel_stride, int64_t input_floats, int64_t out_plane,
                            JitIsa isa, int filters, int vectors, bool reorder_filters,
