@@ -276,8 +276,7 @@ std::string BuildJitLayout(const PatternPlan& p, const int32_t* tap_offsets,
     std::vector<Use> all;
     for (size_t s = 0; s < members.size(); ++s) {
       const int f = members[s];
-      const int o = p.reorder[f];
-      if (o < 0 || o >= p.out_c) return "filter order out of range";
+      const int o = p.reorder[f];  // checked above
       b.out_channel.push_back(o);
       for (Use u : uses[f]) {
         u.slot = static_cast<int32_t>(s);
