@@ -33,7 +33,11 @@ shared VM, 2-thread rows with steal above a few percent are not comparable.
 Below the table, issue 11's targets are judged by bench/ratios.py: per
 round, each peer's time over cocopie's (the two saw the same host speed),
 the median of those ratios and its 95% interval, and `met`, `missed` or
-`within noise` (the interval holds the goal).  The
+`within noise` (the interval holds the goal).  The layer's 1 -> 2 thread
+scaling is paired the same way: its 2-thread block also runs cocopie at 1
+thread every round (`cocopie_1t`; comparing the 1- and 2-thread blocks,
+minutes apart, read the host's drift: 1.40-1.71x over three sessions,
+where paired rounds read 1.77x, interval 1.73-1.81).  The
 `cross-core` column (before/after the block) is how much slower one CPU
 reads data another CPU wrote than its own: ~1.1 where they share an L3, ~3
 where a VM's vCPUs sit on different AMD CCDs, which slows every runtime's
@@ -85,7 +89,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 
 from pruned_models import prune_1x1, prune_depthwise, prune_model  # noqa: E402
-from ratios import fastest_peer, targets_table  # noqa: E402
+from ratios import SCALING, fastest_peer, targets_table  # noqa: E402
 from runners import RUNTIMES, WorkerRunner, make_runner, report_summary  # noqa: E402
 from timing import (cpu_speed_ratio, cpu_ticks, cross_core_ratio, machine_info,  # noqa: E402
                     steal_pct, summary)
@@ -157,12 +161,14 @@ MNN_TOLERANCE = 2e-3
 
 
 def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, consecutive=1,
-            runtimes=RUNTIMES, mnn_python=None, tvm=None):
+            runtimes=RUNTIMES, mnn_python=None, tvm=None, scaling=False):
     """Times `runtimes` (and DeepSparse, MNN and TVM, given their venvs'
     python; tvm = (python, trials, cache dir)) on
     `tfl` at `threads`, alternating round by round; `consecutive` > 1: each runtime
     runs that many times per round and only runs 2.. are timed (right after
-    the same model ran).  xnnpack, the reference, and cocopie always run."""
+    the same model ran).  xnnpack, the reference, and cocopie always run;
+    `scaling` with threads > 1 adds cocopie at 1 thread ("cocopie_1t") to the
+    rounds, so its 1 -> 2 thread speed-up is paired round by round."""
     from ai_edge_litert.interpreter import Interpreter
 
     probe = Interpreter(model_content=tfl)
@@ -170,6 +176,8 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
     del probe
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     kinds = ["xnnpack", "cocopie"] + [k for k in ("cocopie_static", "onnxruntime") if k in runtimes]
+    if scaling and threads > 1:
+        kinds.append("cocopie_1t")
     workers = ds_python or mnn_python or tvm
     onnx_bytes = onnx_error = None
     if "onnxruntime" in kinds:
@@ -402,6 +410,7 @@ def main():
         for name, tfl in models:
             row = measure(name, tfl, threads, args.runs, args.deepsparse, cache, args.settle_ms,
                           args.consecutive, mnn_python=args.mnn,
+                          scaling=name.startswith(SCALING[0]),
                           tvm=(args.tvm, args.tvm_trials, args.tvm_cache)
                           if args.tvm and any(m in name for m in args.tvm_models) else None)
             rows.append(row)

@@ -22,7 +22,10 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 
 # The runtimes make_runner() knows; deepsparse runs only in its own worker.
+# "cocopie_1t" is the delegate at 1 thread whatever the block's thread count:
+# the peer benchmark's paired 1 -> 2 thread scaling.
 RUNTIMES = ("xnnpack", "onnxruntime", "cocopie_static", "cocopie")
+KNOWN = RUNTIMES + ("cocopie_1t",)
 
 
 class LiteRunner:
@@ -58,7 +61,7 @@ class OrtRunner:
 
 
 def make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache):
-    """The in-process runner of `kind` (one of RUNTIMES) for the .tflite
+    """The in-process runner of `kind` (one of KNOWN) for the .tflite
     bytes `tfl` (ONNX Runtime: `onnx_bytes`, the same weights)."""
     if kind == "onnxruntime":
         return OrtRunner(onnx_bytes, threads, x)
@@ -68,13 +71,14 @@ def make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache):
 
     if kind == "xnnpack":
         return LiteRunner(Interpreter(model_content=tfl, num_threads=threads), x)
-    if kind == "cocopie":
-        return LiteRunner(lite.Interpreter(model_content=tfl, num_threads=threads, tune="on",
-                                           tune_cache=tune_cache), x)
+    if kind in ("cocopie", "cocopie_1t"):
+        return LiteRunner(lite.Interpreter(model_content=tfl,
+                                           num_threads=1 if kind == "cocopie_1t" else threads,
+                                           tune="on", tune_cache=tune_cache), x)
     if kind == "cocopie_static":
         return LiteRunner(lite.Interpreter(model_content=tfl, num_threads=threads, jit="static",
                                            tune="on", tune_cache=tune_cache), x)
-    raise ValueError(f"unknown runtime {kind!r}; known: {', '.join(RUNTIMES)}")
+    raise ValueError(f"unknown runtime {kind!r}; known: {', '.join(KNOWN)}")
 
 
 def report_summary(runner) -> dict:

@@ -114,3 +114,26 @@ def test_rows_without_rounds_are_judged_on_their_medians():
              ms={"cocopie": dict(median=1.0), "xnnpack": dict(median=0.96)})
     (t,) = ratios.targets([r])
     assert t["lo"] is None and t["verdict"] == "missed (no interval)" and t["ratio"] == 0.96
+
+
+def test_scaling_is_paired_when_the_two_thread_block_ran_one_thread_too():
+    """The 1-thread block ran on a host 1.3x slower than the 2-thread block:
+    comparing the blocks reads 1.8 x 1.3 = 2.34x.  The 2-thread block's own
+    1-thread runs (cocopie_1t) saw its host: each round's ratio is 1.8x."""
+    layer = "conv 56x56x128->128, 8 pat + 2x conn"
+    host = np.r_[np.ones(8), 1.4 * np.ones(7)]  # drift inside the 2-thread block
+    rows = [_row(layer, 1, {"cocopie": list(1.3 * 1.8 * np.ones(15)), "xnnpack": [9.0] * 15}),
+            _row(layer, 2, {"cocopie": list(host), "cocopie_1t": list(1.8 * host),
+                            "xnnpack": list(4.5 * host)})]
+    got = [t for t in ratios.targets(rows) if t["threads"] == "1 -> 2"]
+    assert len(got) == 1
+    (sc,) = got
+    assert sc["vs"] == "cocopie at 1 thread (same rounds)"
+    assert (sc["ratio"], sc["lo"], sc["hi"]) == pytest.approx((1.8, 1.8, 1.8))
+    assert sc["verdict"] == "met"
+    # cocopie_1t is not a peer: the 2-thread row's fastest peer stays XNNPACK.
+    assert ratios.fastest_peer(rows[1]) == "xnnpack"
+    # Without the paired runs the blocks are compared, and the drift shows.
+    del rows[1]["rounds"]["cocopie_1t"], rows[1]["ms"]["cocopie_1t"]
+    (sc,) = [t for t in ratios.targets(rows) if t["threads"] == "1 -> 2"]
+    assert sc["vs"] == "cocopie at 1 thread (another block)" and sc["ratio"] > 2.0
