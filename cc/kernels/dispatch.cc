@@ -1442,56 +1442,80 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
       const int halo = (s.k_h - 1) * s.dil_h;
       const int64_t out_floats = static_cast<int64_t>(s.out_c) * band.out_plane;
       const int64_t call_tiles = std::max<int64_t>(1, call_blocks * block_len / tile);
-      // One contiguous run of bands per thread, as even as the count allows
-      // (ParallelFor's default chunks of 10 bands for 2 threads went 6/4).
+      // One run of bands per thread: an even share of the rows (not of the
+      // bands: 56 rows in bands of 6 went 30/26 rows), in bands of at most
+      // band.rows, whole bands first (56x56x128 at 2 threads, back to back:
+      // 0.93x the time).  A thread takes its own run's bands in order and,
+      // when it is done, the last band of the fullest run (TailStealRuns).
       const int64_t parts =
           std::min<int64_t>(band.num_bands, pool != nullptr ? pool->num_threads() : 1);
+      std::vector<std::pair<int, int>> band_rows;
+      std::vector<int64_t> bounds{0};
+      for (int64_t p = 0; p < parts; ++p) {
+        const int run0 = static_cast<int>(p * s.out_h / parts);
+        const int run1 = static_cast<int>((p + 1) * s.out_h / parts);
+        for (int r0 = run0; r0 < run1; r0 += band.rows)
+          band_rows.emplace_back(r0, std::min(run1, r0 + band.rows));
+        bounds.push_back(static_cast<int64_t>(band_rows.size()));
+      }
+      TailStealRuns runs(bounds);
+      // The input rows band b reads that the band before it (prev, -1: none)
+      // did not: what to prefetch for it.
+      const auto queue_band_input = [&](int64_t b, int64_t prev, PrefetchQueue* q) {
+        const int r0 = band_rows[b].first, r1 = band_rows[b].second;
+        const bool follows = prev >= 0 && band_rows[prev].second == r0;
+        QueueInputRows(s, in_b, io.planar_input, follows ? r0 + halo : r0, r1 + halo, q);
+      };
       ParallelFor(pool, parts, 1, [&](int64_t p0, int64_t p1) {
-        const int64_t b0 = p0 * band.num_bands / parts, b1 = p1 * band.num_bands / parts;
         float* bin = BandBuffer(0, band.input_size);
         float* bout = BandBuffer(1, static_cast<size_t>(out_floats));
         bool bad_in = false;
         uint32_t bad_out = 0;
-        {  // the run's first band, before packing it
-          PrefetchQueue first;
-          QueueInputRows(s, in_b, io.planar_input, int(b0) * band.rows,
-                         std::min(s.out_h, int(b0 + 1) * band.rows) + halo, &first);
-          first.Issue(first.lines());
-        }
-        for (int64_t k = b0; k < b1; ++k) {
-          const int r0 = static_cast<int>(k) * band.rows;
-          const int r1 = std::min(s.out_h, r0 + band.rows);
-          bad_in |= PackInputRows(set, s, wp, band.plane, in_b, io.planar_input, r0,
-                                  r1 + halo, true, bin);
-          // Ask for the next band's new input rows and this band's output
-          // rows while this band computes: after a pause both come from DRAM,
-          // and the transposes' short strided runs do not train the hardware
-          // prefetchers.  The requests go out a slice before each call of
-          // the code, not all at once (56x56x128 after a 20 ms pause: 1.82
-          // -> 1.66 ms; docs/engine.md section 18).
-          PrefetchQueue queue;
-          if (k + 1 < b1)
-            QueueInputRows(s, in_b, io.planar_input, r1 + halo, r1 + halo + band.rows, &queue);
-          if (dest.nhwc != nullptr)
-            queue.AddFloats(dest.nhwc + int64_t(r0) * s.out_w * s.out_c,
-                            int64_t(r1 - r0) * s.out_w * s.out_c, true);
-          const int64_t tiles = ((r1 - r0) * int64_t(wp) + tile - 1) / tile;
-          const int64_t pieces = ((tiles + call_tiles - 1) / call_tiles) * fb;
-          const int64_t slice = (queue.lines() + pieces - 1) / pieces;
-          for (int64_t c0 = 0; c0 < tiles; c0 += call_tiles) {
-            const int64_t c1 = std::min(tiles, c0 + call_tiles);
-            for (int f = 0; f < fb; ++f) {
-              // The first band of a run fetches the layer's code (2 threads:
-              // 0.754-0.766 -> 0.737-0.761 ms against prefetch hints for it).
-              if (k == b0 && c0 == 0) TouchLines(jit->block_code(f), jit->block_code_bytes(f));
-              queue.Issue(slice);
-              if (!jit->Run(f, bin, static_cast<int64_t>(band.input_size), bout, out_floats,
-                            c0 * tile, c1 - c0))
-                std::abort();  // outside the validated buffers: a driver bug
-            }
+        bool code_touched = false;
+        for (int self = static_cast<int>(p0); self < p1; ++self) {
+          if (const int64_t b = runs.PeekOwn(self); b >= 0) {  // the run's first band
+            PrefetchQueue first;
+            queue_band_input(b, -1, &first);
+            first.Issue(first.lines());
           }
-          bad_out |= StoreOutputRows(set, s, plan, true, bout, band.out_plane, wp, r0, r0, r1, 0,
-                                     s.out_c, dest);
+          int64_t b;
+          bool own;
+          while (runs.Next(self, &b, &own)) {
+            const int r0 = band_rows[b].first, r1 = band_rows[b].second;
+            bad_in |= PackInputRows(set, s, wp, band.plane, in_b, io.planar_input, r0,
+                                    r1 + halo, true, bin);
+            // Ask for the next band's new input rows and this band's output
+            // rows while this band computes: after a pause both come from
+            // DRAM, and the transposes' short strided runs do not train the
+            // hardware prefetchers.  The requests go out a slice before each
+            // call of the code, not all at once (56x56x128 after a 20 ms
+            // pause: 1.82 -> 1.66 ms; docs/engine.md section 18).  A stolen
+            // band has no known next band.
+            PrefetchQueue queue;
+            if (const int64_t next = own ? runs.PeekOwn(self) : -1; next >= 0)
+              queue_band_input(next, b, &queue);
+            if (dest.nhwc != nullptr)
+              queue.AddFloats(dest.nhwc + int64_t(r0) * s.out_w * s.out_c,
+                              int64_t(r1 - r0) * s.out_w * s.out_c, true);
+            const int64_t tiles = ((r1 - r0) * int64_t(wp) + tile - 1) / tile;
+            const int64_t pieces = ((tiles + call_tiles - 1) / call_tiles) * fb;
+            const int64_t slice = (queue.lines() + pieces - 1) / pieces;
+            for (int64_t c0 = 0; c0 < tiles; c0 += call_tiles) {
+              const int64_t c1 = std::min(tiles, c0 + call_tiles);
+              for (int f = 0; f < fb; ++f) {
+                // A thread's first band fetches the layer's code (2 threads:
+                // 0.754-0.766 -> 0.737-0.761 ms against prefetch hints for it).
+                if (!code_touched) TouchLines(jit->block_code(f), jit->block_code_bytes(f));
+                queue.Issue(slice);
+                if (!jit->Run(f, bin, static_cast<int64_t>(band.input_size), bout, out_floats,
+                              c0 * tile, c1 - c0))
+                  std::abort();  // outside the validated buffers: a driver bug
+              }
+              code_touched = true;
+            }
+            bad_out |= StoreOutputRows(set, s, plan, true, bout, band.out_plane, wp, r0, r0, r1,
+                                       0, s.out_c, dest);
+          }
         }
         if (bad_in) non_finite.store(true, std::memory_order_relaxed);
         if (bad_out) out_non_finite.store(true, std::memory_order_relaxed);

@@ -217,6 +217,61 @@ void ThreadPool::WorkerLoop(int self) {
   }
 }
 
+namespace {
+uint64_t PackRange(uint64_t front, uint64_t end) { return front | (end << 32); }
+}  // namespace
+
+TailStealRuns::TailStealRuns(const std::vector<int64_t>& bounds)
+    : runs_(bounds.size() > 1 ? bounds.size() - 1 : 0) {
+  for (size_t r = 0; r < runs_.size(); ++r) {
+    // Items are band or task indices: far below 2^32 (the driver's loops
+    // would not finish otherwise); clamp rather than wrap if one is not.
+    const int64_t lo = std::clamp<int64_t>(bounds[r], 0, UINT32_MAX);
+    const int64_t hi = std::clamp<int64_t>(bounds[r + 1], lo, UINT32_MAX);
+    runs_[r].range.store(PackRange(uint64_t(lo), uint64_t(hi)), std::memory_order_relaxed);
+  }
+}
+
+int64_t TailStealRuns::PeekOwn(int self) const {
+  if (self < 0 || self >= num_runs()) return -1;
+  const uint64_t v = runs_[self].range.load(std::memory_order_relaxed);
+  const uint64_t front = v & 0xffffffffu, end = v >> 32;
+  return front < end ? int64_t(front) : -1;
+}
+
+bool TailStealRuns::Next(int self, int64_t* item, bool* own) {
+  if (self >= 0 && self < num_runs()) {
+    std::atomic<uint64_t>& r = runs_[self].range;
+    uint64_t v = r.load(std::memory_order_relaxed);
+    while ((v & 0xffffffffu) < (v >> 32)) {
+      if (r.compare_exchange_weak(v, v + 1, std::memory_order_relaxed)) {
+        *item = int64_t(v & 0xffffffffu);
+        *own = true;
+        return true;
+      }
+    }
+  }
+  for (;;) {  // steal the last item of the fullest run
+    int victim = -1;
+    uint64_t most = 0;
+    for (int k = 0; k < num_runs(); ++k) {
+      const uint64_t v = runs_[k].range.load(std::memory_order_relaxed);
+      const uint64_t left = (v >> 32) - std::min(v >> 32, v & 0xffffffffu);
+      if (left > most) most = left, victim = k;
+    }
+    if (victim < 0) return false;
+    std::atomic<uint64_t>& r = runs_[victim].range;
+    uint64_t v = r.load(std::memory_order_relaxed);
+    const uint64_t front = v & 0xffffffffu, end = v >> 32;
+    if (front >= end) continue;  // emptied meanwhile: look again
+    if (r.compare_exchange_weak(v, PackRange(front, end - 1), std::memory_order_relaxed)) {
+      *item = int64_t(end - 1);
+      *own = false;
+      return true;
+    }
+  }
+}
+
 void ThreadPool::ParallelFor(int64_t n, int64_t grain,
                              const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;

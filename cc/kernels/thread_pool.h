@@ -142,6 +142,33 @@ double CrossCoreReadRatio(int rounds);
 // of the machine, not used by the kernels.
 double CpuSpeedRatio(int rounds);
 
+// Items [0, n) in contiguous runs (run r: [bounds[r], bounds[r + 1])), one
+// per thread of a ParallelFor over the runs: a thread takes its own run's
+// items from the front, and when its run is empty takes the last item of the
+// run with the most left.  So each run is worked in order by its owner (its
+// prefetches of the next item stay right) while a thread that woke late, or
+// whose vCPU runs slower (up to 1.6x on a shared VM: docs/engine.md section
+// 38), is relieved from the end of its run (ThreadPool's own stealing takes
+// the next chunk from the front).  Thread-safe; one object per call.
+class TailStealRuns {
+ public:
+  explicit TailStealRuns(const std::vector<int64_t>& bounds);
+  int num_runs() const { return static_cast<int>(runs_.size()); }
+  // The next item for the owner of run `self` (its own, else a stolen one);
+  // false when every run is empty.  *own says which it was.
+  bool Next(int self, int64_t* item, bool* own);
+  // The item the owner of `self` would take next (-1: none left), without
+  // taking it: what to prefetch.
+  int64_t PeekOwn(int self) const;
+
+ private:
+  // front in the low 32 bits, end in the high: taken from both ends by CAS.
+  struct alignas(64) Run {
+    std::atomic<uint64_t> range{0};
+  };
+  std::vector<Run> runs_;
+};
+
 // Runs fn over [0, n) on `pool`, or inline when pool is null.
 inline void ParallelFor(ThreadPool* pool, int64_t n, int64_t grain,
                         const std::function<void(int64_t, int64_t)>& fn) {

@@ -1942,6 +1942,73 @@ TEST_CASE(ThreadPoolSharesAndStealing) {
     }
   }
 }
+// TailStealRuns (the banded conv's runs): one thread alone takes its own run
+// front to back, then the fullest run's items from the back; empty and
+// unowned runs; every item exactly once under real threads, a held-up
+// owner's run finished from its end by the others.
+TEST_CASE(TailStealRunsTakeOwnFrontThenOthersBack) {
+  {
+    TailStealRuns runs({0, 3, 8, 8, 10});  // runs of 3, 5, 0 and 2 items
+    CHECK(runs.num_runs() == 4 && runs.PeekOwn(0) == 0 && runs.PeekOwn(2) == -1);
+    std::vector<std::pair<int64_t, bool>> got;
+    int64_t item;
+    bool own;
+    while (runs.Next(0, &item, &own)) got.emplace_back(item, own);
+    // Own 0, 1, 2; then run 1 (5 left) from its back: 7, 6; then runs 1
+    // and 3 hold 3 and 2: 5; then 2 and 2, the first fullest: 4; ...
+    const std::vector<std::pair<int64_t, bool>> want = {
+        {0, true}, {1, true}, {2, true}, {7, false}, {6, false},
+        {5, false}, {4, false}, {9, false}, {3, false}, {8, false}};
+    CHECK(got == want);
+    CHECK(!runs.Next(3, &item, &own) && runs.PeekOwn(1) == -1);
+    // An owner index outside the runs only steals.
+    TailStealRuns more({0, 2});
+    CHECK(more.Next(5, &item, &own) && item == 1 && !own);
+    CHECK(more.Next(-1, &item, &own) && item == 0 && !own && !more.Next(0, &item, &own));
+    TailStealRuns none({});
+    CHECK(none.num_runs() == 0 && !none.Next(0, &item, &own));
+  }
+  for (int threads : {2, 3, 4}) {
+    ThreadPool pool(threads);
+    for (int call = 0; call < 20; ++call) {
+      const int64_t per_run = 7 + call % 5;
+      std::vector<int64_t> bounds;
+      for (int r = 0; r <= threads; ++r) bounds.push_back(r * per_run);
+      TailStealRuns runs(bounds);
+      std::vector<std::atomic<int>> hits(size_t(threads * per_run));
+      std::vector<std::atomic<int>> taker(hits.size());
+      std::atomic<bool> in_order{true};  // CHECK is not thread-safe
+      pool.ParallelFor(threads, 1, [&](int64_t p0, int64_t p1) {
+        for (int self = int(p0); self < p1; ++self) {
+          int64_t item;
+          bool own;
+          bool held = false;
+          int64_t last_own = -1;
+          while (runs.Next(self, &item, &own)) {
+            if (own) {
+              if (!(item > last_own && item >= bounds[self] && item < bounds[self + 1]))
+                in_order.store(false);
+              last_own = item;
+            }
+            // The owner of run 0 is held up on its first item (call % 2):
+            // the others finish its run from the end.
+            if (own && self == 0 && call % 2 == 1 && !held) {
+              held = true;
+              std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            }
+            hits[item].fetch_add(1);
+            taker[item].store(self);
+          }
+        }
+      });
+      bool once = true;
+      for (auto& h : hits) once = once && h.load() == 1;
+      CHECK(once && in_order.load());
+      if (call % 2 == 1) CHECK(taker[per_run - 1].load() != 0);
+    }
+  }
+}
+
 TEST_CASE(DispatchRejectsUnknownKernel) {
   std::string err;
   CHECK(SelectKernelSet("auto", &err) != nullptr && err.empty());
