@@ -305,6 +305,7 @@ class Partition {
       op.planar_input = planar.count(op.input) != 0;
       op.planar_input2 = op.kind == OpKind::kAdd && planar.count(op.input2) != 0;
       op.planar_output = false;
+      op.output_leaves = outputs_.count(op.output) != 0;
       if (delegate_->kernels == nullptr || op.chain_next || outputs_.count(op.output) ||
           op.output_dims.size() != 4 || op.output_dims[0] != 1)
         continue;
@@ -330,6 +331,10 @@ class Partition {
     for (OpPlan& op : ops_) {
       if (op.fused) continue;
       ReportEntry& e = (*entries)[op.node_index];
+      e.streamed_output = op.kind == OpKind::kConv2D && op.use_pattern && !op.planar_output &&
+                          !op.chain_next &&
+                          StreamsNhwcOutput(delegate_->kernels, op.shape, op.pattern_scratch,
+                                            op.output_leaves);
       if (op.planar_output) {
         e.layout = "planar";
         if (op.kind == OpKind::kConv2D) e.keeps_layout = true;
@@ -642,6 +647,7 @@ class Partition {
             io.next = op.chain_next ? &next : nullptr;
             if (op.planar_input && !packed) io.planar_input = src;
             if (op.planar_output) io.planar_output = out;
+            io.output_leaves = op.output_leaves;
             if (op.residual >= 0) {  // a fused ADD (AddFusions)
               io.residual = Data(ctx, op.residual);
               if (io.residual == nullptr) {
@@ -1059,7 +1065,8 @@ std::string Delegate::ReportJson() {
            ",\"band_rows\":" + std::to_string(e.band_rows) +
            ",\"small_map\":" + (e.small_map ? "true" : "false") +
            ",\"pair_map\":" + (e.pair_map ? "true" : "false") +
-           ",\"in_place\":" + (e.in_place ? "true" : "false");
+           ",\"in_place\":" + (e.in_place ? "true" : "false") +
+           ",\"streamed_output\":" + (e.streamed_output ? "true" : "false");
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",

@@ -55,6 +55,9 @@ struct ReportEntry {
   // A 1x1 conv's generated code reads its planar input and writes its
   // planar output in place, no copies (PatternGeometry::direct).
   bool in_place = false;
+  // A pattern conv's NHWC output leaves the partition with streaming stores
+  // (large outputs only; cc/kernels/dispatch.h, StreamsNhwcOutput).
+  bool streamed_output = false;
   // Where the node ran: "cpu" or "gpu"; for the GPU backend the device, the
   // program cache's answer ("hit", "stored", "rebuilt (...)", "off"), the
   // build time and the generated source's size (code_bytes).

@@ -80,6 +80,9 @@ struct OpPlan {
   // Planar tensors (dispatch.h, set in Prepare): the output, the input and
   // ADD's second operand are plain CHW planes instead of NHWC.
   bool planar_output = false, planar_input = false, planar_input2 = false;
+  // The output is one of the partition's (set in Prepare): a pattern conv
+  // writes it with streaming stores when large (StreamsNhwcOutput).
+  bool output_leaves = false;
   // A depthwise conv the planar kernel can run (DepthwisePlanarApplies).
   bool dw_planar = false;
   std::vector<float> layout_tmp, layout_tmp2;  // an operand in the other layout

@@ -458,6 +458,39 @@ def test_large_layers_run_in_row_bands(threads):
     assert [e["band_rows"] for e in report] == [0, 0]
 
 
+@pytest.mark.skipif(not JIT_ISAS, reason="streamed outputs are written after generated code")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_large_partition_outputs_are_streamed(threads, batch):
+    """A pattern conv whose NHWC output leaves the partition and holds at
+    least 1 MiB per image is written with streaming stores (docs/engine.md
+    section 42); a planar or small output is not.  72 channels: rows of the
+    output are not whole lines, so the 8 x 8 blocks' 32-byte stores stream.
+    The results equal stock LiteRT, with an Inf and a NaN in the input too."""
+    big = _pruned_conv_chain((64, 64, 48), [dict(filters=48, kernel_size=3, padding="same",
+                                                 activation="relu"),
+                                            dict(filters=72, kernel_size=3, padding="same")],
+                             seed=13)
+    small = _pruned_conv_chain((64, 64, 48), [dict(filters=48, kernel_size=3, padding="same")],
+                               seed=14)
+    for tfl, streamed in ((big, [False, True]), (small, [False])):
+        x = np.random.default_rng(5).uniform(-1, 1, (batch, 64, 64, 48)).astype(np.float32)
+        it = lite.Interpreter(model_content=tfl, num_threads=threads, tune="off")
+        for poison in (False, True):
+            if poison:
+                x[-1, 9, 63, 3], x[0, 33, 1, 40] = np.inf, np.nan
+            ref = reference_outputs(tfl, [x])[0]
+            out = run_tflite(it, [x])[0]
+            assert_same_non_finite(out, ref, 1e-5)
+            assert poison or rel_error(out, ref) <= 1e-5
+        report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+        assert [e["streamed_output"] for e in report] == streamed
+    # The static kernels' bias pass reads the output again: not streamed.
+    it = lite.Interpreter(model_content=big, num_threads=threads, tune="off", jit="static")
+    assert_same_non_finite(run_tflite(it, [x])[0], reference_outputs(big, [x])[0], 1e-5)
+    assert not any(e["streamed_output"] for e in it.delegate_report())
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_small_maps_run_as_one_vector(threads):
     """Small maps (VGG-16 CIFAR's 8x8, 4x4 and 2x2 stages) run the small-map

@@ -6,6 +6,9 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>  // _mm_sfence (SSE: every x86-64 CPU)
+#endif
 
 #include "cc/kernels/jit_pattern.h"
 #include "cc/kernels/phase_split.h"
@@ -1134,7 +1137,37 @@ namespace {
 struct OutputDest {
   float* nhwc = nullptr;  // the image, when not planes
   PlaneDest planes;
+  bool stream = false;  // nhwc written with streaming stores (StreamsNhwcOutput)
 };
+
+}  // namespace
+
+// An NHWC output that leaves the engine (PatternIo::output_leaves) and is
+// at least this large per image is written with streaming stores: it
+// outgrows a core's L2 anyway, and where the caches are cold (other work ran
+// between calls) reading its old lines before writing them over came from
+// DRAM.  56x56x128 (1.6 MB) after an XNNPACK run and a 3 ms wait, 1 and 2
+// threads: 1.04-1.08x faster, 1.01-1.07x with the caller's copy of the
+// output (get_tensor) counted; back to back 0.99-1.03x, with the copy
+// 0.96-1.02x (the copy then reads DRAM, not L3; docs/engine.md section 42).
+constexpr int64_t kStreamOutputBytes = 1 << 20;
+
+bool StreamsNhwcOutput(const KernelSet* set, const ConvShape& s, const PatternScratch& scratch,
+                       bool output_leaves) {
+  return output_leaves && set != nullptr && set->transpose_stream != nullptr &&
+         scratch.jit != nullptr &&
+         int64_t(s.out_h) * s.out_w * s.out_c * int64_t(sizeof(float)) >= kStreamOutputBytes;
+}
+
+namespace {
+
+// Orders streaming stores before the stores that follow (the thread pool's
+// hand-over), so another thread reading the data sees it.
+inline void StreamFence() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
+}
 
 // Output rows [r0, r1) and channels [o0, o1) (all channels for NHWC) from the
 // engine's CHW buffer `chw` (channel stride `chw_plane`, row pitch wp, its
@@ -1146,6 +1179,9 @@ uint32_t StoreOutputRows(const KernelSet* set, const ConvShape& s, const Pattern
                          int row_base, int r0, int r1, int o0, int o1, const OutputDest& d) {
   uint32_t bad = 0;
   if (d.nhwc != nullptr) {
+    // The epilogue below reads the image again: stream only finished values.
+    const bool stream = d.stream && epilogue_done;
+    const auto transpose = stream ? set->transpose_stream : set->transpose;
     for (int oy = r0; oy < r1; ++oy) {
       float* dst = d.nhwc + static_cast<int64_t>(oy) * s.out_w * s.out_c;
       // 16 pixels at a time: each call writes 16 whole pixels, one run of
@@ -1154,14 +1190,15 @@ uint32_t StoreOutputRows(const KernelSet* set, const ConvShape& s, const Pattern
       // cost 3-4x a copy's time on cold memory).
       const float* src = chw + static_cast<int64_t>(oy - row_base) * wp;
       for (int x0 = 0; x0 < s.out_w; x0 += 16)
-        set->transpose(src + x0, chw_plane, dst + static_cast<int64_t>(x0) * s.out_c, s.out_c,
-                       s.out_c, std::min(16, s.out_w - x0));
+        transpose(src + x0, chw_plane, dst + static_cast<int64_t>(x0) * s.out_c, s.out_c, s.out_c,
+                  std::min(16, s.out_w - x0));
       if (epilogue_done) continue;
       const float* bias = plan.bias.data();
       for (int ox = 0; ox < s.out_w; ++ox, dst += s.out_c)
         for (int o = 0; o < s.out_c; ++o)
           dst[o] = std::min(std::max(dst[o] + bias[o], s.act_min), s.act_max);
     }
+    if (stream) StreamFence();
     return 0;
   }
   const PlaneDest& p = d.planes;
@@ -1371,6 +1408,7 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
                             s.out_h, 0, 0};
   }
   const bool to_planes = dest.planes.base != nullptr;
+  dest.stream = !to_planes && StreamsNhwcOutput(set, s, *scratch, io.output_leaves);
 
   for (int b = 0; b < s.batch; ++b) {
     const float* in_b = input ? input + static_cast<int64_t>(b) * s.in_h * s.in_w * s.in_c : nullptr;
@@ -1485,16 +1523,17 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s, const PatternPlan&
             bad_in |= PackInputRows(set, s, wp, band.plane, in_b, io.planar_input, r0,
                                     r1 + halo, true, bin);
             // Ask for the next band's new input rows and this band's output
-            // rows while this band computes: after a pause both come from
-            // DRAM, and the transposes' short strided runs do not train the
-            // hardware prefetchers.  The requests go out a slice before each
-            // call of the code, not all at once (56x56x128 after a 20 ms
-            // pause: 1.82 -> 1.66 ms; docs/engine.md section 18).  A stolen
-            // band has no known next band.
+            // rows (unless streamed) while this band computes: after a
+            // pause both come from DRAM, and the transposes' short strided
+            // runs do not train the hardware prefetchers.  The requests go
+            // out a slice before each call of the code, not all at once
+            // (56x56x128 after a 20 ms pause: 1.82 -> 1.66 ms;
+            // docs/engine.md section 18).  A stolen band has no known next
+            // band.
             PrefetchQueue queue;
             if (const int64_t next = own ? runs.PeekOwn(self) : -1; next >= 0)
               queue_band_input(next, b, &queue);
-            if (dest.nhwc != nullptr)
+            if (dest.nhwc != nullptr && !dest.stream)
               queue.AddFloats(dest.nhwc + int64_t(r0) * s.out_w * s.out_c,
                               int64_t(r1 - r0) * s.out_w * s.out_c, true);
             const int64_t tiles = ((r1 - r0) * int64_t(wp) + tile - 1) / tile;

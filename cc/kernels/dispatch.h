@@ -106,7 +106,17 @@ struct PatternIo {
   // out as planar_output.  Only for a layer whose generated code takes it
   // (scratch->jit->layout().residual, PatternTuning::residual_epilogue).
   const float* residual = nullptr;
+  // The NHWC output leaves the engine (a partition's output): when large it
+  // is written with streaming stores (dispatch.cc, StreamsOutput).
+  bool output_leaves = false;
 };
+
+
+// Whether RunPatternConv writes an NHWC output of shape `s` with streaming
+// stores: large, leaving the engine, finished by generated code (the static
+// kernels' bias pass reads the output again) and the set has them.
+bool StreamsNhwcOutput(const KernelSet* set, const ConvShape& s, const PatternScratch& scratch,
+                       bool output_leaves);
 
 // Pattern-pruned convolution (stride 1, any dilation): NHWC in and out unless
 // `io` says otherwise; the kernels work on a zero-padded CHW copy held in

@@ -166,6 +166,12 @@ struct KernelSet {
   // Returns true if any value moved was Inf or NaN.
   bool (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
                     int rows, int cols);
+  // The same with streaming (non-temporal) stores where the ISA has them,
+  // for a large destination that leaves the engine (a partition's NHWC
+  // output): the old lines are not read before being written over.  The
+  // caller calls StreamFence() before another thread reads dst.
+  bool (*transpose_stream)(const float* src, int64_t src_stride, float* dst,
+                           int64_t dst_stride, int rows, int cols);
   // Depthwise conv on planar tensors (DepthwisePlanarArgs): only the
   // non-zero taps run, so pattern-pruned depthwise filters do 4 of 9.
   void (*depthwise_planar)(const DepthwisePlanarArgs& args, int64_t task_begin,

@@ -1787,10 +1787,12 @@ TEST_CASE(KernelSetScansAndCopiesNonFinite) {
 // and 16 x 16 blocks, destinations with whole-line strides starting 0, 1, 5
 // and 15 floats into a line (AVX-512: 16 x 16 blocks, the rows rotated into
 // masked line stores when not line-aligned), nothing written outside the
-// transposed cells, and an Inf or NaN anywhere reported.
+// transposed cells, and an Inf or NaN anywhere reported.  The same for the
+// streaming variant (line-aligned rows: non-temporal stores on x86).
 TEST_CASE(KernelSetTransposesMatchIndexing) {
   std::mt19937 rng(31);
   for (const KernelSet* set : UsableSets())
+   for (const auto transpose : {set->transpose, set->transpose_stream})
     for (int rows : {1, 7, 8, 15, 16, 17, 32, 40})
       for (int cols : {1, 8, 9, 16, 31, 33})
         for (int offset : {0, 1, 5, 15}) {
@@ -1799,7 +1801,7 @@ TEST_CASE(KernelSetTransposesMatchIndexing) {
           for (float& v : src) v = float(rng() % 1000) - 500.f;
           LineFloats buf(size_t(cols) * ds + 32, -7.f);
           float* dst = buf.data() + 16 + offset;
-          CHECK(!set->transpose(src.data(), ss, dst, ds, rows, cols));
+          CHECK(!transpose(src.data(), ss, dst, ds, rows, cols));
           for (int j = 0; j < cols; ++j)
             for (int64_t i = -offset; i < ds - offset - 16; ++i) {
               const float want = i >= 0 && i < rows ? src[size_t(i * ss + j)] : -7.f;
@@ -1809,7 +1811,7 @@ TEST_CASE(KernelSetTransposesMatchIndexing) {
             const int i = int(rng() % rows), j = int(rng() % cols);
             const float keep = src[size_t(i * ss + j)];
             src[size_t(i * ss + j)] = k == 0 ? INFINITY : k == 1 ? -INFINITY : NAN;
-            CHECK(set->transpose(src.data(), ss, dst, ds, rows, cols));
+            CHECK(transpose(src.data(), ss, dst, ds, rows, cols));
             src[size_t(i * ss + j)] = keep;
           }
         }
@@ -1823,6 +1825,7 @@ TEST_CASE(KernelSetTransposesMatchIndexing) {
 TEST_CASE(KernelSetTransposesNarrowSources) {
   std::mt19937 rng(37);
   for (const KernelSet* set : UsableSets())
+   for (const auto transpose : {set->transpose, set->transpose_stream})
     for (int cols = 1; cols < 8; ++cols)
       for (int stride_px : {1, 2, 3, 4, 6})
         for (int rows : {8, 9, 15, 16, 17, 31, 33, 113}) {
@@ -1831,13 +1834,13 @@ TEST_CASE(KernelSetTransposesNarrowSources) {
           std::vector<float> src(size_t((rows - 1) * ss + cols));
           for (float& v : src) v = float(rng() % 1000) - 500.f;
           std::vector<float> dst(size_t(cols) * ds, -7.f);
-          CHECK(!set->transpose(src.data(), ss, dst.data(), ds, rows, cols));
+          CHECK(!transpose(src.data(), ss, dst.data(), ds, rows, cols));
           for (int j = 0; j < cols; ++j)
             for (int64_t i = 0; i < ds; ++i)
               CHECK(dst[j * ds + i] == (i < rows ? src[size_t(i * ss + j)] : -7.f));
           const int i = int(rng() % rows), j = int(rng() % cols);
           src[size_t(i * ss + j)] = NAN;
-          CHECK(set->transpose(src.data(), ss, dst.data(), ds, rows, cols));
+          CHECK(transpose(src.data(), ss, dst.data(), ds, rows, cols));
         }
 }
 
