@@ -37,7 +37,7 @@ the median of those ratios and its 95% interval, and `met`, `missed` or
 scaling is paired the same way: its 2-thread block also runs cocopie at 1
 thread every round (`cocopie_1t`; comparing the 1- and 2-thread blocks,
 minutes apart, read the host's drift: 1.40-1.71x over three sessions,
-where paired rounds read 1.72-1.79x).  The
+where paired rounds read 1.72-1.80x over two sessions).  The
 `cross-core` column (before/after the block) is how much slower one CPU
 reads data another CPU wrote than its own: ~1.1 where they share an L3, ~3
 where a VM's vCPUs sit on different AMD CCDs, which slows every runtime's
