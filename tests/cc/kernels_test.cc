@@ -52,6 +52,16 @@ std::vector<const KernelSet*> UsableSets() {
   return out;
 }
 
+// Every usable set's transposes: the plain one and the streaming one.
+std::vector<decltype(KernelSet::transpose)> UsableTransposes() {
+  std::vector<decltype(KernelSet::transpose)> out;
+  for (const KernelSet* set : UsableSets()) {
+    out.push_back(set->transpose);
+    out.push_back(set->transpose_stream);
+  }
+  return out;
+}
+
 struct Geometry {
   int batch, h, w, in_c, out_c, k, stride, dil;
   Padding pad;
@@ -1791,8 +1801,7 @@ TEST_CASE(KernelSetScansAndCopiesNonFinite) {
 // streaming variant (line-aligned rows: non-temporal stores on x86).
 TEST_CASE(KernelSetTransposesMatchIndexing) {
   std::mt19937 rng(31);
-  for (const KernelSet* set : UsableSets())
-   for (const auto transpose : {set->transpose, set->transpose_stream})
+  for (const auto transpose : UsableTransposes())
     for (int rows : {1, 7, 8, 15, 16, 17, 32, 40})
       for (int cols : {1, 8, 9, 16, 31, 33})
         for (int offset : {0, 1, 5, 15}) {
@@ -1824,8 +1833,7 @@ TEST_CASE(KernelSetTransposesMatchIndexing) {
 // buffer (nothing read past it: ASan), Inf/NaN reported.
 TEST_CASE(KernelSetTransposesNarrowSources) {
   std::mt19937 rng(37);
-  for (const KernelSet* set : UsableSets())
-   for (const auto transpose : {set->transpose, set->transpose_stream})
+  for (const auto transpose : UsableTransposes())
     for (int cols = 1; cols < 8; ++cols)
       for (int stride_px : {1, 2, 3, 4, 6})
         for (int rows : {8, 9, 15, 16, 17, 31, 33, 113}) {
