@@ -331,10 +331,22 @@ class Partition {
     for (OpPlan& op : ops_) {
       if (op.fused) continue;
       ReportEntry& e = (*entries)[op.node_index];
-      e.streamed_output = op.kind == OpKind::kConv2D && op.use_pattern && !op.planar_output &&
-                          !op.chain_next &&
-                          StreamsNhwcOutput(delegate_->kernels, op.shape, op.pattern_scratch,
-                                            op.output_leaves);
+      // Which ops write their NHWC output through streaming stores: a
+      // pattern conv itself, a planar op through PlanarToNhwc (Invoke).
+      if (op.kind == OpKind::kConv2D && op.use_pattern) {
+        e.streamed_output = !op.planar_output && !op.chain_next &&
+                            StreamsNhwcOutput(delegate_->kernels, op.shape, op.pattern_scratch,
+                                              op.output_leaves);
+      } else {
+        const bool through_planes =
+            op.planar_input && !op.planar_output &&
+            (op.kind == OpKind::kDepthwiseConv2D || IsPool(op.kind) || op.kind == OpKind::kPad ||
+             (op.kind == OpKind::kAdd && op.planar_input2));
+        int64_t floats = 1;
+        for (int v : op.output_dims) floats *= v;
+        e.streamed_output =
+            through_planes && StreamsNhwcImage(delegate_->kernels, floats, op.output_leaves);
+      }
       if (op.planar_output) {
         e.layout = "planar";
         if (op.kind == OpKind::kConv2D) e.keeps_layout = true;
@@ -665,7 +677,8 @@ class Partition {
             float* dst = op.planar_output ? out : op.layout_tmp.data();
             RunDepthwisePlanar(set, op.shape, op.depthwise, in, dst, pool);
             if (!op.planar_output)
-              PlanarToNhwc(set, op.shape.out_h, op.shape.out_w, op.shape.out_c, dst, out, pool);
+              PlanarToNhwc(set, op.shape.out_h, op.shape.out_w, op.shape.out_c, dst, out, pool,
+                           op.output_leaves);
           } else {
             RunDepthwise(set, op.shape, op.depthwise, in, out, pool);
           }
@@ -697,7 +710,8 @@ class Partition {
             // 1 thread: 1.1-1.6 -> 0.6 ms at 56x56x256, 0.5 -> 0.3 ms at
             // 28x28x512).
             RunAdd(n, a, b, op.act_min, op.act_max, op.layout_tmp.data(), pool);
-            PlanarToNhwc(set, d[1], d[2], d[3], op.layout_tmp.data(), out, pool);
+            PlanarToNhwc(set, d[1], d[2], d[3], op.layout_tmp.data(), out, pool,
+                         op.output_leaves);
             break;
           }
           a = convert(a, op.planar_input, &op.layout_tmp);
@@ -718,7 +732,8 @@ class Partition {
             float* dst = op.planar_output ? out : op.layout_tmp.data();
             RunPool2D(set, max, op.shape, true, op.zero_border, in, dst, pool);
             if (!op.planar_output)
-              PlanarToNhwc(set, op.shape.out_h, op.shape.out_w, op.shape.out_c, dst, out, pool);
+              PlanarToNhwc(set, op.shape.out_h, op.shape.out_w, op.shape.out_c, dst, out, pool,
+                           op.output_leaves);
           } else {
             RunPool2D(set, max, op.shape, false, op.zero_border, in, out, pool);
           }
@@ -729,7 +744,8 @@ class Partition {
             float* dst = op.planar_output ? out : op.layout_tmp.data();
             RunSpatialPad(op.pad, true, in, dst, pool);
             if (!op.planar_output)
-              PlanarToNhwc(set, op.pad.out_h(), op.pad.out_w(), op.pad.channels, dst, out, pool);
+              PlanarToNhwc(set, op.pad.out_h(), op.pad.out_w(), op.pad.channels, dst, out, pool,
+                           op.output_leaves);
           } else {
             RunSpatialPad(op.pad, false, in, out, pool);
           }
@@ -1043,7 +1059,8 @@ std::string Delegate::ReportJson() {
          JsonEscape(e.metadata) + "\",\"device\":\"" + e.device + "\"";
     if (e.device == "cpu")
       s += ",\"layout\":\"" + e.layout + "\",\"buffer_slot\":" + std::to_string(e.buffer_slot) +
-           ",\"buffer_bytes\":" + std::to_string(e.buffer_bytes);
+           ",\"buffer_bytes\":" + std::to_string(e.buffer_bytes) +
+           ",\"streamed_output\":" + (e.streamed_output ? "true" : "false");
     if (!e.gpu_device.empty()) s += ",\"gpu_device\":\"" + JsonEscape(e.gpu_device) + "\"";
     if (e.device == "gpu") {
       char buf[64];
@@ -1065,8 +1082,7 @@ std::string Delegate::ReportJson() {
            ",\"band_rows\":" + std::to_string(e.band_rows) +
            ",\"small_map\":" + (e.small_map ? "true" : "false") +
            ",\"pair_map\":" + (e.pair_map ? "true" : "false") +
-           ",\"in_place\":" + (e.in_place ? "true" : "false") +
-           ",\"streamed_output\":" + (e.streamed_output ? "true" : "false");
+           ",\"in_place\":" + (e.in_place ? "true" : "false");
     if (options.profile) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ",\"invokes\":%lld,\"mean_ms\":%.6g",

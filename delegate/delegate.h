@@ -55,8 +55,8 @@ struct ReportEntry {
   // A 1x1 conv's generated code reads its planar input and writes its
   // planar output in place, no copies (PatternGeometry::direct).
   bool in_place = false;
-  // A pattern conv's NHWC output leaves the partition with streaming stores
-  // (large outputs only; cc/kernels/dispatch.h, StreamsNhwcOutput).
+  // The node's NHWC output leaves the partition through streaming stores
+  // (large outputs only; cc/kernels/dispatch.h, StreamsNhwcImage).
   bool streamed_output = false;
   // Where the node ran: "cpu" or "gpu"; for the GPU backend the device, the
   // program cache's answer ("hit", "stored", "rebuilt (...)", "off"), the

@@ -137,6 +137,28 @@ def test_residual_blocks_run_planar_and_match(batch, jit, claim, threads):
         assert all(layout == "nhwc" for layout in layouts), layouts
 
 
+@pytest.mark.parametrize("jit,claim", ENGINE_CLAIM)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_planar_partition_outputs_are_streamed(jit, claim, threads):
+    """A block whose ADD sums two planar tensors into the partition's NHWC
+    output writes it with streaming stores when it holds at least 1 MiB
+    (32x32x256; docs/engine.md section 42), not when smaller (32x32x128);
+    the results equal float64 numpy, and stock LiteRT with an Inf and a NaN
+    in the input."""
+    for c, streamed in ((256, True), (128, False)):
+        model = _bottleneck_model(h=32, w=32, c=c, blocks=1, seed=3)
+        tfl = convert(model)
+        x = np.random.default_rng(8).uniform(-1, 1, (1, 32, 32, c)).astype(np.float32)
+        it = lite.Interpreter(model_content=tfl, num_threads=threads, jit=jit, claim=claim,
+                              tune="off")
+        assert rel_error(run_tflite(it, [x])[0], _numpy_forward(model, x)) <= 1e-5
+        report = sorted(it.delegate_report(), key=lambda e: e["node_index"])
+        assert report[-1]["op"] == "ADD" and report[-1]["layout"] == "nhwc", report[-1]
+        assert [e["streamed_output"] for e in report] == [False] * (len(report) - 1) + [streamed]
+        x[0, 3, 30, 5], x[0, 17, 2, c - 1] = np.inf, np.nan
+        assert_same_non_finite(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0], 1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("jit,claim", ENGINE_CLAIM)
 @pytest.mark.parametrize("threads", [1, 2])

@@ -1067,19 +1067,52 @@ inline uint32_t NonFiniteBits(float v) {
 
 }  // namespace
 
+// An NHWC image that leaves the engine (a partition's output: a pattern
+// conv's, PatternIo::output_leaves, or a planar op's through PlanarToNhwc)
+// and is at least this large is written with streaming stores: it
+// outgrows a core's L2 anyway, and where the caches are cold (other work ran
+// between calls) reading its old lines before writing them over came from
+// DRAM.  56x56x128 (1.6 MB) after an XNNPACK run and a 3 ms wait, 1 and 2
+// threads: 1.04-1.08x faster, 1.01-1.07x with the caller's copy of the
+// output (get_tensor) counted; back to back 0.99-1.03x, with the copy
+// 0.96-1.02x (the copy then reads DRAM, not L3; docs/engine.md section 42).
+constexpr int64_t kStreamOutputBytes = 1 << 20;
+
+bool StreamsNhwcImage(const KernelSet* set, int64_t floats, bool output_leaves) {
+  return output_leaves && set != nullptr && set->transpose_stream != nullptr &&
+         floats * int64_t(sizeof(float)) >= kStreamOutputBytes;
+}
+
+bool StreamsNhwcOutput(const KernelSet* set, const ConvShape& s, const PatternScratch& scratch,
+                       bool output_leaves) {
+  return scratch.jit != nullptr &&
+         StreamsNhwcImage(set, int64_t(s.out_h) * s.out_w * s.out_c, output_leaves);
+}
+
 namespace {
+
+// Orders streaming stores before the stores that follow (the thread pool's
+// hand-over), so another thread reading the data sees it.
+inline void StreamFence() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
+}
 
 // One image between NHWC and plain CHW planes, an image row per transpose:
 // `to_planar` moves row y's [x][c] into column range y*w of every plane.
+// `stream`: NHWC rows written with streaming stores (StreamsNhwcImage).
 bool TransposeImage(const KernelSet* set, int h, int w, int c, const float* src, float* dst,
-                    bool to_planar, ThreadPool* pool) {
+                    bool to_planar, bool stream, ThreadPool* pool) {
   std::atomic<bool> bad{false};
   const int64_t plane = static_cast<int64_t>(h) * w;
+  const auto to_nhwc = stream ? set->transpose_stream : set->transpose;
   ParallelFor(pool, h, 4, [&](int64_t y0, int64_t y1) {
     bool b = false;
     for (int64_t y = y0; y < y1; ++y)
       b |= to_planar ? set->transpose(src + y * w * c, c, dst + y * w, plane, w, c)
-                     : set->transpose(src + y * w, plane, dst + y * w * c, c, c, w);
+                     : to_nhwc(src + y * w, plane, dst + y * w * c, c, c, w);
+    if (stream) StreamFence();
     if (b) bad.store(true, std::memory_order_relaxed);
   });
   return bad.load();
@@ -1089,12 +1122,13 @@ bool TransposeImage(const KernelSet* set, int h, int w, int c, const float* src,
 
 bool NhwcToPlanar(const KernelSet* set, int h, int w, int c, const float* nhwc, float* chw,
                   ThreadPool* pool) {
-  return TransposeImage(set, h, w, c, nhwc, chw, true, pool);
+  return TransposeImage(set, h, w, c, nhwc, chw, true, false, pool);
 }
 
 bool PlanarToNhwc(const KernelSet* set, int h, int w, int c, const float* chw, float* nhwc,
-                  ThreadPool* pool) {
-  return TransposeImage(set, h, w, c, chw, nhwc, false, pool);
+                  ThreadPool* pool, bool output_leaves) {
+  const bool stream = StreamsNhwcImage(set, int64_t(h) * w * c, output_leaves);
+  return TransposeImage(set, h, w, c, chw, nhwc, false, stream, pool);
 }
 
 void RunAdd(int64_t n, const float* a, const float* b, float lo, float hi, float* out,
@@ -1140,34 +1174,6 @@ struct OutputDest {
   bool stream = false;  // nhwc written with streaming stores (StreamsNhwcOutput)
 };
 
-}  // namespace
-
-// An NHWC output that leaves the engine (PatternIo::output_leaves) and is
-// at least this large per image is written with streaming stores: it
-// outgrows a core's L2 anyway, and where the caches are cold (other work ran
-// between calls) reading its old lines before writing them over came from
-// DRAM.  56x56x128 (1.6 MB) after an XNNPACK run and a 3 ms wait, 1 and 2
-// threads: 1.04-1.08x faster, 1.01-1.07x with the caller's copy of the
-// output (get_tensor) counted; back to back 0.99-1.03x, with the copy
-// 0.96-1.02x (the copy then reads DRAM, not L3; docs/engine.md section 42).
-constexpr int64_t kStreamOutputBytes = 1 << 20;
-
-bool StreamsNhwcOutput(const KernelSet* set, const ConvShape& s, const PatternScratch& scratch,
-                       bool output_leaves) {
-  return output_leaves && set != nullptr && set->transpose_stream != nullptr &&
-         scratch.jit != nullptr &&
-         int64_t(s.out_h) * s.out_w * s.out_c * int64_t(sizeof(float)) >= kStreamOutputBytes;
-}
-
-namespace {
-
-// Orders streaming stores before the stores that follow (the thread pool's
-// hand-over), so another thread reading the data sees it.
-inline void StreamFence() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_sfence();
-#endif
-}
 
 // Output rows [r0, r1) and channels [o0, o1) (all channels for NHWC) from the
 // engine's CHW buffer `chw` (channel stride `chw_plane`, row pitch wp, its

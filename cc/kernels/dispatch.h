@@ -112,6 +112,10 @@ struct PatternIo {
 };
 
 
+// Whether an NHWC image of `floats` floats that leaves the engine is
+// written with streaming stores (large, and the set has them).
+bool StreamsNhwcImage(const KernelSet* set, int64_t floats, bool output_leaves);
+
 // Whether RunPatternConv writes an NHWC output of shape `s` with streaming
 // stores: large, leaving the engine, finished by generated code (the static
 // kernels' bias pass reads the output again) and the set has them.
@@ -141,8 +145,10 @@ void RunPatternConv(const KernelSet* set, const ConvShape& s,
 // was Inf or NaN.
 bool NhwcToPlanar(const KernelSet* set, int h, int w, int c, const float* nhwc, float* chw,
                   ThreadPool* pool);
+// `output_leaves`: the NHWC image is a partition's output, written with
+// streaming stores when large (StreamsNhwcImage).
 bool PlanarToNhwc(const KernelSet* set, int h, int w, int c, const float* chw, float* nhwc,
-                  ThreadPool* pool);
+                  ThreadPool* pool, bool output_leaves = false);
 
 // MEAN over the spatial axes (global average pooling): out[b][c] = the sum
 // of channel c's `positions` values, divided by `positions`.  The input is
