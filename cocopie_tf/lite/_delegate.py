@@ -229,9 +229,13 @@ class Interpreter(_litert.Interpreter):
 
         Each entry: ``node_index``, ``op``, ``kernel``, ``dense_macs`` and
         ``executed_macs`` (the multiply-accumulates the kernel performs),
-        ``device`` (``"cpu"`` or ``"gpu"``); with backend="gpu" also
-        ``gpu_device``, ``program_cache`` (``hit``, ``stored``, ``rebuilt
-        (why)``, ``off``), ``build_ms`` and ``code_bytes`` (OpenCL source).
+        ``device`` (``"cpu"`` or ``"gpu"``); on the CPU also ``layout``,
+        ``buffer_slot``, ``buffer_bytes`` and ``streamed_output`` (the node's
+        NHWC output leaves the partition through streaming stores), and for
+        pattern convs the engine and its generated code's figures; with
+        backend="gpu" also ``gpu_device``, ``program_cache`` (``hit``,
+        ``stored``, ``rebuilt (why)``, ``off``), ``build_ms`` and
+        ``code_bytes`` (OpenCL source).
         """
         return delegate_report(self._cocopie_delegate, self)
 
