@@ -331,22 +331,7 @@ class Partition {
     for (OpPlan& op : ops_) {
       if (op.fused) continue;
       ReportEntry& e = (*entries)[op.node_index];
-      // Which ops write their NHWC output through streaming stores: a
-      // pattern conv itself, a planar op through PlanarToNhwc (Invoke).
-      if (op.kind == OpKind::kConv2D && op.use_pattern) {
-        e.streamed_output = !op.planar_output && !op.chain_next &&
-                            StreamsNhwcOutput(delegate_->kernels, op.shape, op.pattern_scratch,
-                                              op.output_leaves);
-      } else {
-        const bool through_planes =
-            op.planar_input && !op.planar_output &&
-            (op.kind == OpKind::kDepthwiseConv2D || IsPool(op.kind) || op.kind == OpKind::kPad ||
-             (op.kind == OpKind::kAdd && op.planar_input2));
-        int64_t floats = 1;
-        for (int v : op.output_dims) floats *= v;
-        e.streamed_output =
-            through_planes && StreamsNhwcImage(delegate_->kernels, floats, op.output_leaves);
-      }
+      e.streamed_output = StreamsOutput(op);
       if (op.planar_output) {
         e.layout = "planar";
         if (op.kind == OpKind::kConv2D) e.keeps_layout = true;
@@ -381,6 +366,23 @@ class Partition {
       // A split conv that meets Inf/NaN runs the dense kernel into NHWC.
       if (op.phase_split && op.planar_output) op.layout_tmp.assign(n, 0.f);
     }
+  }
+
+  // Whether `op` writes its NHWC output with streaming stores (for
+  // delegate_report()): a pattern conv itself, a planar op through the
+  // PlanarToNhwc that Invoke calls for it.
+  bool StreamsOutput(const OpPlan& op) const {
+    if (op.kind == OpKind::kConv2D && op.use_pattern)
+      return !op.planar_output && !op.chain_next &&
+             StreamsNhwcOutput(delegate_->kernels, op.shape, op.pattern_scratch,
+                               op.output_leaves);
+    const bool through_planes =
+        op.planar_input && !op.planar_output &&
+        (op.kind == OpKind::kDepthwiseConv2D || IsPool(op.kind) || op.kind == OpKind::kPad ||
+         (op.kind == OpKind::kAdd && op.planar_input2));
+    int64_t floats = 1;
+    for (int v : op.output_dims) floats *= v;
+    return through_planes && StreamsNhwcImage(delegate_->kernels, floats, op.output_leaves);
   }
 
   // The generated code's figures for delegate_report().

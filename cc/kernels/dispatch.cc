@@ -1174,7 +1174,6 @@ struct OutputDest {
   bool stream = false;  // nhwc written with streaming stores (StreamsNhwcOutput)
 };
 
-
 // Output rows [r0, r1) and channels [o0, o1) (all channels for NHWC) from the
 // engine's CHW buffer `chw` (channel stride `chw_plane`, row pitch wp, its
 // row 0 is output row `row_base`) to `d`, with bias and activation unless

@@ -107,10 +107,9 @@ struct PatternIo {
   // (scratch->jit->layout().residual, PatternTuning::residual_epilogue).
   const float* residual = nullptr;
   // The NHWC output leaves the engine (a partition's output): when large it
-  // is written with streaming stores (dispatch.cc, StreamsOutput).
+  // is written with streaming stores (StreamsNhwcOutput).
   bool output_leaves = false;
 };
-
 
 // Whether an NHWC image of `floats` floats that leaves the engine is
 // written with streaming stores (large, and the set has them).
