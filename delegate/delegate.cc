@@ -306,7 +306,7 @@ class Partition {
       op.planar_input2 = op.kind == OpKind::kAdd && planar.count(op.input2) != 0;
       op.planar_output = false;
       op.output_leaves = outputs_.count(op.output) != 0;
-      if (delegate_->kernels == nullptr || op.chain_next || outputs_.count(op.output) ||
+      if (delegate_->kernels == nullptr || op.chain_next || op.output_leaves ||
           op.output_dims.size() != 4 || op.output_dims[0] != 1)
         continue;
       // A depthwise conv keeps the layout it is given: planar out only from
