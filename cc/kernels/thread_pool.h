@@ -9,8 +9,8 @@
 // layer: data written by another core costs 1.1x to read on cores sharing
 // an L3, and 3x where the two vCPUs sit on different AMD CCDs (measured on
 // the 2-vCPU EPYC VM, docs/engine.md section 30).  A thread whose share runs
-// out takes chunks from the others', so a late or slow thread delays a call
-// by at most one chunk.
+// out takes chunks from the others'; chunks halve towards `grain` items as a
+// share runs out, so a late or slow thread delays a call by about that much.
 //
 // Between jobs the workers (and the caller, waiting for them) spin for up to
 // `spin_us` microseconds before sleeping on a condition variable: a network
@@ -99,7 +99,8 @@ class ThreadPool {
   int64_t ShareBegin(int p) const { return n_ * p / num_threads(); }
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
-  int64_t chunk_ = 1;
+  int64_t chunk_ = 1;  // the largest chunk
+  int64_t grain_ = 1;  // the smallest (the last of a share may be shorter)
   std::vector<Share> shares_;
 
   // Pinning: the CPUs the creating thread could use (read-only

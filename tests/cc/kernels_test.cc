@@ -126,6 +126,26 @@ TEST_CASE(ThreadPoolVisitsEveryIndexOnce) {
   CHECK(ThreadPool(2, -5).spin_us() == 0 && ThreadPool(2, 1 << 30).spin_us() == ThreadPool::kMaxSpinUs);
 }
 
+// Chunks: at most a quarter of a share, halving down to `grain` as the share
+// runs out, so a thread done early finds small pieces left to take.  At one
+// thread the caller alone walks its share, so the sizes are exact.
+TEST_CASE(ThreadPoolChunksHalveAtTheEndOfAShare) {
+  ThreadPool pool(1, 0);
+  std::vector<int64_t> sizes;
+  int64_t next = 0;
+  bool in_order = true;
+  pool.ParallelFor(100, 3, [&](int64_t b, int64_t e) {
+    in_order = in_order && b == next;
+    next = e;
+    sizes.push_back(e - b);
+  });
+  CHECK(in_order && next == 100);
+  CHECK(sizes == (std::vector<int64_t>{25, 25, 25, 13, 6, 3, 3}));
+  sizes.clear();
+  pool.ParallelFor(10, 8, [&](int64_t b, int64_t e) { sizes.push_back(e - b); });
+  CHECK(sizes == (std::vector<int64_t>{8, 2}));  // never below grain but at the end
+}
+
 // Placement: a core of its own for each worker where one is free, never the
 // caller's CPU, kept while it stays free (two cores of two hyperthreads each:
 // CPUs 0 and 1 on core 0, 2 and 3 on core 1).
