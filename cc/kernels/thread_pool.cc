@@ -302,7 +302,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     fn_ = &fn;
     n_ = n;
     chunk_ = std::max<int64_t>(1, chunk);
-    grain_ = std::max<int64_t>(1, std::min(grain, chunk_));
+    grain_ = std::max<int64_t>(1, grain);  // <= chunk_
     for (int p = 0; p < threads; ++p) shares_[p].next.store(ShareBegin(p), std::memory_order_relaxed);
     active_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
