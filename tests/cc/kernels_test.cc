@@ -355,13 +355,16 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
     if (!ResolveConvShape(trial % 6 == 5 ? Padding::kValid : Padding::kSame, &s).empty()) continue;
     const int taps = s.k_h * s.k_w;
     auto w = Random(size_t(taps) * s.out_c, &rng);
-    // 0 pattern (about 4 taps), 1 pattern with some channels empty, 2 dense
-    // (the AVX-512 set runs the first two on its copy-free kernels).
+    // 0 pattern (about 4 taps; half of a 5x5 kernel's 25 in every other
+    // trial, more taps than the AVX-512 flat kernel unrolls), 1 pattern
+    // with some channels empty, 2 dense (the AVX-512 set runs the first two
+    // on its copy-free kernels).
     const int style = trial % 3;
+    const int keep = taps > 9 && trial % 2 ? 12 : 4;
     for (int o = 0; o < s.out_c; ++o) {
       const bool empty = style == 1 && rng() % 3 == 0;
       for (int t = 0; t < taps; ++t)
-        if (empty || (style != 2 && taps > 4 && rng() % taps >= 4)) w[size_t(t) * s.out_c + o] = 0.f;
+        if (empty || (style != 2 && taps > 4 && int(rng() % taps) >= keep)) w[size_t(t) * s.out_c + o] = 0.f;
     }
     const auto bias = Random(s.out_c, &rng);
     const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, s.k_h, s.k_w, bias.data());
