@@ -661,6 +661,31 @@ def test_strided_pattern_conv_runs_phase_split(k, strides, padding, h, w, batch,
     assert entry["executed_macs"] == out_positions * np.count_nonzero(filt)
 
 
+@pytest.mark.parametrize("h,w,padding,threads", [(32, 32, "same", 1), (33, 30, "same", 2),
+                                                   (31, 33, "valid", 2)])
+def test_rgb_stem_phase_split_reads_pixel_pairs(h, w, padding, threads):
+    """A 3-channel stride-2 stem (MobileNet's): both phase columns of an
+    image row are split in one pass over pixel pairs where they cover the
+    same columns (the odd-width and VALID cases where they do not take the
+    per-column path); outputs against numpy float64, an Inf or NaN in the
+    image against stock LiteRT."""
+    rng = np.random.default_rng(h * 10 + w)
+    filt = _pruned_filter(rng, 16, 3, 3, connectivity=1.0)
+    bias = rng.standard_normal(16).astype(np.float32)
+    tfl = convert(_strided_model(filt, bias, (2, 2), padding, "relu6", h, w))
+    it = lite.Interpreter(model_content=tfl, claim="all", num_threads=threads)
+    x = rng.standard_normal((1, h, w, 3)).astype(np.float32)
+    ref = np_conv2d(x, filt, bias, (2, 2), (1, 1), padding, act="relu6")
+    assert rel_error(run_tflite(it, [x])[0], ref) <= 1e-5
+    (entry,) = it.delegate_report()
+    assert "conv2d_pattern" in entry["kernel"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        for value in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[0, int(rng.integers(h)), int(rng.integers(w)), int(rng.integers(3))] = value
+            assert_same_non_finite(run_tflite(it, [y])[0], reference_outputs(tfl, [y])[0], what=value)
+
+
 def test_strided_pattern_conv_is_claimed_where_it_pays():
     """claim=auto takes a pruned stride-2 layer big enough to beat XNNPACK's
     dense kernel after the split and the layout changes, and leaves unpruned

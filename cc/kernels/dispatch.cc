@@ -972,28 +972,51 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
   const int c = s.in_c, sh = s.stride_h, sw = s.stride_w;
   float* planes = scratch->input.data();
   std::atomic<bool> non_finite{false};
+  // Columns j of phase column q with 0 <= sw*j + q - pad_left < in_w, for
+  // input row y: [j_lo, j_hi).
+  const auto columns = [&](int y, int q, int* j_lo, int* j_hi) {
+    *j_lo = *j_hi = 0;
+    if (y < 0 || y >= s.in_h) return;
+    const int first = s.pad_left - q;  // sw*j >= first
+    *j_lo = std::min(first > 0 ? (first + sw - 1) / sw : 0, t.in_w);
+    *j_hi = s.in_w - 1 + s.pad_left - q < 0
+                ? 0
+                : std::min(t.in_w, (s.in_w - 1 + s.pad_left - q) / sw + 1);
+    *j_hi = std::max(*j_hi, *j_lo);
+  };
   ParallelFor(pool, t.in_h, 2, [&](int64_t i0, int64_t i1) {
     bool bad = false;
     for (int64_t i = i0; i < i1; ++i)
-      for (int p = 0; p < sh; ++p)
+      for (int p = 0; p < sh; ++p) {
+        const int y = static_cast<int>(sh * i) + p - s.pad_top;
+        float* dst_p = planes + static_cast<int64_t>(p * sw) * c * g.plane + i * g.wp;
+        int lo0, hi0, lo1, hi1;
+        columns(y, 0, &lo0, &hi0);
+        if (sw > 1) columns(y, 1, &lo1, &hi1);
         for (int q = 0; q < sw; ++q) {
-          float* dst = planes + static_cast<int64_t>(p * sw + q) * c * g.plane + i * g.wp;
-          const int y = static_cast<int>(sh * i) + p - s.pad_top;
-          // Columns j with 0 <= sw*j + q - pad_left < in_w.
-          int j_lo = 0, j_hi = 0;
-          if (y >= 0 && y < s.in_h) {
-            const int first = s.pad_left - q;  // sw*j >= first
-            j_lo = first > 0 ? (first + sw - 1) / sw : 0;
-            j_hi = std::min(t.in_w, (s.in_w - 1 + s.pad_left - q) / sw + 1);
-            if (s.in_w - 1 + s.pad_left - q < 0) j_hi = 0;
-            j_lo = std::min(j_lo, t.in_w);
-            j_hi = std::max(j_hi, j_lo);
-          }
+          float* dst = dst_p + static_cast<int64_t>(q) * c * g.plane;
+          int j_lo, j_hi;
+          columns(y, q, &j_lo, &j_hi);
           for (int ch = 0; ch < c; ++ch) {
             float* row = dst + ch * g.plane;
             std::fill(row, row + j_lo, 0.f);
             std::fill(row + j_hi, row + t.in_w, 0.f);
           }
+        }
+        // Column stride 2 with both phase columns over the same j: pixels
+        // x and x + 1 are one source row of 2c floats for the 2c planes of
+        // this row phase (consecutive, phase column-major), so the image
+        // row is read once instead of once per phase column.
+        if (sw == 2 && lo0 == lo1 && hi0 == hi1) {
+          if (hi0 > lo0)
+            bad |= set->transpose(image + (static_cast<int64_t>(y) * s.in_w + 2 * lo0 - s.pad_left) * c,
+                                  2 * c, dst_p + lo0, g.plane, hi0 - lo0, 2 * c);
+          continue;
+        }
+        for (int q = 0; q < sw; ++q) {
+          float* dst = dst_p + static_cast<int64_t>(q) * c * g.plane;
+          int j_lo, j_hi;
+          columns(y, q, &j_lo, &j_hi);
           if (j_hi > j_lo) {
             const int x = sw * j_lo + q - s.pad_left;
             bad |= set->transpose(image + (static_cast<int64_t>(y) * s.in_w + x) * c,
@@ -1001,6 +1024,7 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
                                   j_hi - j_lo, c);
           }
         }
+      }
     if (bad) non_finite.store(true, std::memory_order_relaxed);
   });
   scratch->input_non_finite = false;
