@@ -990,9 +990,14 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
       for (int p = 0; p < sh; ++p) {
         const int y = static_cast<int>(sh * i) + p - s.pad_top;
         float* dst_p = planes + static_cast<int64_t>(p * sw) * c * g.plane + i * g.wp;
-        int lo0, hi0, lo1, hi1;
+        // Column stride 2 with both phase columns over the same j: pixels
+        // x and x + 1 are one source row of 2c floats for the 2c planes of
+        // this row phase (consecutive, phase column-major), so the image
+        // row is read once instead of once per phase column.
+        int lo0, hi0, lo1 = 0, hi1 = 0;
         columns(y, 0, &lo0, &hi0);
         if (sw > 1) columns(y, 1, &lo1, &hi1);
+        const bool pairs = sw == 2 && lo0 == lo1 && hi0 == hi1;
         for (int q = 0; q < sw; ++q) {
           float* dst = dst_p + static_cast<int64_t>(q) * c * g.plane;
           int j_lo, j_hi;
@@ -1002,28 +1007,16 @@ bool PackPhaseSplitInput(const KernelSet* set, const ConvShape& s, const float* 
             std::fill(row, row + j_lo, 0.f);
             std::fill(row + j_hi, row + t.in_w, 0.f);
           }
-        }
-        // Column stride 2 with both phase columns over the same j: pixels
-        // x and x + 1 are one source row of 2c floats for the 2c planes of
-        // this row phase (consecutive, phase column-major), so the image
-        // row is read once instead of once per phase column.
-        if (sw == 2 && lo0 == lo1 && hi0 == hi1) {
-          if (hi0 > lo0)
-            bad |= set->transpose(image + (static_cast<int64_t>(y) * s.in_w + 2 * lo0 - s.pad_left) * c,
-                                  2 * c, dst_p + lo0, g.plane, hi0 - lo0, 2 * c);
-          continue;
-        }
-        for (int q = 0; q < sw; ++q) {
-          float* dst = dst_p + static_cast<int64_t>(q) * c * g.plane;
-          int j_lo, j_hi;
-          columns(y, q, &j_lo, &j_hi);
-          if (j_hi > j_lo) {
+          if (!pairs && j_hi > j_lo) {
             const int x = sw * j_lo + q - s.pad_left;
             bad |= set->transpose(image + (static_cast<int64_t>(y) * s.in_w + x) * c,
                                   static_cast<int64_t>(sw) * c, dst + j_lo, g.plane,
                                   j_hi - j_lo, c);
           }
         }
+        if (pairs && hi0 > lo0)
+          bad |= set->transpose(image + (static_cast<int64_t>(y) * s.in_w + 2 * lo0 - s.pad_left) * c,
+                                2 * c, dst_p + lo0, g.plane, hi0 - lo0, 2 * c);
       }
     if (bad) non_finite.store(true, std::memory_order_relaxed);
   });
