@@ -6,6 +6,7 @@ cocopie delegate (generated code, and its static kernels for
 comparison), at 1 and 2 threads.
 
     python bench/bench_peers.py [--runs 21] [--resnet50] [--settle-ms 3] [--consecutive 1] \\
+        [--instances 3] \\
         [--deepsparse /path/to/venv-with-deepsparse/bin/python] \\
         [--mnn /path/to/venv-with-mnn/bin/python] \\
         [--tvm /path/to/venv-with-tvm/bin/python [--tvm-trials 64] [--tvm-models conv]] \\
@@ -26,7 +27,11 @@ the main process waits on, so the two never share cores.  So every timed run
 follows the other runtimes' runs, whose weights have evicted its own from the
 caches: an application that runs several models in turn.  --consecutive K runs
 each runtime K times per round and times runs 2..K only, each right after the
-same model ran (one model on a stream of inputs); rounds still alternate.  The
+same model ran (one model on a stream of inputs); rounds still alternate.
+Every runtime is built --instances times (3; worker runtimes as that many
+processes) and round r times copy r % N of each: identical interpreters in
+one process ran up to 1.15x apart, each copy consistently (where its buffers
+landed), so one copy per runtime made a ratio of two placements.  The
 `steal` column is
 the share of CPU time the hypervisor took while a block ran (/proc/stat): on a
 shared VM, 2-thread rows with steal above a few percent are not comparable.
@@ -161,14 +166,20 @@ MNN_TOLERANCE = 2e-3
 
 
 def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, consecutive=1,
-            runtimes=RUNTIMES, mnn_python=None, tvm=None, scaling=False):
+            runtimes=RUNTIMES, mnn_python=None, tvm=None, scaling=False, instances=3):
     """Times `runtimes` (and DeepSparse, MNN and TVM, given their venvs'
     python; tvm = (python, trials, cache dir)) on
     `tfl` at `threads`, alternating round by round; `consecutive` > 1: each runtime
     runs that many times per round and only runs 2.. are timed (right after
     the same model ran).  xnnpack, the reference, and cocopie always run;
     `scaling` with threads > 1 adds cocopie at 1 thread ("cocopie_1t") to the
-    rounds, so its 1 -> 2 thread speed-up is paired round by round."""
+    rounds, so its 1 -> 2 thread speed-up is paired round by round.
+    Every runtime is built `instances` times (at most `runs`; in-process ones
+    as interpreters or sessions of their own, worker ones as processes of
+    their own) and round r times copy r % instances of each: one copy's
+    speed depends on where its buffers landed (identical XNNPACK interpreters
+    in one process ran up to 1.15x apart, each consistently), and a single
+    copy per runtime turned that luck into a ratio."""
     from ai_edge_litert.interpreter import Interpreter
 
     probe = Interpreter(model_content=tfl)
@@ -187,14 +198,19 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
             onnx_bytes = tflite_to_onnx(tfl)
         except Exception as e:  # e.g. the onnx package missing
             onnx_error = f"no ONNX model ({type(e).__name__}: {e})"
-    runners = {}
+    copies = max(1, min(instances, runs))
+    runners = {}  # kind -> its copies
     skipped = {}
     tmp = first = None
     try:
         # The reference first: every output is checked against stock LiteRT.
-        for kind in kinds:
-            runners[kind] = make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache)
-            runners[kind].invoke()
+        # Copy by copy, so that no runtime gets all the late allocations (a
+        # copy's speed followed its place in the creation order, not its kind).
+        for _ in range(copies):
+            for kind in kinds:
+                runners.setdefault(kind, []).append(
+                    make_runner(kind, tfl, onnx_bytes, threads, x, tune_cache))
+                runners[kind][-1].invoke()
         if workers and onnx_bytes is not None:
             # The ONNX copy (up to 100 MB for ResNet-50) and the workers'
             # outputs: removed with the block (finally, below).
@@ -224,26 +240,33 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
             if onnx_error:
                 skipped[kind] = onnx_error
                 continue
+            made = []
             try:
-                runners[kind] = WorkerRunner(python, HERE / script, request, env=env)
+                for _ in range(copies):
+                    made.append(WorkerRunner(python, HERE / script, request, env=env))
+                runners[kind] = made
             except (RuntimeError, OSError, ValueError) as e:
+                for w in made:
+                    w.close()
                 skipped[kind] = str(e)
-        ref = runners["xnnpack"].output
-        errors = {k: rel(ref, r.output) for k, r in runners.items()}
+        ref = runners["xnnpack"][0].output
+        errors = {k: max(rel(ref, r.output) for r in rs) for k, rs in runners.items()}
         bad = {k: e for k, e in errors.items()
                if not e <= (MNN_TOLERANCE if k == "mnn" else 1e-4)}
-        for k in [k for k in bad if isinstance(runners[k], WorkerRunner)]:
+        for k in [k for k in bad if isinstance(runners[k][0], WorkerRunner)]:
             skipped[k] = f"output differs from LiteRT's by {bad.pop(k):.2e} relative"
-            runners.pop(k).close()
+            for w in runners.pop(k):
+                w.close()
         if bad:
             raise AssertionError(f"{name}: outputs disagree with LiteRT: {bad}")
         for k, why in skipped.items():
             print(f"warning: {name}, {threads} thread(s): {k} left out: {why}", file=sys.stderr)
         times = {k: [] for k in runners}
         per_round = {k: [] for k in runners}
-        for r in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
-            for _ in range(8):
-                r.invoke()
+        for rs in runners.values():  # warm-up per block (XNNPACK needs it after others ran)
+            for r in rs:
+                for _ in range(8):
+                    r.invoke()
         ticks = cpu_ticks()
         cross = [cross_core_ratio()]
         speed = [cpu_speed_ratio()]
@@ -258,7 +281,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         shuffle = np.random.default_rng(zlib.crc32(f"{name}/{threads}".encode()))
         for rnd in range(runs):
             for j in shuffle.permutation(len(order)):
-                k, r = order[j]
+                k, r = order[j][0], order[j][1][rnd % copies]
                 timed = len(times[k])
                 for i in range(consecutive):
                     # Untimed busy wait first: a runtime whose pool spins after a
@@ -284,18 +307,20 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
         versions = {}
         for k in ("deepsparse", "mnn", "tvm"):
             if k in runners:
-                versions[k] = runners[k].reply["version"]
+                versions[k] = runners[k][0].reply["version"]
         if "tvm" in runners:
-            versions["tvm_tuning_trials"] = runners["tvm"].reply["tuned_trials"]
+            versions["tvm_tuning_trials"] = runners["tvm"][0].reply["tuned_trials"]
     finally:
-        for r in runners.values():
-            if isinstance(r, WorkerRunner):
-                r.close()
+        for rs in runners.values():
+            for r in rs:
+                if isinstance(r, WorkerRunner):
+                    r.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return dict(model=name, threads=threads, ms={k: dict(summary(v), n=len(v)) for k, v in times.items()},
                 rounds={k: [round(v, 4) for v in t] for k, t in per_round.items()},
                 rel_error=errors, skipped=skipped, versions=versions, consecutive=consecutive,
+                instances=copies,
                 # CPU time the hypervisor took while the block ran (VMs)
                 steal_pct=None if stolen is None else round(stolen, 2),
                 # reading another CPU's writes / one's own, before and after
@@ -305,7 +330,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
                 # multiply-adds, before and after the block: 1.0 when both
                 # run at one speed
                 cpu_speed=[None if c is None else round(c, 2) for c in speed],
-                **report_summary(runners["cocopie"]))
+                **report_summary(runners["cocopie"][0]))
 
 
 def chart(rows, path, peers):
@@ -368,6 +393,8 @@ def main():
     ap.add_argument("--resnet50", action="store_true", help="also ResNet-50 224 (slow)")
     ap.add_argument("--consecutive", type=int, default=1, metavar="K",
                     help="runs per runtime and round; K > 1 times runs 2..K (same model just ran)")
+    ap.add_argument("--instances", type=int, default=3, metavar="N",
+                    help="copies of every runtime, taking the rounds in turn (see measure())")
     ap.add_argument("--models", nargs="*", default=None, help="only these model names")
     ap.add_argument("--json", default=None)
     ap.add_argument("--chart", default=None)
@@ -377,6 +404,8 @@ def main():
     args = ap.parse_args()
     if args.consecutive < 1:
         ap.error("--consecutive must be at least 1")
+    if args.instances < 1:
+        ap.error("--instances must be at least 1")
     if args.replot:
         d = json.loads(pathlib.Path(args.replot).read_text())
         peers = [p for p in ("xnnpack", "onnxruntime", "deepsparse", "mnn", "tvm",
@@ -410,7 +439,7 @@ def main():
         for name, tfl in models:
             row = measure(name, tfl, threads, args.runs, args.deepsparse, cache, args.settle_ms,
                           args.consecutive, mnn_python=args.mnn,
-                          scaling=name.startswith(SCALING[0]),
+                          scaling=name.startswith(SCALING[0]), instances=args.instances,
                           tvm=(args.tvm, args.tvm_trials, args.tvm_cache)
                           if args.tvm and any(m in name for m in args.tvm_models) else None)
             rows.append(row)
@@ -429,8 +458,10 @@ def main():
             + (" --mnn PY" if args.mnn else "")
             + (f" --tvm PY --tvm-trials {args.tvm_trials}" if args.tvm else "")
             + (f" --consecutive {args.consecutive}" if args.consecutive > 1 else "")
+            + (f" --instances {args.instances}" if args.instances != 3 else "")
             + "`\n\nMachine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "\n\n"
-            + "Median ms (q1-q3) of alternating runs, same weights, outputs checked"
+            + "Median ms (q1-q3) of alternating runs, same weights, outputs checked, "
+            + f"{args.instances} copies of each runtime taking the rounds in turn"
             + (f"; {args.consecutive} runs in a row per runtime and round, the first untimed"
                if args.consecutive > 1 else "") + ".\n\n"
             + table(rows, peers) + "\n\n"

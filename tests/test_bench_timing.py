@@ -127,6 +127,44 @@ def test_measure_times_every_runtime_on_checked_outputs_and_consecutive_runs(tmp
     assert all(min(v) > 0 for v in row["rounds"].values())
 
 
+def test_measure_times_copies_of_every_runtime_in_turn(tmp_path, monkeypatch):
+    """Each runtime is built `instances` times and round r times copy
+    r % instances: with 4 rounds and 2 copies every copy runs its output
+    check, 8 warm-up runs and 2 timed rounds; copies never exceed rounds."""
+    import bench_peers
+
+    made = []
+    real = bench_peers.make_runner
+
+    def counting_runner(kind, *a, **k):
+        r = real(kind, *a, **k)
+        inner, r.calls = r.invoke, [0]
+
+        def invoke():
+            r.calls[0] += 1
+            inner()
+
+        r.invoke = invoke
+        made.append((kind, r))
+        return r
+
+    monkeypatch.setattr(bench_peers, "make_runner", counting_runner)
+    tfl = _small_pruned_conv(8, 8)
+    row = bench_peers.measure("small", tfl, 1, runs=4, ds_python=None,
+                              tune_cache=str(tmp_path / "tune.tsv"), settle_ms=0, instances=2,
+                              runtimes=("xnnpack", "cocopie"))
+    assert row["instances"] == 2
+    assert [k for k, _ in made] == ["xnnpack", "cocopie"] * 2  # built copy by copy
+    assert [r.calls[0] for _, r in made] == [1 + 8 + 2] * 4
+    assert all(len(v) == 4 for v in row["rounds"].values())
+    assert all(e <= 1e-4 for e in row["rel_error"].values()), row["rel_error"]
+    made.clear()
+    row = bench_peers.measure("small", tfl, 1, runs=1, ds_python=None,
+                              tune_cache=str(tmp_path / "tune.tsv"), settle_ms=0, instances=3,
+                              runtimes=("xnnpack", "cocopie"))
+    assert row["instances"] == 1 and len(made) == 2
+
+
 @pytest.mark.parametrize("worker, module", [("mnn_worker.py", "_tools"), ("tvm_worker.py", "tvm")])
 def test_peer_worker_without_its_runtime_gives_a_clear_error(tmp_path, worker, module):
     """--mnn / --tvm pointing at a Python without that runtime: the worker
