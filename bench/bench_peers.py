@@ -30,8 +30,8 @@ each runtime K times per round and times runs 2..K only, each right after the
 same model ran (one model on a stream of inputs); rounds still alternate.
 Every runtime is built --instances times (3; worker runtimes as that many
 processes) and round r times copy r % N of each: identical interpreters in
-one process ran up to 1.15x apart, each copy consistently (where its buffers
-landed), so one copy per runtime made a ratio of two placements.  The
+one process ran up to 1.15x apart, each copy consistently (presumably where
+its buffers landed), so one copy per runtime made a ratio of two placements.  The
 `steal` column is
 the share of CPU time the hypervisor took while a block ran (/proc/stat): on a
 shared VM, 2-thread rows with steal above a few percent are not comparable.
@@ -177,7 +177,7 @@ def measure(name, tfl, threads, runs, ds_python, tune_cache, settle_ms=3.0, cons
     Every runtime is built `instances` times (at most `runs`; in-process ones
     as interpreters or sessions of their own, worker ones as processes of
     their own) and round r times copy r % instances of each: one copy's
-    speed depends on where its buffers landed (identical XNNPACK interpreters
+    speed depends on its copy (identical XNNPACK interpreters
     in one process ran up to 1.15x apart, each consistently), and a single
     copy per runtime turned that luck into a ratio."""
     from ai_edge_litert.interpreter import Interpreter
