@@ -335,16 +335,16 @@ print(json.dumps({{"features": _cc.cpu_features(), "err": err, "ops": [e["op"] f
                          and "avx512" in _cc.jit_choices()),
                     reason="needs the AVX-512 code generator on an AVX-512 CPU")
 @pytest.mark.parametrize("conn", [3.0, 3.6])
-def test_7x7_blocks_are_claimed_where_512_bit_fmas_run_at_half_rate(conn, tmp_path):
+def test_7x7_blocks_are_claimed_at_either_fma_rate(conn, tmp_path):
     """ResNet-50's stage 5 in small: residual blocks on a 7x7 map (4
     register tiles), 1x1 convs pruned 3x or 3.6x.  Generated code reading
-    the planar tensors in place is judged to pay there only where XNNPACK's
-    dense GEMM runs 512-bit FMAs at half rate (AMD Zen 4; docs/engine.md
-    section 29); where they run at full rate the 1x1 convs are predicted
-    slower (0.84x) or to tie (1.01x, and such ties do not join the set
-    judged as a whole), and only the 3x3 convs are claimed.  Each rate in its own
-    process, stated with COCOPIE_FMA512_RATE (the probe runs once per
-    process); outputs match stock LiteRT either way."""
+    the planar tensors in place is judged to pay there on every AVX-512 core
+    when the blocks are claimed whole (AMD Zen 4 with half-rate 512-bit
+    FMAs, docs/engine.md section 29; an Intel Xeon with full-rate ones,
+    section 46), so the claim does not depend on the FMA rate probe: each
+    rate is stated with COCOPIE_FMA512_RATE in its own process (the probe
+    runs once per process), which cpu_features() reports, and both claim
+    the blocks; outputs match stock LiteRT either way."""
     import json
     import os
     import pathlib
@@ -365,11 +365,9 @@ def test_7x7_blocks_are_claimed_where_512_bit_fmas_run_at_half_rate(conn, tmp_pa
         assert out["err"] <= 1e-5, (rate, out)
         assert ("fma512_full_rate" in out["features"].split(",")) == (rate == "full"), out
         seen[rate] = (out["ops"], out["in_place"])
-    half_ops, half_in_place = seen["half"]
-    assert half_ops.count("CONV_2D") == 8 and half_ops.count("ADD") == 2, half_ops
-    assert half_in_place >= 1
-    full_ops, full_in_place = seen["full"]
-    assert full_ops == ["CONV_2D"] * 3 and full_in_place == 0, full_ops
+    for rate, (ops, in_place) in seen.items():
+        assert ops.count("CONV_2D") == 8 and ops.count("ADD") == 2, (rate, ops)
+        assert in_place >= 1, (rate, in_place)
 
 
 def _resnet_head_model(prune=True, seed=0, h=112):

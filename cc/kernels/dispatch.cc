@@ -71,18 +71,25 @@ const CpuFeatures& DetectCpu() {
     f.avx2 = __builtin_cpu_supports("avx2");
     f.fma = __builtin_cpu_supports("fma");
     f.avx512f = __builtin_cpu_supports("avx512f");
-    // COCOPIE_FMA512_RATE=full|half states it instead (tests of the cost
-    // model's two cases; a machine whose probe is disturbed).
-    const char* rate = std::getenv("COCOPIE_FMA512_RATE");
-    const std::string forced = rate != nullptr ? rate : "";
-    f.fma512_full_rate = f.avx512f && f.avx2 && f.fma &&
-                         (forced == "full" || (forced != "half" && MeasureFma512FullRate()));
 #elif defined(__aarch64__)
     f.neon = true;  // mandatory on AArch64
 #endif
     return f;
   }();
   return features;
+}
+
+bool CpuFeatures::Fma512FullRate() const {
+  // COCOPIE_FMA512_RATE=full|half states it instead (tests; a machine whose
+  // probe is disturbed).
+  static const bool full = [] {
+    const CpuFeatures& cpu = DetectCpu();
+    const char* rate = std::getenv("COCOPIE_FMA512_RATE");
+    const std::string forced = rate != nullptr ? rate : "";
+    return cpu.avx512f && cpu.avx2 && cpu.fma &&
+           (forced == "full" || (forced != "half" && MeasureFma512FullRate()));
+  }();
+  return full;
 }
 
 std::string CpuFeatures::ToString() const {
@@ -96,7 +103,7 @@ std::string CpuFeatures::ToString() const {
   add(fma, "fma");
   add(avx512f, "avx512f");
   add(neon, "neon");
-  add(fma512_full_rate, "fma512_full_rate");
+  add(Fma512FullRate(), "fma512_full_rate");
   return s.empty() ? "baseline" : s;
 }
 
@@ -504,14 +511,18 @@ int64_t JitTilesOnMap(JitIsa isa, const ConvShape& s) {
 // 20-25 (AMD Zen 5, 1 thread), no better than through copies, where the
 // 14x14 ones (13 tiles) ran 33-44 and the larger maps 37-60.
 constexpr int64_t kMinInPlaceTiles = 8;
-// ... on cores whose 512-bit FMAs run at half rate (AMD Zen 4), XNNPACK's
-// dense GEMM runs at half the speed per cycle while the code-bound 7x7
-// layers lose little: ResNet-50's stage 5 ran 1.3-1.5x faster on the engine
-// than on XNNPACK there (docs/engine.md section 29), so 4 tiles pay, but
-// only with claimed neighbours on both sides: MobileNetV2's 7x7 1x1 convs
-// between dense depthwise convs that XNNPACK runs tied at 1 thread and ran
-// 4-9% slower at 2.
-constexpr int64_t kMinInPlaceTilesHalfRate = 4;
+// ... with claimed neighbours on both sides (no layout change at either
+// edge, one thread pool), 4 tiles pay on AVX-512: ResNet-50's stage 5 ran
+// 1.3-1.5x faster on the engine than on XNNPACK on AMD Zen 4, whose 512-bit
+// FMAs run at half rate (docs/engine.md section 29), and on an Intel Xeon
+// with full-rate FMAs ResNet-50 (1x1 convs 3.6x) ran 1.18-1.24x and
+// MobileNetV2 (target model) 1.07-1.09x faster with its 7x7 1x1 convs
+// claimed, caches evicted between runs as in the peer benchmark (section
+// 46; AMD Zen 5 had run the stage 0.72 against XNNPACK's 0.65 ms with
+// warmer caches, section 26).  MobileNetV2's 7x7 1x1 convs between dense
+// depthwise convs that XNNPACK runs tied at 1 thread and ran 4-9% slower at 2 (Zen 4): the edges
+// cost what the code gains.
+constexpr int64_t kMinInPlaceTilesInside = 4;
 
 }  // namespace
 
@@ -520,9 +531,8 @@ bool JitRunsOnMap(JitIsa isa, const ConvShape& s) {
 }
 
 bool JitInPlacePays(JitIsa isa, const ConvShape& s, bool no_edges) {
-  const bool half_rate = isa == JitIsa::kAvx512 && !DetectCpu().fma512_full_rate;
   return JitTilesOnMap(isa, s) >=
-         (no_edges && half_rate ? kMinInPlaceTilesHalfRate : kMinInPlaceTiles);
+         (no_edges && isa == JitIsa::kAvx512 ? kMinInPlaceTilesInside : kMinInPlaceTiles);
 }
 
 bool JitRunsDense(const PatternStats& st, JitIsa jit) {

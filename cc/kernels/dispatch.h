@@ -19,10 +19,10 @@ struct CpuFeatures {
   // 256-bit one (two 512-bit FMA pipes: Intel Xeon Gold/Platinum, AMD Zen 5
   // server parts) rather than the same (AMD Zen 4, which runs a zmm FMA on
   // its two 256-bit pipes; one-pipe Xeons).  No CPUID bit says it, so it is
-  // measured once (0.1-1.5 ms).  Dense GEMM kernels such as XNNPACK's
-  // run at twice the speed per cycle on full-rate cores; the generated code
-  // of small maps, bound by fetching its code, does not (the cost model).
-  bool fma512_full_rate = false;
+  // measured (0.1-1.5 ms) on the first call, not at load: no kernel or claim
+  // depends on it.  Reports and benchmark records state it, since dense GEMMs
+  // such as XNNPACK's run at twice the speed per cycle on full-rate cores.
+  bool Fma512FullRate() const;
   std::string ToString() const;
 };
 const CpuFeatures& DetectCpu();
@@ -198,8 +198,7 @@ bool JitRunsOnMap(JitIsa isa, const ConvShape& s);
 // planar tensor in place is judged at the in-place efficiency
 // (PredictedSpeedupOverDense): maps of enough register tiles.  `no_edges`:
 // both of the conv's tensors stay planar (claimed neighbours on both
-// sides); on cores whose 512-bit FMAs run at half rate smaller maps then
-// pay too.
+// sides); with AVX-512 code smaller maps then pay too.
 bool JitInPlacePays(JitIsa isa, const ConvShape& s, bool no_edges = false);
 // `dense_macs` and `edge_elements` (input + output elements of the node,
 // which the engine transposes at a partition edge) make the prediction
