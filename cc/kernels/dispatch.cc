@@ -520,8 +520,8 @@ constexpr int64_t kMinInPlaceTiles = 8;
 // claimed, caches evicted between runs as in the peer benchmark (section
 // 46; AMD Zen 5 had run the stage 0.72 against XNNPACK's 0.65 ms with
 // warmer caches, section 26).  MobileNetV2's 7x7 1x1 convs between dense
-// depthwise convs that XNNPACK runs tied at 1 thread and ran 4-9% slower at 2 (Zen 4): the edges
-// cost what the code gains.
+// depthwise convs that XNNPACK runs tied at 1 thread and ran 4-9% slower
+// at 2 (Zen 4): the edges cost what the code gains.
 constexpr int64_t kMinInPlaceTilesInside = 4;
 
 }  // namespace
