@@ -227,7 +227,7 @@ def _cpu_identity():
 
 
 def test_fma512_rate_probe_knows_amd_zen4(tmp_path):
-    """The load-time probe (CpuFeatures::fma512_full_rate) on a CPU whose
+    """The FMA-rate probe (CpuFeatures::Fma512FullRate) on a CPU whose
     answer is known: AMD family 25 with AVX-512 is Zen 4, which runs a
     512-bit FMA on two 256-bit pipes (half rate).  Measured in five fresh
     processes, each after an idle pause (a core just woken ran its first
