@@ -40,7 +40,7 @@ double TimeFmaChains(bool zmm, int64_t rounds);
 
 namespace {
 
-// CpuFeatures::fma512_full_rate: lanes per second of zmm FMAs over those of
+// CpuFeatures::Fma512FullRate: lanes per second of zmm FMAs over those of
 // ymm FMAs, the fastest of interleaved tries of each: about 2 on full-rate
 // cores, about 1 on half-rate ones.  A core just woken from idle ran its
 // first ~0.2 ms slowly and unevenly (a ratio of 1.32-1.41 where it is 1.00,
