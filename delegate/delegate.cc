@@ -357,6 +357,7 @@ class Partition {
         // each block's taps for all its channels.
         e.executed_macs = int64_t(op.shape.batch) * op.shape.out_h * op.shape.out_w *
                           (blocks ? DepthwiseBlockTaps(op.depthwise) : op.depthwise.tap_begin.back());
+        e.prefetch = DepthwisePrefetchesPlanes(delegate_->kernels, op.shape, delegate_->num_threads);
       }
       op.layout_tmp.assign((add && op.planar_input != op.planar_output) || planar_to_nhwc ? n : 0,
                            0.f);
@@ -394,6 +395,7 @@ class Partition {
       e->jit_vectors = k->layout().vectors;
       e->jit_segments = k->layout().segments;
       e->jit_channel_parts = k->layout().channel_parts;
+      e->prefetch = k->layout().prefetch_out_floats > 0;
       e->band_rows = scratch.band.rows;
     }
   }
@@ -1062,7 +1064,8 @@ std::string Delegate::ReportJson() {
     if (e.device == "cpu")
       s += ",\"layout\":\"" + e.layout + "\",\"buffer_slot\":" + std::to_string(e.buffer_slot) +
            ",\"buffer_bytes\":" + std::to_string(e.buffer_bytes) +
-           ",\"streamed_output\":" + (e.streamed_output ? "true" : "false");
+           ",\"streamed_output\":" + (e.streamed_output ? "true" : "false") +
+           ",\"prefetch\":" + (e.prefetch ? "true" : "false");
     if (!e.gpu_device.empty()) s += ",\"gpu_device\":\"" + JsonEscape(e.gpu_device) + "\"";
     if (e.device == "gpu") {
       char buf[64];

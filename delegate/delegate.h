@@ -55,6 +55,10 @@ struct ReportEntry {
   // A 1x1 conv's generated code reads its planar input and writes its
   // planar output in place, no copies (PatternGeometry::direct).
   bool in_place = false;
+  // The kernel asks for data ahead of use: a depthwise conv for the next
+  // channel's planes, generated code for its output lines
+  // (cc/kernels/dispatch.cc, kFarTensorBytes).
+  bool prefetch = false;
   // The node's NHWC output leaves the partition through streaming stores
   // (large outputs only; cc/kernels/dispatch.h, StreamsNhwcImage).
   bool streamed_output = false;

@@ -121,6 +121,44 @@ def test_depthwise_between_planar_tensors_matches(stride, dw_patterns, threads, 
             assert e["jit_channel_parts"] == (threads if expand else 1), (e["output_name"], e)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_tensors_are_asked_for_ahead(stride, threads):
+    """Tensors of 1 MiB and more lie beyond L2 when the next op reads them: a
+    depthwise conv on one asks for the next channel's planes while it
+    computes one, and generated code writing one asks for its output lines
+    ahead (cc/kernels/dispatch.cc, kFarTensorBytes; docs/engine.md section
+    47).  The report says which nodes do; smaller tensors ask for nothing;
+    the results equal float64 numpy, and stock LiteRT with a NaN and an Inf
+    in the input."""
+    h = w = 64
+    model, names = _inverted_residual_model(h, w, 24, stride, True, seed=4)
+    tfl = convert(model)
+    x = np.random.default_rng(9).uniform(-1, 1, (1, h, w, 24)).astype(np.float32)
+    it = lite.Interpreter(model_content=tfl, num_threads=threads, claim="all", tune="off")
+    assert rel_error(run_tflite(it, [x])[0], _numpy_forward(model, names, x)) <= 1e-5
+    # the expand convs' outputs (72 channels) pass 1 MiB, the others not
+    assert 4 * 72 * h * w >= 1 << 20 > 4 * 24 * h * w
+    generated = False
+    for e in it.delegate_report():
+        name = e["output_name"]
+        if e["op"] == "DEPTHWISE_CONV_2D":
+            # input 64x64x72 (1.2 MB) for block 0, and for block 1 at stride 1
+            large = "b0_dw" in name or stride == 1
+            assert e["prefetch"] == large, (name, e)
+        elif e["op"] == "CONV_2D":
+            large = "_expand" in name and ("b0_" in name or stride == 1)
+            jit = e.get("engine", "") in ("jit_avx512", "jit_avx2_fma")
+            assert e["prefetch"] == (large and jit), (name, e)
+            generated |= jit and large
+        else:
+            assert not e["prefetch"], e
+    assert generated or not any(i in _cc.jit_choices() for i in ("avx512", "avx2_fma"))
+    x[0, 5, 60, 3], x[0, 40, 2, 20] = np.nan, np.inf
+    assert_same_non_finite(run_tflite(it, [x])[0], reference_outputs(tfl, [x])[0], 1e-5)
+
+
 def test_depthwise_batch_two_stays_nhwc():
     """Planar tensors are batch-1 only: at batch 2 the NHWC kernel runs."""
     model, names = _inverted_residual_model(8, 8, 16, 1, True)

@@ -51,6 +51,10 @@ bool DepthwisePlanarApplies(const KernelSet* set, const ConvShape& s, const Pack
 // channel-block kernel: AVX-512, strides >= 2 both ways, maps of at most
 // kDepthwiseBlocksMaxPositions input positions, one input per channel).
 bool DepthwiseBlocksApply(const KernelSet* set, const ConvShape& s);
+// Whether RunDepthwisePlanar on `threads` threads has each task ask for the
+// next channel's planes ahead (DepthwisePlanarArgs::prefetch_next): whole
+// planes per task and tensors large enough to lie beyond L2.
+bool DepthwisePrefetchesPlanes(const KernelSet* set, const ConvShape& s, int threads);
 // Taps that kernel runs per output position, summed over channels: for each
 // block, the union of its channels' non-zero taps times its channels.
 int64_t DepthwiseBlockTaps(const PackedDepthwise& w);

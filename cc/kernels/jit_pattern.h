@@ -145,6 +145,12 @@ struct JitLayout {
   // reads.  The residual is then added first, not after the bias: the
   // result may differ from the unfused graph's in the last bit.
   bool residual_first = false;
+  // > 0: each tile asks for the output lines this many floats ahead of its
+  // stores (x86 `prefetchw`; the NEON generator ignores it).  The hardware
+  // prefetchers follow the many short output streams of a large planar
+  // output badly (docs/engine.md section 47).  A hint: it never faults, even
+  // past the buffer's end, and no result depends on it.
+  int64_t prefetch_out_floats = 0;
   int TileLen() const { return lanes * vectors; }
 };
 

@@ -142,6 +142,14 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
             vmovups(acc(s, v), ptr[out + row(s, v)]);
           }
         }
+      // The first segment asks for the output lines of a later tile, so their
+      // ownership arrives before the last segment stores there.
+      if (first && lay.prefetch_out_floats > 0)
+        for (int s = 0; s < slots; ++s)
+          for (int v = 0; v < V; ++v)
+            if (const int64_t at = int64_t(row(s, v)) + lay.prefetch_out_floats * 4;
+                v * vec_bytes % 64 == 0 && at <= std::numeric_limits<int32_t>::max())
+              prefetchw(ptr[out + static_cast<int32_t>(at)]);
       // wp points at weight `base`; BuildJitLayout proved weights * 4 fits
       // a 32-bit displacement.
       int64_t base = static_cast<int64_t>(u0);
@@ -256,6 +264,11 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     *error = "no x86 code generator for this ISA";
     return nullptr;
   }
+  // The prefetch distance rides in a 32-bit displacement beside a row's.
+  if (layout.prefetch_out_floats < 0 || layout.prefetch_out_floats > (int64_t(1) << 24)) {
+    *error = "output prefetch distance out of range";
+    return nullptr;
+  }
   // The register tile, the input registers and the check's two must fit
   // (BuildJitLayout keeps M there; a layout from elsewhere is checked too).
   const int max_m = JitMaxFilters(layout.isa, layout.vectors, layout.check_input);
@@ -276,7 +289,7 @@ std::unique_ptr<JitKernel> JitKernel::Generate(const JitLayout& layout, std::str
     instructions += 40 + b.segment_begin.size() * (40 + b.out_channel.size() * layout.vectors * 2) +
                     b.column_offset.size() * layout.vectors * (layout.check_input ? 5 : 1) +
                     b.weights.size() * (layout.vectors + 2) +
-                    b.out_channel.size() * (4 * layout.vectors + 1) + 4;
+                    b.out_channel.size() * (5 * layout.vectors + 1) + 4;
   // A layer this large (about 30 M kept weights) would need hundreds of MB
   // of code; the static kernels run it instead.
   constexpr size_t kMaxCodeReserve = size_t(1) << 30;

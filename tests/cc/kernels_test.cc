@@ -455,6 +455,61 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
   }
 }
 
+// Depthwise convs on tensors of 1 MB and more ask for the next channel's
+// planes while they compute one (DepthwisePrefetchesPlanes): the flat
+// stride-1 kernel and the stride-2 kernel, pattern-pruned, a NaN in one case
+// (the flat kernel's second pass over that channel), 1-3 threads; equal to
+// the reference, and a map too small or too few channels per thread asks for
+// nothing.
+TEST_CASE(DepthwisePlanarPrefetchesLargeTensors) {
+  std::mt19937 rng(52);
+  struct Case { int hw, c, stride; bool nan; };
+  int prefetched = 0;
+  for (const Case k : {Case{112, 24, 1, false}, Case{64, 72, 1, true}, Case{112, 24, 2, false},
+                       Case{33, 48, 2, false}}) {
+    ConvShape s;
+    s.in_h = s.in_w = k.hw; s.in_c = s.out_c = k.c; s.k_h = s.k_w = 3;
+    s.stride_h = s.stride_w = k.stride;
+    s.act_min = 0.f; s.act_max = 6.f;
+    CHECK(ResolveConvShape(Padding::kSame, &s).empty());
+    auto w = Random(size_t(9) * s.out_c, &rng);
+    for (int o = 0; o < s.out_c; ++o)  // 4 of 9 taps, as a pattern keeps
+      for (int t = 0; t < 9; ++t)
+        if ((t + o) % 9 >= 4) w[size_t(t) * s.out_c + o] = 0.f;
+    const auto bias = Random(s.out_c, &rng);
+    const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, 3, 3, bias.data());
+    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c, out_n = size_t(s.out_h) * s.out_w * s.out_c;
+    auto in = Random(in_n, &rng);
+    if (k.nan) in[in_n / 2 + 7] = NAN;
+    std::vector<float> ref(out_n), pin(in_n), ref_planar(out_n);
+    DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
+    for (int y = 0; y < s.in_h; ++y)
+      for (int x = 0; x < s.in_w; ++x)
+        for (int c = 0; c < s.in_c; ++c)
+          pin[(size_t(c) * s.in_h + y) * s.in_w + x] = in[(size_t(y) * s.in_w + x) * s.in_c + c];
+    for (int y = 0; y < s.out_h; ++y)
+      for (int x = 0; x < s.out_w; ++x)
+        for (int c = 0; c < s.out_c; ++c)
+          ref_planar[(size_t(c) * s.out_h + y) * s.out_w + x] = ref[(size_t(y) * s.out_w + x) * s.out_c + c];
+    for (const KernelSet* set : UsableSets())
+      for (int threads = 1; threads <= 3; ++threads) {
+        const bool large = in_n * sizeof(float) >= (size_t(1) << 20);
+        CHECK(DepthwisePrefetchesPlanes(set, s, threads) == (large && s.out_c >= 4 * threads));
+        prefetched += DepthwisePrefetchesPlanes(set, s, threads);
+        ThreadPool pool(threads);
+        std::vector<float> out(out_n, 12345.f);
+        RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
+        bool ok = true;
+        for (size_t i = 0; i < out_n; ++i) {
+          const float a = out[i], r = ref_planar[i];
+          ok = ok && (std::isnan(r) ? std::isnan(a) : std::fabs(double(a) - r) <= 1e-5 * (1 + std::fabs(r)));
+        }
+        CHECK(ok);
+      }
+  }
+  CHECK(prefetched > 0);
+}
+
 // Max and average pooling in both layouts against the reference, over
 // windows, strides, paddings, activations, batches and thread counts, with
 // Inf, -Inf and NaN placed in the input: max must match exactly (NaN
@@ -1425,6 +1480,52 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
   CHECK(!checks || checked_runs > 0);
 }
 
+// Outputs of 1 MB and more (kFarTensorBytes, cc/kernels/dispatch.cc): the
+// generated code asks for its output lines ahead (JitLayout::
+// prefetch_out_floats), a 1x1 conv in place on planar tensors and a 3x3
+// conv on its whole-image buffer; the results still equal the reference, and
+// a smaller output asks for nothing.
+TEST_CASE(GeneratedCodePrefetchesLargeOutputs) {
+  if (!JitCompiled() || JitIsas().empty()) return;
+  std::string err;
+  const KernelSet* set = SelectKernelSet("auto", &err);
+  std::mt19937 rng(47);
+  struct Case { int hw, in_c, out_c, k; bool large; };
+  for (const Case c : {Case{64, 16, 72, 1, true}, Case{61, 12, 80, 3, true},
+                       Case{32, 16, 72, 1, false}}) {
+    ConvShape s;
+    s.in_h = s.in_w = c.hw; s.in_c = c.in_c; s.out_c = c.out_c; s.k_h = s.k_w = c.k;
+    s.act_min = 0.f; s.act_max = 6.f;
+    CHECK(ResolveConvShape(Padding::kSame, &s).empty());
+    auto w = c.k == 1 ? Random(size_t(s.out_c) * s.in_c, &rng) : PatternFilter(s.out_c, 3, s.in_c, false, &rng);
+    if (c.k == 1)
+      for (float& v : w)
+        if (rng() % 3 != 0) v = 0.f;
+    const auto b = Random(s.out_c, &rng);
+    PatternPlan plan;
+    CHECK(BuildPatternPlan(w.data(), s.out_c, c.k, c.k, s.in_c, b.data(), 4, &plan).empty());
+    const auto in = Random(size_t(s.in_h) * s.in_w * s.in_c, &rng);
+    std::vector<float> ref(size_t(s.out_h) * s.out_w * s.out_c);
+    Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
+    for (JitIsa isa : JitIsas()) {
+      if (isa == JitIsa::kNeon) continue;  // the NEON generator has no prefetch
+      for (int v : {1, 4})
+        for (int threads : {1, 2}) {
+          ThreadPool pool(threads);
+          PatternTuning t;
+          t.jit = isa; t.jit_vectors = v;
+          t.planar_direct = c.k == 1;
+          t.jit_band_rows = -1;  // the 3x3 conv on its whole image, not in bands
+          PatternScratch scratch;
+          CHECK(PreparePatternConv(set, s, plan, &scratch, t).rfind("jit_", 0) == 0);
+          CHECK(scratch.geometry.direct == (c.k == 1) && scratch.band.rows == 0);
+          CHECK((scratch.jit->layout().prefetch_out_floats > 0) == c.large);
+          CHECK(RelError(RunThroughPlanes(set, s, plan, &scratch, &pool, t, in), ref) <= 1e-5);
+        }
+    }
+  }
+}
+
 // Column offsets beyond every immediate form: input planes 24 MB apart (odd
 // float strides, so no offset is vector-aligned) make the generators build
 // wide addresses (x86: 32-bit displacements; AArch64: MOVZ/MOVK + ADD).  A
@@ -1701,6 +1802,13 @@ TEST_CASE(GeneratorRefusesBadInput) {
     layout.check_input = true;
     CHECK(JitKernel::Generate(layout, &err) == nullptr);
     CHECK(err == "input check flags do not match the columns");
+    // An output prefetch distance that a displacement cannot carry.
+    for (int64_t bad : {int64_t(-16), int64_t(1) << 30}) {
+      CHECK(build(plan, native, 1, 1, in_floats).empty());
+      layout.prefetch_out_floats = bad;
+      CHECK(JitKernel::Generate(layout, &err) == nullptr);
+      CHECK(err == "output prefetch distance out of range");
+    }
   }
   CHECK(build(plan, JitIsa::kAvx512, 0, 0, plane * (ic - 1)) == "input buffer too small for one tile");
   {
