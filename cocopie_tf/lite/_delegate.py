@@ -230,8 +230,11 @@ class Interpreter(_litert.Interpreter):
         Each entry: ``node_index``, ``op``, ``kernel``, ``dense_macs`` and
         ``executed_macs`` (the multiply-accumulates the kernel performs),
         ``device`` (``"cpu"`` or ``"gpu"``); on the CPU also ``layout``,
-        ``buffer_slot``, ``buffer_bytes`` and ``streamed_output`` (the node's
-        NHWC output leaves the partition through streaming stores), and for
+        ``buffer_slot``, ``buffer_bytes``, ``streamed_output`` (the node's
+        NHWC output leaves the partition through streaming stores) and
+        ``prefetch`` (the kernel asks for the lines of a tensor past 1 MiB
+        ahead of use: a depthwise conv the next channel's planes, generated
+        code its output lines), and for
         pattern convs the engine and its generated code's figures; with
         backend="gpu" also ``gpu_device``, ``program_cache`` (``hit``,
         ``stored``, ``rebuilt (why)``, ``off``), ``build_ms`` and
