@@ -388,6 +388,7 @@ class Partition {
 
   // The generated code's figures for delegate_report().
   static void ReportJit(const PatternScratch& scratch, ReportEntry* e) {
+    e->prefetch = false;  // (static kernels: the 1 MiB rule is generated code's)
     if (const JitKernel* k = scratch.jit.get()) {
       e->code_bytes = static_cast<int64_t>(k->code_bytes());
       e->generate_ms = k->generate_ms();

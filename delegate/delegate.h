@@ -55,9 +55,10 @@ struct ReportEntry {
   // A 1x1 conv's generated code reads its planar input and writes its
   // planar output in place, no copies (PatternGeometry::direct).
   bool in_place = false;
-  // The kernel asks for data ahead of use: a depthwise conv for the next
-  // channel's planes, generated code for its output lines
-  // (cc/kernels/dispatch.cc, kFarTensorBytes).
+  // The kernel asks for a tensor of at least 1 MiB ahead of use: a depthwise
+  // conv for the next channel's planes, generated code for its output lines
+  // (cc/kernels/dispatch.cc, kFarTensorBytes).  A banded conv's own
+  // read-ahead of its next band (PrefetchQueue) is not this.
   bool prefetch = false;
   // The node's NHWC output leaves the partition through streaming stores
   // (large outputs only; cc/kernels/dispatch.h, StreamsNhwcImage).

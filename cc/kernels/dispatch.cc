@@ -963,12 +963,15 @@ std::string PreparePatternConv(const KernelSet* set, const ConvShape& s, const P
     layout.residual_first = layout.residual && tuning.residual_first;
     // A large output (the planar tensor in place, or the whole-image buffer;
     // a band's buffer stays in L2): each tile asks for the lines
-    // kJitPrefetchOutTiles tiles ahead (MobileNetV2's 112x112 16 -> 96
-    // expand conv, 4.8 MB of output: 0.65 -> 0.44 ms at 1 thread, caches
-    // evicted; its stem 0.71 -> 0.62; section 47).
+    // kJitPrefetchOutTiles tiles ahead, x86 only (JitKernel::PrefetchesOutput).
+    // MobileNetV2's 112x112 16 -> 96 expand conv, 4.8 MB of output: 0.65 ->
+    // 0.44 ms at 1 thread, caches evicted; its stem, 1.6 MB, gained at 1
+    // thread and not at 2, the model neither way (section 47): one rule for
+    // every large output.
     const int64_t out_floats =
         int64_t(s.out_c) * (g.direct ? g.plane : int64_t(g.num_blocks) * g.block_len);
-    if (!banded && out_floats * int64_t(sizeof(float)) >= kFarTensorBytes)
+    if (JitKernel::PrefetchesOutput(isa) && !banded &&
+        out_floats * int64_t(sizeof(float)) >= kFarTensorBytes)
       layout.prefetch_out_floats = kJitPrefetchOutTiles * int64_t(JitLanes(isa)) * vectors;
     if (why.empty()) {
       std::unique_ptr<JitKernel> k = JitKernel::Generate(layout, &why);

@@ -52,8 +52,9 @@ bool DepthwisePlanarApplies(const KernelSet* set, const ConvShape& s, const Pack
 // kDepthwiseBlocksMaxPositions input positions, one input per channel).
 bool DepthwiseBlocksApply(const KernelSet* set, const ConvShape& s);
 // Whether RunDepthwisePlanar on `threads` threads has each task ask for the
-// next channel's planes ahead (DepthwisePlanarArgs::prefetch_next): whole
-// planes per task and tensors large enough to lie beyond L2.
+// next channel's planes ahead (DepthwisePlanarArgs::prefetch_next): an input
+// of at least 1 MiB (beyond L2), whole planes per task, depth multiplier 1,
+// and a per-channel kernel (not the channel-block one).
 bool DepthwisePrefetchesPlanes(const KernelSet* set, const ConvShape& s, int threads);
 // Taps that kernel runs per output position, summed over channels: for each
 // block, the union of its channels' non-zero taps times its channels.

@@ -146,10 +146,13 @@ struct JitLayout {
   // result may differ from the unfused graph's in the last bit.
   bool residual_first = false;
   // > 0: each tile asks for the output lines this many floats ahead of its
-  // stores (x86 `prefetchw`; the NEON generator ignores it).  The hardware
-  // prefetchers follow the many short output streams of a large planar
-  // output badly (docs/engine.md section 47).  A hint: it never faults, even
-  // past the buffer's end, and no result depends on it.
+  // stores (x86 `prefetchw`, a no-op on CPUs without it; the NEON generator
+  // ignores the field: PrefetchesOutput).  The hardware prefetchers follow
+  // the many short output streams of a large planar output badly
+  // (docs/engine.md section 47).  A hint: it never faults, even past the
+  // buffer's end, and no result depends on it.  Generate refuses a distance
+  // over 2^24 floats; a request whose offset would not fit a 32-bit
+  // displacement is left out.
   int64_t prefetch_out_floats = 0;
   int TileLen() const { return lanes * vectors; }
 };
@@ -200,6 +203,8 @@ class JitKernel {
   bool FusesTail() const { return layout_.isa == JitIsa::kAvx512; }
   // Whether a generator for `isa` takes JitLayout::residual.
   static bool AddsResidual(JitIsa isa) { return isa == JitIsa::kAvx512 || isa == JitIsa::kAvx2; }
+  // Whether a generator for `isa` emits JitLayout::prefetch_out_floats.
+  static bool PrefetchesOutput(JitIsa isa) { return isa == JitIsa::kAvx512 || isa == JitIsa::kAvx2; }
 
   // Filter block `block` over `tiles` tiles of positions starting at
   // flattened position `start` (any position; the driver uses block starts),

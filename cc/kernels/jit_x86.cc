@@ -10,7 +10,9 @@
 //   AVX-512 when call->tail_in is not null, the tail's tile (JitKernel::Tail:
 //   its input and output addresses, and in k1..kV the lanes it stores):
 //     first segment: zero the M x V accumulators (JitLayout::residual_first:
-//       load the residual); else load them from out
+//       load the residual); else load them from out; with
+//       JitLayout::prefetch_out_floats, prefetchw of the output lines that
+//       many floats ahead
 //     for each of the segment's columns: V input loads from in + column
 //       offset (constant displacement; AVX-512 V=1: a window that crosses a
 //       cache line is a valignd of two line-aligned loads kept in zmm30-31
@@ -142,8 +144,9 @@ struct JitKernel::Code : Xbyak::CodeGenerator {
             vmovups(acc(s, v), ptr[out + row(s, v)]);
           }
         }
-      // The first segment asks for the output lines of a later tile, so their
-      // ownership arrives before the last segment stores there.
+      // The first segment asks for the output lines of the tile
+      // prefetch_out_floats ahead, so that they are owned by the time the
+      // segments' stores reach that tile.
       if (first && lay.prefetch_out_floats > 0)
         for (int s = 0; s < slots; ++s)
           for (int v = 0; v < V; ++v)

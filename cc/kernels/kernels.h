@@ -113,10 +113,10 @@ struct DepthwisePlanarArgs {
   float* output = nullptr;
   int band_rows = 1;
   bool channel_blocks = false;
-  // Whole planes per task (band_rows = out_h): while a task runs channel o,
-  // the kernel asks for channel o + 1's input and output planes, so that
-  // they arrive from beyond L2 while it computes (DepthwisePrefetchesPlanes).
-  // A hint only: no result depends on it.
+  // Whole planes per task (band_rows = out_h; the kernels check): while a
+  // task runs channel o, the kernel asks for channel o + 1's input and output
+  // planes, so that they arrive from beyond L2 while it computes
+  // (DepthwisePrefetchesPlanes).  A hint only: no result depends on it.
   bool prefetch_next = false;
 };
 

@@ -465,8 +465,10 @@ TEST_CASE(DepthwisePlanarPrefetchesLargeTensors) {
   std::mt19937 rng(52);
   struct Case { int hw, c, stride; bool nan; };
   int prefetched = 0;
+  // 192x192x8: 1.2 MB over 8 channels, whole planes per task at 1-2
+  // threads, bands at 3 (then nothing is asked for).
   for (const Case k : {Case{112, 24, 1, false}, Case{64, 72, 1, true}, Case{112, 24, 2, false},
-                       Case{33, 48, 2, false}}) {
+                       Case{33, 48, 2, false}, Case{192, 8, 1, false}}) {
     ConvShape s;
     s.in_h = s.in_w = k.hw; s.in_c = s.out_c = k.c; s.k_h = s.k_w = 3;
     s.stride_h = s.stride_w = k.stride;
@@ -1481,18 +1483,21 @@ TEST_CASE(GeneratedOneByOneRunsInPlace) {
 }
 
 // Outputs of 1 MB and more (kFarTensorBytes, cc/kernels/dispatch.cc): the
-// generated code asks for its output lines ahead (JitLayout::
-// prefetch_out_floats), a 1x1 conv in place on planar tensors and a 3x3
-// conv on its whole-image buffer; the results still equal the reference, and
-// a smaller output asks for nothing.
+// x86 generated code asks for its output lines ahead (JitLayout::
+// prefetch_out_floats; the requests are in the code, which is larger than
+// the same layout's without them), a 1x1 conv in place on planar tensors
+// (62x62: a partial last tile; code segments of 5 uses) and a 3x3 conv on
+// its whole-image buffer; the results still equal the reference, and a
+// smaller output asks for nothing.
 TEST_CASE(GeneratedCodePrefetchesLargeOutputs) {
   if (!JitCompiled() || JitIsas().empty()) return;
   std::string err;
   const KernelSet* set = SelectKernelSet("auto", &err);
   std::mt19937 rng(47);
   struct Case { int hw, in_c, out_c, k; bool large; };
-  for (const Case c : {Case{64, 16, 72, 1, true}, Case{61, 12, 80, 3, true},
-                       Case{32, 16, 72, 1, false}}) {
+  int prefetching = 0;
+  for (const Case c : {Case{64, 16, 72, 1, true}, Case{62, 16, 72, 1, true},
+                       Case{61, 12, 80, 3, true}, Case{32, 16, 72, 1, false}}) {
     ConvShape s;
     s.in_h = s.in_w = c.hw; s.in_c = c.in_c; s.out_c = c.out_c; s.k_h = s.k_w = c.k;
     s.act_min = 0.f; s.act_max = 6.f;
@@ -1507,23 +1512,34 @@ TEST_CASE(GeneratedCodePrefetchesLargeOutputs) {
     const auto in = Random(size_t(s.in_h) * s.in_w * s.in_c, &rng);
     std::vector<float> ref(size_t(s.out_h) * s.out_w * s.out_c);
     Conv2DReference(s, in.data(), w.data(), b.data(), ref.data());
-    for (JitIsa isa : JitIsas()) {
-      if (isa == JitIsa::kNeon) continue;  // the NEON generator has no prefetch
+    for (JitIsa isa : JitIsas())
       for (int v : {1, 4})
-        for (int threads : {1, 2}) {
-          ThreadPool pool(threads);
-          PatternTuning t;
-          t.jit = isa; t.jit_vectors = v;
-          t.planar_direct = c.k == 1;
-          t.jit_band_rows = -1;  // the 3x3 conv on its whole image, not in bands
-          PatternScratch scratch;
-          CHECK(PreparePatternConv(set, s, plan, &scratch, t).rfind("jit_", 0) == 0);
-          CHECK(scratch.geometry.direct == (c.k == 1) && scratch.band.rows == 0);
-          CHECK((scratch.jit->layout().prefetch_out_floats > 0) == c.large);
-          CHECK(RelError(RunThroughPlanes(set, s, plan, &scratch, &pool, t, in), ref) <= 1e-5);
-        }
-    }
+        for (int segment : {0, 5})
+          for (int threads : {1, 2}) {
+            ThreadPool pool(threads);
+            PatternTuning t;
+            t.jit = isa; t.jit_vectors = v; t.jit_segment = segment;
+            t.planar_direct = c.k == 1;
+            t.jit_band_rows = -1;  // the 3x3 conv on its whole image, not in bands
+            PatternScratch scratch;
+            CHECK(PreparePatternConv(set, s, plan, &scratch, t).rfind("jit_", 0) == 0);
+            CHECK(scratch.geometry.direct == (c.k == 1) && scratch.band.rows == 0);
+            const JitLayout& layout = scratch.jit->layout();
+            const bool asks = c.large && JitKernel::PrefetchesOutput(isa);
+            CHECK((layout.prefetch_out_floats > 0) == asks);
+            if (asks) {
+              JitLayout plain = layout;
+              plain.prefetch_out_floats = 0;
+              const auto without = JitKernel::Generate(plain, &err);
+              CHECK(without != nullptr && without->code_bytes() < scratch.jit->code_bytes());
+              ++prefetching;
+            }
+            CHECK(RelError(RunThroughPlanes(set, s, plan, &scratch, &pool, t, in), ref) <= 1e-5);
+          }
   }
+  bool x86 = false;
+  for (JitIsa isa : JitIsas()) x86 |= JitKernel::PrefetchesOutput(isa);
+  CHECK(!x86 || prefetching > 0);
 }
 
 // Column offsets beyond every immediate form: input planes 24 MB apart (odd
