@@ -331,6 +331,31 @@ TEST_CASE(DepthwiseMatchesReference) {
 // 1-3 threads,
 // and inputs holding Inf or NaN (which must meet the dropped zero taps as
 // stock TFLite's dense products do).  Buffers are exactly sized (ASan).
+// An NHWC image (batch 1) as channel planes, by index: independent of the
+// kernels' transposes.
+std::vector<float> PlanarByIndex(const std::vector<float>& nhwc, int h, int w, int c) {
+  std::vector<float> planes(nhwc.size());
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      for (int k = 0; k < c; ++k)
+        planes[(size_t(k) * h + y) * w + x] = nhwc[(size_t(y) * w + x) * c + k];
+  return planes;
+}
+
+// NaN and +-Inf exactly where the reference has them, the rest within 1e-5
+// relative (plus 1e-5 absolute).
+bool MatchesReference(const std::vector<float>& out, const std::vector<float>& ref) {
+  if (out.size() != ref.size()) return false;
+  for (size_t i = 0; i < out.size(); ++i) {
+    const float a = out[i], r = ref[i];
+    const bool ok = std::isnan(r)   ? std::isnan(a)
+                    : std::isinf(r) ? a == r
+                                    : std::fabs(double(a) - r) <= 1e-5 * (1 + std::fabs(r));
+    if (!ok) return false;
+  }
+  return true;
+}
+
 TEST_CASE(DepthwisePlanarMatchesReference) {
   std::mt19937 rng(21);
   const auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
@@ -376,17 +401,8 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
           in[rng() % in_n] = nonfinite == 1 ? NAN : (k ? -INFINITY : INFINITY);
       std::vector<float> ref(out_n);
       DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
-      // Planar by index, independent of the kernels' transposes.
-      std::vector<float> pin(in_n), ref_planar(out_n);
-      for (int y = 0; y < s.in_h; ++y)
-        for (int x = 0; x < s.in_w; ++x)
-          for (int c = 0; c < s.in_c; ++c)
-            pin[(size_t(c) * s.in_h + y) * s.in_w + x] = in[(size_t(y) * s.in_w + x) * s.in_c + c];
-      for (int y = 0; y < s.out_h; ++y)
-        for (int x = 0; x < s.out_w; ++x)
-          for (int c = 0; c < s.out_c; ++c)
-            ref_planar[(size_t(c) * s.out_h + y) * s.out_w + x] =
-                ref[(size_t(y) * s.out_w + x) * s.out_c + c];
+      const std::vector<float> pin = PlanarByIndex(in, s.in_h, s.in_w, s.in_c),
+                               ref_planar = PlanarByIndex(ref, s.out_h, s.out_w, s.out_c);
       for (const KernelSet* set : UsableSets()) {
         CHECK(DepthwisePlanarApplies(set, s, p));
         blocks_runs += DepthwiseBlocksApply(set, s) && s.out_c > 16;
@@ -394,13 +410,7 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
           ThreadPool pool(threads);
           std::vector<float> out(out_n, 12345.f);
           RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
-          bool ok = true;
-          for (size_t i = 0; i < out_n; ++i) {
-            const float a = out[i], r = ref_planar[i];
-            if (std::isnan(r) || std::isinf(r)) ok = ok && (std::isnan(r) ? std::isnan(a) : a == r);
-            else ok = ok && std::fabs(double(a) - r) <= 1e-5 * (1 + std::fabs(r));
-          }
-          CHECK(ok);
+          CHECK(MatchesReference(out, ref_planar));
           ++runs;
         }
       }
@@ -483,16 +493,10 @@ TEST_CASE(DepthwisePlanarPrefetchesLargeTensors) {
     const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c, out_n = size_t(s.out_h) * s.out_w * s.out_c;
     auto in = Random(in_n, &rng);
     if (k.nan) in[in_n / 2 + 7] = NAN;
-    std::vector<float> ref(out_n), pin(in_n), ref_planar(out_n);
+    std::vector<float> ref(out_n);
     DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
-    for (int y = 0; y < s.in_h; ++y)
-      for (int x = 0; x < s.in_w; ++x)
-        for (int c = 0; c < s.in_c; ++c)
-          pin[(size_t(c) * s.in_h + y) * s.in_w + x] = in[(size_t(y) * s.in_w + x) * s.in_c + c];
-    for (int y = 0; y < s.out_h; ++y)
-      for (int x = 0; x < s.out_w; ++x)
-        for (int c = 0; c < s.out_c; ++c)
-          ref_planar[(size_t(c) * s.out_h + y) * s.out_w + x] = ref[(size_t(y) * s.out_w + x) * s.out_c + c];
+    const std::vector<float> pin = PlanarByIndex(in, s.in_h, s.in_w, s.in_c),
+                             ref_planar = PlanarByIndex(ref, s.out_h, s.out_w, s.out_c);
     for (const KernelSet* set : UsableSets())
       for (int threads = 1; threads <= 3; ++threads) {
         const bool large = in_n * sizeof(float) >= (size_t(1) << 20);
@@ -501,12 +505,7 @@ TEST_CASE(DepthwisePlanarPrefetchesLargeTensors) {
         ThreadPool pool(threads);
         std::vector<float> out(out_n, 12345.f);
         RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
-        bool ok = true;
-        for (size_t i = 0; i < out_n; ++i) {
-          const float a = out[i], r = ref_planar[i];
-          ok = ok && (std::isnan(r) ? std::isnan(a) : std::fabs(double(a) - r) <= 1e-5 * (1 + std::fabs(r)));
-        }
-        CHECK(ok);
+        CHECK(MatchesReference(out, ref_planar));
       }
   }
   CHECK(prefetched > 0);
