@@ -731,6 +731,76 @@ TEST_CASE(DepthwiseFlatChecksWhatOnlyPrunedTapsRead) {
   CHECK(runs >= 30);
 }
 
+// The stride-2 3x3 kernel checks its loads for Inf/NaN and scans only the
+// rows its kept taps do not load: every place of the input must still reach
+// the output as stock TFLite's dense sum does (0 x Inf = NaN).  Kept taps
+// with both row parities, even kernel rows only (odd input rows unloaded),
+// the middle row only (even ones unloaded), the last kernel row without the
+// first (its loads are then the only ones of even rows); odd sizes (padding before); a
+// VALID map whose output rows fill their vectors exactly (columns the loads
+// do not reach: scanned first); few channels at 3 threads (bands of rows).
+TEST_CASE(DepthwiseStride2ChecksWhatOnlyPrunedTapsRead) {
+  struct Case { int h, w, c; Padding pad; std::vector<int> keep; };
+  const std::vector<Case> cases = {
+      {20, 40, 20, Padding::kSame, {1, 4, 6, 8}},   // both parities, 4-row groups and edges
+      {21, 37, 20, Padding::kSame, {0, 3, 4, 5}},   // odd sizes: a padded first row and column
+      {20, 40, 20, Padding::kSame, {0, 2, 6, 8}},   // even kernel rows only
+      {19, 33, 20, Padding::kSame, {3, 4, 5}},      // middle row only
+      {22, 40, 20, Padding::kSame, {4, 6, 7, 8}},   // no first kernel row: the last one's loads checked
+      {18, 34, 20, Padding::kValid, {1, 4, 7}},     // 16 output columns: a column unloaded
+      {30, 36, 2, Padding::kSame, {2, 4, 5, 6}},    // 2 channels: bands at 2-3 threads
+  };
+  int runs = 0, fused = 0;
+  for (const Case& c : cases) {
+    ConvShape s;
+    s.in_h = c.h; s.in_w = c.w; s.in_c = s.out_c = c.c; s.k_h = s.k_w = 3;
+    s.stride_h = s.stride_w = 2;
+    s.act_min = 0.f; s.act_max = 6.f;
+    CHECK(ResolveConvShape(c.pad, &s).empty());
+    std::mt19937 rng(11);
+    std::vector<float> w(size_t(9) * s.out_c, 0.f);
+    for (int o = 0; o < s.out_c; ++o)
+      for (int t : c.keep) w[size_t(t) * s.out_c + o] = 0.25f + 0.5f * float(rng() % 4) - (o % 3 == 0);
+    const auto bias = Random(s.out_c, &rng);
+    const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, 3, 3, bias.data());
+    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c, out_n = size_t(s.out_h) * s.out_w * s.out_c;
+    // Corners, the last row and column (NaN, Inf and -Inf each), and one
+    // place in every row (the 4-row groups load some rows twice and check
+    // them once), its value by row.
+    struct Place { int y, x; float bad; };
+    std::vector<Place> places;
+    for (const auto& yx : std::vector<std::array<int, 2>>{{0, 0}, {0, s.in_w - 1}, {s.in_h - 1, 0},
+                                                          {s.in_h - 1, s.in_w - 1}, {s.in_h / 2, s.in_w - 2}})
+      for (float bad : {NAN, INFINITY, -INFINITY}) places.push_back({yx[0], yx[1], bad});
+    for (int y = 0; y < s.in_h; ++y)
+      places.push_back({y, (y * 7 + 3) % s.in_w, y % 3 == 0 ? NAN : y % 3 == 1 ? INFINITY : -INFINITY});
+    for (const Place& at : places) {
+      auto in = Random(in_n, &rng);
+      in[(size_t(at.y) * s.in_w + at.x) * s.in_c + 1] = at.bad;
+      std::vector<float> ref(out_n);
+      DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
+      const std::vector<float> pin = PlanarByIndex(in, s.in_h, s.in_w, s.in_c),
+                               ref_planar = PlanarByIndex(ref, s.out_h, s.out_w, s.out_c);
+      for (const KernelSet* set : UsableSets()) {
+        CHECK(DepthwisePlanarApplies(set, s, p));
+        for (int threads = 1; threads <= 3; ++threads) {
+          ThreadPool pool(threads);
+          std::vector<float> out(out_n, 12345.f);
+          RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
+          CHECK(MatchesReference(out, ref_planar));
+          ++runs;
+        }
+        fused += std::string(set->isa) == "avx512" && !DepthwiseBlocksApply(set, s);
+      }
+    }
+  }
+  CHECK(runs >= 100);
+  // On AVX-512 machines these maps ran the stride-2 kernel (not the
+  // channel-block one, which takes maps of at most 16 x 16).
+  for (const KernelSet* set : UsableSets())
+    if (std::string(set->isa) == "avx512") CHECK(fused > 0);
+}
+
 TEST_CASE(FullyConnectedMatchesReference) {
   std::mt19937 rng(3);
   for (int in_n : {1, 15, 16, 100, 513})
