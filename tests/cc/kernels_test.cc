@@ -356,6 +356,29 @@ bool MatchesReference(const std::vector<float>& out, const std::vector<float>& r
   return true;
 }
 
+// Every usable set's planar depthwise conv at 1-3 threads on the NHWC input
+// `in`, against the float64 reference (MatchesReference).  Returns the runs.
+int DepthwisePlanarRunsMatch(const ConvShape& s, const PackedDepthwise& p, const std::vector<float>& in,
+                             const std::vector<float>& w, const std::vector<float>& bias) {
+  const size_t out_n = size_t(s.out_h) * s.out_w * s.out_c;
+  std::vector<float> ref(out_n);
+  DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
+  const std::vector<float> pin = PlanarByIndex(in, s.in_h, s.in_w, s.in_c),
+                           ref_planar = PlanarByIndex(ref, s.out_h, s.out_w, s.out_c);
+  int runs = 0;
+  for (const KernelSet* set : UsableSets()) {
+    CHECK(DepthwisePlanarApplies(set, s, p));
+    for (int threads = 1; threads <= 3; ++threads) {
+      ThreadPool pool(threads);
+      std::vector<float> out(out_n, 12345.f);
+      RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
+      CHECK(MatchesReference(out, ref_planar));
+      ++runs;
+    }
+  }
+  return runs;
+}
+
 TEST_CASE(DepthwisePlanarMatchesReference) {
   std::mt19937 rng(21);
   const auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
@@ -393,27 +416,14 @@ TEST_CASE(DepthwisePlanarMatchesReference) {
     }
     const auto bias = Random(s.out_c, &rng);
     const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, s.k_h, s.k_w, bias.data());
-    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c, out_n = size_t(s.out_h) * s.out_w * s.out_c;
+    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c;
     for (int nonfinite = 0; nonfinite < 3; ++nonfinite) {
       auto in = Random(in_n, &rng);
       if (nonfinite)
         for (int k = 0; k < 2; ++k)
           in[rng() % in_n] = nonfinite == 1 ? NAN : (k ? -INFINITY : INFINITY);
-      std::vector<float> ref(out_n);
-      DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
-      const std::vector<float> pin = PlanarByIndex(in, s.in_h, s.in_w, s.in_c),
-                               ref_planar = PlanarByIndex(ref, s.out_h, s.out_w, s.out_c);
-      for (const KernelSet* set : UsableSets()) {
-        CHECK(DepthwisePlanarApplies(set, s, p));
-        blocks_runs += DepthwiseBlocksApply(set, s) && s.out_c > 16;
-        for (int threads = 1; threads <= 3; ++threads) {
-          ThreadPool pool(threads);
-          std::vector<float> out(out_n, 12345.f);
-          RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
-          CHECK(MatchesReference(out, ref_planar));
-          ++runs;
-        }
-      }
+      runs += DepthwisePlanarRunsMatch(s, p, in, w, bias);
+      for (const KernelSet* set : UsableSets()) blocks_runs += DepthwiseBlocksApply(set, s) && s.out_c > 16;
     }
   }
   CHECK(runs > 100);
@@ -763,7 +773,7 @@ TEST_CASE(DepthwiseStride2ChecksWhatOnlyPrunedTapsRead) {
       for (int t : c.keep) w[size_t(t) * s.out_c + o] = 0.25f + 0.5f * float(rng() % 4) - (o % 3 == 0);
     const auto bias = Random(s.out_c, &rng);
     const PackedDepthwise p = PackDepthwise(w.data(), s.out_c, 3, 3, bias.data());
-    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c, out_n = size_t(s.out_h) * s.out_w * s.out_c;
+    const size_t in_n = size_t(s.in_h) * s.in_w * s.in_c;
     // Corners, the last row and column (NaN, Inf and -Inf each), and one
     // place in every row (the 4-row groups load some rows twice and check
     // them once), its value by row.
@@ -777,21 +787,9 @@ TEST_CASE(DepthwiseStride2ChecksWhatOnlyPrunedTapsRead) {
     for (const Place& at : places) {
       auto in = Random(in_n, &rng);
       in[(size_t(at.y) * s.in_w + at.x) * s.in_c + 1] = at.bad;
-      std::vector<float> ref(out_n);
-      DepthwiseConv2DReference(s, in.data(), w.data(), bias.data(), ref.data());
-      const std::vector<float> pin = PlanarByIndex(in, s.in_h, s.in_w, s.in_c),
-                               ref_planar = PlanarByIndex(ref, s.out_h, s.out_w, s.out_c);
-      for (const KernelSet* set : UsableSets()) {
-        CHECK(DepthwisePlanarApplies(set, s, p));
-        for (int threads = 1; threads <= 3; ++threads) {
-          ThreadPool pool(threads);
-          std::vector<float> out(out_n, 12345.f);
-          RunDepthwisePlanar(set, s, p, pin.data(), out.data(), &pool);
-          CHECK(MatchesReference(out, ref_planar));
-          ++runs;
-        }
+      runs += DepthwisePlanarRunsMatch(s, p, in, w, bias);
+      for (const KernelSet* set : UsableSets())
         fused += std::string(set->isa) == "avx512" && !DepthwiseBlocksApply(set, s);
-      }
     }
   }
   CHECK(runs >= 100);
